@@ -1,0 +1,1 @@
+//! Jupyter wire protocol client (placeholder until written).

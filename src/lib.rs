@@ -1,0 +1,5 @@
+//! sshpyk: run Jupyter kernels on remote machines over OpenSSH.
+
+pub mod connection;
+pub mod error;
+pub mod jupyter;
