@@ -1,5 +1,13 @@
-//! sshpyk: run Jupyter kernels on remote machines over OpenSSH.
+//! sshpyk: run Jupyter kernels on remote machines over OpenSSH, as if they were local.
 
+pub mod cli;
+pub mod cmd;
 pub mod connection;
 pub mod error;
 pub mod jupyter;
+pub mod kernelspec;
+pub mod launcher;
+pub mod mount;
+pub mod remote;
+pub mod runtime;
+pub mod ssh;

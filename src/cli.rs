@@ -1,0 +1,144 @@
+//! Command-line interface (clap). Flag names follow the original sshpyk documentation.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "sshpyk", version, about = "Run Jupyter kernels on remote machines over OpenSSH, as if they were local")]
+pub struct Cli {
+    /// More output on stderr: -v debug, -vv trace, -vvv trace plus ssh's own debug output.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Add a kernelspec that runs a remote kernel through an ssh host alias.
+    Add(AddArgs),
+    /// Change settings of an sshpyk kernelspec; the rest is kept.
+    Edit(EditArgs),
+    /// Remove kernelspecs written by sshpyk.
+    Delete(DeleteArgs),
+    /// List the kernels Jupyter sees and check the sshpyk ones.
+    List(ListArgs),
+    /// Start a remote kernel (what kernel.json runs; Jupyter passes the connection file).
+    Launch(LaunchArgs),
+}
+
+/// Settings shared by `add` and `edit`; every one is optional so that `edit` changes only what
+/// is given.
+#[derive(Debug, Args, Default, Clone)]
+pub struct SpecArgs {
+    /// Host alias declared in the ssh config file.
+    #[arg(long)]
+    pub ssh_host_alias: Option<String>,
+    /// Kernelspec name on the remote host (see `jupyter kernelspec list` there).
+    #[arg(long)]
+    pub remote_kernel_name: Option<String>,
+    /// Remote environment whose bin/python has jupyter_client (absolute, or ~/ for the remote home).
+    #[arg(long, conflicts_with = "remote_python")]
+    pub remote_python_prefix: Option<String>,
+    /// Remote python interpreter itself (alternative to --remote-python-prefix).
+    #[arg(long)]
+    pub remote_python: Option<String>,
+    /// Name shown in Jupyter's kernel picker [default: derived from the remote kernel].
+    #[arg(long)]
+    pub display_name: Option<String>,
+    /// Kernel language [default: the remote kernelspec's].
+    #[arg(long)]
+    pub language: Option<String>,
+    /// ssh config file that declares the alias [default: ~/.ssh/config].
+    #[arg(long)]
+    pub ssh_config: Option<PathBuf>,
+    /// ssh client to run [default: ssh on PATH].
+    #[arg(long)]
+    pub ssh: Option<String>,
+    /// Seconds the whole start may take [default: 30].
+    #[arg(long, value_parser = positive_seconds)]
+    pub launch_timeout: Option<f64>,
+    /// Seconds a kernel gets to shut down before it is killed [default: 30].
+    #[arg(long, value_parser = positive_seconds)]
+    pub shutdown_timeout: Option<f64>,
+    /// Seconds a remote kernel survives without its launcher (network drop, killed launcher) [default: 300].
+    #[arg(long, value_parser = positive_seconds)]
+    pub orphan_timeout: Option<f64>,
+    /// Mount a local directory on the remote for the kernel's lifetime:
+    /// "/local/path:/remote/path[:sshfs_options]" (write ':' in a path as '\:'). Repeatable.
+    #[arg(long, value_name = "SPEC")]
+    pub mount_local_on_remote: Vec<String>,
+    /// sshfs on the remote [default: sshfs on the remote PATH].
+    #[arg(long)]
+    pub remote_sshfs: Option<String>,
+    /// Alias in the remote's own ssh config that reaches this machine (instead of sshpyk's ephemeral key).
+    #[arg(long)]
+    pub ssh_host_alias_local_on_remote: Option<String>,
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("'{text}' is not a positive number of seconds")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// Kernelspec name [default: ssh_<alias>_<remote kernel>].
+    #[arg(long)]
+    pub kernel_name: Option<String>,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Overwrite an existing kernelspec of the same name.
+    #[arg(long)]
+    pub replace: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    /// The sshpyk kernelspec to change.
+    #[arg(long)]
+    pub kernel_name: String,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Remove every --mount-local-on-remote before adding the given ones.
+    #[arg(long)]
+    pub clear_mounts: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Kernelspec names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// Also delete kernelspecs that sshpyk did not write.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only sshpyk (remote) kernels.
+    #[arg(short, long)]
+    pub remote: bool,
+    /// Only local kernels.
+    #[arg(short, long)]
+    pub local: bool,
+    /// Do not check the sshpyk kernels.
+    #[arg(short = 'n', long)]
+    pub no_check: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// Directory of the sshpyk kernelspec (kernel.json) to start.
+    #[arg(long)]
+    pub kernelspec: PathBuf,
+    /// The connection file written by Jupyter.
+    pub connection_file: PathBuf,
+}

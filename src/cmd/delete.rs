@@ -1,0 +1,26 @@
+//! `sshpyk delete`: remove sshpyk kernelspecs (others only with --force).
+
+use crate::cli::DeleteArgs;
+use crate::error::{Error, Result};
+use crate::kernelspec;
+
+pub fn run(args: DeleteArgs) -> Result<()> {
+    // Check every name before removing any, so that one bad name deletes nothing.
+    let mut found = Vec::new();
+    for name in &args.names {
+        let spec = kernelspec::find(name)?;
+        if spec.spec.settings().is_none() && !args.force {
+            return Err(Error::Invalid(format!(
+                "kernel '{}' ({}) was not written by sshpyk; pass --force to delete it anyway",
+                spec.name,
+                spec.dir.display()
+            )));
+        }
+        found.push(spec);
+    }
+    for spec in found {
+        std::fs::remove_dir_all(&spec.dir).map_err(Error::io(format!("cannot remove {}", spec.dir.display())))?;
+        println!("deleted kernel '{}' ({})", spec.name, spec.dir.display());
+    }
+    Ok(())
+}

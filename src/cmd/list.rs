@@ -1,0 +1,354 @@
+//! `sshpyk list`: every kernelspec Jupyter sees; sshpyk ones with checked rows.
+//!
+//! Checks of different kernels run concurrently, one connection and one probe per host, each
+//! bounded by a short timeout so that a dead host never hangs the listing.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::cli::ListArgs;
+use crate::error::Result;
+use crate::kernelspec::{self, Kernelspec, Settings};
+use crate::remote::probe::{self, PythonProbe, RemoteFacts};
+use crate::ssh::{config, Master};
+
+/// Budget for opening a connection, and for the probe once connected.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Error,
+    Warning,
+    Info,
+}
+
+impl Status {
+    fn mark(self, color: bool) -> String {
+        let (mark, code) = match self {
+            Status::Ok => ("(v)", "32"),
+            Status::Error => ("(x)", "31"),
+            Status::Warning => ("(!)", "33"),
+            Status::Info => ("(i)", "34"),
+        };
+        if color {
+            format!("\x1b[{code}m{mark}\x1b[0m")
+        } else {
+            mark.to_string()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub status: Status,
+    pub check: &'static str,
+    pub message: String,
+}
+
+fn check(status: Status, check: &'static str, message: impl Into<String>) -> Check {
+    Check { status, check, message: message.into() }
+}
+
+#[derive(Debug, Serialize)]
+struct KernelReport {
+    name: String,
+    display_name: String,
+    language: String,
+    dir: PathBuf,
+    sshpyk: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    settings: Option<Settings>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    checks: Vec<Check>,
+}
+
+pub async fn run(args: ListArgs) -> Result<()> {
+    let (show_remote, show_local) = match (args.remote, args.local) {
+        (false, false) => (true, true),
+        flags => flags,
+    };
+    let mut reports = Vec::new();
+    let mut hosts: BTreeMap<HostKey, Vec<usize>> = BTreeMap::new();
+    for spec in kernelspec::find_all()? {
+        let settings = spec.spec.settings();
+        let is_sshpyk = settings.is_some();
+        if (is_sshpyk && !show_remote) || (!is_sshpyk && !show_local) {
+            continue;
+        }
+        let mut report = KernelReport {
+            name: spec.name.clone(),
+            display_name: spec.spec.display_name.clone(),
+            language: spec.spec.language.clone(),
+            dir: spec.dir.clone(),
+            sshpyk: is_sshpyk,
+            settings: None,
+            checks: Vec::new(),
+        };
+        match settings {
+            Some(Ok(s)) => {
+                report.checks.extend(launcher_checks(&spec));
+                hosts.entry(HostKey::of(&s)).or_default().push(reports.len());
+                report.settings = Some(s);
+            }
+            Some(Err(e)) => report.checks.push(check(Status::Error, "settings", e.to_string())),
+            None => {}
+        }
+        reports.push(report);
+    }
+
+    if !args.no_check {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (host, members) in hosts {
+            let pythons: Vec<String> = members.iter().filter_map(|&i| reports[i].settings.as_ref()).map(|s| s.remote_python.clone()).collect();
+            tasks.spawn(async move {
+                let (rows, facts) = check_host(&host, &pythons).await;
+                (members, rows, facts)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let (members, rows, facts) = joined.expect("host check task");
+            for i in members {
+                let report = &mut reports[i];
+                let settings = report.settings.clone().expect("sshpyk kernels have settings");
+                let mut all = rows.clone();
+                if let Some(facts) = &facts {
+                    all.extend(kernel_checks(&settings, facts));
+                }
+                all.append(&mut report.checks);
+                all.push(check(
+                    Status::Info,
+                    "timeouts",
+                    format!("launch {} s, shutdown {} s, orphan {} s", settings.launch_timeout, settings.shutdown_timeout, settings.orphan_timeout),
+                ));
+                for m in &settings.mounts {
+                    all.push(check(Status::Info, "mount", format!("local {} on remote {}", m.local, m.remote)));
+                }
+                report.checks = all;
+            }
+        }
+    }
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "kernels": reports })).expect("report serializes"));
+    } else {
+        print_human(&reports, show_remote, show_local);
+    }
+    Ok(())
+}
+
+/// Kernels that share a host alias (and client and config) share one connection and probe.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct HostKey {
+    ssh: String,
+    config: PathBuf,
+    alias: String,
+}
+
+impl HostKey {
+    fn of(s: &Settings) -> Self {
+        HostKey { ssh: s.ssh.clone(), config: s.ssh_config.clone(), alias: s.ssh_host_alias.clone() }
+    }
+}
+
+/// Does kernel.json still start this spec through an existing sshpyk binary?
+fn launcher_checks(spec: &Kernelspec) -> Vec<Check> {
+    let argv = &spec.spec.argv;
+    let mut rows = Vec::new();
+    match argv.first() {
+        Some(exe) if Path::new(exe).is_file() => {}
+        Some(exe) => rows.push(check(Status::Error, "launcher", format!("{exe} does not exist; run `sshpyk edit --kernel-name {}` with the installed sshpyk", spec.name))),
+        None => rows.push(check(Status::Error, "launcher", "kernel.json has an empty argv")),
+    }
+    let dir_arg = argv.iter().position(|a| a == "--kernelspec").and_then(|i| argv.get(i + 1));
+    if dir_arg.map(Path::new) != Some(spec.dir.as_path()) {
+        rows.push(check(Status::Warning, "launcher", format!("kernel.json points at another kernelspec dir; run `sshpyk edit --kernel-name {}` to fix it", spec.name)));
+    }
+    rows
+}
+
+/// Local, effective-config and connection checks for one host, then the remote probe.
+async fn check_host(host: &HostKey, pythons: &[String]) -> (Vec<Check>, Option<RemoteFacts>) {
+    let mut rows = Vec::new();
+    match ssh_version(&host.ssh).await {
+        Ok(version) => rows.push(check(Status::Ok, "ssh client", format!("{} ({version})", host.ssh))),
+        Err(e) => {
+            rows.push(check(Status::Error, "ssh client", e));
+            return (rows, None);
+        }
+    }
+    if !host.config.is_file() {
+        rows.push(check(Status::Error, "ssh config", format!("{} does not exist; create it or pass --ssh-config to `sshpyk edit`", host.config.display())));
+        return (rows, None);
+    }
+    rows.push(check(Status::Ok, "ssh config", host.config.display().to_string()));
+    if let Err(e) = config::require_alias(&host.config, &host.alias) {
+        rows.push(check(Status::Error, "ssh alias", e.to_string()));
+        return (rows, None);
+    }
+    rows.push(check(Status::Ok, "ssh alias", format!("'{}' is declared", host.alias)));
+    let master = match Master::for_alias(&host.ssh, &host.config, &host.alias, false).await {
+        Ok(m) => m,
+        Err(e) => {
+            rows.push(check(Status::Error, "ssh settings", e.to_string()));
+            return (rows, None);
+        }
+    };
+    rows.extend(effective_checks(&master));
+
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    if let Err(e) = master.ensure(deadline).await {
+        rows.push(check(Status::Error, "connection", e.to_string()));
+        return (rows, None);
+    }
+    let refs: Vec<&str> = pythons.iter().map(String::as_str).collect();
+    match tokio::time::timeout(PROBE_TIMEOUT, probe::probe(&master, &refs)).await {
+        Ok(Ok(facts)) => {
+            rows.push(check(Status::Ok, "connection", format!("works ({:.2} s)", started.elapsed().as_secs_f64())));
+            rows.push(check(Status::Info, "remote system", facts.uname.clone()));
+            (rows, Some(facts))
+        }
+        Ok(Err(e)) => {
+            rows.push(check(Status::Error, "connection", e.to_string()));
+            (rows, None)
+        }
+        Err(_) => {
+            rows.push(check(Status::Error, "connection", format!("'{}' did not answer within {} s", host.alias, PROBE_TIMEOUT.as_secs())));
+            (rows, None)
+        }
+    }
+}
+
+async fn ssh_version(ssh: &str) -> std::result::Result<String, String> {
+    let out = tokio::process::Command::new(ssh)
+        .arg("-V")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| config::spawn_error(ssh, e).to_string())?;
+    let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("'{ssh} -V' failed: {text}"))
+    }
+}
+
+/// What `ssh -G` says about identity, multiplexing and prompting.
+fn effective_checks(master: &Master) -> Vec<Check> {
+    let c = master.effective();
+    let mut rows = vec![check(
+        Status::Info,
+        "target",
+        format!("{}@{}:{}", c.get("user").unwrap_or("?"), c.get("hostname").unwrap_or("?"), c.get("port").unwrap_or("22")),
+    )];
+    let identities: Vec<&String> = c.all("identityfile").iter().filter(|p| Path::new(expand_home(p).as_str()).is_file()).collect();
+    if let Some(first) = identities.first() {
+        rows.push(check(Status::Ok, "identity file", format!("{first} exists")));
+    } else if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+        rows.push(check(Status::Info, "identity file", "none of the IdentityFile entries exists; relying on the ssh agent"));
+    } else {
+        rows.push(check(Status::Warning, "identity file", format!("none exists ({}); key authentication will fail", c.all("identityfile").join(", "))));
+    }
+    match (c.control_path(), c.get("controlmaster").unwrap_or("false")) {
+        (None, _) => rows.push(check(Status::Info, "control master", "no ControlPath configured; sshpyk keeps its own in its private runtime dir")),
+        (Some(_), "ask" | "autoask") => rows.push(check(Status::Warning, "control master", "ControlMaster ask/autoask prompts; sshpyk never prompts, so use 'auto'")),
+        (Some(path), mode) => rows.push(check(Status::Ok, "control master", format!("ControlMaster {mode}, ControlPath {path}"))),
+    }
+    match c.get("controlpersist") {
+        Some("no") | None if c.control_path().is_some() => {
+            rows.push(check(Status::Info, "control persist", "ControlPersist is not set; masters sshpyk opens persist 10m"))
+        }
+        Some(p) => rows.push(check(Status::Ok, "control persist", p.to_string())),
+        None => {}
+    }
+    match c.get("batchmode") {
+        Some("yes") => rows.push(check(Status::Ok, "batch mode", "BatchMode yes")),
+        _ => rows.push(check(Status::Info, "batch mode", "BatchMode is off in the config; sshpyk always runs ssh with BatchMode=yes (it never prompts)")),
+    }
+    rows
+}
+
+fn expand_home(path: &str) -> String {
+    match (path.strip_prefix("~/"), dirs::home_dir()) {
+        (Some(rest), Some(home)) => home.join(rest).to_string_lossy().into_owned(),
+        _ => path.to_string(),
+    }
+}
+
+/// Rows about this kernel's remote python and remote kernelspec.
+fn kernel_checks(settings: &Settings, facts: &RemoteFacts) -> Vec<Check> {
+    let py = &settings.remote_python;
+    let p = match facts.pythons.get(py) {
+        Some(PythonProbe::Found(p)) => p,
+        Some(PythonProbe::Broken(out)) => return vec![check(Status::Error, "remote python", format!("{py} does not run: {out}"))],
+        Some(PythonProbe::Missing) | None => {
+            return vec![check(Status::Error, "remote python", format!("{py} does not exist; fix it with `sshpyk edit --remote-python-prefix`"))]
+        }
+    };
+    let Some(jc) = &p.jupyter_client else {
+        return vec![check(
+            Status::Error,
+            "remote python",
+            format!("{py} cannot import jupyter_client ({}); install it there", p.jupyter_client_error.as_deref().unwrap_or("?")),
+        )];
+    };
+    let mut rows = vec![check(Status::Ok, "remote python", format!("{py} (Python {}, jupyter_client {jc})", p.version))];
+    match p.kernel(&settings.remote_kernel_name) {
+        Some(k) => rows.push(check(
+            Status::Ok,
+            "remote kernel",
+            format!(
+                "'{}': {} (interrupt mode: {})",
+                settings.remote_kernel_name,
+                k.argv.join(" "),
+                k.interrupt_mode.as_deref().unwrap_or("signal")
+            ),
+        )),
+        None => rows.push(check(
+            Status::Error,
+            "remote kernel",
+            format!("'{}' not found (available: {})", settings.remote_kernel_name, p.kernel_names()),
+        )),
+    }
+    if p.runtime_dir_writable {
+        rows.push(check(Status::Ok, "remote runtime dir", format!("{} is writable", p.runtime_dir)));
+    } else {
+        rows.push(check(Status::Error, "remote runtime dir", format!("{} is not writable; fix its permissions or set JUPYTER_RUNTIME_DIR there", p.runtime_dir)));
+    }
+    rows
+}
+
+fn print_human(reports: &[KernelReport], show_remote: bool, show_local: bool) {
+    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let mut out = String::new();
+    for (title, sshpyk, shown) in [("sshpyk kernels", true, show_remote), ("local kernels", false, show_local)] {
+        if !shown {
+            continue;
+        }
+        out.push_str(title);
+        out.push('\n');
+        let group: Vec<&KernelReport> = reports.iter().filter(|r| r.sshpyk == sshpyk).collect();
+        if group.is_empty() {
+            out.push_str("  (none)\n");
+        }
+        for r in group {
+            out.push_str(&format!("  {}  \"{}\"  {}  {}\n", r.name, r.display_name, r.language, r.dir.display()));
+            if let Some(s) = &r.settings {
+                out.push_str(&format!("    ssh {} → {} kernel '{}'\n", s.ssh_host_alias, s.remote_python, s.remote_kernel_name));
+            }
+            for c in &r.checks {
+                out.push_str(&format!("    {} {}: {}\n", c.status.mark(color), c.check, c.message));
+            }
+        }
+    }
+    print!("{out}");
+}

@@ -1,0 +1,250 @@
+//! Jupyter kernelspecs: where Jupyter looks for them, the kernel.json model, and the sshpyk
+//! settings stored under one versioned key of its `metadata`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::mount::MountSpec;
+
+/// The key under `metadata` that holds our settings; its `version` says how to read them.
+pub const METADATA_KEY: &str = "sshpyk";
+pub const SETTINGS_VERSION: u32 = 1;
+
+/// Everything the launcher needs to start one remote kernel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub version: u32,
+    pub ssh_host_alias: String,
+    /// Absolute path of the ssh config file the alias is declared in.
+    pub ssh_config: PathBuf,
+    /// The ssh client: `ssh` (looked up on PATH) or an absolute path.
+    pub ssh: String,
+    /// The remote interpreter that has jupyter_client (absolute, or `~/` for the remote home).
+    pub remote_python: String,
+    pub remote_kernel_name: String,
+    pub launch_timeout: f64,
+    pub shutdown_timeout: f64,
+    pub orphan_timeout: f64,
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
+    #[serde(default)]
+    pub remote_sshfs: Option<String>,
+    #[serde(default)]
+    pub ssh_host_alias_local_on_remote: Option<String>,
+}
+
+/// A kernel.json, keeping fields we do not know so that editing never loses them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KernelJson {
+    pub argv: Vec<String>,
+    pub display_name: String,
+    #[serde(default)]
+    pub language: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupt_mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub metadata: Map<String, Value>,
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+impl KernelJson {
+    /// Our settings, if sshpyk wrote this kernelspec.
+    pub fn settings(&self) -> Option<Result<Settings>> {
+        let value = self.metadata.get(METADATA_KEY)?;
+        Some(
+            serde_json::from_value::<Settings>(value.clone())
+                .map_err(|e| Error::Invalid(format!("sshpyk settings cannot be read: {e}")))
+                .and_then(|s| {
+                    if s.version == SETTINGS_VERSION {
+                        Ok(s)
+                    } else {
+                        Err(Error::Invalid(format!(
+                            "sshpyk settings version {} is not supported by this sshpyk (expects {SETTINGS_VERSION}); upgrade sshpyk",
+                            s.version
+                        )))
+                    }
+                }),
+        )
+    }
+
+    pub fn set_settings(&mut self, settings: &Settings) {
+        let value = serde_json::to_value(settings).expect("settings serialize");
+        self.metadata.insert(METADATA_KEY.into(), value);
+    }
+}
+
+/// A kernelspec found on disk.
+#[derive(Debug, Clone)]
+pub struct Kernelspec {
+    pub name: String,
+    pub dir: PathBuf,
+    pub spec: KernelJson,
+}
+
+impl Kernelspec {
+    pub fn read(dir: &Path) -> Result<Self> {
+        let file = dir.join("kernel.json");
+        let text = std::fs::read_to_string(&file).map_err(Error::io(format!("cannot read {}", file.display())))?;
+        let spec = serde_json::from_str(&text)
+            .map_err(|e| Error::Invalid(format!("{} is not a valid kernel.json: {e}", file.display())))?;
+        let name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        Ok(Kernelspec { name, dir: dir.to_owned(), spec })
+    }
+}
+
+/// Jupyter allows letters, digits, `.`, `_` and `-` in kernel names.
+pub fn validate_kernel_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "kernel name '{name}' is invalid: use only letters, digits, '.', '_' and '-'"
+        )))
+    }
+}
+
+/// The user's Jupyter data dir, where `add` writes: `$JUPYTER_DATA_DIR`, else the platform
+/// default that jupyter_core uses (not `dirs::data_dir()`, which is wrong on macOS).
+pub fn user_data_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("JUPYTER_DATA_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    let home = dirs::home_dir().ok_or_else(|| Error::Local("cannot find your home directory: set HOME or JUPYTER_DATA_DIR".into()))?;
+    if cfg!(target_os = "macos") {
+        return Ok(home.join("Library/Jupyter"));
+    }
+    let data_home = std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".local/share"));
+    Ok(data_home.join("jupyter"))
+}
+
+/// The data dirs in Jupyter's search order: `$JUPYTER_PATH`, the user dir, the active
+/// environment's prefix, then the system dirs.
+pub fn search_path() -> Result<Vec<PathBuf>> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(path) = std::env::var_os("JUPYTER_PATH") {
+        dirs.extend(std::env::split_paths(&path).filter(|p| !p.as_os_str().is_empty()));
+    }
+    dirs.push(user_data_dir()?);
+    for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
+        if let Some(prefix) = std::env::var_os(var).filter(|p| !p.is_empty()) {
+            dirs.push(PathBuf::from(prefix).join("share/jupyter"));
+        }
+    }
+    dirs.push("/usr/local/share/jupyter".into());
+    dirs.push("/usr/share/jupyter".into());
+    let mut seen = std::collections::HashSet::new();
+    dirs.retain(|d| seen.insert(d.clone()));
+    Ok(dirs)
+}
+
+/// Every kernelspec Jupyter would see, the first of each name winning as in Jupyter.
+pub fn find_all() -> Result<Vec<Kernelspec>> {
+    let mut found: Vec<Kernelspec> = Vec::new();
+    for data_dir in search_path()? {
+        let Ok(entries) = std::fs::read_dir(data_dir.join("kernels")) else { continue };
+        let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.join("kernel.json").is_file()).collect();
+        dirs.sort();
+        for dir in dirs {
+            let name = dir.file_name().unwrap_or_default().to_string_lossy().to_lowercase();
+            if found.iter().any(|k| k.name.to_lowercase() == name) {
+                continue;
+            }
+            match Kernelspec::read(&dir) {
+                Ok(k) => found.push(k),
+                Err(e) => tracing::warn!("skipping {}: {e}", dir.display()),
+            }
+        }
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(found)
+}
+
+/// The kernelspec of that name that Jupyter would use.
+pub fn find(name: &str) -> Result<Kernelspec> {
+    find_all()?.into_iter().find(|k| k.name.eq_ignore_ascii_case(name)).ok_or_else(|| {
+        Error::Invalid(format!("kernel '{name}' not found; `sshpyk list` shows the kernels Jupyter sees"))
+    })
+}
+
+/// Writes `<data dir>/kernels/<name>/kernel.json` so that no reader ever sees a half-written
+/// file: a fresh spec is built in a temporary sibling directory and renamed into place.
+pub fn write_new(data_dir: &Path, name: &str, spec: &KernelJson, replace: bool) -> Result<PathBuf> {
+    let kernels = data_dir.join("kernels");
+    std::fs::create_dir_all(&kernels).map_err(Error::io(format!("cannot create {}", kernels.display())))?;
+    let target = kernels.join(name);
+    if target.exists() && !replace {
+        return Err(Error::Invalid(format!(
+            "kernel '{name}' already exists in {}; pass --replace to overwrite it, or choose another --kernel-name",
+            kernels.display()
+        )));
+    }
+    let staging = tempfile::Builder::new()
+        .prefix(".sshpyk-")
+        .tempdir_in(&kernels)
+        .map_err(Error::io(format!("cannot write in {}", kernels.display())))?;
+    write_json(&staging.path().join("kernel.json"), spec)?;
+    std::fs::set_permissions(staging.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(Error::io("cannot set kernelspec permissions"))?;
+    if target.exists() {
+        std::fs::remove_dir_all(&target).map_err(Error::io(format!("cannot replace {}", target.display())))?;
+    }
+    let staged = staging.keep();
+    std::fs::rename(&staged, &target).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&staged);
+        Error::Io { context: format!("cannot create {}", target.display()), source: e }
+    })?;
+    Ok(target)
+}
+
+/// Rewrites an existing kernel.json atomically (write a sibling, then rename over it).
+pub fn rewrite(dir: &Path, spec: &KernelJson) -> Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix(".kernel.json.")
+        .tempfile_in(dir)
+        .map_err(Error::io(format!("cannot write in {}", dir.display())))?;
+    write_json(tmp.path(), spec)?;
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .map_err(Error::io("cannot set kernel.json permissions"))?;
+    tmp.persist(dir.join("kernel.json"))
+        .map_err(|e| Error::Io { context: format!("cannot replace {}/kernel.json", dir.display()), source: e.error })?;
+    Ok(())
+}
+
+fn write_json(path: &Path, spec: &KernelJson) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(spec).expect("kernel.json serializes");
+    text.push('\n');
+    std::fs::write(path, text).map_err(Error::io(format!("cannot write {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_names_follow_jupyter_rules() {
+        for ok in ["ssh_gpu_python3", "a.b-c", "X1"] {
+            validate_kernel_name(ok).unwrap();
+        }
+        for bad in ["", "a b", "a/b", "é", "a:b"] {
+            assert!(validate_kernel_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_kernel_json_fields_survive_a_round_trip() {
+        let text = r#"{"argv":["x"],"display_name":"d","language":"python","env":{"A":"1"},"metadata":{"other":1}}"#;
+        let spec: KernelJson = serde_json::from_str(text).unwrap();
+        let back = serde_json::to_value(&spec).unwrap();
+        assert_eq!(back["env"]["A"], "1");
+        assert_eq!(back["metadata"]["other"], 1);
+        assert!(spec.settings().is_none());
+    }
+}

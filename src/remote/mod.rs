@@ -1,0 +1,232 @@
+//! The remote side of a kernel: one ssh session that carries the supervisor (a Python script
+//! embedded here), the session key, commands and the kernel's exit, in a single round trip.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+
+use crate::connection::{Channel, ConnectionInfo};
+use crate::error::{Error, Result};
+use crate::ssh::{process, Master};
+
+pub mod probe;
+
+const SUPERVISOR: &str = include_str!("supervisor.py");
+
+/// Runs on the remote login shell's command line: nothing secret, only the interpreter path.
+/// It cannot be piped to `sh -s` instead: dash reads its script in blocks, so it would swallow
+/// the supervisor and key meant for python, and handing them over costs one more round trip.
+const BOOTSTRAP: &str = r#"py=$1
+case $py in "~/"*) py=$HOME/${py#"~/"};; esac
+if [ ! -x "$py" ]; then echo sshpyk-no-python; exit 0; fi
+exec "$py" -u -c "import sys;n=int(sys.stdin.buffer.readline());exec(compile(sys.stdin.buffer.read(n),'sshpyk-supervisor','exec'))""#;
+
+/// What the supervisor reports once the kernel's sockets are up.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Ready {
+    pub pid: u32,
+    pub hostname: String,
+    pub transport: String,
+    /// The kernel's ports on the remote loopback.
+    pub endpoints: HashMap<Channel, u16>,
+    pub run_dir: String,
+    pub interrupt_mode: String,
+    #[serde(default)]
+    pub language: String,
+}
+
+/// How the remote kernel ended.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Exit {
+    pub status: Option<i32>,
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub tail: Vec<String>,
+}
+
+impl Exit {
+    /// The launcher's own exit status: the kernel's, or 128+signal as a shell reports it.
+    pub fn code(&self) -> i32 {
+        match (self.status, self.signal) {
+            (Some(code), _) => code,
+            (None, Some(sig)) => 128 + sig,
+            (None, None) => 1,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match (self.status, self.signal) {
+            (Some(0), _) => "exited normally".into(),
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(sig)) => format!("was killed by signal {sig}"),
+            (None, None) => "ended".into(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Exited(Exit),
+    /// The session ended without an exit report: the connection (or the supervisor) is gone.
+    Lost,
+}
+
+pub struct StartRequest<'a> {
+    pub remote_python: &'a str,
+    pub kernel_name: &'a str,
+    pub info: &'a ConnectionInfo,
+    pub orphan_timeout: f64,
+}
+
+/// The open session with the remote supervisor. Dropping it kills the local ssh client, which
+/// ends the lease: the supervisor then starts its orphan countdown (or, before `arm`, kills the
+/// kernel at once).
+pub struct Session {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Session {
+    pub async fn start(master: &Master, req: &StartRequest<'_>) -> Result<(Session, Ready)> {
+        let mut cmd = master.command();
+        cmd.arg("-T").arg(master.alias());
+        cmd.arg(format!("exec sh -c {} sshpyk {}", shell_quote(BOOTSTRAP), shell_quote(req.remote_python)));
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        process::tie_to_parent(&mut cmd);
+        let mut child = cmd.spawn().map_err(|e| crate::ssh::config::spawn_error("ssh", e))?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+
+        // Source, then the config line holding the key: both through stdin, never argv.
+        let config = json!({
+            "key": req.info.key,
+            "signature_scheme": req.info.signature_scheme,
+            "kernel_name": req.kernel_name,
+            "orphan_timeout": req.orphan_timeout,
+        });
+        let mut payload = format!("{}\n{SUPERVISOR}", SUPERVISOR.len()).into_bytes();
+        payload.extend_from_slice(config.to_string().as_bytes());
+        payload.push(b'\n');
+        stdin.write_all(&payload).await.map_err(|e| Error::Ssh(format!("the ssh session to '{}' closed: {e}", master.alias())))?;
+        stdin.flush().await.ok();
+
+        let mut session = Session { child, stdin, lines };
+        let ready = session.read_ready(master.alias(), req).await?;
+        Ok((session, ready))
+    }
+
+    async fn read_ready(&mut self, alias: &str, req: &StartRequest<'_>) -> Result<Ready> {
+        loop {
+            let Some(line) = self.next_line().await else {
+                let status = self.child.wait().await.ok().and_then(|s| s.code());
+                return Err(Error::Ssh(match status {
+                    Some(255) => format!("the ssh connection to '{alias}' failed while starting the kernel; see the ssh message above"),
+                    _ => format!("the remote side of '{alias}' ended before the kernel started (status {status:?}); run with -vv for details"),
+                }));
+            };
+            if line == "sshpyk-no-python" {
+                return Err(Error::Remote(format!(
+                    "remote python '{}' does not exist on '{alias}'; fix --remote-python-prefix/--remote-python with `sshpyk edit`",
+                    req.remote_python
+                )));
+            }
+            let Some(msg) = parse_message(&line) else { continue };
+            match msg["sshpyk"].as_str() {
+                Some("ready") => {
+                    return serde_json::from_value(msg).map_err(|e| Error::Remote(format!("unexpected answer from the remote supervisor: {e}")))
+                }
+                Some("error") => return Err(Error::Remote(format!("on '{alias}': {}", msg["message"].as_str().unwrap_or("unknown error")))),
+                Some("exited") => {
+                    let exit: Exit = serde_json::from_value(msg).unwrap_or(Exit { status: None, signal: None, tail: vec![] });
+                    return Err(Error::Remote(format!(
+                        "remote kernel '{}' {} before it was ready: {}",
+                        req.kernel_name,
+                        exit.describe(),
+                        exit.tail.join(" | ")
+                    )));
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next supervisor line, skipping what login scripts may print.
+    async fn next_line(&mut self) -> Option<String> {
+        loop {
+            match self.lines.next_line().await {
+                Ok(Some(line)) if line.starts_with("{\"sshpyk\"") || line == "sshpyk-no-python" => return Some(line),
+                Ok(Some(line)) => tracing::debug!("remote: {line}"),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// From now on a lost session means "launcher gone": the supervisor waits out the orphan
+    /// timeout instead of killing the kernel at once.
+    pub async fn arm(&mut self) -> Result<()> {
+        self.send(json!({"op": "arm"})).await
+    }
+
+    pub async fn signal(&mut self, signal: &str) -> Result<()> {
+        self.send(json!({"op": "signal", "signal": signal})).await
+    }
+
+    pub async fn kill(&mut self) -> Result<()> {
+        self.send(json!({"op": "kill"})).await
+    }
+
+    async fn send(&mut self, msg: serde_json::Value) -> Result<()> {
+        let mut line = msg.to_string().into_bytes();
+        line.push(b'\n');
+        self.stdin.write_all(&line).await.map_err(|e| Error::Ssh(format!("the session with the remote supervisor is gone: {e}")))
+    }
+
+    /// Waits for the next thing the supervisor has to say. Cancel-safe.
+    pub async fn next_event(&mut self) -> Event {
+        while let Some(line) = self.next_line().await {
+            if let Some(msg) = parse_message(&line) {
+                if msg["sshpyk"] == "exited" {
+                    if let Ok(exit) = serde_json::from_value(msg) {
+                        return Event::Exited(exit);
+                    }
+                }
+            }
+        }
+        Event::Lost
+    }
+}
+
+fn parse_message(line: &str) -> Option<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(line).ok().filter(|m| m.get("sshpyk").is_some())
+}
+
+/// Quotes one word for a POSIX shell (the remote login shell parses the command line).
+pub fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r#"'\''"#))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quote_survives_quotes() {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s {}", shell_quote("a 'b' $HOME \"c\"")))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), "a 'b' $HOME \"c\"");
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell_convention() {
+        assert_eq!(Exit { status: Some(0), signal: None, tail: vec![] }.code(), 0);
+        assert_eq!(Exit { status: None, signal: Some(9), tail: vec![] }.code(), 137);
+    }
+}

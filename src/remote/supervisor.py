@@ -1,0 +1,346 @@
+# sshpyk remote supervisor: starts one Jupyter kernel on this host and guards it.
+#
+# Sent by the launcher over the ssh session's stdin (never on a command line) and run by the
+# remote python. Protocol, one JSON object per line:
+#   in:  a config line (holds the session key), then commands: arm, signal, kill. The launcher
+#        sends no command before "ready", so nothing is left in Python's stdin buffer after the
+#        config line and the select loop can read the raw descriptor.
+#   out: {"sshpyk": "ready" | "exited" | "error", ...}
+# The session is the lease: while it is open the launcher is alive. After "arm", losing it starts
+# the orphan countdown; a launcher that comes back attaches to supervisor.sock in the run dir and
+# takes the lease over. At expiry, on kill, or when the kernel exits: kill the kernel's process
+# group, remove every file we made, report, exit.
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
+
+
+class Fatal(Exception):
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind = kind
+
+
+class Channel:
+    """The launcher's end: the ssh session's stdio at first, an attached socket after a reconnect."""
+
+    def __init__(self, rfile, wfile, closer=None):
+        self.rfile, self.wfile, self.closer, self.buf = rfile, wfile, closer, b""
+
+    def fileno(self):
+        return self.rfile.fileno()
+
+    def send(self, **msg):
+        try:
+            self.wfile.write((json.dumps(msg) + "\n").encode())
+            self.wfile.flush()
+            return True
+        except OSError:
+            return False
+
+    def read_lines(self):
+        """Lines now available, or None at EOF."""
+        try:
+            data = os.read(self.rfile.fileno(), 65536)
+        except OSError:
+            data = b""
+        if not data:
+            return None
+        self.buf += data
+        *lines, self.buf = self.buf.split(b"\n")
+        return [l for l in lines if l.strip()]
+
+    def close(self):
+        if self.closer:
+            self.closer()
+
+
+def find_kernelspec(name):
+    from jupyter_core.paths import jupyter_path
+
+    for base in jupyter_path("kernels"):
+        try:
+            entries = os.listdir(base)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.lower() == name.lower():
+                path = os.path.join(base, entry, "kernel.json")
+                if os.path.isfile(path):
+                    with open(path) as f:
+                        spec = json.load(f)
+                    spec["resource_dir"] = os.path.join(base, entry)
+                    return spec
+    # jupyter_client offers ipykernel as "python3" even without a kernel.json on disk.
+    if name == "python3" and have_module("ipykernel"):
+        return {
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "language": "python",
+            "display_name": "Python 3 (ipykernel)",
+            "resource_dir": "",
+        }
+    raise Fatal("no_kernel", "remote kernel '%s' not found; available: %s" % (name, ", ".join(available_kernels()) or "none"))
+
+
+def available_kernels():
+    from jupyter_core.paths import jupyter_path
+
+    names = set()
+    for base in jupyter_path("kernels"):
+        try:
+            names.update(e for e in os.listdir(base) if os.path.isfile(os.path.join(base, e, "kernel.json")))
+        except OSError:
+            pass
+    if have_module("ipykernel"):
+        names.add("python3")
+    return sorted(names)
+
+
+def have_module(name):
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def make_run_dir():
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    base = jupyter_runtime_dir()
+    try:
+        os.makedirs(base, mode=0o700, exist_ok=True)
+        run_dir = tempfile.mkdtemp(prefix="sshpyk-", dir=base)
+    except OSError as e:
+        raise Fatal("runtime_dir", "remote runtime dir %s is not writable (%s); fix its permissions or set JUPYTER_RUNTIME_DIR on the remote" % (base, e.strerror))
+    # Unix socket paths must stay short; fall back to the temp dir when the runtime dir is deep.
+    if len(run_dir) > 80:
+        os.rmdir(run_dir)
+        run_dir = tempfile.mkdtemp(prefix="sshpyk-")
+    return run_dir
+
+
+def kernel_argv(spec, connection_file):
+    argv = [a.replace("{connection_file}", connection_file).replace("{resource_dir}", spec.get("resource_dir", "")) for a in spec["argv"]]
+    major, minor = sys.version_info[:2]
+    if argv and argv[0] in ("python", "python%d" % major, "python%d.%d" % (major, minor)):
+        argv[0] = sys.executable
+    return argv
+
+
+def free_tcp_ports(n):
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def write_connection_file(run_dir, config):
+    # TCP on the remote loopback: OpenSSH 9.2's `ssh -W` cannot reach Unix sockets.
+    ports = free_tcp_ports(5)
+    info = {"transport": "tcp", "ip": "127.0.0.1", "key": config["key"], "signature_scheme": config["signature_scheme"], "kernel_name": config["kernel_name"]}
+    info.update({"%s_port" % c: p for c, p in zip(CHANNELS, ports)})
+    path = os.path.join(run_dir, "kernel.json")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(info, f)
+    return path, dict(zip(CHANNELS, ports))
+
+
+def set_pdeathsig():
+    # The kernel must not outlive its guard, even if the guard is killed with SIGKILL.
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+class Supervisor:
+    def __init__(self, config):
+        self.config = config
+        self.orphan_timeout = float(config["orphan_timeout"])
+        self.run_dir = None
+        self.kernel = None
+        self.armed = False
+        self.tail = []
+        self.sel = selectors.DefaultSelector()
+        self.exit_r, self.exit_w = os.pipe()
+
+    def start(self):
+        if not have_module("jupyter_client"):
+            raise Fatal("no_jupyter_client", "remote python %s cannot import jupyter_client; install it there (pip install jupyter_client ipykernel)" % sys.executable)
+        spec = find_kernelspec(self.config["kernel_name"])
+        self.run_dir = make_run_dir()
+        connection_file, ports = write_connection_file(self.run_dir, self.config)
+        argv = kernel_argv(spec, connection_file)
+        env = dict(os.environ)
+        env.update({k: string.Template(v).safe_substitute(os.environ) for k, v in spec.get("env", {}).items()})
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        # ipykernel then watches its parent (us) and exits if we vanish.
+        env["JPY_PARENT_PID"] = str(os.getpid())
+        try:
+            self.kernel = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                start_new_session=True, env=env, cwd=os.path.expanduser("~"), preexec_fn=set_pdeathsig,
+            )
+        except OSError as e:
+            raise Fatal("kernel_start", "cannot start remote kernel %s: %s" % (argv[0], e.strerror))
+        threading.Thread(target=self.pump_output, daemon=True).start()
+        threading.Thread(target=self.wait_kernel, daemon=True).start()
+        self.wait_ports(ports.values())
+        return {
+            "pid": self.kernel.pid, "hostname": socket.gethostname(), "transport": "tcp",
+            "endpoints": ports, "run_dir": self.run_dir,
+            "interrupt_mode": spec.get("interrupt_mode", "signal"), "language": spec.get("language", ""),
+        }
+
+    def pump_output(self):
+        # The kernel's output reaches the launcher's stderr, like a local kernel's would.
+        for line in iter(self.kernel.stdout.readline, b""):
+            self.tail = (self.tail + [line.decode(errors="replace").rstrip()])[-20:]
+            try:
+                sys.stderr.buffer.write(line)
+                sys.stderr.flush()
+            except OSError:
+                pass
+
+    def wait_kernel(self):
+        self.kernel.wait()
+        os.write(self.exit_w, b"x")
+
+    def wait_ports(self, ports):
+        # Report ready only once the kernel listens: a forward to a closed port would fail.
+        pending = set(ports)
+        while pending and self.kernel.poll() is None:
+            for port in list(pending):
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        pending.discard(port)
+            if pending:
+                time.sleep(0.01)
+
+    def kill_kernel(self):
+        if self.kernel and self.kernel.poll() is None:
+            try:
+                os.killpg(self.kernel.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            self.kernel.wait()
+
+    def cleanup(self):
+        if self.kernel:
+            # Whatever the kernel started in its group goes with it.
+            try:
+                os.killpg(self.kernel.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if self.run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def exit_message(self):
+        code = self.kernel.returncode
+        return {"status": code if code >= 0 else None, "signal": -code if code < 0 else None, "tail": self.tail[-5:]}
+
+    def handle(self, line):
+        try:
+            cmd = json.loads(line)
+        except ValueError:
+            return
+        op = cmd.get("op")
+        if op == "arm":
+            self.armed = True
+        elif op == "signal":
+            try:
+                os.killpg(self.kernel.pid, getattr(signal, cmd["signal"]))
+            except (OSError, AttributeError):
+                pass
+        elif op == "kill":
+            self.kill_kernel()
+
+    def serve(self, channel):
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(os.path.join(self.run_dir, "supervisor.sock"))
+        listener.listen(4)
+        self.sel.register(listener, selectors.EVENT_READ, "attach")
+        self.sel.register(self.exit_r, selectors.EVENT_READ, "exit")
+        self.sel.register(channel, selectors.EVENT_READ, "channel")
+        deadline = None
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            events = self.sel.select(timeout)
+            if not events and deadline is not None and time.monotonic() >= deadline:
+                deadline = None
+                self.kill_kernel()
+                continue
+            for key, _ in events:
+                if key.data == "exit":
+                    self.cleanup()
+                    if channel:
+                        channel.send(sshpyk="exited", **self.exit_message())
+                    return
+                if key.data == "attach":
+                    conn, _ = listener.accept()
+                    if channel:
+                        self.sel.unregister(channel)
+                        channel.close()
+                    f = conn.makefile("rwb", buffering=0)
+                    channel = Channel(f, f, closer=conn.close)
+                    self.sel.register(channel, selectors.EVENT_READ, "channel")
+                    deadline = None
+                    channel.send(sshpyk="attached", pid=self.kernel.pid)
+                elif key.data == "channel":
+                    lines = channel.read_lines()
+                    if lines is None:
+                        self.sel.unregister(channel)
+                        channel.close()
+                        channel = None
+                        if not self.armed:
+                            self.kill_kernel()
+                        else:
+                            deadline = time.monotonic() + self.orphan_timeout
+                        continue
+                    for line in lines:
+                        self.handle(line)
+
+
+def main():
+    for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    channel = Channel(sys.stdin.buffer, sys.stdout.buffer)
+    config = json.loads(sys.stdin.buffer.readline())
+    sup = Supervisor(config)
+    signal.signal(signal.SIGTERM, lambda *_: (sup.kill_kernel(), sup.cleanup(), os._exit(1)))
+    try:
+        ready = sup.start()
+    except Fatal as e:
+        sup.kill_kernel()
+        sup.cleanup()
+        channel.send(sshpyk="error", kind=e.kind, message=str(e))
+        return
+    if sup.kernel.poll() is not None:
+        sup.kernel.wait()
+        os.read(sup.exit_r, 1)
+        sup.cleanup()
+        channel.send(sshpyk="exited", **sup.exit_message())
+        return
+    channel.send(sshpyk="ready", **ready)
+    sup.serve(channel)
+
+
+main()

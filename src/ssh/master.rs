@@ -1,0 +1,213 @@
+//! The OpenSSH ControlMaster for one alias: found or opened, then shared by every ssh process
+//! sshpyk starts for that host. Its lifetime is OpenSSH's (`ControlPersist`), never ours.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::time::Instant;
+
+use super::config::{last_message, spawn_error, EffectiveConfig};
+use crate::error::{Error, Result};
+
+/// How long a master we open stays after its last client, when the user's config says nothing.
+const DEFAULT_PERSIST: &str = "10m";
+
+#[derive(Debug, Clone)]
+pub struct Master {
+    ssh: String,
+    config: PathBuf,
+    alias: String,
+    control_path: String,
+    /// ControlPersist to open the master with.
+    persist: String,
+    runtime_dir: PathBuf,
+    effective: EffectiveConfig,
+    ssh_verbose: bool,
+}
+
+impl Master {
+    /// Reads the effective config; where it sets no ControlPath, uses a private one in the
+    /// 0700 runtime dir.
+    pub async fn for_alias(ssh: &str, config: &Path, alias: &str, ssh_verbose: bool) -> Result<Self> {
+        let effective = EffectiveConfig::query(ssh, config, alias).await?;
+        let runtime_dir = crate::runtime::dir()?;
+        let control_path = match effective.control_path() {
+            Some(path) => path.to_string(),
+            None => format!("{}/cm-%C", runtime_dir.display()),
+        };
+        let persist = match effective.get("controlpersist") {
+            Some(p) if p != "no" && p != "0" => p.to_string(),
+            _ => DEFAULT_PERSIST.to_string(),
+        };
+        Ok(Master {
+            ssh: ssh.to_string(),
+            config: config.to_owned(),
+            alias: alias.to_string(),
+            control_path,
+            persist,
+            runtime_dir,
+            effective,
+            ssh_verbose,
+        })
+    }
+
+    pub fn alias(&self) -> &str {
+        &self.alias
+    }
+
+    pub fn effective(&self) -> &EffectiveConfig {
+        &self.effective
+    }
+
+    /// An ssh command that rides the master (and never becomes one, never prompts).
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.ssh);
+        cmd.arg("-F").arg(&self.config);
+        cmd.args(["-o", "BatchMode=yes", "-o", "ControlMaster=no", "-o", "ClearAllForwardings=yes"]);
+        cmd.arg("-o").arg(format!("ControlPath={}", self.control_path));
+        if self.ssh_verbose {
+            cmd.arg("-v");
+        }
+        cmd.stdin(Stdio::null()).kill_on_drop(true);
+        cmd
+    }
+
+    pub async fn is_up(&self) -> bool {
+        let mut cmd = self.command();
+        cmd.args(["-O", "check"]).arg(&self.alias).stdout(Stdio::null()).stderr(Stdio::null());
+        matches!(tokio::time::timeout(Duration::from_secs(5), cmd.status()).await, Ok(Ok(s)) if s.success())
+    }
+
+    /// Makes sure a master is up, opening one if needed, before `deadline`.
+    pub async fn ensure(&self, deadline: Instant) -> Result<()> {
+        let _lock = self.lock(deadline).await?;
+        if self.is_up().await {
+            tracing::debug!("reusing the ControlMaster of '{}'", self.alias);
+            return Ok(());
+        }
+        let log = tempfile::Builder::new()
+            .prefix("master-")
+            .suffix(".log")
+            .tempfile_in(&self.runtime_dir)
+            .map_err(Error::io("cannot create a log file in the runtime dir"))?;
+        let mut cmd = Command::new(&self.ssh);
+        cmd.arg("-F").arg(&self.config);
+        cmd.args(self.open_options());
+        // The master outlives us on purpose; its output goes to a file so that it never holds
+        // our stderr (a parent reading it would wait for the master to exit).
+        cmd.arg("-E").arg(log.path()).args(["-N", "-f"]).arg(&self.alias);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+        let status = match tokio::time::timeout_at(deadline, cmd.status()).await {
+            Ok(status) => status.map_err(|e| spawn_error(&self.ssh, e))?,
+            Err(_) => return Err(self.timeout_error(deadline)),
+        };
+        if status.success() {
+            tracing::debug!("opened a ControlMaster for '{}'", self.alias);
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+        Err(self.classify_failure(&text))
+    }
+
+    /// Closes the master (used by tests and by `list` cleanup of masters it opened).
+    pub async fn exit(&self) {
+        let mut cmd = self.command();
+        cmd.args(["-O", "exit"]).arg(&self.alias).stdout(Stdio::null()).stderr(Stdio::null());
+        let _ = tokio::time::timeout(Duration::from_secs(5), cmd.status()).await;
+    }
+
+    fn open_options(&self) -> Vec<String> {
+        let mut opts = vec![
+            "BatchMode=yes".to_string(),
+            "ControlMaster=yes".to_string(),
+            "ClearAllForwardings=yes".to_string(),
+            format!("ControlPath={}", self.control_path),
+            format!("ControlPersist={}", self.persist),
+        ];
+        // A dead link must be noticed without any polling of ours.
+        if self.effective.get("serveraliveinterval").is_none_or(|v| v == "0") {
+            opts.push("ServerAliveInterval=5".into());
+            opts.push("ServerAliveCountMax=3".into());
+        }
+        opts.into_iter().flat_map(|o| ["-o".to_string(), o]).collect()
+    }
+
+    /// The command a user runs once by hand to open the connection (password, OTP, host key).
+    pub fn open_by_hand_hint(&self) -> String {
+        format!(
+            "{} -F {} -o ControlMaster=yes -o 'ControlPath={}' -o ControlPersist={} -N -f {}",
+            self.ssh,
+            self.config.display(),
+            self.control_path,
+            self.persist,
+            self.alias
+        )
+    }
+
+    fn timeout_error(&self, deadline: Instant) -> Error {
+        let _ = deadline;
+        Error::Ssh(format!(
+            "ssh to '{}' ({}) did not answer in time; check that the host is up and reachable",
+            self.alias,
+            self.host_port()
+        ))
+    }
+
+    fn host_port(&self) -> String {
+        format!(
+            "{}:{}",
+            self.effective.get("hostname").unwrap_or(&self.alias),
+            self.effective.get("port").unwrap_or("22")
+        )
+    }
+
+    fn classify_failure(&self, log: &str) -> Error {
+        let alias = &self.alias;
+        let where_ = self.host_port();
+        let reason = last_message(log);
+        if log.contains("Permission denied") || log.contains("Too many authentication failures") {
+            Error::Ssh(format!(
+                "authentication to '{alias}' ({where_}) failed: {reason}; sshpyk never prompts: open the connection once by hand with `{}`, then start the kernel again",
+                self.open_by_hand_hint()
+            ))
+        } else if log.contains("Host key verification failed") {
+            Error::Ssh(format!(
+                "the host key of '{alias}' ({where_}) is unknown or changed; connect once by hand with `ssh -F {} {alias}` to check and accept it",
+                self.config.display()
+            ))
+        } else if log.contains("Connection refused") {
+            Error::Ssh(format!("ssh host '{alias}' ({where_}) refused the connection; check that sshd runs there and the Port in your ssh config"))
+        } else if log.contains("Could not resolve hostname") {
+            Error::Ssh(format!("the host name of '{alias}' cannot be resolved: {reason}; fix HostName in your ssh config"))
+        } else {
+            Error::Ssh(format!("ssh to '{alias}' ({where_}) failed: {reason}"))
+        }
+    }
+
+    /// Serialises "check, then open" between launchers of the same host: two masters racing for
+    /// one ControlPath would leave a stray plain connection behind.
+    async fn lock(&self, deadline: Instant) -> Result<nix::fcntl::Flock<std::fs::File>> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&self.config, &self.alias, &self.control_path).hash(&mut hasher);
+        let path = self.runtime_dir.join(format!("master-{:016x}.lock", hasher.finish()));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(Error::io(format!("cannot open {}", path.display())))?;
+        loop {
+            match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(lock),
+                Err((f, _)) => file = f,
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timeout_error(deadline));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -1,0 +1,624 @@
+//! The remote host: an OpenSSH sshd with its own keys and configuration, running in a network
+//! namespace or on loopback, and a client configuration that reaches it under an alias.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs::{self, File};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::unistd::{geteuid, User};
+
+use crate::net::Netns;
+use crate::registry::{self, Record, MARKER_VAR};
+use crate::{free_port, procs};
+
+const SSHD: &str = "/usr/sbin/sshd";
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Loopback ports are picked before sshd binds them, so another process can take one first.
+const LOOPBACK_ATTEMPTS: u32 = 5;
+
+/// Where the remote host lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// `Netns` when running as root and `ip netns` works, else `Loopback`.
+    #[default]
+    Auto,
+    /// sshd on 127.0.0.1 and a free port: the "remote" shares this machine's ports.
+    Loopback,
+    /// sshd on port 22 of its own address inside a network namespace: its loopback ports are
+    /// reachable only through ssh, and its link can be cut.
+    Netns,
+}
+
+impl Mode {
+    /// What `Auto` means on this machine; the other modes are returned unchanged.
+    pub fn resolve(self) -> Mode {
+        match self {
+            Mode::Auto if geteuid().is_root() && netns_usable() => Mode::Netns,
+            Mode::Auto => Mode::Loopback,
+            mode => mode,
+        }
+    }
+}
+
+fn netns_usable() -> bool {
+    Command::new("ip")
+        .args(["netns", "list"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl FromStr for Mode {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Mode::Auto),
+            "loopback" => Ok(Mode::Loopback),
+            "netns" => Ok(Mode::Netns),
+            _ => bail!("unknown mode {s:?} (expected auto, loopback or netns)"),
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Auto => "auto",
+            Mode::Loopback => "loopback",
+            Mode::Netns => "netns",
+        })
+    }
+}
+
+/// Options of a [`RemoteHost`]; see [`RemoteHost::builder`].
+#[derive(Debug, Clone)]
+pub struct RemoteHostBuilder {
+    mode: Mode,
+    alias: String,
+    control_master: bool,
+    extra_sshd_config: String,
+}
+
+impl Default for RemoteHostBuilder {
+    fn default() -> Self {
+        RemoteHostBuilder {
+            mode: Mode::Auto,
+            alias: "testhost".to_string(),
+            control_master: false,
+            extra_sshd_config: String::new(),
+        }
+    }
+}
+
+impl RemoteHostBuilder {
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The `Host` name of the generated client configuration.
+    pub fn alias(mut self, alias: &str) -> Self {
+        self.alias = alias.to_string();
+        self
+    }
+
+    /// Adds `ControlMaster auto`, `ControlPath <dir>/cm-%C` and `ControlPersist 60` to the
+    /// client configuration.
+    pub fn control_master(mut self, on: bool) -> Self {
+        self.control_master = on;
+        self
+    }
+
+    /// sshd_config text added to the defaults (calls accumulate). Its options take precedence
+    /// over the defaults (sshd keeps the first value it reads); `Match` blocks go at the end.
+    pub fn extra_sshd_config(mut self, text: &str) -> Self {
+        self.extra_sshd_config.push_str(text);
+        self.extra_sshd_config.push('\n');
+        self
+    }
+
+    pub fn start(self) -> Result<RemoteHost> {
+        let mode = self.mode.resolve();
+        ensure_privsep_dir()?;
+        let tmp = tempfile::Builder::new()
+            .prefix("sshpyk-testhost-")
+            .tempdir()
+            .context("creating the host's temporary directory")?;
+        let dir = tmp.path().to_path_buf();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", dir.display()))?;
+        let mut host = RemoteHost {
+            mode,
+            alias: self.alias.clone(),
+            address: String::new(),
+            port: 0,
+            ssh_config: dir.join("ssh_config"),
+            record: Record::new(dir)?,
+            net: None,
+            sshd: None,
+            stopped: false,
+        };
+        // From here on, dropping `host` (on any error) tears down whatever exists so far.
+        let _ = tmp.keep();
+        {
+            let _lock = registry::lock()?;
+            registry::clean_stale();
+            if mode == Mode::Netns {
+                let net = Netns::create()?;
+                host.record.netns = Some(net.name.clone());
+                host.record.veth = Some(net.veth_host.clone());
+                host.net = Some(net);
+            }
+            host.record.save()?;
+        }
+        host.setup(&self)?;
+        Ok(host)
+    }
+}
+
+/// A throwaway remote host. Dropping it (or [`RemoteHost::stop`]) kills every process on the
+/// remote side and removes the namespace, the veth pair and the directory.
+#[derive(Debug)]
+pub struct RemoteHost {
+    mode: Mode,
+    alias: String,
+    address: String,
+    port: u16,
+    ssh_config: PathBuf,
+    record: Record,
+    net: Option<Netns>,
+    sshd: Option<Child>,
+    stopped: bool,
+}
+
+impl RemoteHost {
+    pub fn builder() -> RemoteHostBuilder {
+        RemoteHostBuilder::default()
+    }
+
+    /// `Mode::Loopback` or `Mode::Netns` (never `Auto`).
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn alias(&self) -> &str {
+        &self.alias
+    }
+
+    /// The client configuration: `ssh -F <ssh_config> <alias>` reaches the host.
+    pub fn ssh_config(&self) -> &Path {
+        &self.ssh_config
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The private directory holding keys, configurations and `sshd.log`.
+    pub fn dir(&self) -> &Path {
+        &self.record.dir
+    }
+
+    pub fn netns(&self) -> Option<&str> {
+        self.record.netns.as_deref()
+    }
+
+    /// The client's private key.
+    pub fn identity_file(&self) -> PathBuf {
+        self.dir().join("id_ed25519")
+    }
+
+    /// sshd's log (LogLevel VERBOSE): worth printing when a test fails.
+    pub fn sshd_log(&self) -> PathBuf {
+        self.dir().join("sshd.log")
+    }
+
+    /// The listening sshd.
+    pub fn sshd_pid(&self) -> Option<u32> {
+        self.record.sshd.map(|(pid, _)| pid)
+    }
+
+    /// A command that runs on the remote host's side without ssh: inside the namespace, or
+    /// plainly on this machine in loopback mode. For inspecting the remote (`ss -ltnp`, `ps`).
+    pub fn remote_command<I, S>(&self, program: impl AsRef<OsStr>, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = match self.netns() {
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        command.args(args);
+        command
+    }
+
+    /// The remote side's processes, the listening sshd included: everything in the namespace,
+    /// or in loopback mode sshd's descendants and any process started by an ssh session to this
+    /// host (sessions carry a marker variable, which finds them even once daemonized).
+    pub fn remote_pids(&self) -> Vec<u32> {
+        self.record.processes().into_iter().collect()
+    }
+
+    /// Cuts the network between this machine and the host (netns mode only): established
+    /// connections stall and new ones fail, as when a cable is pulled.
+    pub fn link_down(&self) -> Result<()> {
+        self.netns_only("link_down")?.set_link(false)
+    }
+
+    /// Restores the link cut by [`RemoteHost::link_down`].
+    pub fn link_up(&self) -> Result<()> {
+        self.netns_only("link_up")?.set_link(true)
+    }
+
+    /// Kills sshd's per-connection processes but not the listener, as when the server drops
+    /// every connection; processes started by the sessions are left alone. Returns how many
+    /// sshd processes were killed.
+    pub fn kill_sshd_connections(&self) -> Result<usize> {
+        let listener = self.sshd_pid().context("sshd is not running")?;
+        let connections: Vec<u32> = procs::descendants(listener)
+            .into_iter()
+            .filter(|&pid| pid != listener && procs::stat(pid).is_some_and(|s| s.comm == "sshd"))
+            .collect();
+        let count = connections.len();
+        procs::kill_until_gone(
+            || connections.iter().copied().collect(),
+            Duration::from_secs(5),
+        )?;
+        Ok(count)
+    }
+
+    /// Tears the host down and reports what went wrong, which `Drop` can only print.
+    pub fn stop(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        if std::mem::replace(&mut self.stopped, true) {
+            return Ok(());
+        }
+        let result = self.record.teardown();
+        if let Some(mut sshd) = self.sshd.take() {
+            // Already killed by the teardown unless that failed; this reaps it.
+            let _ = sshd.kill();
+            let _ = sshd.wait();
+        }
+        result.with_context(|| format!("tearing down the host in {}", self.dir().display()))
+    }
+
+    fn netns_only(&self, what: &str) -> Result<&Netns> {
+        self.net
+            .as_ref()
+            .ok_or_else(|| anyhow!("{what} needs Mode::Netns; this host runs in loopback mode"))
+    }
+
+    fn setup(&mut self, options: &RemoteHostBuilder) -> Result<()> {
+        let dir = self.dir().to_path_buf();
+        keygen(&dir.join("ssh_host_ed25519_key"))?;
+        keygen(&self.identity_file())?;
+        let user_key = read_public_key(&dir.join("id_ed25519.pub"))?;
+        // The marker lets `processes()` find session processes however they detach.
+        let marker = self.record.marker().replace('"', "\\\"");
+        write(
+            &dir.join("authorized_keys"),
+            &format!("environment=\"{marker}\" {user_key}\n"),
+        )?;
+        match &self.net {
+            Some(net) => {
+                net.configure()?;
+                self.address = net.remote_address();
+            }
+            None => self.address = "127.0.0.1".to_string(),
+        }
+        let attempts = if self.net.is_some() {
+            1
+        } else {
+            LOOPBACK_ATTEMPTS
+        };
+        for _ in 0..attempts {
+            self.port = if self.net.is_some() { 22 } else { free_port() };
+            self.write_configs(options)?;
+            self.spawn_sshd()?;
+            match self.wait_ready()? {
+                Ready::Listening => return Ok(()),
+                Ready::PortTaken => {
+                    if let Some(mut sshd) = self.sshd.take() {
+                        let _ = sshd.wait();
+                    }
+                }
+            }
+        }
+        bail!("sshd found its port taken {attempts} times in a row")
+    }
+
+    fn write_configs(&self, options: &RemoteHostBuilder) -> Result<()> {
+        let dir = self.dir();
+        let host_key = read_public_key(&dir.join("ssh_host_ed25519_key.pub"))?;
+        let known_host = if self.port == 22 {
+            self.address.clone()
+        } else {
+            format!("[{}]:{}", self.address, self.port)
+        };
+        write(
+            &dir.join("known_hosts"),
+            &format!("{known_host} {host_key}\n"),
+        )?;
+        write(
+            &dir.join("sshd_config"),
+            &sshd_config(&self.address, self.port, dir, &options.extra_sshd_config),
+        )?;
+        let user = User::from_uid(geteuid())
+            .context("looking up the current user")?
+            .map(|u| u.name)
+            .or_else(|| std::env::var("USER").ok())
+            .context("the current user has no name")?;
+        let mut client = format!(
+            "Host {alias}\n    HostName {address}\n    Port {port}\n    User {user}\n    \
+             IdentityFile {identity}\n    IdentitiesOnly yes\n    \
+             UserKnownHostsFile {known_hosts}\n    StrictHostKeyChecking yes\n    \
+             BatchMode yes\n    ConnectTimeout 5\n",
+            alias = self.alias,
+            address = self.address,
+            port = self.port,
+            identity = quoted(&self.identity_file()),
+            known_hosts = quoted(&dir.join("known_hosts")),
+        );
+        if options.control_master {
+            client.push_str(&format!(
+                "    ControlMaster auto\n    ControlPath {}\n    ControlPersist 60\n",
+                quoted(&dir.join("cm-%C"))
+            ));
+        }
+        write(&self.ssh_config, &client)
+    }
+
+    fn spawn_sshd(&mut self) -> Result<()> {
+        let log_path = self.sshd_log();
+        let log =
+            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let config = self.dir().join("sshd_config");
+        let sshd_args = [
+            OsStr::new("-D"),
+            OsStr::new("-e"),
+            OsStr::new("-f"),
+            config.as_os_str(),
+        ];
+        // `ip netns exec` execs sshd in place, so the child's pid is sshd's.
+        let child = self
+            .remote_command(SSHD, sshd_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {SSHD}"))?;
+        let pid = child.id();
+        self.sshd = Some(child);
+        let start = procs::stat(pid)
+            .with_context(|| {
+                format!(
+                    "sshd (pid {pid}) exited at once; see {}",
+                    log_path.display()
+                )
+            })?
+            .start;
+        self.record.sshd = Some((pid, start));
+        self.record.save()
+    }
+
+    fn wait_ready(&mut self) -> Result<Ready> {
+        let log_path = self.sshd_log();
+        let listening = format!("Server listening on {} port {}.", self.address, self.port);
+        let addr: SocketAddr = format!("{}:{}", self.address, self.port).parse()?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let sshd = self.sshd.as_mut().context("sshd was not started")?;
+        loop {
+            let log = fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(status) = sshd.try_wait().context("checking on sshd")? {
+                if self.net.is_none() && log.contains("Address already in use") {
+                    return Ok(Ready::PortTaken);
+                }
+                bail!(
+                    "sshd exited ({status}) before accepting connections; {}:\n{log}",
+                    log_path.display()
+                );
+            }
+            // The log line proves the listener is this sshd; the connection, that it is
+            // reachable from here.
+            if log.contains(&listening)
+                && TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+            {
+                return Ok(Ready::Listening);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "sshd did not accept connections on {addr} within {READY_TIMEOUT:?}; {}:\n{log}",
+                    log_path.display()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RemoteHost {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            registry::warn(&format!("{e:#}"));
+        }
+    }
+}
+
+enum Ready {
+    Listening,
+    PortTaken,
+}
+
+fn sshd_config(address: &str, port: u16, dir: &Path, extra: &str) -> String {
+    // sshd keeps the first value of an option, so the extra options go first; but a `Match`
+    // block runs to the end of the file, so it must come after every global option.
+    let (extra_options, extra_matches) = split_at_match(extra);
+    format!(
+        "{extra_options}\
+         Port {port}\n\
+         ListenAddress {address}\n\
+         HostKey {host_key}\n\
+         AuthorizedKeysFile {authorized_keys}\n\
+         PidFile none\n\
+         PermitRootLogin prohibit-password\n\
+         StrictModes no\n\
+         UsePAM no\n\
+         PasswordAuthentication no\n\
+         KbdInteractiveAuthentication no\n\
+         PermitUserEnvironment {MARKER_VAR}\n\
+         AllowTcpForwarding yes\n\
+         AllowStreamLocalForwarding yes\n\
+         GatewayPorts no\n\
+         X11Forwarding no\n\
+         Subsystem sftp internal-sftp\n\
+         MaxSessions 100\n\
+         MaxStartups 100:30:200\n\
+         LogLevel VERBOSE\n\
+         {extra_matches}",
+        host_key = quoted(&dir.join("ssh_host_ed25519_key")),
+        authorized_keys = quoted(&dir.join("authorized_keys")),
+    )
+}
+
+/// Splits sshd_config text before its first `Match` line.
+fn split_at_match(text: &str) -> (&str, &str) {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let keyword = line.split_whitespace().next().unwrap_or("");
+        if keyword.eq_ignore_ascii_case("match") {
+            return text.split_at(offset);
+        }
+        offset += line.len();
+    }
+    (text, "")
+}
+
+/// A path as an ssh/sshd configuration argument.
+fn quoted(path: &Path) -> String {
+    let path = path.display().to_string();
+    if path.contains(char::is_whitespace) {
+        format!("\"{path}\"")
+    } else {
+        path
+    }
+}
+
+fn ensure_privsep_dir() -> Result<()> {
+    let dir = Path::new("/run/sshd");
+    // Only a root sshd uses (and insists on) its privilege separation directory.
+    if dir.exists() || !geteuid().is_root() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(dir)
+        .or_else(|e| {
+            // A parallel start may have created it meanwhile.
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+        .context("creating sshd's privilege separation directory /run/sshd")
+}
+
+fn keygen(path: &Path) -> Result<()> {
+    let out = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-N",
+            "",
+            "-t",
+            "ed25519",
+            "-C",
+            "sshpyk-testhost",
+            "-f",
+        ])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .context("running ssh-keygen")?;
+    if !out.status.success() {
+        bail!(
+            "ssh-keygen -f {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The `type base64` part of an OpenSSH public key file (without the comment).
+fn read_public_key(path: &Path) -> Result<String> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let fields: Vec<&str> = text.split_whitespace().take(2).collect();
+    if fields.len() != 2 {
+        bail!("{} is not an OpenSSH public key", path.display());
+    }
+    Ok(fields.join(" "))
+}
+
+fn write(path: &Path, contents: &str) -> Result<()> {
+    fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_options_precede_defaults_and_match_blocks_follow_them() {
+        let extra = "ClientAliveInterval 7\nmatch User nobody\n    ForceCommand true\n";
+        let config = sshd_config("127.0.0.1", 2222, Path::new("/d"), extra);
+        let option = config.find("ClientAliveInterval 7").unwrap();
+        let port = config.find("Port 2222").unwrap();
+        let block = config
+            .find("match User nobody\n    ForceCommand true\n")
+            .unwrap();
+        let last_default = config.find("LogLevel VERBOSE").unwrap();
+        assert!(option < port && last_default < block, "{config}");
+    }
+
+    #[test]
+    fn split_without_match_keeps_everything_first() {
+        assert_eq!(split_at_match("A b\nC d\n"), ("A b\nC d\n", ""));
+        assert_eq!(split_at_match(""), ("", ""));
+    }
+
+    #[test]
+    fn paths_with_spaces_are_quoted() {
+        assert_eq!(quoted(Path::new("/a b/c")), "\"/a b/c\"");
+        assert_eq!(quoted(Path::new("/a/c")), "/a/c");
+    }
+
+    #[test]
+    fn mode_parses_its_display_form() {
+        for mode in [Mode::Auto, Mode::Loopback, Mode::Netns] {
+            assert_eq!(mode.to_string().parse::<Mode>().unwrap(), mode);
+        }
+        assert!("tcp".parse::<Mode>().is_err());
+    }
+}

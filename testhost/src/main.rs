@@ -1,0 +1,100 @@
+//! `sshpyk-testhost`: starts a throwaway remote host for the demo and benchmark scripts, prints
+//! one JSON line describing it, and tears it down when stdin reaches EOF or on SIGTERM, SIGINT
+//! or SIGHUP.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+use std::thread;
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::unistd::getpid;
+use sshpyk_testhost::{Mode, RemoteHost};
+
+const USAGE: &str = "usage: sshpyk-testhost [--mode auto|loopback|netns] [--alias NAME] \
+                     [--control-master] [--ignore-stdin]
+
+Starts a throwaway OpenSSH host and prints one JSON line:
+  {\"alias\":..,\"ssh_config\":..,\"address\":..,\"port\":..,\"netns\":..|null,\"dir\":..}
+then runs until stdin reaches EOF (unless --ignore-stdin) or SIGTERM/SIGINT/SIGHUP arrives,
+and cleans up.";
+
+struct Args {
+    mode: Mode,
+    alias: String,
+    control_master: bool,
+    ignore_stdin: bool,
+}
+
+fn parse_args() -> Result<Option<Args>> {
+    let mut args = Args {
+        mode: Mode::Auto,
+        alias: "testhost".to_string(),
+        control_master: false,
+        ignore_stdin: false,
+    };
+    let mut argv = std::env::args().skip(1);
+    while let Some(arg) = argv.next() {
+        match arg.as_str() {
+            "--mode" => args.mode = argv.next().context("--mode needs a value")?.parse()?,
+            "--alias" => args.alias = argv.next().context("--alias needs a value")?,
+            "--control-master" => args.control_master = true,
+            "--ignore-stdin" => args.ignore_stdin = true,
+            "-h" | "--help" => return Ok(None),
+            _ => bail!("unexpected argument {arg:?}\n{USAGE}"),
+        }
+    }
+    Ok(Some(args))
+}
+
+fn run() -> Result<()> {
+    let Some(args) = parse_args()? else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    // Blocked before any thread exists, so every thread inherits the mask and the signals wait
+    // for `wait()` below (Command resets the mask for sshd).
+    let mut signals = SigSet::empty();
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(signal);
+    }
+    signals.thread_block().context("blocking signals")?;
+
+    let host = RemoteHost::builder()
+        .mode(args.mode)
+        .alias(&args.alias)
+        .control_master(args.control_master)
+        .start()?;
+    let line = serde_json::json!({
+        "alias": host.alias(),
+        "ssh_config": host.ssh_config(),
+        "address": host.address(),
+        "port": host.port(),
+        "netns": host.netns(),
+        "dir": host.dir(),
+    });
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "{line}")
+        .and_then(|()| stdout.flush())
+        .context("writing to stdout")?;
+
+    if !args.ignore_stdin {
+        thread::spawn(|| {
+            // EOF or a read error both mean whoever started us is gone.
+            let _ = io::copy(&mut io::stdin().lock(), &mut io::sink());
+            let _ = kill(getpid(), Signal::SIGTERM);
+        });
+    }
+    signals.wait().context("waiting for a signal")?;
+    host.stop()
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sshpyk-testhost: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

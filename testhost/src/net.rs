@@ -1,0 +1,166 @@
+//! Network namespaces: a "remote host" with its own address, reached through a veth pair.
+//!
+//! Instance `n` (0..=255) owns the namespace `sshpyk-<n>`, the veth pair `spk<n>h` (host side,
+//! 10.231.<n>.1/24) and `spk<n>r` (inside the namespace, 10.231.<n>.2/24). Those are the only
+//! addresses this module ever creates.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::procs;
+
+pub(crate) const NETNS_PREFIX: &str = "sshpyk-";
+
+#[derive(Debug)]
+pub(crate) struct Netns {
+    pub name: String,
+    pub veth_host: String,
+    veth_remote: String,
+    n: u8,
+}
+
+impl Netns {
+    fn new(n: u8) -> Self {
+        Netns {
+            name: format!("{NETNS_PREFIX}{n}"),
+            veth_host: format!("spk{n}h"),
+            veth_remote: format!("spk{n}r"),
+            n,
+        }
+    }
+
+    /// Claims a free namespace name. `ip netns add` fails when the name exists, which makes the
+    /// claim atomic even against processes that do not take our lock.
+    pub fn create() -> Result<Self> {
+        // Start from the pid so that parallel processes rarely collide in the first place.
+        let first = std::process::id() % 256;
+        for i in 0..256 {
+            let net = Netns::new(((first + i) % 256) as u8);
+            let out = Command::new("ip")
+                .args(["netns", "add", &net.name])
+                .output()
+                .context("running `ip netns add`")?;
+            if out.status.success() {
+                return Ok(net);
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if !stderr.contains("File exists") {
+                bail!("`ip netns add {}` failed: {}", net.name, stderr.trim());
+            }
+        }
+        bail!("no free network namespace name: sshpyk-0 to sshpyk-255 all exist")
+    }
+
+    /// Creates the veth pair and addresses. Needs the namespace from `create`.
+    pub fn configure(&self) -> Result<()> {
+        // A host-side veth left over by a run killed before it moved the peer away.
+        if Path::new("/sys/class/net").join(&self.veth_host).exists() {
+            ip(&["link", "del", &self.veth_host])?;
+        }
+        let (ns, host, remote) = (&self.name, &self.veth_host, &self.veth_remote);
+        ip(&[
+            "link", "add", host, "type", "veth", "peer", "name", remote, "netns", ns,
+        ])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", self.host_address()),
+            "dev",
+            host,
+        ])?;
+        ip(&["link", "set", host, "up"])?;
+        let remote_cidr = format!("{}/24", self.remote_address());
+        ip(&["-n", ns, "addr", "add", &remote_cidr, "dev", remote])?;
+        ip(&["-n", ns, "link", "set", remote, "up"])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])
+    }
+
+    pub fn host_address(&self) -> String {
+        format!("10.231.{}.1", self.n)
+    }
+
+    pub fn remote_address(&self) -> String {
+        format!("10.231.{}.2", self.n)
+    }
+
+    pub fn set_link(&self, up: bool) -> Result<()> {
+        ip(&[
+            "link",
+            "set",
+            &self.veth_host,
+            if up { "up" } else { "down" },
+        ])
+    }
+}
+
+/// The host-side veth name belonging to a namespace name, if it is one of ours.
+pub(crate) fn veth_of(netns: &str) -> Option<String> {
+    let n: u8 = netns.strip_prefix(NETNS_PREFIX)?.parse().ok()?;
+    Some(Netns::new(n).veth_host)
+}
+
+/// Every process in the namespace (empty if it does not exist).
+pub(crate) fn pids(netns: &str) -> BTreeSet<u32> {
+    Command::new("ip")
+        .args(["netns", "pids", netns])
+        .output()
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub(crate) fn list() -> Result<Vec<String>> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .context("running `ip netns list`")?;
+    if !out.status.success() {
+        bail!(
+            "`ip netns list` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    // Lines look like "sshpyk-3 (id: 2)" or just "sshpyk-3".
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next().map(str::to_string))
+        .collect())
+}
+
+/// Kills everything in the namespace, then deletes the veth pair and the namespace. Parts that
+/// are already gone are skipped.
+pub(crate) fn destroy(netns: &str, veth_host: &str) -> Result<()> {
+    // Deleting a namespace only unmounts its name: it lives on while a process is inside.
+    procs::kill_until_gone(|| pids(netns), Duration::from_secs(5))
+        .with_context(|| format!("emptying network namespace {netns}"))?;
+    if Path::new("/sys/class/net").join(veth_host).exists() {
+        ip(&["link", "del", veth_host])?;
+    }
+    if Path::new("/run/netns").join(netns).exists() {
+        ip(&["netns", "del", netns])?;
+    }
+    Ok(())
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .with_context(|| format!("running `ip {}`", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

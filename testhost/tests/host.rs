@@ -1,0 +1,315 @@
+//! End-to-end tests of the fixture: real sshd, real ssh client.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sshpyk_testhost::{python_venv, Mode, RemoteHost};
+
+fn ssh(host: &RemoteHost, options: &[&str], command: &str) -> Output {
+    Command::new("ssh")
+        .arg("-F")
+        .arg(host.ssh_config())
+        .args(options)
+        .arg(host.alias())
+        .arg(command)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running ssh")
+}
+
+fn assert_echo_ok(host: &RemoteHost) {
+    let out = ssh(host, &[], "echo ok");
+    assert!(
+        out.status.success(),
+        "ssh failed: {}\nsshd.log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(host.sshd_log()).unwrap_or_default()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+}
+
+fn netns_available() -> bool {
+    let available = Mode::Auto.resolve() == Mode::Netns;
+    if !available {
+        eprintln!("skipped: network namespaces need root and a working `ip netns`");
+    }
+    available
+}
+
+fn netns_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// Polls `condition` for up to 5 s.
+fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Starts a remote `sleep` that detaches from its session, and returns its pid.
+fn start_detached_sleep(host: &RemoteHost) -> u32 {
+    let out = ssh(
+        host,
+        &[],
+        "setsid nohup sleep 300 >/dev/null 2>&1 < /dev/null & echo $!",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn loopback_host_serves_ssh_and_cleans_up() {
+    let host = RemoteHost::builder()
+        .mode(Mode::Loopback)
+        .alias("lo-host")
+        .start()
+        .unwrap();
+    assert_eq!(host.mode(), Mode::Loopback);
+    assert_eq!(host.address(), "127.0.0.1");
+    assert_eq!(host.netns(), None);
+    assert!(host.link_down().is_err());
+    assert_echo_ok(&host);
+
+    let sshd = host.sshd_pid().unwrap();
+    let sleep = start_detached_sleep(&host);
+    let remote = host.remote_pids();
+    assert!(
+        remote.contains(&sshd) && remote.contains(&sleep),
+        "{remote:?}"
+    );
+
+    let dir = host.dir().to_path_buf();
+    let port = host.port();
+    drop(host);
+    assert!(!running(sshd) && !running(sleep));
+    assert!(!dir.exists());
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+#[test]
+fn netns_host_serves_ssh_survives_a_link_cut_and_cleans_up() {
+    if !netns_available() {
+        return;
+    }
+    let host = RemoteHost::builder()
+        .mode(Mode::Netns)
+        .alias("ns-host")
+        .start()
+        .unwrap();
+    let netns = host.netns().unwrap().to_string();
+    assert!(host.address().starts_with("10.231.") && host.address().ends_with(".2"));
+    assert_eq!(host.port(), 22);
+    assert_echo_ok(&host);
+
+    // The remote's loopback is its own: sshd listens on the namespace's address only.
+    let out = host.remote_command("ss", ["-ltn"]).output().unwrap();
+    let listening = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listening.contains(&format!("{}:22", host.address())),
+        "{listening}"
+    );
+
+    host.link_down().unwrap();
+    let out = ssh(&host, &["-o", "ConnectTimeout=2"], "echo ok");
+    assert!(!out.status.success());
+    host.link_up().unwrap();
+    assert!(eventually(|| ssh(&host, &[], "echo ok").status.success()));
+
+    let sshd = host.sshd_pid().unwrap();
+    let sleep = start_detached_sleep(&host);
+    assert!(host.remote_pids().contains(&sleep));
+    let dir = host.dir().to_path_buf();
+    host.stop().unwrap();
+    assert!(!netns_exists(&netns));
+    assert!(!running(sshd) && !running(sleep));
+    assert!(!dir.exists());
+}
+
+#[test]
+fn killing_sshd_connections_drops_clients_but_keeps_the_listener() {
+    let host = RemoteHost::builder().start().unwrap();
+    let mut client = Command::new("ssh")
+        .arg("-F")
+        .arg(host.ssh_config())
+        .arg(host.alias())
+        .arg("sleep 60")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sessions_up = || {
+        host.remote_pids().into_iter().any(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c == "sleep\n")
+        })
+    };
+    assert!(eventually(sessions_up));
+    assert!(host.kill_sshd_connections().unwrap() > 0);
+    assert!(eventually(|| client.try_wait().unwrap().is_some()));
+    assert_echo_ok(&host);
+}
+
+#[test]
+fn control_master_is_shared_by_later_connections() {
+    let host = RemoteHost::builder().control_master(true).start().unwrap();
+    let config = std::fs::read_to_string(host.ssh_config()).unwrap();
+    assert!(config.contains("ControlMaster auto") && config.contains("ControlPersist 60"));
+    assert_echo_ok(&host);
+    let check = Command::new("ssh")
+        .arg("-F")
+        .arg(host.ssh_config())
+        .args(["-O", "check"])
+        .arg(host.alias())
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_echo_ok(&host);
+}
+
+#[test]
+fn extra_sshd_config_takes_effect() {
+    let host = RemoteHost::builder()
+        .mode(Mode::Loopback)
+        .extra_sshd_config("Banner none\nAllowTcpForwarding no")
+        .start()
+        .unwrap();
+    assert_echo_ok(&host);
+    let out = ssh(
+        &host,
+        &["-o", "ExitOnForwardFailure=yes", "-L", "0:127.0.0.1:9"],
+        "true",
+    );
+    assert!(!out.status.success(), "forwarding should have been refused");
+}
+
+#[test]
+fn parallel_hosts_are_distinct() {
+    let hosts: Vec<RemoteHost> = (0..4)
+        .map(|_| thread::spawn(|| RemoteHost::builder().start().unwrap()))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let mut endpoints: Vec<(String, u16)> = hosts
+        .iter()
+        .map(|h| (h.address().to_string(), h.port()))
+        .collect();
+    endpoints.sort();
+    endpoints.dedup();
+    assert_eq!(endpoints.len(), hosts.len());
+    for host in &hosts {
+        assert_echo_ok(host);
+    }
+}
+
+fn spawn_binary(extra_args: &[&str]) -> (std::process::Child, serde_json::Value) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sshpyk-testhost"))
+        .args(extra_args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, serde_json::from_str(&line).unwrap())
+}
+
+#[test]
+fn binary_prints_the_host_and_cleans_up_at_stdin_eof() {
+    let (mut child, info) = spawn_binary(&["--alias", "bin-host", "--control-master"]);
+    assert_eq!(info["alias"], "bin-host");
+    let out = Command::new("ssh")
+        .arg("-F")
+        .arg(info["ssh_config"].as_str().unwrap())
+        .args(["bin-host", "echo ok"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    assert!(!Path::new(info["dir"].as_str().unwrap()).exists());
+    if let Some(netns) = info["netns"].as_str() {
+        assert!(!netns_exists(netns));
+    }
+}
+
+#[test]
+fn binary_cleans_up_on_sigterm() {
+    let (mut child, info) = spawn_binary(&["--ignore-stdin"]);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(!Path::new(info["dir"].as_str().unwrap()).exists());
+}
+
+/// Pids whose command line mentions `needle`.
+fn pids_mentioning(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid: &u32| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
+}
+
+#[test]
+fn a_later_start_cleans_up_after_a_killed_process() {
+    let (mut child, info) = spawn_binary(&[]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let dir = Path::new(info["dir"].as_str().unwrap());
+    let sshd = pids_mentioning(&format!("{}/sshd_config", dir.display()));
+    assert!(dir.exists(), "a killed process cannot have cleaned up");
+    assert!(!sshd.is_empty(), "no sshd for {}", dir.display());
+
+    let _host = RemoteHost::builder().start().unwrap();
+    assert!(!dir.exists());
+    assert!(sshd.iter().all(|&pid| !running(pid)), "{sshd:?}");
+}
+
+#[test]
+fn python_venv_has_a_jupyter_client() {
+    let venv = python_venv().unwrap();
+    let out = Command::new(venv.join("bin/python"))
+        .args(["-c", "import jupyter_client, ipykernel, nbclient"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
