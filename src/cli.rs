@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "sshpyk", version, about = "Run Jupyter kernels on remote machines over OpenSSH, as if they were local")]
+#[command(
+    name = "sshpyk",
+    version,
+    about = "Run Jupyter kernels on remote machines over OpenSSH, as if they were local"
+)]
 pub struct Cli {
     /// More output on stderr: -v debug, -vv trace, -vvv trace plus ssh's own debug output.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

@@ -88,17 +88,33 @@ pub struct Kernelspec {
 impl Kernelspec {
     pub fn read(dir: &Path) -> Result<Self> {
         let file = dir.join("kernel.json");
-        let text = std::fs::read_to_string(&file).map_err(Error::io(format!("cannot read {}", file.display())))?;
-        let spec = serde_json::from_str(&text)
-            .map_err(|e| Error::Invalid(format!("{} is not a valid kernel.json: {e}", file.display())))?;
-        let name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        Ok(Kernelspec { name, dir: dir.to_owned(), spec })
+        let text = std::fs::read_to_string(&file)
+            .map_err(Error::io(format!("cannot read {}", file.display())))?;
+        let spec = serde_json::from_str(&text).map_err(|e| {
+            Error::Invalid(format!(
+                "{} is not a valid kernel.json: {e}",
+                file.display()
+            ))
+        })?;
+        let name = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        Ok(Kernelspec {
+            name,
+            dir: dir.to_owned(),
+            spec,
+        })
     }
 }
 
 /// Jupyter allows letters, digits, `.`, `_` and `-` in kernel names.
 pub fn validate_kernel_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(())
     } else {
@@ -114,7 +130,9 @@ pub fn user_data_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("JUPYTER_DATA_DIR").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir));
     }
-    let home = dirs::home_dir().ok_or_else(|| Error::Local("cannot find your home directory: set HOME or JUPYTER_DATA_DIR".into()))?;
+    let home = dirs::home_dir().ok_or_else(|| {
+        Error::Local("cannot find your home directory: set HOME or JUPYTER_DATA_DIR".into())
+    })?;
     if cfg!(target_os = "macos") {
         return Ok(home.join("Library/Jupyter"));
     }
@@ -149,11 +167,21 @@ pub fn search_path() -> Result<Vec<PathBuf>> {
 pub fn find_all() -> Result<Vec<Kernelspec>> {
     let mut found: Vec<Kernelspec> = Vec::new();
     for data_dir in search_path()? {
-        let Ok(entries) = std::fs::read_dir(data_dir.join("kernels")) else { continue };
-        let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.join("kernel.json").is_file()).collect();
+        let Ok(entries) = std::fs::read_dir(data_dir.join("kernels")) else {
+            continue;
+        };
+        let mut dirs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("kernel.json").is_file())
+            .collect();
         dirs.sort();
         for dir in dirs {
-            let name = dir.file_name().unwrap_or_default().to_string_lossy().to_lowercase();
+            let name = dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_lowercase();
             if found.iter().any(|k| k.name.to_lowercase() == name) {
                 continue;
             }
@@ -169,16 +197,22 @@ pub fn find_all() -> Result<Vec<Kernelspec>> {
 
 /// The kernelspec of that name that Jupyter would use.
 pub fn find(name: &str) -> Result<Kernelspec> {
-    find_all()?.into_iter().find(|k| k.name.eq_ignore_ascii_case(name)).ok_or_else(|| {
-        Error::Invalid(format!("kernel '{name}' not found; `sshpyk list` shows the kernels Jupyter sees"))
-    })
+    find_all()?
+        .into_iter()
+        .find(|k| k.name.eq_ignore_ascii_case(name))
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "kernel '{name}' not found; `sshpyk list` shows the kernels Jupyter sees"
+            ))
+        })
 }
 
 /// Writes `<data dir>/kernels/<name>/kernel.json` so that no reader ever sees a half-written
 /// file: a fresh spec is built in a temporary sibling directory and renamed into place.
 pub fn write_new(data_dir: &Path, name: &str, spec: &KernelJson, replace: bool) -> Result<PathBuf> {
     let kernels = data_dir.join("kernels");
-    std::fs::create_dir_all(&kernels).map_err(Error::io(format!("cannot create {}", kernels.display())))?;
+    std::fs::create_dir_all(&kernels)
+        .map_err(Error::io(format!("cannot create {}", kernels.display())))?;
     let target = kernels.join(name);
     if target.exists() && !replace {
         return Err(Error::Invalid(format!(
@@ -191,15 +225,22 @@ pub fn write_new(data_dir: &Path, name: &str, spec: &KernelJson, replace: bool) 
         .tempdir_in(&kernels)
         .map_err(Error::io(format!("cannot write in {}", kernels.display())))?;
     write_json(&staging.path().join("kernel.json"), spec)?;
-    std::fs::set_permissions(staging.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .map_err(Error::io("cannot set kernelspec permissions"))?;
+    std::fs::set_permissions(
+        staging.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .map_err(Error::io("cannot set kernelspec permissions"))?;
     if target.exists() {
-        std::fs::remove_dir_all(&target).map_err(Error::io(format!("cannot replace {}", target.display())))?;
+        std::fs::remove_dir_all(&target)
+            .map_err(Error::io(format!("cannot replace {}", target.display())))?;
     }
     let staged = staging.keep();
     std::fs::rename(&staged, &target).map_err(|e| {
         let _ = std::fs::remove_dir_all(&staged);
-        Error::Io { context: format!("cannot create {}", target.display()), source: e }
+        Error::Io {
+            context: format!("cannot create {}", target.display()),
+            source: e,
+        }
     })?;
     Ok(target)
 }
@@ -211,10 +252,16 @@ pub fn rewrite(dir: &Path, spec: &KernelJson) -> Result<()> {
         .tempfile_in(dir)
         .map_err(Error::io(format!("cannot write in {}", dir.display())))?;
     write_json(tmp.path(), spec)?;
-    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .map_err(Error::io("cannot set kernel.json permissions"))?;
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .map_err(Error::io("cannot set kernel.json permissions"))?;
     tmp.persist(dir.join("kernel.json"))
-        .map_err(|e| Error::Io { context: format!("cannot replace {}/kernel.json", dir.display()), source: e.error })?;
+        .map_err(|e| Error::Io {
+            context: format!("cannot replace {}/kernel.json", dir.display()),
+            source: e.error,
+        })?;
     Ok(())
 }
 

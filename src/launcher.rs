@@ -38,13 +38,17 @@ struct Running {
 pub async fn run(opts: LaunchOptions) -> Result<i32> {
     let spec = Kernelspec::read(&opts.kernelspec_dir)?;
     let settings = spec.spec.settings().ok_or_else(|| {
-        Error::Invalid(format!("{} was not written by sshpyk; add the kernel with `sshpyk add`", opts.kernelspec_dir.display()))
+        Error::Invalid(format!(
+            "{} was not written by sshpyk; add the kernel with `sshpyk add`",
+            opts.kernelspec_dir.display()
+        ))
     })??;
     let info = ConnectionInfo::read(&opts.connection_file)?;
 
     // Registered before any child exists, so no signal is lost during the start.
     let mut sigint = signal(SignalKind::interrupt()).map_err(Error::io("cannot handle SIGINT"))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(Error::io("cannot handle SIGTERM"))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(Error::io("cannot handle SIGTERM"))?;
     let mut sighup = signal(SignalKind::hangup()).map_err(Error::io("cannot handle SIGHUP"))?;
 
     let start = start(&settings, info, opts.ssh_verbose);
@@ -85,7 +89,8 @@ async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> 
     let alias = &settings.ssh_host_alias;
     let work = async {
         tracing::info!("connecting to '{alias}'");
-        let master = Master::for_alias(&settings.ssh, &settings.ssh_config, alias, ssh_verbose).await?;
+        let master =
+            Master::for_alias(&settings.ssh, &settings.ssh_config, alias, ssh_verbose).await?;
         master.ensure(deadline).await?;
         tracing::info!("starting remote kernel '{}'", settings.remote_kernel_name);
         let request = StartRequest {
@@ -95,7 +100,11 @@ async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> 
             orphan_timeout: settings.orphan_timeout,
         };
         let (mut session, ready) = Session::start(&master, &request).await?;
-        tracing::info!("forwarding ports {} to the kernel ({})", port_list(&info), ready.transport);
+        tracing::info!(
+            "forwarding ports {} to the kernel ({})",
+            port_list(&info),
+            ready.transport
+        );
         let forwarder = Forwarder::start(listeners, &master, &ready.endpoints)?;
         session.arm().await?;
         Ok::<_, Error>((session, forwarder, ready))
@@ -105,12 +114,26 @@ async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> 
         secs: settings.launch_timeout,
         hint: "check that the host answers (`sshpyk list`) or raise --launch-timeout with `sshpyk edit`".into(),
     })??;
-    tracing::info!("ready: kernel pid {} on {} ('{alias}')", ready.pid, ready.hostname);
-    Ok(Running { session, forwarder, ready, info, settings: settings.clone() })
+    tracing::info!(
+        "ready: kernel pid {} on {} ('{alias}')",
+        ready.pid,
+        ready.hostname
+    );
+    Ok(Running {
+        session,
+        forwarder,
+        ready,
+        info,
+        settings: settings.clone(),
+    })
 }
 
 fn port_list(info: &ConnectionInfo) -> String {
-    info.ports().iter().map(|(c, p)| format!("{}={p}", c.name())).collect::<Vec<_>>().join(" ")
+    info.ports()
+        .iter()
+        .map(|(c, p)| format!("{}={p}", c.name()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl Running {
@@ -160,13 +183,21 @@ impl Running {
             _ = tokio::time::sleep_until(deadline) => {}
             _ = ask => unreachable!(),
         }
-        tracing::warn!("remote kernel {} did not exit within {} s; killing it", self.ready.pid, self.settings.shutdown_timeout);
+        tracing::warn!(
+            "remote kernel {} did not exit within {} s; killing it",
+            self.ready.pid,
+            self.settings.shutdown_timeout
+        );
         if self.session.kill().await.is_err() {
             return Event::Lost;
         }
         match tokio::time::timeout(KILL_GRACE, self.session.next_event()).await {
             Ok(event) => event,
-            Err(_) => Event::Exited(Exit { status: None, signal: Some(9), tail: vec![] }),
+            Err(_) => Event::Exited(Exit {
+                status: None,
+                signal: Some(9),
+                tail: vec![],
+            }),
         }
     }
 }

@@ -6,7 +6,10 @@ fn main() {
     init_logging(cli.verbose);
     // One thread: children get PR_SET_PDEATHSIG from the thread that forks them, which must
     // live as long as the process (see ssh::process).
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let code = match runtime.block_on(sshpyk::cmd::run(cli)) {
         Ok(code) => code,
         Err(e) => {
@@ -25,7 +28,8 @@ fn init_logging(verbose: u8) {
         1 => tracing::Level::DEBUG,
         _ => tracing::Level::TRACE,
     };
-    let color = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let color = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)

@@ -15,11 +15,21 @@ pub fn dir() -> Result<PathBuf> {
             None => PathBuf::from(format!("/tmp/sshpyk-{}", nix::unistd::getuid())),
         },
     };
-    match std::fs::DirBuilder::new().mode(0o700).recursive(true).create(&dir) {
+    match std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&dir)
+    {
         Ok(()) => {}
-        Err(e) => return Err(Error::Local(format!("cannot create runtime dir {}: {e}; set SSHPYK_RUNTIME_DIR to a writable directory", dir.display()))),
+        Err(e) => {
+            return Err(Error::Local(format!(
+                "cannot create runtime dir {}: {e}; set SSHPYK_RUNTIME_DIR to a writable directory",
+                dir.display()
+            )))
+        }
     }
-    let meta = std::fs::metadata(&dir).map_err(Error::io(format!("cannot stat {}", dir.display())))?;
+    let meta =
+        std::fs::metadata(&dir).map_err(Error::io(format!("cannot stat {}", dir.display())))?;
     if meta.uid() != nix::unistd::getuid().as_raw() {
         return Err(Error::Local(format!(
             "runtime dir {} belongs to another user; remove it or set SSHPYK_RUNTIME_DIR",

@@ -7,7 +7,9 @@ use crate::kernelspec;
 
 pub async fn run(args: AddArgs) -> Result<()> {
     let settings = settings::new_settings(&args.spec)?;
-    let name = args.kernel_name.clone().unwrap_or_else(|| default_kernel_name(&settings.ssh_host_alias, &settings.remote_kernel_name));
+    let name = args.kernel_name.clone().unwrap_or_else(|| {
+        default_kernel_name(&settings.ssh_host_alias, &settings.remote_kernel_name)
+    });
     kernelspec::validate_kernel_name(&name)?;
     settings::validate_local(&settings)?;
     let data_dir = kernelspec::user_data_dir()?;
@@ -19,9 +21,19 @@ pub async fn run(args: AddArgs) -> Result<()> {
         )));
     }
     let remote = settings::remote_kernelspec(&settings).await?;
-    let spec = settings::kernel_json(&dir, &settings, remote.as_ref(), args.spec.display_name.as_deref(), args.spec.language.as_deref())?;
+    let spec = settings::kernel_json(
+        &dir,
+        &settings,
+        remote.as_ref(),
+        args.spec.display_name.as_deref(),
+        args.spec.language.as_deref(),
+    )?;
     kernelspec::write_new(&data_dir, &name, &spec, args.replace)?;
-    println!("added kernel '{name}' (\"{}\") in {}", spec.display_name, dir.display());
+    println!(
+        "added kernel '{name}' (\"{}\") in {}",
+        spec.display_name,
+        dir.display()
+    );
     Ok(())
 }
 
@@ -29,7 +41,13 @@ pub async fn run(args: AddArgs) -> Result<()> {
 fn default_kernel_name(alias: &str, remote_kernel: &str) -> String {
     format!("ssh_{alias}_{remote_kernel}")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -37,6 +55,9 @@ fn default_kernel_name(alias: &str, remote_kernel: &str) -> String {
 mod tests {
     #[test]
     fn default_names_are_valid_kernel_names() {
-        assert_eq!(super::default_kernel_name("gpu box@lab", "python3"), "ssh_gpu_box_lab_python3");
+        assert_eq!(
+            super::default_kernel_name("gpu box@lab", "python3"),
+            "ssh_gpu_box_lab_python3"
+        );
     }
 }

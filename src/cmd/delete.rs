@@ -19,7 +19,8 @@ pub fn run(args: DeleteArgs) -> Result<()> {
         found.push(spec);
     }
     for spec in found {
-        std::fs::remove_dir_all(&spec.dir).map_err(Error::io(format!("cannot remove {}", spec.dir.display())))?;
+        std::fs::remove_dir_all(&spec.dir)
+            .map_err(Error::io(format!("cannot remove {}", spec.dir.display())))?;
         println!("deleted kernel '{}' ({})", spec.name, spec.dir.display());
     }
     Ok(())

@@ -53,7 +53,11 @@ pub struct Check {
 }
 
 fn check(status: Status, check: &'static str, message: impl Into<String>) -> Check {
-    Check { status, check, message: message.into() }
+    Check {
+        status,
+        check,
+        message: message.into(),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -94,10 +98,15 @@ pub async fn run(args: ListArgs) -> Result<()> {
         match settings {
             Some(Ok(s)) => {
                 report.checks.extend(launcher_checks(&spec));
-                hosts.entry(HostKey::of(&s)).or_default().push(reports.len());
+                hosts
+                    .entry(HostKey::of(&s))
+                    .or_default()
+                    .push(reports.len());
                 report.settings = Some(s);
             }
-            Some(Err(e)) => report.checks.push(check(Status::Error, "settings", e.to_string())),
+            Some(Err(e)) => report
+                .checks
+                .push(check(Status::Error, "settings", e.to_string())),
             None => {}
         }
         reports.push(report);
@@ -106,7 +115,11 @@ pub async fn run(args: ListArgs) -> Result<()> {
     if !args.no_check {
         let mut tasks = tokio::task::JoinSet::new();
         for (host, members) in hosts {
-            let pythons: Vec<String> = members.iter().filter_map(|&i| reports[i].settings.as_ref()).map(|s| s.remote_python.clone()).collect();
+            let pythons: Vec<String> = members
+                .iter()
+                .filter_map(|&i| reports[i].settings.as_ref())
+                .map(|s| s.remote_python.clone())
+                .collect();
             tasks.spawn(async move {
                 let (rows, facts) = check_host(&host, &pythons).await;
                 (members, rows, facts)
@@ -116,7 +129,10 @@ pub async fn run(args: ListArgs) -> Result<()> {
             let (members, rows, facts) = joined.expect("host check task");
             for i in members {
                 let report = &mut reports[i];
-                let settings = report.settings.clone().expect("sshpyk kernels have settings");
+                let settings = report
+                    .settings
+                    .clone()
+                    .expect("sshpyk kernels have settings");
                 let mut all = rows.clone();
                 if let Some(facts) = &facts {
                     all.extend(kernel_checks(&settings, facts));
@@ -125,10 +141,17 @@ pub async fn run(args: ListArgs) -> Result<()> {
                 all.push(check(
                     Status::Info,
                     "timeouts",
-                    format!("launch {} s, shutdown {} s, orphan {} s", settings.launch_timeout, settings.shutdown_timeout, settings.orphan_timeout),
+                    format!(
+                        "launch {} s, shutdown {} s, orphan {} s",
+                        settings.launch_timeout, settings.shutdown_timeout, settings.orphan_timeout
+                    ),
                 ));
                 for m in &settings.mounts {
-                    all.push(check(Status::Info, "mount", format!("local {} on remote {}", m.local, m.remote)));
+                    all.push(check(
+                        Status::Info,
+                        "mount",
+                        format!("local {} on remote {}", m.local, m.remote),
+                    ));
                 }
                 report.checks = all;
             }
@@ -136,7 +159,11 @@ pub async fn run(args: ListArgs) -> Result<()> {
     }
 
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "kernels": reports })).expect("report serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "kernels": reports }))
+                .expect("report serializes")
+        );
     } else {
         print_human(&reports, show_remote, show_local);
     }
@@ -153,7 +180,11 @@ struct HostKey {
 
 impl HostKey {
     fn of(s: &Settings) -> Self {
-        HostKey { ssh: s.ssh.clone(), config: s.ssh_config.clone(), alias: s.ssh_host_alias.clone() }
+        HostKey {
+            ssh: s.ssh.clone(),
+            config: s.ssh_config.clone(),
+            alias: s.ssh_host_alias.clone(),
+        }
     }
 }
 
@@ -166,7 +197,10 @@ fn launcher_checks(spec: &Kernelspec) -> Vec<Check> {
         Some(exe) => rows.push(check(Status::Error, "launcher", format!("{exe} does not exist; run `sshpyk edit --kernel-name {}` with the installed sshpyk", spec.name))),
         None => rows.push(check(Status::Error, "launcher", "kernel.json has an empty argv")),
     }
-    let dir_arg = argv.iter().position(|a| a == "--kernelspec").and_then(|i| argv.get(i + 1));
+    let dir_arg = argv
+        .iter()
+        .position(|a| a == "--kernelspec")
+        .and_then(|i| argv.get(i + 1));
     if dir_arg.map(Path::new) != Some(spec.dir.as_path()) {
         rows.push(check(Status::Warning, "launcher", format!("kernel.json points at another kernelspec dir; run `sshpyk edit --kernel-name {}` to fix it", spec.name)));
     }
@@ -177,22 +211,41 @@ fn launcher_checks(spec: &Kernelspec) -> Vec<Check> {
 async fn check_host(host: &HostKey, pythons: &[String]) -> (Vec<Check>, Option<RemoteFacts>) {
     let mut rows = Vec::new();
     match ssh_version(&host.ssh).await {
-        Ok(version) => rows.push(check(Status::Ok, "ssh client", format!("{} ({version})", host.ssh))),
+        Ok(version) => rows.push(check(
+            Status::Ok,
+            "ssh client",
+            format!("{} ({version})", host.ssh),
+        )),
         Err(e) => {
             rows.push(check(Status::Error, "ssh client", e));
             return (rows, None);
         }
     }
     if !host.config.is_file() {
-        rows.push(check(Status::Error, "ssh config", format!("{} does not exist; create it or pass --ssh-config to `sshpyk edit`", host.config.display())));
+        rows.push(check(
+            Status::Error,
+            "ssh config",
+            format!(
+                "{} does not exist; create it or pass --ssh-config to `sshpyk edit`",
+                host.config.display()
+            ),
+        ));
         return (rows, None);
     }
-    rows.push(check(Status::Ok, "ssh config", host.config.display().to_string()));
+    rows.push(check(
+        Status::Ok,
+        "ssh config",
+        host.config.display().to_string(),
+    ));
     if let Err(e) = config::require_alias(&host.config, &host.alias) {
         rows.push(check(Status::Error, "ssh alias", e.to_string()));
         return (rows, None);
     }
-    rows.push(check(Status::Ok, "ssh alias", format!("'{}' is declared", host.alias)));
+    rows.push(check(
+        Status::Ok,
+        "ssh alias",
+        format!("'{}' is declared", host.alias),
+    ));
     let master = match Master::for_alias(&host.ssh, &host.config, &host.alias, false).await {
         Ok(m) => m,
         Err(e) => {
@@ -211,7 +264,11 @@ async fn check_host(host: &HostKey, pythons: &[String]) -> (Vec<Check>, Option<R
     let refs: Vec<&str> = pythons.iter().map(String::as_str).collect();
     match tokio::time::timeout(PROBE_TIMEOUT, probe::probe(&master, &refs)).await {
         Ok(Ok(facts)) => {
-            rows.push(check(Status::Ok, "connection", format!("works ({:.2} s)", started.elapsed().as_secs_f64())));
+            rows.push(check(
+                Status::Ok,
+                "connection",
+                format!("works ({:.2} s)", started.elapsed().as_secs_f64()),
+            ));
             rows.push(check(Status::Info, "remote system", facts.uname.clone()));
             (rows, Some(facts))
         }
@@ -220,7 +277,15 @@ async fn check_host(host: &HostKey, pythons: &[String]) -> (Vec<Check>, Option<R
             (rows, None)
         }
         Err(_) => {
-            rows.push(check(Status::Error, "connection", format!("'{}' did not answer within {} s", host.alias, PROBE_TIMEOUT.as_secs())));
+            rows.push(check(
+                Status::Error,
+                "connection",
+                format!(
+                    "'{}' did not answer within {} s",
+                    host.alias,
+                    PROBE_TIMEOUT.as_secs()
+                ),
+            ));
             (rows, None)
         }
     }
@@ -248,27 +313,66 @@ fn effective_checks(master: &Master) -> Vec<Check> {
     let mut rows = vec![check(
         Status::Info,
         "target",
-        format!("{}@{}:{}", c.get("user").unwrap_or("?"), c.get("hostname").unwrap_or("?"), c.get("port").unwrap_or("22")),
+        format!(
+            "{}@{}:{}",
+            c.get("user").unwrap_or("?"),
+            c.get("hostname").unwrap_or("?"),
+            c.get("port").unwrap_or("22")
+        ),
     )];
-    let identities: Vec<&String> = c.all("identityfile").iter().filter(|p| Path::new(expand_home(p).as_str()).is_file()).collect();
+    let identities: Vec<&String> = c
+        .all("identityfile")
+        .iter()
+        .filter(|p| Path::new(expand_home(p).as_str()).is_file())
+        .collect();
     if let Some(first) = identities.first() {
-        rows.push(check(Status::Ok, "identity file", format!("{first} exists")));
+        rows.push(check(
+            Status::Ok,
+            "identity file",
+            format!("{first} exists"),
+        ));
     } else if std::env::var_os("SSH_AUTH_SOCK").is_some() {
-        rows.push(check(Status::Info, "identity file", "none of the IdentityFile entries exists; relying on the ssh agent"));
+        rows.push(check(
+            Status::Info,
+            "identity file",
+            "none of the IdentityFile entries exists; relying on the ssh agent",
+        ));
     } else {
-        rows.push(check(Status::Warning, "identity file", format!("none exists ({}); key authentication will fail", c.all("identityfile").join(", "))));
+        rows.push(check(
+            Status::Warning,
+            "identity file",
+            format!(
+                "none exists ({}); key authentication will fail",
+                c.all("identityfile").join(", ")
+            ),
+        ));
     }
     match (c.control_path(), c.get("controlmaster").unwrap_or("false")) {
-        (None, _) => rows.push(check(Status::Info, "control master", "no ControlPath configured; sshpyk keeps its own in its private runtime dir")),
-        (Some(_), "ask" | "autoask") => rows.push(check(Status::Warning, "control master", "ControlMaster ask/autoask prompts; sshpyk never prompts, so use 'auto'")),
-        (Some(path), mode) => rows.push(check(Status::Ok, "control master", format!("ControlMaster {mode}, ControlPath {path}"))),
+        (None, _) => rows.push(check(
+            Status::Info,
+            "control master",
+            "no ControlPath configured; sshpyk keeps its own in its private runtime dir",
+        )),
+        (Some(_), "ask" | "autoask") => rows.push(check(
+            Status::Warning,
+            "control master",
+            "ControlMaster ask/autoask prompts; sshpyk never prompts, so use 'auto'",
+        )),
+        (Some(path), mode) => rows.push(check(
+            Status::Ok,
+            "control master",
+            format!("ControlMaster {mode}, ControlPath {path}"),
+        )),
     }
-    match c.get("controlpersist") {
-        Some("no") | None if c.control_path().is_some() => {
-            rows.push(check(Status::Info, "control persist", "ControlPersist is not set; masters sshpyk opens persist 10m"))
+    if c.control_path().is_some() {
+        match c.get("controlpersist") {
+            Some("no") | None => rows.push(check(
+                Status::Info,
+                "control persist",
+                "not set; masters sshpyk opens persist 10m",
+            )),
+            Some(p) => rows.push(check(Status::Ok, "control persist", p.to_string())),
         }
-        Some(p) => rows.push(check(Status::Ok, "control persist", p.to_string())),
-        None => {}
     }
     match c.get("batchmode") {
         Some("yes") => rows.push(check(Status::Ok, "batch mode", "BatchMode yes")),
@@ -289,19 +393,36 @@ fn kernel_checks(settings: &Settings, facts: &RemoteFacts) -> Vec<Check> {
     let py = &settings.remote_python;
     let p = match facts.pythons.get(py) {
         Some(PythonProbe::Found(p)) => p,
-        Some(PythonProbe::Broken(out)) => return vec![check(Status::Error, "remote python", format!("{py} does not run: {out}"))],
+        Some(PythonProbe::Broken(out)) => {
+            return vec![check(
+                Status::Error,
+                "remote python",
+                format!("{py} does not run: {out}"),
+            )]
+        }
         Some(PythonProbe::Missing) | None => {
-            return vec![check(Status::Error, "remote python", format!("{py} does not exist; fix it with `sshpyk edit --remote-python-prefix`"))]
+            return vec![check(
+                Status::Error,
+                "remote python",
+                format!("{py} does not exist; fix it with `sshpyk edit --remote-python-prefix`"),
+            )]
         }
     };
     let Some(jc) = &p.jupyter_client else {
         return vec![check(
             Status::Error,
             "remote python",
-            format!("{py} cannot import jupyter_client ({}); install it there", p.jupyter_client_error.as_deref().unwrap_or("?")),
+            format!(
+                "{py} cannot import jupyter_client ({}); install it there",
+                p.jupyter_client_error.as_deref().unwrap_or("?")
+            ),
         )];
     };
-    let mut rows = vec![check(Status::Ok, "remote python", format!("{py} (Python {}, jupyter_client {jc})", p.version))];
+    let mut rows = vec![check(
+        Status::Ok,
+        "remote python",
+        format!("{py} (Python {}, jupyter_client {jc})", p.version),
+    )];
     match p.kernel(&settings.remote_kernel_name) {
         Some(k) => rows.push(check(
             Status::Ok,
@@ -316,21 +437,40 @@ fn kernel_checks(settings: &Settings, facts: &RemoteFacts) -> Vec<Check> {
         None => rows.push(check(
             Status::Error,
             "remote kernel",
-            format!("'{}' not found (available: {})", settings.remote_kernel_name, p.kernel_names()),
+            format!(
+                "'{}' not found (available: {})",
+                settings.remote_kernel_name,
+                p.kernel_names()
+            ),
         )),
     }
     if p.runtime_dir_writable {
-        rows.push(check(Status::Ok, "remote runtime dir", format!("{} is writable", p.runtime_dir)));
+        rows.push(check(
+            Status::Ok,
+            "remote runtime dir",
+            format!("{} is writable", p.runtime_dir),
+        ));
     } else {
-        rows.push(check(Status::Error, "remote runtime dir", format!("{} is not writable; fix its permissions or set JUPYTER_RUNTIME_DIR there", p.runtime_dir)));
+        rows.push(check(
+            Status::Error,
+            "remote runtime dir",
+            format!(
+                "{} is not writable; fix its permissions or set JUPYTER_RUNTIME_DIR there",
+                p.runtime_dir
+            ),
+        ));
     }
     rows
 }
 
 fn print_human(reports: &[KernelReport], show_remote: bool, show_local: bool) {
-    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let color = std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let mut out = String::new();
-    for (title, sshpyk, shown) in [("sshpyk kernels", true, show_remote), ("local kernels", false, show_local)] {
+    for (title, sshpyk, shown) in [
+        ("sshpyk kernels", true, show_remote),
+        ("local kernels", false, show_local),
+    ] {
         if !shown {
             continue;
         }
@@ -341,12 +481,26 @@ fn print_human(reports: &[KernelReport], show_remote: bool, show_local: bool) {
             out.push_str("  (none)\n");
         }
         for r in group {
-            out.push_str(&format!("  {}  \"{}\"  {}  {}\n", r.name, r.display_name, r.language, r.dir.display()));
+            out.push_str(&format!(
+                "  {}  \"{}\"  {}  {}\n",
+                r.name,
+                r.display_name,
+                r.language,
+                r.dir.display()
+            ));
             if let Some(s) = &r.settings {
-                out.push_str(&format!("    ssh {} → {} kernel '{}'\n", s.ssh_host_alias, s.remote_python, s.remote_kernel_name));
+                out.push_str(&format!(
+                    "    ssh {} → {} kernel '{}'\n",
+                    s.ssh_host_alias, s.remote_python, s.remote_kernel_name
+                ));
             }
             for c in &r.checks {
-                out.push_str(&format!("    {} {}: {}\n", c.status.mark(color), c.check, c.message));
+                out.push_str(&format!(
+                    "    {} {}: {}\n",
+                    c.status.mark(color),
+                    c.check,
+                    c.message
+                ));
             }
         }
     }

@@ -19,10 +19,18 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings for `add`: the required flags must be there, the rest take defaults.
 pub fn new_settings(args: &SpecArgs) -> Result<Settings> {
-    let alias = args.ssh_host_alias.clone().ok_or_else(|| missing("--ssh-host-alias ALIAS"))?;
-    let kernel = args.remote_kernel_name.clone().ok_or_else(|| missing("--remote-kernel-name NAME"))?;
+    let alias = args
+        .ssh_host_alias
+        .clone()
+        .ok_or_else(|| missing("--ssh-host-alias ALIAS"))?;
+    let kernel = args
+        .remote_kernel_name
+        .clone()
+        .ok_or_else(|| missing("--remote-kernel-name NAME"))?;
     if args.remote_python_prefix.is_none() && args.remote_python.is_none() {
-        return Err(missing("--remote-python-prefix DIR (or --remote-python PATH)"));
+        return Err(missing(
+            "--remote-python-prefix DIR (or --remote-python PATH)",
+        ));
     }
     let mut settings = Settings {
         version: SETTINGS_VERSION,
@@ -49,7 +57,9 @@ fn missing(flag: &str) -> Error {
 fn default_ssh_config() -> Result<PathBuf> {
     dirs::home_dir()
         .map(|h| h.join(".ssh/config"))
-        .ok_or_else(|| Error::Invalid("cannot find your home directory; pass --ssh-config FILE".into()))
+        .ok_or_else(|| {
+            Error::Invalid("cannot find your home directory; pass --ssh-config FILE".into())
+        })
 }
 
 /// Applies exactly the given flags; `clear_mounts` empties the mounts first.
@@ -72,7 +82,11 @@ pub fn apply(settings: &mut Settings, args: &SpecArgs, clear_mounts: bool) -> Re
         settings.ssh_config = absolute(path)?;
     }
     if let Some(ssh) = &args.ssh {
-        settings.ssh = if ssh.contains('/') { absolute(Path::new(ssh))?.to_string_lossy().into_owned() } else { ssh.clone() };
+        settings.ssh = if ssh.contains('/') {
+            absolute(Path::new(ssh))?.to_string_lossy().into_owned()
+        } else {
+            ssh.clone()
+        };
     }
     if let Some(t) = args.launch_timeout {
         settings.launch_timeout = t;
@@ -105,7 +119,9 @@ fn require_remote_absolute(path: &str, flag: &str) -> Result<()> {
     if path.starts_with('/') || path.starts_with("~/") {
         Ok(())
     } else {
-        Err(Error::Invalid(format!("{flag} '{path}' is relative; give an absolute remote path (or one starting with ~/)")))
+        Err(Error::Invalid(format!(
+            "{flag} '{path}' is relative; give an absolute remote path (or one starting with ~/)"
+        )))
     }
 }
 
@@ -130,18 +146,32 @@ pub fn validate_local(settings: &Settings) -> Result<()> {
 /// Reads the remote kernelspec over ssh. Remote facts that prove the settings wrong are errors;
 /// a host that cannot be reached now is only a warning (the kernelspec is still useful later).
 pub async fn remote_kernelspec(settings: &Settings) -> Result<Option<RemoteKernelspec>> {
-    let master = Master::for_alias(&settings.ssh, &settings.ssh_config, &settings.ssh_host_alias, false).await?;
-    let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT.min(Duration::from_secs_f64(settings.launch_timeout));
+    let master = Master::for_alias(
+        &settings.ssh,
+        &settings.ssh_config,
+        &settings.ssh_host_alias,
+        false,
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now()
+        + PROBE_TIMEOUT.min(Duration::from_secs_f64(settings.launch_timeout));
     let reached = async {
         master.ensure(deadline).await?;
         tokio::time::timeout_at(deadline, probe::probe(&master, &[&settings.remote_python]))
             .await
-            .map_err(|_| Error::Ssh(format!("'{}' did not answer the probe in time", settings.ssh_host_alias)))?
+            .map_err(|_| {
+                Error::Ssh(format!(
+                    "'{}' did not answer the probe in time",
+                    settings.ssh_host_alias
+                ))
+            })?
     };
     let facts = match reached.await {
         Ok(facts) => facts,
         Err(e) => {
-            tracing::warn!("could not check the remote kernel now ({e}); writing the kernelspec anyway");
+            tracing::warn!(
+                "could not check the remote kernel now ({e}); writing the kernelspec anyway"
+            );
             return Ok(None);
         }
     };
@@ -177,7 +207,10 @@ pub fn kernel_json(
 ) -> Result<KernelJson> {
     let exe = std::env::current_exe().map_err(Error::io("cannot find the sshpyk binary's path"))?;
     let display_name = display_name.map(String::from).unwrap_or_else(|| {
-        let base = remote.map(|r| r.display_name.as_str()).filter(|d| !d.is_empty()).unwrap_or(&settings.remote_kernel_name);
+        let base = remote
+            .map(|r| r.display_name.as_str())
+            .filter(|d| !d.is_empty())
+            .unwrap_or(&settings.remote_kernel_name);
         format!("{base} ({})", settings.ssh_host_alias)
     });
     let language = language.map(String::from).or_else(|| remote.map(|r| r.language.clone())).unwrap_or_else(|| {
@@ -194,7 +227,11 @@ pub fn kernel_json(
         ],
         display_name,
         language,
-        interrupt_mode: Some(remote.and_then(|r| r.interrupt_mode.clone()).unwrap_or_else(|| "signal".into())),
+        interrupt_mode: Some(
+            remote
+                .and_then(|r| r.interrupt_mode.clone())
+                .unwrap_or_else(|| "signal".into()),
+        ),
         metadata: Default::default(),
         other: Default::default(),
     };

@@ -42,7 +42,11 @@ impl MountSpec {
             .filter(|o| !o.is_empty())
             .map(String::from)
             .collect();
-        Ok(MountSpec { local: local.clone(), remote: remote.clone(), options })
+        Ok(MountSpec {
+            local: local.clone(),
+            remote: remote.clone(),
+            options,
+        })
     }
 
     pub fn read_only(&self) -> bool {
@@ -68,7 +72,11 @@ fn split_escaped(text: &str) -> std::result::Result<Vec<String>, String> {
         match c {
             '\\' => match chars.next() {
                 Some(e @ (':' | '\\')) => fields.last_mut().unwrap().push(e),
-                Some(other) => return Err(format!("'\\{other}' is not an escape (only '\\:' and '\\\\')")),
+                Some(other) => {
+                    return Err(format!(
+                        "'\\{other}' is not an escape (only '\\:' and '\\\\')"
+                    ))
+                }
                 None => return Err("it ends with a lone '\\'".into()),
             },
             ':' => fields.push(String::new()),

@@ -95,10 +95,18 @@ impl Session {
     pub async fn start(master: &Master, req: &StartRequest<'_>) -> Result<(Session, Ready)> {
         let mut cmd = master.command();
         cmd.arg("-T").arg(master.alias());
-        cmd.arg(format!("exec sh -c {} sshpyk {}", shell_quote(BOOTSTRAP), shell_quote(req.remote_python)));
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.arg(format!(
+            "exec sh -c {} sshpyk {}",
+            shell_quote(BOOTSTRAP),
+            shell_quote(req.remote_python)
+        ));
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         process::tie_to_parent(&mut cmd);
-        let mut child = cmd.spawn().map_err(|e| crate::ssh::config::spawn_error("ssh", e))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| crate::ssh::config::spawn_error("ssh", e))?;
         let mut stdin = child.stdin.take().expect("piped stdin");
         let lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
 
@@ -112,10 +120,19 @@ impl Session {
         let mut payload = format!("{}\n{SUPERVISOR}", SUPERVISOR.len()).into_bytes();
         payload.extend_from_slice(config.to_string().as_bytes());
         payload.push(b'\n');
-        stdin.write_all(&payload).await.map_err(|e| Error::Ssh(format!("the ssh session to '{}' closed: {e}", master.alias())))?;
+        stdin.write_all(&payload).await.map_err(|e| {
+            Error::Ssh(format!(
+                "the ssh session to '{}' closed: {e}",
+                master.alias()
+            ))
+        })?;
         stdin.flush().await.ok();
 
-        let mut session = Session { child, stdin, lines };
+        let mut session = Session {
+            child,
+            stdin,
+            lines,
+        };
         let ready = session.read_ready(master.alias(), req).await?;
         Ok((session, ready))
     }
@@ -135,14 +152,27 @@ impl Session {
                     req.remote_python
                 )));
             }
-            let Some(msg) = parse_message(&line) else { continue };
+            let Some(msg) = parse_message(&line) else {
+                continue;
+            };
             match msg["sshpyk"].as_str() {
                 Some("ready") => {
-                    return serde_json::from_value(msg).map_err(|e| Error::Remote(format!("unexpected answer from the remote supervisor: {e}")))
+                    return serde_json::from_value(msg).map_err(|e| {
+                        Error::Remote(format!("unexpected answer from the remote supervisor: {e}"))
+                    })
                 }
-                Some("error") => return Err(Error::Remote(format!("on '{alias}': {}", msg["message"].as_str().unwrap_or("unknown error")))),
+                Some("error") => {
+                    return Err(Error::Remote(format!(
+                        "on '{alias}': {}",
+                        msg["message"].as_str().unwrap_or("unknown error")
+                    )))
+                }
                 Some("exited") => {
-                    let exit: Exit = serde_json::from_value(msg).unwrap_or(Exit { status: None, signal: None, tail: vec![] });
+                    let exit: Exit = serde_json::from_value(msg).unwrap_or(Exit {
+                        status: None,
+                        signal: None,
+                        tail: vec![],
+                    });
                     return Err(Error::Remote(format!(
                         "remote kernel '{}' {} before it was ready: {}",
                         req.kernel_name,
@@ -159,7 +189,9 @@ impl Session {
     async fn next_line(&mut self) -> Option<String> {
         loop {
             match self.lines.next_line().await {
-                Ok(Some(line)) if line.starts_with("{\"sshpyk\"") || line == "sshpyk-no-python" => return Some(line),
+                Ok(Some(line)) if line.starts_with("{\"sshpyk\"") || line == "sshpyk-no-python" => {
+                    return Some(line)
+                }
                 Ok(Some(line)) => tracing::debug!("remote: {line}"),
                 Ok(None) | Err(_) => return None,
             }
@@ -183,7 +215,11 @@ impl Session {
     async fn send(&mut self, msg: serde_json::Value) -> Result<()> {
         let mut line = msg.to_string().into_bytes();
         line.push(b'\n');
-        self.stdin.write_all(&line).await.map_err(|e| Error::Ssh(format!("the session with the remote supervisor is gone: {e}")))
+        self.stdin.write_all(&line).await.map_err(|e| {
+            Error::Ssh(format!(
+                "the session with the remote supervisor is gone: {e}"
+            ))
+        })
     }
 
     /// Waits for the next thing the supervisor has to say. Cancel-safe.
@@ -202,7 +238,9 @@ impl Session {
 }
 
 fn parse_message(line: &str) -> Option<serde_json::Value> {
-    serde_json::from_str::<serde_json::Value>(line).ok().filter(|m| m.get("sshpyk").is_some())
+    serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .filter(|m| m.get("sshpyk").is_some())
 }
 
 /// Quotes one word for a POSIX shell (the remote login shell parses the command line).
@@ -226,7 +264,23 @@ mod tests {
 
     #[test]
     fn exit_codes_follow_the_shell_convention() {
-        assert_eq!(Exit { status: Some(0), signal: None, tail: vec![] }.code(), 0);
-        assert_eq!(Exit { status: None, signal: Some(9), tail: vec![] }.code(), 137);
+        assert_eq!(
+            Exit {
+                status: Some(0),
+                signal: None,
+                tail: vec![]
+            }
+            .code(),
+            0
+        );
+        assert_eq!(
+            Exit {
+                status: None,
+                signal: Some(9),
+                tail: vec![]
+            }
+            .code(),
+            137
+        );
     }
 }

@@ -78,7 +78,10 @@ pub struct RemoteKernelspec {
 
 impl PythonFacts {
     pub fn kernel(&self, name: &str) -> Option<&RemoteKernelspec> {
-        self.kernels.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, k)| k)
+        self.kernels
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, k)| k)
     }
 
     pub fn kernel_names(&self) -> String {
@@ -89,14 +92,21 @@ impl PythonFacts {
 /// Runs the probe for `pythons` over the (already open) master.
 pub async fn probe(master: &Master, pythons: &[&str]) -> Result<RemoteFacts> {
     let mut cmd = master.command();
-    let mut remote = format!("exec sh -c {} sshpyk {}", shell_quote(SCRIPT), shell_quote(PROBE));
+    let mut remote = format!(
+        "exec sh -c {} sshpyk {}",
+        shell_quote(SCRIPT),
+        shell_quote(PROBE)
+    );
     for py in pythons {
         remote.push(' ');
         remote.push_str(&shell_quote(py));
     }
     cmd.arg("-T").arg(master.alias()).arg(remote);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let output = cmd.output().await.map_err(|e| crate::ssh::config::spawn_error("ssh", e))?;
+    let output = cmd
+        .output()
+        .await
+        .map_err(|e| crate::ssh::config::spawn_error("ssh", e))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() && !stdout.contains("sshpyk-uname") {
         return Err(Error::Ssh(format!(
@@ -110,8 +120,12 @@ pub async fn probe(master: &Master, pythons: &[&str]) -> Result<RemoteFacts> {
         if let Some(uname) = line.strip_prefix("sshpyk-uname ") {
             facts.uname = uname.to_string();
         } else if let Some(rest) = line.strip_prefix("sshpyk-python\t") {
-            let Some((py, out)) = rest.split_once('\t') else { continue };
-            facts.pythons.insert(py.to_string(), PythonProbe::parse(out.trim()));
+            let Some((py, out)) = rest.split_once('\t') else {
+                continue;
+            };
+            facts
+                .pythons
+                .insert(py.to_string(), PythonProbe::parse(out.trim()));
         }
     }
     Ok(facts)

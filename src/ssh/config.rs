@@ -20,8 +20,16 @@ pub fn declared_aliases(config: &Path) -> Result<Vec<String>> {
         ))
     })?;
     let parsed = SshConfig::default()
-        .parse(&mut BufReader::new(file), ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS)
-        .map_err(|e| Error::Invalid(format!("ssh config file {} cannot be parsed: {e}; fix the file", config.display())))?;
+        .parse(
+            &mut BufReader::new(file),
+            ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS,
+        )
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "ssh config file {} cannot be parsed: {e}; fix the file",
+                config.display()
+            ))
+        })?;
     let mut aliases: Vec<String> = parsed
         .get_hosts()
         .iter()
@@ -55,7 +63,10 @@ impl EffectiveConfig {
     pub async fn query(ssh: &str, config: &Path, alias: &str) -> Result<Self> {
         let mut cmd = tokio::process::Command::new(ssh);
         cmd.arg("-G").arg("-T").arg("-F").arg(config).arg(alias);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         let output = tokio::time::timeout(Duration::from_secs(10), cmd.output())
             .await
             .map_err(|_| Error::Ssh(format!("`{ssh} -G {alias}` did not answer within 10 s")))?
@@ -75,14 +86,20 @@ impl EffectiveConfig {
         let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for line in text.lines() {
             if let Some((key, value)) = line.split_once(' ') {
-                values.entry(key.to_ascii_lowercase()).or_default().push(value.to_string());
+                values
+                    .entry(key.to_ascii_lowercase())
+                    .or_default()
+                    .push(value.to_string());
             }
         }
         EffectiveConfig { values }
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.values.get(key).and_then(|v| v.first()).map(String::as_str)
+        self.values
+            .get(key)
+            .and_then(|v| v.first())
+            .map(String::as_str)
     }
 
     pub fn all(&self, key: &str) -> &[String] {
@@ -98,14 +115,19 @@ impl EffectiveConfig {
 /// The error for an ssh binary that cannot be started.
 pub fn spawn_error(ssh: &str, e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::NotFound {
-        Error::Invalid(format!("ssh client '{ssh}' not found; install OpenSSH or pass --ssh PATH"))
+        Error::Invalid(format!(
+            "ssh client '{ssh}' not found; install OpenSSH or pass --ssh PATH"
+        ))
     } else {
         Error::Local(format!("cannot run ssh client '{ssh}': {e}"))
     }
 }
 
 pub fn last_message(text: &str) -> &str {
-    text.lines().map(str::trim).rfind(|l| !l.is_empty() && !l.starts_with("debug")).unwrap_or("no message")
+    text.lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && !l.starts_with("debug"))
+        .unwrap_or("no message")
 }
 
 #[cfg(test)]
@@ -125,7 +147,9 @@ mod tests {
 
     #[test]
     fn effective_config_keeps_every_value() {
-        let c = EffectiveConfig::parse("hostname h\nidentityfile a\nidentityfile b\ncontrolpath none\n");
+        let c = EffectiveConfig::parse(
+            "hostname h\nidentityfile a\nidentityfile b\ncontrolpath none\n",
+        );
         assert_eq!(c.get("hostname"), Some("h"));
         assert_eq!(c.all("identityfile"), ["a", "b"]);
         assert_eq!(c.control_path(), None);

@@ -21,7 +21,10 @@ pub struct Listeners(Vec<(Channel, StdListener)>);
 
 impl Listeners {
     pub fn bind(info: &ConnectionInfo) -> Result<Self> {
-        let ip: std::net::IpAddr = info.ip.parse().map_err(|_| Error::Invalid(format!("ip '{}' is not an IP address", info.ip)))?;
+        let ip: std::net::IpAddr = info
+            .ip
+            .parse()
+            .map_err(|_| Error::Invalid(format!("ip '{}' is not an IP address", info.ip)))?;
         let mut bound = Vec::with_capacity(5);
         for (channel, port) in info.ports() {
             let addr = SocketAddr::new(ip, port);
@@ -46,7 +49,7 @@ fn bind_reusable(addr: SocketAddr) -> std::io::Result<StdListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    Ok(socket.listen(128)?.into_std()?)
+    socket.listen(128)?.into_std()
 }
 
 /// Accept loops and their `ssh -W` children. Dropping it stops accepting and kills every child
@@ -56,15 +59,25 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn start(listeners: Listeners, master: &Master, endpoints: &HashMap<Channel, u16>) -> Result<Self> {
+    pub fn start(
+        listeners: Listeners,
+        master: &Master,
+        endpoints: &HashMap<Channel, u16>,
+    ) -> Result<Self> {
         let mut tasks = JoinSet::new();
         for (channel, listener) in listeners.0 {
-            let port = endpoints
-                .get(&channel)
-                .ok_or_else(|| Error::Remote(format!("the remote supervisor reported no {} port", channel.name())))?;
+            let port = endpoints.get(&channel).ok_or_else(|| {
+                Error::Remote(format!(
+                    "the remote supervisor reported no {} port",
+                    channel.name()
+                ))
+            })?;
             let target = format!("127.0.0.1:{port}");
-            listener.set_nonblocking(true).map_err(Error::io("cannot configure a listener"))?;
-            let listener = TcpListener::from_std(listener).map_err(Error::io("cannot register a listener"))?;
+            listener
+                .set_nonblocking(true)
+                .map_err(Error::io("cannot configure a listener"))?;
+            let listener =
+                TcpListener::from_std(listener).map_err(Error::io("cannot register a listener"))?;
             tasks.spawn(accept_loop(listener, master.clone(), channel, target));
         }
         Ok(Forwarder { tasks })
@@ -102,14 +115,20 @@ async fn accept_loop(listener: TcpListener, master: Master, channel: Channel, ta
     }
 }
 
-fn spawn_channel(master: &Master, target: &str, stream: tokio::net::TcpStream) -> std::io::Result<tokio::process::Child> {
+fn spawn_channel(
+    master: &Master,
+    target: &str,
+    stream: tokio::net::TcpStream,
+) -> std::io::Result<tokio::process::Child> {
     let stream = stream.into_std()?;
     // ssh (or the master it hands the socket to) sets its own modes; start from the default.
     stream.set_nonblocking(false)?;
     let socket: OwnedFd = stream.into();
     let mut cmd = master.command();
     cmd.arg("-W").arg(target).arg(master.alias());
-    cmd.stdin(Stdio::from(socket.try_clone()?)).stdout(Stdio::from(socket)).stderr(Stdio::null());
+    cmd.stdin(Stdio::from(socket.try_clone()?))
+        .stdout(Stdio::from(socket))
+        .stderr(Stdio::null());
     process::tie_to_parent(&mut cmd);
     cmd.spawn()
 }

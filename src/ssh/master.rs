@@ -30,7 +30,12 @@ pub struct Master {
 impl Master {
     /// Reads the effective config; where it sets no ControlPath, uses a private one in the
     /// 0700 runtime dir.
-    pub async fn for_alias(ssh: &str, config: &Path, alias: &str, ssh_verbose: bool) -> Result<Self> {
+    pub async fn for_alias(
+        ssh: &str,
+        config: &Path,
+        alias: &str,
+        ssh_verbose: bool,
+    ) -> Result<Self> {
         let effective = EffectiveConfig::query(ssh, config, alias).await?;
         let runtime_dir = crate::runtime::dir()?;
         let control_path = match effective.control_path() {
@@ -65,8 +70,16 @@ impl Master {
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(&self.ssh);
         cmd.arg("-F").arg(&self.config);
-        cmd.args(["-o", "BatchMode=yes", "-o", "ControlMaster=no", "-o", "ClearAllForwardings=yes"]);
-        cmd.arg("-o").arg(format!("ControlPath={}", self.control_path));
+        cmd.args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ControlMaster=no",
+            "-o",
+            "ClearAllForwardings=yes",
+        ]);
+        cmd.arg("-o")
+            .arg(format!("ControlPath={}", self.control_path));
         if self.ssh_verbose {
             cmd.arg("-v");
         }
@@ -76,13 +89,17 @@ impl Master {
 
     pub async fn is_up(&self) -> bool {
         let mut cmd = self.command();
-        cmd.args(["-O", "check"]).arg(&self.alias).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.args(["-O", "check"])
+            .arg(&self.alias)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         matches!(tokio::time::timeout(Duration::from_secs(5), cmd.status()).await, Ok(Ok(s)) if s.success())
     }
 
     /// Makes sure a master is up, opening one if needed, before `deadline`.
     pub async fn ensure(&self, deadline: Instant) -> Result<()> {
-        let _lock = self.lock(deadline).await?;
+        let budget = deadline.saturating_duration_since(Instant::now());
+        let _lock = self.lock(deadline, budget).await?;
         if self.is_up().await {
             tracing::debug!("reusing the ControlMaster of '{}'", self.alias);
             return Ok(());
@@ -97,11 +114,17 @@ impl Master {
         cmd.args(self.open_options());
         // The master outlives us on purpose; its output goes to a file so that it never holds
         // our stderr (a parent reading it would wait for the master to exit).
-        cmd.arg("-E").arg(log.path()).args(["-N", "-f"]).arg(&self.alias);
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+        cmd.arg("-E")
+            .arg(log.path())
+            .args(["-N", "-f"])
+            .arg(&self.alias);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
         let status = match tokio::time::timeout_at(deadline, cmd.status()).await {
             Ok(status) => status.map_err(|e| spawn_error(&self.ssh, e))?,
-            Err(_) => return Err(self.timeout_error(deadline)),
+            Err(_) => return Err(self.timeout_error(budget)),
         };
         if status.success() {
             tracing::debug!("opened a ControlMaster for '{}'", self.alias);
@@ -114,7 +137,10 @@ impl Master {
     /// Closes the master (used by tests and by `list` cleanup of masters it opened).
     pub async fn exit(&self) {
         let mut cmd = self.command();
-        cmd.args(["-O", "exit"]).arg(&self.alias).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.args(["-O", "exit"])
+            .arg(&self.alias)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let _ = tokio::time::timeout(Duration::from_secs(5), cmd.status()).await;
     }
 
@@ -127,11 +153,17 @@ impl Master {
             format!("ControlPersist={}", self.persist),
         ];
         // A dead link must be noticed without any polling of ours.
-        if self.effective.get("serveraliveinterval").is_none_or(|v| v == "0") {
+        if self
+            .effective
+            .get("serveraliveinterval")
+            .is_none_or(|v| v == "0")
+        {
             opts.push("ServerAliveInterval=5".into());
             opts.push("ServerAliveCountMax=3".into());
         }
-        opts.into_iter().flat_map(|o| ["-o".to_string(), o]).collect()
+        opts.into_iter()
+            .flat_map(|o| ["-o".to_string(), o])
+            .collect()
     }
 
     /// The command a user runs once by hand to open the connection (password, OTP, host key).
@@ -146,13 +178,12 @@ impl Master {
         )
     }
 
-    fn timeout_error(&self, deadline: Instant) -> Error {
-        let _ = deadline;
-        Error::Ssh(format!(
-            "ssh to '{}' ({}) did not answer in time; check that the host is up and reachable",
-            self.alias,
-            self.host_port()
-        ))
+    fn timeout_error(&self, budget: Duration) -> Error {
+        Error::Timeout {
+            what: format!("connecting to '{}' ({})", self.alias, self.host_port()),
+            secs: (budget.as_secs_f64() * 10.0).round() / 10.0,
+            hint: "check that the host is up and answers ssh, or raise --launch-timeout".into(),
+        }
     }
 
     fn host_port(&self) -> String {
@@ -188,11 +219,17 @@ impl Master {
 
     /// Serialises "check, then open" between launchers of the same host: two masters racing for
     /// one ControlPath would leave a stray plain connection behind.
-    async fn lock(&self, deadline: Instant) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    async fn lock(
+        &self,
+        deadline: Instant,
+        budget: Duration,
+    ) -> Result<nix::fcntl::Flock<std::fs::File>> {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (&self.config, &self.alias, &self.control_path).hash(&mut hasher);
-        let path = self.runtime_dir.join(format!("master-{:016x}.lock", hasher.finish()));
+        let path = self
+            .runtime_dir
+            .join(format!("master-{:016x}.lock", hasher.finish()));
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -205,7 +242,7 @@ impl Master {
                 Err((f, _)) => file = f,
             }
             if Instant::now() >= deadline {
-                return Err(self.timeout_error(deadline));
+                return Err(self.timeout_error(budget));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

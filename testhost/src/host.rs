@@ -156,7 +156,6 @@ impl RemoteHostBuilder {
             if mode == Mode::Netns {
                 let net = Netns::create()?;
                 host.record.netns = Some(net.name.clone());
-                host.record.veth = Some(net.veth_host.clone());
                 host.net = Some(net);
             }
             host.record.save()?;
@@ -258,8 +257,9 @@ impl RemoteHost {
         self.record.processes().into_iter().collect()
     }
 
-    /// Cuts the network between this machine and the host (netns mode only): established
-    /// connections stall and new ones fail, as when a cable is pulled.
+    /// Cuts the network between this machine and the host (netns mode only): packets are
+    /// dropped, so established connections stall and new ones time out, as when a cable is
+    /// pulled.
     pub fn link_down(&self) -> Result<()> {
         self.netns_only("link_down")?.set_link(false)
     }

@@ -1,8 +1,10 @@
 //! Network namespaces: a "remote host" with its own address, reached through a veth pair.
 //!
 //! Instance `n` (0..=255) owns the namespace `sshpyk-<n>`, the veth pair `spk<n>h` (host side,
-//! 10.231.<n>.1/24) and `spk<n>r` (inside the namespace, 10.231.<n>.2/24). Those are the only
-//! addresses this module ever creates.
+//! 10.231.<n>.1/24) and `spk<n>r` (inside the namespace, 10.231.<n>.2/24), and a low-priority
+//! `unreachable 10.231.<n>.0/24` route on the host: whenever the veth route is missing (link
+//! down, teardown under way), traffic for the namespace fails here instead of leaving through
+//! the default route. Those are the only addresses this module ever creates.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -18,7 +20,7 @@ pub(crate) const NETNS_PREFIX: &str = "sshpyk-";
 #[derive(Debug)]
 pub(crate) struct Netns {
     pub name: String,
-    pub veth_host: String,
+    veth_host: String,
     veth_remote: String,
     n: u8,
 }
@@ -31,6 +33,11 @@ impl Netns {
             veth_remote: format!("spk{n}r"),
             n,
         }
+    }
+
+    /// The namespace of that name, if it is one of ours.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(Netns::new(name.strip_prefix(NETNS_PREFIX)?.parse().ok()?))
     }
 
     /// Claims a free namespace name. `ip netns add` fails when the name exists, which makes the
@@ -62,6 +69,7 @@ impl Netns {
             ip(&["link", "del", &self.veth_host])?;
         }
         let (ns, host, remote) = (&self.name, &self.veth_host, &self.veth_remote);
+        ip(&self.guard_route("replace"))?;
         ip(&[
             "link", "add", host, "type", "veth", "peer", "name", remote, "netns", ns,
         ])?;
@@ -87,20 +95,39 @@ impl Netns {
         format!("10.231.{}.2", self.n)
     }
 
+    /// Sets the namespace's end of the veth pair down or up. Down, the host keeps its route
+    /// (flagged linkdown) and the veth drops the packets: connections stall and new ones time
+    /// out, as when a cable is pulled, rather than failing at once with "no route".
     pub fn set_link(&self, up: bool) -> Result<()> {
-        ip(&[
-            "link",
-            "set",
-            &self.veth_host,
-            if up { "up" } else { "down" },
-        ])
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", &self.name, "link", "set", &self.veth_remote, state])
     }
-}
 
-/// The host-side veth name belonging to a namespace name, if it is one of ours.
-pub(crate) fn veth_of(netns: &str) -> Option<String> {
-    let n: u8 = netns.strip_prefix(NETNS_PREFIX)?.parse().ok()?;
-    Some(Netns::new(n).veth_host)
+    /// Kills everything in the namespace, then deletes the veth pair, the guard route and the
+    /// namespace, in that order: the namespace name is what marks the rest as ours. Parts that
+    /// are already gone are skipped.
+    pub fn destroy(&self) -> Result<()> {
+        // Deleting a namespace only unmounts its name: it lives on while a process is inside.
+        procs::kill_until_gone(|| pids(&self.name), Duration::from_secs(5))
+            .with_context(|| format!("emptying network namespace {}", self.name))?;
+        if Path::new("/sys/class/net").join(&self.veth_host).exists() {
+            ip(&["link", "del", &self.veth_host])?;
+        }
+        if let Err(e) = ip(&self.guard_route("del")) {
+            if !e.to_string().contains("No such process") {
+                return Err(e);
+            }
+        }
+        if Path::new("/run/netns").join(&self.name).exists() {
+            ip(&["netns", "del", &self.name])?;
+        }
+        Ok(())
+    }
+
+    fn guard_route(&self, action: &str) -> [String; 6] {
+        let prefix = format!("10.231.{}.0/24", self.n);
+        ["route", action, "unreachable", &prefix, "metric", "4000"].map(String::from)
+    }
 }
 
 /// Every process in the namespace (empty if it does not exist).
@@ -135,24 +162,10 @@ pub(crate) fn list() -> Result<Vec<String>> {
         .collect())
 }
 
-/// Kills everything in the namespace, then deletes the veth pair and the namespace. Parts that
-/// are already gone are skipped.
-pub(crate) fn destroy(netns: &str, veth_host: &str) -> Result<()> {
-    // Deleting a namespace only unmounts its name: it lives on while a process is inside.
-    procs::kill_until_gone(|| pids(netns), Duration::from_secs(5))
-        .with_context(|| format!("emptying network namespace {netns}"))?;
-    if Path::new("/sys/class/net").join(veth_host).exists() {
-        ip(&["link", "del", veth_host])?;
-    }
-    if Path::new("/run/netns").join(netns).exists() {
-        ip(&["netns", "del", netns])?;
-    }
-    Ok(())
-}
-
-fn ip(args: &[&str]) -> Result<()> {
+fn ip(args: &[impl AsRef<str>]) -> Result<()> {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
     let out = Command::new("ip")
-        .args(args)
+        .args(&args)
         .output()
         .with_context(|| format!("running `ip {}`", args.join(" ")))?;
     if !out.status.success() {

@@ -16,7 +16,8 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::unistd::geteuid;
 use serde::{Deserialize, Serialize};
 
-use crate::{net, procs};
+use crate::net::{self, Netns};
+use crate::procs;
 
 /// Set by sshd (authorized_keys `environment=`) in every session of a host, with the host's
 /// directory as value: it finds the host's processes even after they were reparented.
@@ -28,7 +29,6 @@ pub(crate) struct Record {
     creator_start: u64,
     pub dir: PathBuf,
     pub netns: Option<String>,
-    pub veth: Option<String>,
     /// The listening sshd: pid and start time.
     pub sshd: Option<(u32, u64)>,
 }
@@ -44,7 +44,6 @@ impl Record {
             creator_start,
             dir,
             netns: None,
-            veth: None,
             sshd: None,
         })
     }
@@ -88,8 +87,8 @@ impl Record {
     pub fn teardown(&self) -> Result<()> {
         procs::kill_until_gone(|| self.processes(), Duration::from_secs(5))
             .context("killing the remote host's processes")?;
-        if let (Some(netns), Some(veth)) = (&self.netns, &self.veth) {
-            net::destroy(netns, veth)?;
+        if let Some(net) = self.netns.as_deref().and_then(Netns::from_name) {
+            net.destroy()?;
         }
         match fs::remove_dir_all(&self.dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -177,8 +176,8 @@ pub(crate) fn clean_stale() {
         if known_netns.contains(&netns) {
             continue;
         }
-        if let Some(veth) = net::veth_of(&netns) {
-            if let Err(e) = net::destroy(&netns, &veth) {
+        if let Some(net) = Netns::from_name(&netns) {
+            if let Err(e) = net.destroy() {
                 warn(&format!("removing orphaned namespace {netns}: {e:#}"));
             }
         }

@@ -46,6 +46,15 @@ fn netns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()
 }
 
+fn routes(query: &str) -> String {
+    let out = Command::new("ip")
+        .arg("route")
+        .args(query.split(' '))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         !stat
@@ -139,6 +148,8 @@ fn netns_host_serves_ssh_survives_a_link_cut_and_cleans_up() {
     host.link_down().unwrap();
     let out = ssh(&host, &["-o", "ConnectTimeout=2"], "echo ok");
     assert!(!out.status.success());
+    // Cut or not, traffic for the host must never leave through another interface.
+    assert!(!routes(&format!("get {}", host.address())).contains(" via "));
     host.link_up().unwrap();
     assert!(eventually(|| ssh(&host, &[], "echo ok").status.success()));
 
@@ -146,8 +157,10 @@ fn netns_host_serves_ssh_survives_a_link_cut_and_cleans_up() {
     let sleep = start_detached_sleep(&host);
     assert!(host.remote_pids().contains(&sleep));
     let dir = host.dir().to_path_buf();
+    let subnet = host.address().replace(".2", ".0/24");
     host.stop().unwrap();
     assert!(!netns_exists(&netns));
+    assert_eq!(routes(&format!("show {subnet}")), "");
     assert!(!running(sshd) && !running(sleep));
     assert!(!dir.exists());
 }

@@ -1,0 +1,288 @@
+//! Test environment: a private temp dir standing in for every directory sshpyk would touch
+//! (Jupyter data and runtime dirs, HOME, its runtime dir), a real remote host from
+//! sshpyk-testhost, and helpers to run the real binary.
+#![allow(dead_code)] // each test crate uses its own subset
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use sshpyk_testhost::RemoteHost;
+use tempfile::TempDir;
+
+pub struct Env {
+    pub dir: TempDir,
+    pub host: Option<RemoteHost>,
+}
+
+impl Env {
+    /// No remote host: for tests of local behaviour and bad input.
+    pub fn local() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("sshpyk-test-")
+            .tempdir()
+            .expect("temp dir");
+        for sub in [
+            "home",
+            "data",
+            "runtime",
+            "rt",
+            "remote-runtime",
+            "remote-data",
+        ] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        Env { dir, host: None }
+    }
+
+    /// With a real sshd "remote host" (its own network namespace when running as root).
+    pub fn with_host() -> Self {
+        let mut env = Self::local();
+        // The remote side is this machine's filesystem: keep its Jupyter dirs in our temp dir.
+        let host = RemoteHost::builder()
+            .alias("remote")
+            .extra_sshd_config(&format!(
+                "SetEnv JUPYTER_RUNTIME_DIR={} JUPYTER_DATA_DIR={}\n",
+                env.path("remote-runtime").display(),
+                env.path("remote-data").display()
+            ))
+            .start()
+            .expect("starting the test sshd");
+        env.host = Some(host);
+        env
+    }
+
+    pub fn host(&self) -> &RemoteHost {
+        self.host.as_ref().expect("this Env has no remote host")
+    }
+
+    pub fn path(&self, sub: &str) -> PathBuf {
+        self.dir.path().join(sub)
+    }
+
+    pub fn ssh_config(&self) -> PathBuf {
+        self.host().ssh_config().to_owned()
+    }
+
+    /// The environment every sshpyk process of the test gets.
+    pub fn apply(&self, cmd: &mut Command) {
+        cmd.env("HOME", self.path("home"))
+            .env("JUPYTER_DATA_DIR", self.path("data"))
+            .env("JUPYTER_RUNTIME_DIR", self.path("runtime"))
+            .env("SSHPYK_RUNTIME_DIR", self.path("rt"))
+            .env_remove("JUPYTER_PATH")
+            .env_remove("VIRTUAL_ENV")
+            .env_remove("CONDA_PREFIX")
+            .env_remove("XDG_DATA_HOME")
+            .env("NO_COLOR", "1");
+    }
+
+    pub fn sshpyk(&self) -> assert_cmd::Command {
+        let mut std_cmd = Command::new(env!("CARGO_BIN_EXE_sshpyk"));
+        self.apply(&mut std_cmd);
+        assert_cmd::Command::from_std(std_cmd)
+    }
+
+    /// `sshpyk add` for the test host's venv kernel; returns the kernel name.
+    pub fn add_kernel(&self, name: &str, extra: &[&str]) -> String {
+        let venv = venv();
+        self.sshpyk()
+            .args([
+                "add",
+                "--kernel-name",
+                name,
+                "--ssh-host-alias",
+                "remote",
+                "--remote-kernel-name",
+                "python3",
+            ])
+            .arg("--remote-python-prefix")
+            .arg(&venv)
+            .arg("--ssh-config")
+            .arg(self.ssh_config())
+            .args(extra)
+            .assert()
+            .success();
+        name.to_string()
+    }
+
+    pub fn kernel_dir(&self, name: &str) -> PathBuf {
+        self.path("data").join("kernels").join(name)
+    }
+
+    pub fn read_kernel_json(&self, name: &str) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.kernel_dir(name).join("kernel.json"))
+            .expect("kernel.json");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// A connection file as Jupyter writes it: five free local ports and a fresh key.
+    pub fn connection_file(&self, name: &str) -> (PathBuf, sshpyk::connection::ConnectionInfo) {
+        let ports: Vec<u16> = (0..5)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        let key = uuid::Uuid::new_v4().to_string();
+        let text = serde_json::json!({
+            "ip": "127.0.0.1", "transport": "tcp", "signature_scheme": "hmac-sha256", "key": key,
+            "shell_port": ports[0], "iopub_port": ports[1], "stdin_port": ports[2],
+            "control_port": ports[3], "hb_port": ports[4], "kernel_name": "test",
+        })
+        .to_string();
+        let path = self.path("runtime").join(format!("kernel-{name}.json"));
+        std::fs::write(&path, &text).unwrap();
+        (
+            path,
+            sshpyk::connection::ConnectionInfo::parse(&text).unwrap(),
+        )
+    }
+
+    /// Starts the launcher exactly as kernel.json says, with stderr kept in a file.
+    pub fn launch(&self, kernel: &str, connection_file: &Path) -> Launcher {
+        let spec = self.read_kernel_json(kernel);
+        let argv: Vec<String> = spec["argv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                a.as_str()
+                    .unwrap()
+                    .replace("{connection_file}", &connection_file.to_string_lossy())
+            })
+            .collect();
+        let log = self.path(&format!("launcher-{}.log", uuid::Uuid::new_v4()));
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        // Like jupyter_client: the kernel gets its own process group.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        self.apply(&mut cmd);
+        Launcher {
+            child: cmd.spawn().expect("launcher starts"),
+            log,
+        }
+    }
+
+    /// Processes on the remote whose command line contains `needle` (kernels, supervisors).
+    pub fn remote_processes(&self, needle: &str) -> Vec<u32> {
+        self.host()
+            .remote_pids()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    /// Files left in the remote Jupyter runtime dir (the supervisor's run dirs).
+    pub fn remote_run_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.path("remote-runtime"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .starts_with("sshpyk-")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The venv with jupyter_client + ipykernel (+ nbclient), created once and cached.
+pub fn venv() -> PathBuf {
+    sshpyk_testhost::python_venv().expect("test venv")
+}
+
+pub fn venv_python() -> PathBuf {
+    venv().join("bin/python")
+}
+
+/// A launcher process started by a test; killed (SIGKILL) on drop if still running.
+pub struct Launcher {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Launcher {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
+    }
+
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the "ready" log line (or the launcher's exit).
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        while !self.log().contains("ready: kernel pid") {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("launcher exited ({status}) before ready:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < end,
+                "launcher not ready after {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The remote kernel pid from the "ready" line.
+    pub fn remote_pid(&self) -> u32 {
+        let log = self.log();
+        let rest = log.split("ready: kernel pid ").nth(1).expect("ready line");
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}

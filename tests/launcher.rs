@@ -1,0 +1,330 @@
+//! The launcher end to end: a real sshd "remote host", a real ipykernel, our own zmq client.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{eventually, port_is_free, Env};
+use nix::sys::signal::Signal;
+use sshpyk::jupyter::KernelClient;
+
+const START: Duration = Duration::from_secs(60);
+const STEP: Duration = Duration::from_secs(20);
+
+async fn client(info: &sshpyk::connection::ConnectionInfo) -> KernelClient {
+    let mut client = KernelClient::connect(info, STEP).await.expect("connect");
+    client.wait_for_ready(STEP).await.expect("kernel ready");
+    client
+}
+
+#[tokio::test]
+async fn runs_code_on_the_remote_keeps_state_and_shuts_down_cleanly() {
+    let env = Env::with_host();
+    let kernel = env.add_kernel("k", &[]);
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    let mut c = client(&info).await;
+
+    let r = c.execute("x = 6 * 7\nprint(x)", STEP).await.unwrap();
+    assert_eq!((r.status.as_str(), r.stdout.as_str()), ("ok", "42\n"));
+    assert_eq!(
+        c.execute("x", STEP).await.unwrap().result.as_deref(),
+        Some("42")
+    );
+
+    // The kernel runs in the remote host's network namespace, not ours.
+    let r = c
+        .execute("import os; print(os.readlink('/proc/self/ns/net'))", STEP)
+        .await
+        .unwrap();
+    let theirs = r.stdout.trim().to_string();
+    let remote_ns = env
+        .host()
+        .remote_command("readlink", ["/proc/self/ns/net"])
+        .output()
+        .unwrap();
+    assert_eq!(theirs, String::from_utf8_lossy(&remote_ns.stdout).trim());
+    if env.host().netns().is_some() {
+        assert_ne!(
+            theirs,
+            std::fs::read_link("/proc/self/ns/net")
+                .unwrap()
+                .to_string_lossy()
+        );
+    }
+    assert_eq!(
+        c.execute("import os; print(os.getpid())", STEP)
+            .await
+            .unwrap()
+            .stdout
+            .trim(),
+        launcher.remote_pid().to_string()
+    );
+
+    // The kernel's connection file on the remote is private.
+    let r = c.execute("import os, json, stat; from ipykernel.connect import get_connection_file as g; f = g(); print(oct(os.stat(f).st_mode & 0o777), oct(os.stat(os.path.dirname(f)).st_mode & 0o777))", STEP).await.unwrap();
+    assert_eq!(r.stdout.trim(), "0o600 0o700");
+
+    c.shutdown(false, STEP).await.unwrap();
+    let started = Instant::now();
+    let status = launcher
+        .wait_timeout(Duration::from_secs(10))
+        .expect("launcher exits after shutdown");
+    assert!(status.success(), "{status}: {}", launcher.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "launcher took {:?} to exit",
+        started.elapsed()
+    );
+    for (_, port) in info.ports() {
+        assert!(port_is_free(port), "port {port} still bound");
+    }
+    assert!(
+        env.remote_processes("ipykernel").is_empty(),
+        "remote kernel left behind"
+    );
+    assert!(
+        env.remote_processes("sshpyk-supervisor").is_empty(),
+        "remote supervisor left behind"
+    );
+    assert!(
+        env.remote_run_dirs().is_empty(),
+        "remote files left: {:?}",
+        env.remote_run_dirs()
+    );
+}
+
+#[tokio::test]
+async fn sigint_interrupts_the_remote_kernel() {
+    let env = Env::with_host();
+    let kernel = env.add_kernel("k", &[]);
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    let mut c = client(&info).await;
+    let mut other = client(&info).await;
+    let busy = tokio::spawn(async move {
+        c.execute("import time; time.sleep(60)", Duration::from_secs(30))
+            .await
+    });
+    // Let the kernel get into the sleep.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    launcher.signal(Signal::SIGINT);
+    let r = busy
+        .await
+        .unwrap()
+        .expect("execute returns after the interrupt");
+    assert_eq!(r.status, "error");
+    assert_eq!(
+        r.error.as_ref().map(|e| e.0.as_str()),
+        Some("KeyboardInterrupt")
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    // Still alive and usable.
+    assert_eq!(
+        other.execute("print(1 + 1)", STEP).await.unwrap().stdout,
+        "2\n"
+    );
+    assert!(
+        launcher.child.try_wait().unwrap().is_none(),
+        "launcher must survive an interrupt"
+    );
+}
+
+#[tokio::test]
+async fn restart_on_the_same_ports_after_sigterm_and_after_sigkill() {
+    let env = Env::with_host();
+    let kernel = env.add_kernel("k", &["--orphan-timeout", "2"]);
+    let (conn, info) = env.connection_file("a");
+
+    // SIGTERM: graceful shutdown through shutdown_request, everything removed.
+    let mut first = env.launch(&kernel, &conn);
+    first.wait_ready(START);
+    let mut c = client(&info).await;
+    c.execute("x = 1", STEP).await.unwrap();
+    c.close();
+    first.signal(Signal::SIGTERM);
+    let status = first
+        .wait_timeout(Duration::from_secs(15))
+        .expect("launcher exits on SIGTERM");
+    assert!(status.success(), "{status}: {}", first.log());
+    assert!(eventually(Duration::from_secs(5), || env
+        .remote_processes("ipykernel")
+        .is_empty()));
+
+    // Same ports again at once; the new kernel is fresh.
+    let mut second = env.launch(&kernel, &conn);
+    second.wait_ready(START);
+    let mut c = client(&info).await;
+    let r = c.execute("print('x' in dir())", STEP).await.unwrap();
+    assert_eq!(r.stdout, "False\n");
+    let remote_pid = second.remote_pid();
+    c.close();
+
+    // SIGKILL: nothing of ours survives locally, the ports are free at once, and the remote
+    // guard reaps the kernel after the (short) orphan timeout.
+    second.signal(Signal::SIGKILL);
+    second.wait_timeout(Duration::from_secs(5)).expect("killed");
+    for (_, port) in info.ports() {
+        assert!(
+            eventually(Duration::from_secs(2), || port_is_free(port)),
+            "port {port} still bound after SIGKILL"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(15), || env
+            .remote_processes("ipykernel")
+            .is_empty()),
+        "remote kernel {remote_pid} not reaped after the orphan timeout"
+    );
+    assert!(eventually(Duration::from_secs(5), || env
+        .remote_run_dirs()
+        .is_empty()));
+
+    let mut third = env.launch(&kernel, &conn);
+    third.wait_ready(START);
+    let mut c = client(&info).await;
+    assert_eq!(c.execute("print(3)", STEP).await.unwrap().stdout, "3\n");
+}
+
+#[tokio::test]
+async fn launcher_exits_at_once_when_the_remote_kernel_is_killed() {
+    let env = Env::with_host();
+    let kernel = env.add_kernel("k", &[]);
+    let (conn, _info) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    let pid = launcher.remote_pid();
+    let killed = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let status = launcher
+        .wait_timeout(Duration::from_secs(5))
+        .expect("launcher exits");
+    let took = killed.elapsed();
+    assert_eq!(status.code(), Some(137), "{}", launcher.log());
+    assert!(took < Duration::from_secs(1), "launcher took {took:?}");
+    assert!(
+        launcher.log().contains("was killed by signal 9"),
+        "{}",
+        launcher.log()
+    );
+    assert!(eventually(Duration::from_secs(2), || env
+        .remote_run_dirs()
+        .is_empty()));
+}
+
+#[tokio::test]
+async fn a_host_that_never_answers_is_bounded_by_the_launch_timeout() {
+    let env = Env::local();
+    let (_listener, port) = sshpyk_testhost::silent_listener();
+    let config = env.path("ssh_config");
+    std::fs::write(&config, format!("Host silent\n  HostName 127.0.0.1\n  Port {port}\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n")).unwrap();
+    // add cannot reach it either: it warns and writes the kernelspec.
+    env.sshpyk()
+        .args([
+            "add",
+            "--kernel-name",
+            "s",
+            "--ssh-host-alias",
+            "silent",
+            "--remote-kernel-name",
+            "python3",
+        ])
+        .args([
+            "--remote-python",
+            "/usr/bin/python3",
+            "--launch-timeout",
+            "2",
+            "--ssh-config",
+        ])
+        .arg(&config)
+        .assert()
+        .success();
+    let (conn, info) = env.connection_file("a");
+    let started = Instant::now();
+    let mut launcher = env.launch("s", &conn);
+    let status = launcher
+        .wait_timeout(Duration::from_secs(10))
+        .expect("launcher gives up");
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(6), "{}", launcher.log());
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(4),
+        "took {took:?}"
+    );
+    assert!(
+        launcher.log().contains("did not finish within 2 s"),
+        "{}",
+        launcher.log()
+    );
+    for (_, port) in info.ports() {
+        assert!(port_is_free(port));
+    }
+}
+
+#[tokio::test]
+async fn a_port_in_use_fails_with_a_clear_error_and_leaves_nothing() {
+    let env = Env::with_host();
+    let kernel = env.add_kernel("k", &[]);
+    let (conn, info) = env.connection_file("a");
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", info.control_port)).unwrap();
+    let mut launcher = env.launch(&kernel, &conn);
+    let status = launcher
+        .wait_timeout(Duration::from_secs(10))
+        .expect("launcher fails");
+    assert_eq!(status.code(), Some(7));
+    let log = launcher.log();
+    assert!(
+        log.contains(&format!(
+            "local port {} (control channel)",
+            info.control_port
+        )),
+        "{log}"
+    );
+    assert!(env.remote_processes("ipykernel").is_empty());
+    assert!(port_is_free(info.shell_port));
+}
+
+#[test]
+fn bad_connection_files_are_refused() {
+    let env = Env::with_host();
+    let kernel = env.add_kernel("k", &[]);
+    let (good, _) = env.connection_file("good");
+    let text = std::fs::read_to_string(&good).unwrap();
+    let cases = [
+        ("missing", None, "cannot read it"),
+        (
+            "malformed",
+            Some("{not json".to_string()),
+            "not a valid connection file",
+        ),
+        (
+            "scheme",
+            Some(text.replace("hmac-sha256", "hmac-md5")),
+            "signature_scheme 'hmac-md5' is not supported",
+        ),
+        (
+            "transport",
+            Some(text.replace("\"tcp\"", "\"ipc\"")),
+            "transport 'ipc' is not supported",
+        ),
+    ];
+    for (name, content, message) in cases {
+        let path = env.path(&format!("{name}.json"));
+        if let Some(content) = content {
+            std::fs::write(&path, content).unwrap();
+        }
+        let mut launcher = env.launch(&kernel, &path);
+        let status = launcher
+            .wait_timeout(Duration::from_secs(10))
+            .expect("launcher exits");
+        assert_eq!(status.code(), Some(3), "{name}: {}", launcher.log());
+        let log = launcher.log();
+        assert!(
+            log.contains(message) && log.lines().count() == 1,
+            "{name}: {log}"
+        );
+    }
+}
