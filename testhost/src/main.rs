@@ -12,7 +12,7 @@ use nix::unistd::getpid;
 use sshpyk_testhost::{Mode, RemoteHost};
 
 const USAGE: &str = "usage: sshpyk-testhost [--mode auto|loopback|netns] [--alias NAME] \
-                     [--control-master] [--ignore-stdin]
+                     [--control-master] [--ignore-stdin] [--sshd-option LINE]...
 
 Starts a throwaway OpenSSH host and prints one JSON line:
   {\"alias\":..,\"ssh_config\":..,\"address\":..,\"port\":..,\"netns\":..|null,\"dir\":..}
@@ -24,6 +24,7 @@ struct Args {
     alias: String,
     control_master: bool,
     ignore_stdin: bool,
+    sshd_options: Vec<String>,
 }
 
 fn parse_args() -> Result<Option<Args>> {
@@ -32,6 +33,7 @@ fn parse_args() -> Result<Option<Args>> {
         alias: "testhost".to_string(),
         control_master: false,
         ignore_stdin: false,
+        sshd_options: Vec::new(),
     };
     let mut argv = std::env::args().skip(1);
     while let Some(arg) = argv.next() {
@@ -40,6 +42,9 @@ fn parse_args() -> Result<Option<Args>> {
             "--alias" => args.alias = argv.next().context("--alias needs a value")?,
             "--control-master" => args.control_master = true,
             "--ignore-stdin" => args.ignore_stdin = true,
+            "--sshd-option" => args
+                .sshd_options
+                .push(argv.next().context("--sshd-option needs a value")?),
             "-h" | "--help" => return Ok(None),
             _ => bail!("unexpected argument {arg:?}\n{USAGE}"),
         }
@@ -64,6 +69,7 @@ fn run() -> Result<()> {
         .mode(args.mode)
         .alias(&args.alias)
         .control_master(args.control_master)
+        .extra_sshd_config(&args.sshd_options.join("\n"))
         .start()?;
     let line = serde_json::json!({
         "alias": host.alias(),
