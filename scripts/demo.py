@@ -40,9 +40,11 @@ def main():
             os.makedirs(env[var])
         os.environ.update(env)
         remote_runtime = os.path.join(tmp, "remote-runtime")
+        remote_home = os.path.join(tmp, "remote-home")
+        os.makedirs(remote_home)
         step("starting a throwaway sshd on loopback to play the remote host")
         host = subprocess.Popen(
-            [TESTHOST, "--mode", "loopback", "--alias", "demo", "--sshd-option", f"SetEnv JUPYTER_RUNTIME_DIR={remote_runtime}"],
+            [TESTHOST, "--mode", "loopback", "--alias", "demo", "--sshd-option", f"SetEnv HOME={remote_home} JUPYTER_RUNTIME_DIR={remote_runtime}"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         try:

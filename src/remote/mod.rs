@@ -17,13 +17,54 @@ pub mod probe;
 
 const SUPERVISOR: &str = include_str!("supervisor.py");
 
-/// Runs on the remote login shell's command line: nothing secret, only the interpreter path.
-/// It cannot be piped to `sh -s` instead: dash reads its script in blocks, so it would swallow
-/// the supervisor and key meant for python, and handing them over costs one more round trip.
-const BOOTSTRAP: &str = r#"py=$1
+/// Runs the remote python with the given arguments, from the remote login shell's command line:
+/// nothing secret goes there, only the interpreter path and code. (The supervisor cannot be piped
+/// to `sh -s` instead: dash reads its script in blocks, so it would swallow the supervisor and
+/// key meant for python, and handing them over costs one more round trip.)
+const RUN_PYTHON: &str = r#"py=$1; shift
 case $py in "~/"*) py=$HOME/${py#"~/"};; esac
 if [ ! -x "$py" ]; then echo sshpyk-no-python; exit 0; fi
-exec "$py" -u -c "import sys;n=int(sys.stdin.buffer.readline());exec(compile(sys.stdin.buffer.read(n),'sshpyk-supervisor','exec'))""#;
+exec "$py" "$@""#;
+
+/// Reads the supervisor's length-prefixed source from stdin and runs it.
+const LOADER: &str = "import sys;n=int(sys.stdin.buffer.readline());exec(compile(sys.stdin.buffer.read(n),'sshpyk-supervisor','exec'))";
+
+/// Connects a new session to a running supervisor's socket (OpenSSH 9.2's `ssh -W` cannot reach
+/// Unix sockets, so a few lines of python relay the bytes).
+const RELAY: &str = r#"import os, socket, sys, threading
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except OSError:
+    print('{"sshpyk": "gone"}', flush=True)
+    sys.exit(0)
+def up():
+    while True:
+        data = os.read(0, 65536)
+        if not data:
+            break
+        s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+threading.Thread(target=up, daemon=True).start()
+while True:
+    data = s.recv(65536)
+    if not data:
+        break
+    os.write(1, data)"#;
+
+/// The remote command line that runs `python args...`.
+fn python_command(python: &str, args: &[&str]) -> String {
+    let mut line = format!(
+        "exec sh -c {} sshpyk {}",
+        shell_quote(RUN_PYTHON),
+        shell_quote(python)
+    );
+    for arg in args {
+        line.push(' ');
+        line.push_str(&shell_quote(arg));
+    }
+    line
+}
 
 /// What the supervisor reports once the kernel's sockets are up.
 #[derive(Debug, Clone, Deserialize)]
@@ -40,12 +81,15 @@ pub struct Ready {
 }
 
 /// How the remote kernel ended.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct Exit {
     pub status: Option<i32>,
     pub signal: Option<i32>,
     #[serde(default)]
     pub tail: Vec<String>,
+    /// Set when the supervisor ended the kernel: "orphaned" (its lease ran out) or "killed".
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 impl Exit {
@@ -80,6 +124,8 @@ pub struct StartRequest<'a> {
     pub kernel_name: &'a str,
     pub info: &'a ConnectionInfo,
     pub orphan_timeout: f64,
+    /// How often the launcher renews the lease.
+    pub ping_interval: std::time::Duration,
 }
 
 /// The open session with the remote supervisor. Dropping it kills the local ssh client, which
@@ -95,11 +141,7 @@ impl Session {
     pub async fn start(master: &Master, req: &StartRequest<'_>) -> Result<(Session, Ready)> {
         let mut cmd = master.command();
         cmd.arg("-T").arg(master.alias());
-        cmd.arg(format!(
-            "exec sh -c {} sshpyk {}",
-            shell_quote(BOOTSTRAP),
-            shell_quote(req.remote_python)
-        ));
+        cmd.arg(python_command(req.remote_python, &["-u", "-c", LOADER]));
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -116,6 +158,7 @@ impl Session {
             "signature_scheme": req.info.signature_scheme,
             "kernel_name": req.kernel_name,
             "orphan_timeout": req.orphan_timeout,
+            "ping_interval": req.ping_interval.as_secs_f64(),
         });
         let mut payload = format!("{}\n{SUPERVISOR}", SUPERVISOR.len()).into_bytes();
         payload.extend_from_slice(config.to_string().as_bytes());
@@ -168,11 +211,7 @@ impl Session {
                     )))
                 }
                 Some("exited") => {
-                    let exit: Exit = serde_json::from_value(msg).unwrap_or(Exit {
-                        status: None,
-                        signal: None,
-                        tail: vec![],
-                    });
+                    let exit: Exit = serde_json::from_value(msg).unwrap_or_default();
                     return Err(Error::Remote(format!(
                         "remote kernel '{}' {} before it was ready: {}",
                         req.kernel_name,
@@ -196,6 +235,47 @@ impl Session {
                 Ok(None) | Err(_) => return None,
             }
         }
+    }
+
+    /// Re-attaches to the supervisor of a kernel started earlier (after the connection was lost).
+    /// `Ok(None)`: the supervisor is gone, and with it the kernel.
+    pub async fn attach(
+        master: &Master,
+        remote_python: &str,
+        run_dir: &str,
+    ) -> Result<Option<Session>> {
+        let socket = format!("{run_dir}/supervisor.sock");
+        let mut cmd = master.command();
+        cmd.arg("-T")
+            .arg(master.alias())
+            .arg(python_command(remote_python, &["-u", "-c", RELAY, &socket]));
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        process::tie_to_parent(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| crate::ssh::config::spawn_error("ssh", e))?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let mut session = Session {
+            child,
+            stdin,
+            lines,
+        };
+        match session.next_line().await.as_deref().and_then(parse_message) {
+            Some(msg) if msg["sshpyk"] == "attached" => Ok(Some(session)),
+            Some(msg) if msg["sshpyk"] == "gone" => Ok(None),
+            _ => Err(Error::Ssh(format!(
+                "could not reach the remote supervisor on '{}' again",
+                master.alias()
+            ))),
+        }
+    }
+
+    /// Renews the lease.
+    pub async fn ping(&mut self) -> Result<()> {
+        self.send(json!({"op": "ping"})).await
     }
 
     /// From now on a lost session means "launcher gone": the supervisor waits out the orphan
@@ -267,17 +347,15 @@ mod tests {
         assert_eq!(
             Exit {
                 status: Some(0),
-                signal: None,
-                tail: vec![]
+                ..Default::default()
             }
             .code(),
             0
         );
         assert_eq!(
             Exit {
-                status: None,
                 signal: Some(9),
-                tail: vec![]
+                ..Default::default()
             }
             .code(),
             137

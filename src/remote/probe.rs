@@ -41,9 +41,12 @@ impl PythonProbe {
         if out == "missing" {
             return PythonProbe::Missing;
         }
-        match serde_json::from_str(out) {
-            Ok(facts) => PythonProbe::Found(facts),
-            Err(_) => PythonProbe::Broken(out.chars().take(300).collect()),
+        let facts = out
+            .split_once("SSHPYK-FACTS")
+            .and_then(|(_, json)| serde_json::from_str(json.trim()).ok());
+        match facts {
+            Some(facts) => PythonProbe::Found(facts),
+            None => PythonProbe::Broken(out.chars().take(300).collect()),
         }
     }
 }

@@ -2,13 +2,14 @@
 #
 # Sent by the launcher over the ssh session's stdin (never on a command line) and run by the
 # remote python. Protocol, one JSON object per line:
-#   in:  a config line (holds the session key), then commands: arm, signal, kill. The launcher
+#   in:  a config line (holds the session key), then commands: arm, signal, kill, ping. The launcher
 #        sends no command before "ready", so nothing is left in Python's stdin buffer after the
 #        config line and the select loop can read the raw descriptor.
-#   out: {"sshpyk": "ready" | "exited" | "error", ...}
-# The session is the lease: while it is open the launcher is alive. After "arm", losing it starts
-# the orphan countdown; a launcher that comes back attaches to supervisor.sock in the run dir and
-# takes the lease over. At expiry, on kill, or when the kernel exits: kill the kernel's process
+#   out: {"sshpyk": "ready" | "attached" | "exited" | "error", ...}
+# The session is the lease, renewed by every line the launcher sends (it pings). After "arm", a
+# lease that runs out (orphan timeout, plus one ping interval) ends the kernel; a launcher that
+# comes back (after a network drop) attaches to supervisor.sock in the run dir and takes the
+# lease over. At expiry, on kill, or when the kernel exits: kill the kernel's process
 # group, remove every file we made, report, exit.
 import json
 import os
@@ -175,9 +176,12 @@ class Supervisor:
     def __init__(self, config):
         self.config = config
         self.orphan_timeout = float(config["orphan_timeout"])
+        self.ping_interval = float(config["ping_interval"])
         self.run_dir = None
         self.kernel = None
         self.armed = False
+        # Why we ended the kernel, if we did: "orphaned" (lease ran out) or "killed" (asked to).
+        self.reason = None
         self.tail = []
         self.sel = selectors.DefaultSelector()
         self.exit_r, self.exit_w = os.pipe()
@@ -255,7 +259,7 @@ class Supervisor:
 
     def exit_message(self):
         code = self.kernel.returncode
-        return {"status": code if code >= 0 else None, "signal": -code if code < 0 else None, "tail": self.tail[-5:]}
+        return {"status": code if code >= 0 else None, "signal": -code if code < 0 else None, "tail": self.tail[-5:], "reason": self.reason}
 
     def handle(self, line):
         try:
@@ -271,7 +275,9 @@ class Supervisor:
             except (OSError, AttributeError):
                 pass
         elif op == "kill":
+            self.reason = "killed"
             self.kill_kernel()
+        # "ping" needs no action: any line renews the lease.
 
     def serve(self, channel):
         listener = socket.socket(socket.AF_UNIX)
@@ -280,12 +286,17 @@ class Supervisor:
         self.sel.register(listener, selectors.EVENT_READ, "attach")
         self.sel.register(self.exit_r, selectors.EVENT_READ, "exit")
         self.sel.register(channel, selectors.EVENT_READ, "channel")
-        deadline = None
+        # The launcher pings every `ping_interval`; a silent or closed channel is a lost launcher
+        # (a dead link never shows as EOF here). One interval of grace, so that a drop shorter
+        # than the orphan timeout never ends the kernel.
+        lease = self.orphan_timeout + self.ping_interval
+        expires = None
         while True:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            timeout = None if expires is None else max(0.0, expires - time.monotonic())
             events = self.sel.select(timeout)
-            if not events and deadline is not None and time.monotonic() >= deadline:
-                deadline = None
+            if not events and expires is not None and time.monotonic() >= expires:
+                expires = None
+                self.reason = "orphaned"
                 self.kill_kernel()
                 continue
             for key, _ in events:
@@ -302,7 +313,7 @@ class Supervisor:
                     f = conn.makefile("rwb", buffering=0)
                     channel = Channel(f, f, closer=conn.close)
                     self.sel.register(channel, selectors.EVENT_READ, "channel")
-                    deadline = None
+                    expires = time.monotonic() + lease
                     channel.send(sshpyk="attached", pid=self.kernel.pid)
                 elif key.data == "channel":
                     lines = channel.read_lines()
@@ -312,11 +323,11 @@ class Supervisor:
                         channel = None
                         if not self.armed:
                             self.kill_kernel()
-                        else:
-                            deadline = time.monotonic() + self.orphan_timeout
                         continue
                     for line in lines:
                         self.handle(line)
+                    if self.armed:
+                        expires = time.monotonic() + lease
 
 
 def main():

@@ -9,6 +9,7 @@ use std::os::fd::OwnedFd;
 use std::process::Stdio;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::{process, Master};
@@ -59,10 +60,13 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
+    /// `link` says whether the master is up: while it is down (reconnecting), connections wait
+    /// in the listen backlog instead of spawning ssh clients that could only fail.
     pub fn start(
         listeners: Listeners,
         master: &Master,
         endpoints: &HashMap<Channel, u16>,
+        link: watch::Receiver<bool>,
     ) -> Result<Self> {
         let mut tasks = JoinSet::new();
         for (channel, listener) in listeners.0 {
@@ -78,7 +82,13 @@ impl Forwarder {
                 .map_err(Error::io("cannot configure a listener"))?;
             let listener =
                 TcpListener::from_std(listener).map_err(Error::io("cannot register a listener"))?;
-            tasks.spawn(accept_loop(listener, master.clone(), channel, target));
+            tasks.spawn(accept_loop(
+                listener,
+                master.clone(),
+                channel,
+                target,
+                link.clone(),
+            ));
         }
         Ok(Forwarder { tasks })
     }
@@ -89,10 +99,25 @@ impl Forwarder {
     }
 }
 
-async fn accept_loop(listener: TcpListener, master: Master, channel: Channel, target: String) {
+async fn accept_loop(
+    listener: TcpListener,
+    master: Master,
+    channel: Channel,
+    target: String,
+    mut link: watch::Receiver<bool>,
+) {
     let mut channels = JoinSet::new();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        if link.wait_for(|up| *up).await.is_err() {
+            return;
+        }
+        // Stop accepting the moment the link goes down: an ssh client started without a master
+        // would open a direct connection of its own.
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = link.wait_for(|up| !*up) => continue,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!("{} port: accept failed: {e}", channel.name());

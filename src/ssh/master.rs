@@ -13,6 +13,8 @@ use crate::error::{Error, Result};
 
 /// How long a master we open stays after its last client, when the user's config says nothing.
 const DEFAULT_PERSIST: &str = "10m";
+/// Seconds between keepalives on a master we open: a dead link is noticed after about 4 of them.
+const SERVER_ALIVE_INTERVAL: u64 = 3;
 
 #[derive(Debug, Clone)]
 pub struct Master {
@@ -152,13 +154,15 @@ impl Master {
             format!("ControlPath={}", self.control_path),
             format!("ControlPersist={}", self.persist),
         ];
-        // A dead link must be noticed without any polling of ours.
-        if self
+        // A dead link must be noticed soon (the launcher then reconnects) and without any polling
+        // of ours. Debian's ssh defaults to 300 s under BatchMode: far too slow for that.
+        let interval: u64 = self
             .effective
             .get("serveraliveinterval")
-            .is_none_or(|v| v == "0")
-        {
-            opts.push("ServerAliveInterval=5".into());
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if interval == 0 || interval > SERVER_ALIVE_INTERVAL {
+            opts.push(format!("ServerAliveInterval={SERVER_ALIVE_INTERVAL}"));
             opts.push("ServerAliveCountMax=3".into());
         }
         opts.into_iter()

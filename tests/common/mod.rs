@@ -28,6 +28,7 @@ impl Env {
             "data",
             "runtime",
             "rt",
+            "remote-home",
             "remote-runtime",
             "remote-data",
         ] {
@@ -39,11 +40,13 @@ impl Env {
     /// With a real sshd "remote host" (its own network namespace when running as root).
     pub fn with_host() -> Self {
         let mut env = Self::local();
-        // The remote side is this machine's filesystem: keep its Jupyter dirs in our temp dir.
+        // The remote side is this machine's filesystem: keep its home (and so its shell start-up
+        // files) and Jupyter dirs in our temp dir.
         let host = RemoteHost::builder()
             .alias("remote")
             .extra_sshd_config(&format!(
-                "SetEnv JUPYTER_RUNTIME_DIR={} JUPYTER_DATA_DIR={}\n",
+                "SetEnv HOME={} JUPYTER_RUNTIME_DIR={} JUPYTER_DATA_DIR={}\n",
+                env.path("remote-home").display(),
                 env.path("remote-runtime").display(),
                 env.path("remote-data").display()
             ))

@@ -1,0 +1,131 @@
+//! Network drops: the launcher rides them out with the kernel's state intact, and the remote
+//! guard reaps kernels whose launcher is gone for longer than the orphan timeout.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{eventually, port_is_free, Env};
+use sshpyk::jupyter::KernelClient;
+
+const STEP: Duration = Duration::from_secs(20);
+
+/// A remote host in its own network namespace (the link can only be cut there).
+fn env_with_link() -> Option<Env> {
+    let env = Env::with_host();
+    if env.host().netns().is_none() {
+        eprintln!("skipped: cutting a link needs a network namespace (run as root)");
+        return None;
+    }
+    Some(env)
+}
+
+async fn client(info: &sshpyk::connection::ConnectionInfo) -> KernelClient {
+    let mut client = KernelClient::connect(info, STEP).await.expect("connect");
+    client.wait_for_ready(STEP).await.expect("kernel ready");
+    client
+}
+
+#[tokio::test]
+async fn a_twenty_second_link_cut_keeps_the_kernel_and_its_state() {
+    let Some(env) = env_with_link() else { return };
+    let kernel = env.add_kernel("k", &[]);
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(Duration::from_secs(60));
+    let pid = launcher.remote_pid();
+    let mut c = client(&info).await;
+    c.execute("x = 42", STEP).await.unwrap();
+    c.close();
+
+    env.host().link_down().unwrap();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(
+        launcher.child.try_wait().unwrap().is_none(),
+        "the launcher exited during the cut:\n{}",
+        launcher.log()
+    );
+    env.host().link_up().unwrap();
+    let back = Instant::now();
+
+    let mut c = client(&info).await;
+    let r = c
+        .execute("print(x, __import__('os').getpid())", STEP)
+        .await
+        .unwrap();
+    let took = back.elapsed();
+    assert_eq!(r.stdout, format!("42 {pid}\n"), "{}", launcher.log());
+    assert!(launcher.child.try_wait().unwrap().is_none());
+    let log = launcher.log();
+    assert!(
+        log.contains("connection lost, reconnecting (attempt 1)")
+            && log.contains("reconnected after"),
+        "{log}"
+    );
+    eprintln!("first execute {took:?} after the link returned");
+}
+
+#[tokio::test]
+async fn a_cut_longer_than_the_orphan_timeout_reaps_the_kernel_and_ends_the_launcher() {
+    let Some(env) = env_with_link() else { return };
+    let kernel = env.add_kernel("k", &["--orphan-timeout", "4"]);
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(Duration::from_secs(60));
+
+    env.host().link_down().unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || env
+            .remote_processes("ipykernel")
+            .is_empty()),
+        "the remote guard did not reap the kernel"
+    );
+    assert!(eventually(Duration::from_secs(5), || env
+        .remote_run_dirs()
+        .is_empty()));
+    env.host().link_up().unwrap();
+    let status = launcher
+        .wait_timeout(Duration::from_secs(30))
+        .expect("the launcher gives up");
+    assert_eq!(status.code(), Some(8), "{}", launcher.log());
+    assert!(launcher.log().contains("is gone"), "{}", launcher.log());
+    for (_, port) in info.ports() {
+        assert!(port_is_free(port));
+    }
+    assert!(env.remote_processes("sshpyk-supervisor").is_empty());
+}
+
+#[tokio::test]
+async fn a_master_closed_mid_session_is_reopened() {
+    let env = Env::with_host();
+    let kernel = env.add_kernel("k", &[]);
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(Duration::from_secs(60));
+    let pid = launcher.remote_pid();
+    let mut c = client(&info).await;
+    c.execute("x = 42", STEP).await.unwrap();
+    c.close();
+
+    let mut exit = std::process::Command::new("ssh");
+    exit.arg("-F").arg(env.ssh_config());
+    exit.arg("-o")
+        .arg(format!("ControlPath={}/cm-%C", env.path("rt").display()));
+    exit.args(["-O", "exit", "remote"]);
+    assert!(exit.status().unwrap().success());
+
+    assert!(
+        eventually(Duration::from_secs(10), || launcher
+            .log()
+            .contains("reconnected after")),
+        "{}",
+        launcher.log()
+    );
+    let mut c = client(&info).await;
+    let r = c
+        .execute("print(x, __import__('os').getpid())", STEP)
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, format!("42 {pid}\n"));
+    assert!(launcher.child.try_wait().unwrap().is_none());
+}
