@@ -444,6 +444,11 @@ fn kernel_checks(settings: &Settings, facts: &RemoteFacts) -> Vec<Check> {
             ),
         )),
     }
+    rows.push(check(
+        Status::Info,
+        "kernel transport",
+        "TCP on the remote loopback, reached through the ssh connection only",
+    ));
     if p.runtime_dir_writable {
         rows.push(check(
             Status::Ok,

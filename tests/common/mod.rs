@@ -135,6 +135,9 @@ impl Env {
         .to_string();
         let path = self.path("runtime").join(format!("kernel-{name}.json"));
         std::fs::write(&path, &text).unwrap();
+        // As Jupyter writes it: private.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         (
             path,
             sshpyk::connection::ConnectionInfo::parse(&text).unwrap(),

@@ -1,0 +1,547 @@
+//! The SFTP server that runs inside the launcher, one per mount, speaking to the remote sshfs
+//! over one ssh channel. Every operation goes through [`Export`], which confines it; file system
+//! calls run on tokio's blocking pool so that the launcher's single-threaded runtime never
+//! stalls on a slow disk.
+
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use nix::dir::{Dir, OwningIter};
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::FileStat;
+use russh_sftp::protocol::{
+    Attrs, Data, ExtendedReply, File as Entry, FileAttributes, Handle, Name, OpenFlags, Packet,
+    Status, StatusCode, Version,
+};
+use russh_sftp::server::{Handler, StatusReply};
+
+use super::export::{Changes, Export};
+
+/// Largest read answered at once (sshfs asks for 32 KiB by default; OpenSSH caps at 256 KiB).
+const MAX_READ: u32 = 256 * 1024;
+/// Entries per READDIR answer.
+const DIR_BATCH: usize = 128;
+/// Open handles per mount; more is a client gone wrong.
+const MAX_HANDLES: usize = 4096;
+
+enum Open {
+    File(Arc<File>),
+    Dir(Arc<Mutex<Listing>>),
+}
+
+struct Listing {
+    entries: OwningIter,
+    /// The directory's own attributes, reported for `.` and `..` (the parent of the export
+    /// root is not ours to describe).
+    own: FileStat,
+}
+
+/// The SFTP side of one mount.
+pub struct Server {
+    export: Arc<Export>,
+    handles: HashMap<String, Open>,
+    next: u64,
+}
+
+impl Server {
+    pub fn new(export: Export) -> Self {
+        Server {
+            export: Arc::new(export),
+            handles: HashMap::new(),
+            next: 0,
+        }
+    }
+
+    fn insert(&mut self, open: Open) -> Result<String, StatusReply> {
+        if self.handles.len() >= MAX_HANDLES {
+            return Err(StatusCode::Failure.with_message("too many open handles"));
+        }
+        self.next += 1;
+        let handle = self.next.to_string();
+        self.handles.insert(handle.clone(), open);
+        Ok(handle)
+    }
+
+    fn file(&self, handle: &str) -> Result<Arc<File>, StatusReply> {
+        match self.handles.get(handle) {
+            Some(Open::File(f)) => Ok(f.clone()),
+            _ => Err(bad_handle()),
+        }
+    }
+
+    /// Runs a file system call on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Export) -> io::Result<T> + Send + 'static,
+    ) -> Result<T, StatusReply> {
+        let export = self.export.clone();
+        match tokio::task::spawn_blocking(move || work(&export)).await {
+            Ok(result) => result.map_err(reply),
+            Err(_) => Err(StatusCode::Failure.with_message("internal error")),
+        }
+    }
+}
+
+fn bad_handle() -> StatusReply {
+    StatusCode::Failure.with_message("invalid handle")
+}
+
+fn ok(id: u32) -> Status {
+    Status {
+        id,
+        status_code: StatusCode::Ok,
+        error_message: "Ok".into(),
+        language_tag: "en-US".into(),
+    }
+}
+
+/// An errno as an SFTP status, as OpenSSH's sftp-server maps them; an escape attempt and a
+/// change to a read-only export are "permission denied".
+fn reply(e: io::Error) -> StatusReply {
+    let code = match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ENOTDIR | libc::EBADF | libc::ELOOP) => StatusCode::NoSuchFile,
+        Some(libc::EPERM | libc::EACCES | libc::EFAULT) => StatusCode::PermissionDenied,
+        Some(libc::EXDEV) => {
+            return StatusCode::PermissionDenied.with_message("outside the exported directory")
+        }
+        Some(libc::EROFS) => {
+            return StatusCode::PermissionDenied.with_message("the export is read-only")
+        }
+        Some(libc::ENAMETOOLONG | libc::EINVAL) => StatusCode::BadMessage,
+        Some(libc::ENOSYS | libc::EOPNOTSUPP) => StatusCode::OpUnsupported,
+        _ => StatusCode::Failure,
+    };
+    code.with_message(e.to_string())
+}
+
+pub fn attrs(st: &FileStat) -> FileAttributes {
+    FileAttributes {
+        size: Some(st.st_size as u64),
+        uid: Some(st.st_uid),
+        user: None,
+        gid: Some(st.st_gid),
+        group: None,
+        permissions: Some(st.st_mode),
+        atime: Some(st.st_atime as u32),
+        mtime: Some(st.st_mtime as u32),
+    }
+}
+
+fn changes(a: &FileAttributes) -> Changes {
+    Changes {
+        size: a.size,
+        mode: a.permissions,
+        uid: a.uid,
+        gid: a.gid,
+        times: match (a.atime, a.mtime) {
+            (Some(at), Some(mt)) => Some((at as i64, mt as i64)),
+            _ => None,
+        },
+    }
+}
+
+fn open_flags(p: OpenFlags) -> OFlag {
+    let mut flags = match (p.contains(OpenFlags::READ), p.contains(OpenFlags::WRITE)) {
+        (_, false) => OFlag::O_RDONLY,
+        (false, true) => OFlag::O_WRONLY,
+        (true, true) => OFlag::O_RDWR,
+    };
+    if p.contains(OpenFlags::APPEND) {
+        flags |= OFlag::O_APPEND;
+    }
+    if p.contains(OpenFlags::CREATE) {
+        flags |= OFlag::O_CREAT;
+        if p.contains(OpenFlags::EXCLUDE) {
+            flags |= OFlag::O_EXCL;
+        }
+    }
+    if p.contains(OpenFlags::TRUNCATE) {
+        flags |= OFlag::O_TRUNC;
+    }
+    flags
+}
+
+/// The next `string` of an extended request's payload.
+fn take_string(data: &mut &[u8]) -> Result<String, StatusReply> {
+    let bad = || StatusReply::new(StatusCode::BadMessage);
+    if data.len() < 4 {
+        return Err(bad());
+    }
+    let len = u32::from_be_bytes(data[..4].try_into().unwrap()) as usize;
+    let rest = &data[4..];
+    if rest.len() < len {
+        return Err(bad());
+    }
+    let text = String::from_utf8(rest[..len].to_vec()).map_err(|_| bad())?;
+    *data = &rest[len..];
+    Ok(text)
+}
+
+fn next_batch(listing: &mut Listing) -> io::Result<Vec<Entry>> {
+    let mut files = Vec::new();
+    while files.len() < DIR_BATCH {
+        let Some(entry) = listing.entries.next() else {
+            break;
+        };
+        let entry = entry?;
+        let name: &CStr = entry.file_name();
+        // SFTP v3 names are strings here; a name that is not UTF-8 cannot be asked for later.
+        let Ok(text) = name.to_str() else {
+            tracing::debug!("mount: skipping a file name that is not UTF-8: {name:?}");
+            continue;
+        };
+        let st = if text == "." || text == ".." {
+            listing.own
+        } else {
+            // SAFETY: the listing owns the directory descriptor for the whole call.
+            let dir = unsafe { BorrowedFd::borrow_raw(listing.entries.as_raw_fd()) };
+            match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                // Gone since the listing was read.
+                Err(_) => continue,
+            }
+        };
+        files.push(Entry::new(text, attrs(&st)));
+    }
+    Ok(files)
+}
+
+impl Handler for Server {
+    type Error = StatusReply;
+
+    fn unimplemented(&self) -> Self::Error {
+        StatusReply::new(StatusCode::OpUnsupported)
+    }
+
+    async fn init(
+        &mut self,
+        _version: u32,
+        _extensions: HashMap<String, String>,
+    ) -> Result<Version, Self::Error> {
+        let mut version = Version::new();
+        for (name, revision) in [
+            ("posix-rename@openssh.com", "1"),
+            ("statvfs@openssh.com", "2"),
+            ("hardlink@openssh.com", "1"),
+            ("fsync@openssh.com", "1"),
+        ] {
+            version.extensions.insert(name.into(), revision.into());
+        }
+        Ok(version)
+    }
+
+    async fn open(
+        &mut self,
+        id: u32,
+        filename: String,
+        pflags: OpenFlags,
+        attrs: FileAttributes,
+    ) -> Result<Handle, Self::Error> {
+        let flags = open_flags(pflags);
+        let mode = attrs.permissions.unwrap_or(0o666);
+        let file = self
+            .blocking(move |e| e.open_file(&filename, flags, mode))
+            .await?;
+        let handle = self.insert(Open::File(Arc::new(file)))?;
+        Ok(Handle { id, handle })
+    }
+
+    async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
+        match self.handles.remove(&handle) {
+            Some(_) => Ok(ok(id)),
+            None => Err(bad_handle()),
+        }
+    }
+
+    async fn read(
+        &mut self,
+        id: u32,
+        handle: String,
+        offset: u64,
+        len: u32,
+    ) -> Result<Data, Self::Error> {
+        let file = self.file(&handle)?;
+        let len = len.min(MAX_READ) as usize;
+        let data = self
+            .blocking(move |_| {
+                let mut buf = vec![0; len];
+                let mut filled = 0;
+                while filled < len {
+                    match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) if filled > 0 => {
+                            tracing::debug!("mount: short read: {e}");
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                buf.truncate(filled);
+                Ok(buf)
+            })
+            .await?;
+        if data.is_empty() && len > 0 {
+            return Err(StatusReply::new(StatusCode::Eof));
+        }
+        Ok(Data { id, data })
+    }
+
+    async fn write(
+        &mut self,
+        id: u32,
+        handle: String,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<Status, Self::Error> {
+        let file = self.file(&handle)?;
+        self.blocking(move |e| {
+            if e.read_only() {
+                return Err(io::Error::from_raw_os_error(libc::EROFS));
+            }
+            file.write_all_at(&data, offset)
+        })
+        .await?;
+        Ok(ok(id))
+    }
+
+    async fn lstat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
+        let st = self.blocking(move |e| e.stat(&path, false)).await?;
+        Ok(Attrs {
+            id,
+            attrs: attrs(&st),
+        })
+    }
+
+    async fn stat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
+        let st = self.blocking(move |e| e.stat(&path, true)).await?;
+        Ok(Attrs {
+            id,
+            attrs: attrs(&st),
+        })
+    }
+
+    async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
+        let st = match self.handles.get(&handle) {
+            Some(Open::File(f)) => {
+                let f = f.clone();
+                self.blocking(move |_| Ok(nix::sys::stat::fstat(&*f)?))
+                    .await?
+            }
+            Some(Open::Dir(d)) => d.lock().unwrap().own,
+            None => return Err(bad_handle()),
+        };
+        Ok(Attrs {
+            id,
+            attrs: attrs(&st),
+        })
+    }
+
+    async fn setstat(
+        &mut self,
+        id: u32,
+        path: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        let changes = changes(&attrs);
+        self.blocking(move |e| e.set_path(&path, &changes)).await?;
+        Ok(ok(id))
+    }
+
+    async fn fsetstat(
+        &mut self,
+        id: u32,
+        handle: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        let changes = changes(&attrs);
+        match self.handles.get(&handle) {
+            Some(Open::File(f)) => {
+                let f = f.clone();
+                self.blocking(move |e| e.set_fd(&*f, &changes)).await?;
+            }
+            Some(Open::Dir(d)) => {
+                let d = d.clone();
+                self.blocking(move |e| {
+                    let listing = d.lock().unwrap();
+                    // SAFETY: the listing owns the descriptor while locked.
+                    let fd = unsafe { BorrowedFd::borrow_raw(listing.entries.as_raw_fd()) };
+                    e.set_fd(fd, &changes)
+                })
+                .await?;
+            }
+            None => return Err(bad_handle()),
+        }
+        Ok(ok(id))
+    }
+
+    async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
+        let listing = self
+            .blocking(move |e| {
+                let fd = e.open_dir(&path)?;
+                let own = nix::sys::stat::fstat(&fd)?;
+                let dir = Dir::from_fd(fd)?;
+                Ok(Listing {
+                    entries: dir.into_iter(),
+                    own,
+                })
+            })
+            .await?;
+        let handle = self.insert(Open::Dir(Arc::new(Mutex::new(listing))))?;
+        Ok(Handle { id, handle })
+    }
+
+    async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
+        let Some(Open::Dir(listing)) = self.handles.get(&handle) else {
+            return Err(bad_handle());
+        };
+        let listing = listing.clone();
+        let files = self
+            .blocking(move |_| next_batch(&mut listing.lock().unwrap()))
+            .await?;
+        if files.is_empty() {
+            return Err(StatusReply::new(StatusCode::Eof));
+        }
+        Ok(Name { id, files })
+    }
+
+    async fn remove(&mut self, id: u32, filename: String) -> Result<Status, Self::Error> {
+        self.blocking(move |e| e.remove(&filename)).await?;
+        Ok(ok(id))
+    }
+
+    async fn mkdir(
+        &mut self,
+        id: u32,
+        path: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        let mode = attrs.permissions.unwrap_or(0o777);
+        self.blocking(move |e| e.mkdir(&path, mode)).await?;
+        Ok(ok(id))
+    }
+
+    async fn rmdir(&mut self, id: u32, path: String) -> Result<Status, Self::Error> {
+        self.blocking(move |e| e.rmdir(&path)).await?;
+        Ok(ok(id))
+    }
+
+    /// Lexical: the export root is `/`, and `..` never climbs above it.
+    async fn realpath(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
+        let mut parts: Vec<&str> = Vec::new();
+        for part in path.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                name => parts.push(name),
+            }
+        }
+        let canonical = format!("/{}", parts.join("/"));
+        Ok(Name {
+            id,
+            files: vec![Entry::dummy(canonical)],
+        })
+    }
+
+    async fn rename(
+        &mut self,
+        id: u32,
+        oldpath: String,
+        newpath: String,
+    ) -> Result<Status, Self::Error> {
+        self.blocking(move |e| e.rename(&oldpath, &newpath, false))
+            .await?;
+        Ok(ok(id))
+    }
+
+    async fn readlink(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
+        let target = self.blocking(move |e| e.readlink(&path)).await?;
+        let target = target
+            .into_string()
+            .map_err(|_| StatusCode::Failure.with_message("link text is not UTF-8"))?;
+        Ok(Name {
+            id,
+            files: vec![Entry::dummy(target)],
+        })
+    }
+
+    /// OpenSSH's sftp-server (and so sshfs) sends the link's *target* first and the new link's
+    /// path second, the reverse of the draft; russh-sftp names the fields after the draft.
+    async fn symlink(
+        &mut self,
+        id: u32,
+        linkpath: String,
+        targetpath: String,
+    ) -> Result<Status, Self::Error> {
+        let (target, link) = (linkpath, targetpath);
+        self.blocking(move |e| e.symlink(&target, &link)).await?;
+        Ok(ok(id))
+    }
+
+    async fn extended(
+        &mut self,
+        id: u32,
+        request: String,
+        data: Vec<u8>,
+    ) -> Result<Packet, Self::Error> {
+        let mut rest = data.as_slice();
+        match request.as_str() {
+            "posix-rename@openssh.com" => {
+                let from = take_string(&mut rest)?;
+                let to = take_string(&mut rest)?;
+                self.blocking(move |e| e.rename(&from, &to, true)).await?;
+                Ok(Packet::Status(ok(id)))
+            }
+            "hardlink@openssh.com" => {
+                let from = take_string(&mut rest)?;
+                let to = take_string(&mut rest)?;
+                self.blocking(move |e| e.hardlink(&from, &to)).await?;
+                Ok(Packet::Status(ok(id)))
+            }
+            "fsync@openssh.com" => {
+                let handle = take_string(&mut rest)?;
+                let file = self.file(&handle)?;
+                self.blocking(move |_| file.sync_all()).await?;
+                Ok(Packet::Status(ok(id)))
+            }
+            "statvfs@openssh.com" => {
+                let path = take_string(&mut rest)?;
+                let read_only = self.export.read_only();
+                let st = self.blocking(move |e| e.statvfs(&path)).await?;
+                let mut flags = 0u64;
+                if read_only || st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
+                    flags |= 1; // SSH2_FXE_STATVFS_ST_RDONLY
+                }
+                if st.flags().contains(nix::sys::statvfs::FsFlags::ST_NOSUID) {
+                    flags |= 2; // SSH2_FXE_STATVFS_ST_NOSUID
+                }
+                let reply = russh_sftp::extensions::Statvfs {
+                    block_size: st.block_size() as u64,
+                    fragment_size: st.fragment_size() as u64,
+                    blocks: st.blocks() as u64,
+                    blocks_free: st.blocks_free() as u64,
+                    blocks_avail: st.blocks_available() as u64,
+                    inodes: st.files() as u64,
+                    inodes_free: st.files_free() as u64,
+                    inodes_avail: st.files_available() as u64,
+                    fs_id: st.filesystem_id() as u64,
+                    flags,
+                    name_max: st.name_max() as u64,
+                };
+                let data = russh_sftp::ser::to_bytes(&reply)
+                    .map_err(|_| StatusReply::new(StatusCode::Failure))?
+                    .to_vec();
+                Ok(Packet::ExtendedReply(ExtendedReply { id, data }))
+            }
+            _ => Err(StatusReply::new(StatusCode::OpUnsupported)),
+        }
+    }
+}
