@@ -17,6 +17,7 @@ use crate::connection::ConnectionInfo;
 use crate::error::{Error, Result};
 use crate::jupyter::KernelClient;
 use crate::kernelspec::{Kernelspec, Settings};
+use crate::mount::Mounts;
 use crate::remote::{Event, Exit, Ready, Session, StartRequest};
 use crate::ssh::forward::{Forwarder, Listeners};
 use crate::ssh::Master;
@@ -79,6 +80,7 @@ struct Running {
     master: Master,
     session: Session,
     forwarder: Forwarder,
+    mounts: Mounts,
     link: watch::Sender<bool>,
     ready: Ready,
     info: ConnectionInfo,
@@ -132,6 +134,7 @@ pub async fn run(opts: LaunchOptions) -> Result<i32> {
         }
     };
     running.forwarder.stop().await;
+    running.mounts.stop().await;
     let (alias, pid) = (&running.settings.ssh_host_alias, running.ready.pid);
     match outcome {
         Outcome::Exited(exit) => {
@@ -170,6 +173,7 @@ async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> 
         let master =
             Master::for_alias(&settings.ssh, &settings.ssh_config, alias, ssh_verbose).await?;
         master.ensure(deadline).await?;
+        let mounts = Mounts::start(&master, settings, deadline).await?;
         tracing::info!("starting remote kernel '{}'", settings.remote_kernel_name);
         let request = StartRequest {
             remote_python: &settings.remote_python,
@@ -187,9 +191,9 @@ async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> 
         let (link, link_rx) = watch::channel(true);
         let forwarder = Forwarder::start(listeners, &master, &ready.endpoints, link_rx)?;
         session.arm().await?;
-        Ok::<_, Error>((master, session, forwarder, link, ready))
+        Ok::<_, Error>((master, session, forwarder, mounts, link, ready))
     };
-    let (master, session, forwarder, link, ready) =
+    let (master, session, forwarder, mounts, link, ready) =
         tokio::time::timeout_at(deadline, work).await.map_err(|_| Error::Timeout {
             what: format!("starting the kernel on '{alias}'"),
             secs: settings.launch_timeout,
@@ -204,6 +208,7 @@ async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> 
         master,
         session,
         forwarder,
+        mounts,
         link,
         ready,
         info,

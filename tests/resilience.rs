@@ -107,12 +107,7 @@ async fn a_master_closed_mid_session_is_reopened() {
     c.execute("x = 42", STEP).await.unwrap();
     c.close();
 
-    let mut exit = std::process::Command::new("ssh");
-    exit.arg("-F").arg(env.ssh_config());
-    exit.arg("-o")
-        .arg(format!("ControlPath={}/cm-%C", env.path("rt").display()));
-    exit.args(["-O", "exit", "remote"]);
-    assert!(exit.status().unwrap().success());
+    env.close_master();
 
     assert!(
         eventually(Duration::from_secs(10), || launcher

@@ -178,6 +178,10 @@ pub async fn remote_kernelspec(settings: &Settings) -> Result<Option<RemoteKerne
     let alias = &settings.ssh_host_alias;
     let python = &settings.remote_python;
     match facts.pythons.get(python) {
+        Some(PythonProbe::Found(p)) if p.jupyter_client.is_some() && !p.runtime_dir_writable => Err(Error::Remote(format!(
+            "remote runtime dir {} on '{alias}' is not writable; fix its permissions or set JUPYTER_RUNTIME_DIR there",
+            p.runtime_dir
+        ))),
         Some(PythonProbe::Found(p)) if p.jupyter_client.is_some() => match p.kernel(&settings.remote_kernel_name) {
             Some(spec) => Ok(Some(spec.clone())),
             None => Err(Error::Remote(format!(

@@ -11,7 +11,7 @@ use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::{openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
@@ -41,7 +41,6 @@ impl Changes {
 #[derive(Debug)]
 pub struct Export {
     root: OwnedFd,
-    path: PathBuf,
     read_only: bool,
 }
 
@@ -54,17 +53,9 @@ impl Export {
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
-        let export = Export {
-            root,
-            path: path.to_owned(),
-            read_only,
-        };
+        let export = Export { root, read_only };
         export.resolve(".", OFlag::O_PATH | OFlag::O_DIRECTORY, 0)?;
         Ok(export)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     pub fn read_only(&self) -> bool {
@@ -75,10 +66,17 @@ impl Export {
     /// the export, and opens it with `flags`.
     pub fn resolve(&self, path: &str, flags: OFlag, mode: u32) -> io::Result<OwnedFd> {
         let rel = relative(path);
-        let how = OpenHow::new()
-            .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
-            .mode(Mode::from_bits_truncate(mode & 0o7777))
+        // openat2 is strict: O_PATH takes no other access flags, and a mode only with O_CREAT.
+        let mut flags = flags | OFlag::O_CLOEXEC;
+        if !flags.contains(OFlag::O_PATH) {
+            flags |= OFlag::O_NOCTTY;
+        }
+        let mut how = OpenHow::new()
+            .flags(flags)
             .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        if flags.contains(OFlag::O_CREAT) {
+            how = how.mode(Mode::from_bits_truncate(mode & 0o7777));
+        }
         // EAGAIN: a concurrent rename raced the `..` check; the kernel asks us to retry.
         let mut attempts = 0;
         loop {
@@ -210,14 +208,22 @@ impl Export {
     pub fn remove(&self, path: &str) -> io::Result<()> {
         self.writable()?;
         let (dir, name) = self.parent_of(path)?;
-        nix::unistd::unlinkat(&dir, name.as_c_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)?;
+        nix::unistd::unlinkat(
+            &dir,
+            name.as_c_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        )?;
         Ok(())
     }
 
     pub fn mkdir(&self, path: &str, mode: u32) -> io::Result<()> {
         self.writable()?;
         let (dir, name) = self.parent_of(path)?;
-        nix::sys::stat::mkdirat(&dir, name.as_c_str(), Mode::from_bits_truncate(mode & 0o7777))?;
+        nix::sys::stat::mkdirat(
+            &dir,
+            name.as_c_str(),
+            Mode::from_bits_truncate(mode & 0o7777),
+        )?;
         Ok(())
     }
 
@@ -246,7 +252,11 @@ impl Export {
         ) {
             // A filesystem without RENAME_NOREPLACE: check, then rename.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                match nix::sys::stat::fstatat(&to_dir, to_name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                match nix::sys::stat::fstatat(
+                    &to_dir,
+                    to_name.as_c_str(),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                ) {
                     Ok(_) => Err(io::Error::from_raw_os_error(libc::EEXIST)),
                     Err(Errno::ENOENT) => renameat2(&from_dir, &from_name, &to_dir, &to_name, 0),
                     Err(e) => Err(e.into()),
@@ -342,6 +352,7 @@ fn renameat2(
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+    use std::path::PathBuf;
 
     fn setup() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
@@ -392,10 +403,23 @@ mod tests {
         assert_eq!(errno(read("/proc/self/environ").unwrap_err()), libc::ENOENT);
         // The links themselves are visible (lstat, readlink), not what they point at.
         assert!(export.stat("/abs-out", false).is_ok());
-        assert_eq!(errno(export.stat("/abs-out", true).unwrap_err()), libc::EXDEV);
+        assert_eq!(
+            errno(export.stat("/abs-out", true).unwrap_err()),
+            libc::EXDEV
+        );
         assert_eq!(export.readlink("/rel-out").unwrap(), "../secret.txt");
         assert_eq!(
-            errno(export.set_path("/abs-out", &Changes { mode: Some(0o600), ..Default::default() }).unwrap_err()),
+            errno(
+                export
+                    .set_path(
+                        "/abs-out",
+                        &Changes {
+                            mode: Some(0o600),
+                            ..Default::default()
+                        }
+                    )
+                    .unwrap_err()
+            ),
             libc::EXDEV
         );
         assert_eq!(errno(export.statvfs("/..").unwrap_err()), libc::EXDEV);
@@ -415,13 +439,22 @@ mod tests {
             libc::EEXIST
         );
         export.rename("/renamed", "/ok-link", true).unwrap();
-        assert_eq!(errno(export.mkdir("/../escaped", 0o755).unwrap_err()), libc::EXDEV);
-        assert_eq!(errno(export.rename("/inside.txt", "/../moved", true).unwrap_err()), libc::EXDEV);
+        assert_eq!(
+            errno(export.mkdir("/../escaped", 0o755).unwrap_err()),
+            libc::EXDEV
+        );
+        assert_eq!(
+            errno(export.rename("/inside.txt", "/../moved", true).unwrap_err()),
+            libc::EXDEV
+        );
         assert!(!dir.path().join("escaped").exists() && !dir.path().join("moved").exists());
         // Creating through a link pointing out is refused.
         symlink(dir.path().join("new.txt"), root.join("dangling")).unwrap();
         let create = OFlag::O_WRONLY | OFlag::O_CREAT;
-        assert_eq!(errno(export.open_file("/dangling", create, 0o644).unwrap_err()), libc::EXDEV);
+        assert_eq!(
+            errno(export.open_file("/dangling", create, 0o644).unwrap_err()),
+            libc::EXDEV
+        );
         assert!(!dir.path().join("new.txt").exists());
         for bad in ["/", "/.", "/sub/.."] {
             assert!(export.rmdir(bad).is_err(), "{bad}");
@@ -429,10 +462,21 @@ mod tests {
         export.mkdir("/made", 0o755).unwrap();
         export.symlink("/etc/passwd", "/made/l").unwrap();
         assert_eq!(export.readlink("/made/l").unwrap(), "/etc/passwd");
-        assert_eq!(errno(export.stat("/made/l", true).unwrap_err()), libc::EXDEV);
+        assert_eq!(
+            errno(export.stat("/made/l", true).unwrap_err()),
+            libc::EXDEV
+        );
         export.hardlink("/inside.txt", "/made/h").unwrap();
         export
-            .set_path("/made/h", &Changes { size: Some(2), mode: Some(0o600), times: Some((1, 2)), ..Default::default() })
+            .set_path(
+                "/made/h",
+                &Changes {
+                    size: Some(2),
+                    mode: Some(0o600),
+                    times: Some((1, 2)),
+                    ..Default::default()
+                },
+            )
             .unwrap();
         let st = export.stat("/inside.txt", false).unwrap();
         assert_eq!((st.st_size, st.st_mode & 0o777, st.st_mtime), (2, 0o600, 2));
@@ -444,8 +488,16 @@ mod tests {
         let export = Export::open(&root, true).unwrap();
         let erofs = |r: io::Result<()>| errno(r.unwrap_err()) == libc::EROFS;
         assert!(export.open_file("/inside.txt", OFlag::O_RDONLY, 0).is_ok());
-        for flags in [OFlag::O_WRONLY, OFlag::O_RDWR, OFlag::O_RDONLY | OFlag::O_CREAT, OFlag::O_RDONLY | OFlag::O_TRUNC] {
-            assert!(erofs(export.open_file("/inside.txt", flags, 0o644).map(drop)), "{flags:?}");
+        for flags in [
+            OFlag::O_WRONLY,
+            OFlag::O_RDWR,
+            OFlag::O_RDONLY | OFlag::O_CREAT,
+            OFlag::O_RDONLY | OFlag::O_TRUNC,
+        ] {
+            assert!(
+                erofs(export.open_file("/inside.txt", flags, 0o644).map(drop)),
+                "{flags:?}"
+            );
         }
         assert!(erofs(export.remove("/inside.txt")));
         assert!(erofs(export.mkdir("/d", 0o755)));
@@ -453,9 +505,24 @@ mod tests {
         assert!(erofs(export.rename("/inside.txt", "/x", true)));
         assert!(erofs(export.symlink("x", "/l")));
         assert!(erofs(export.hardlink("/inside.txt", "/h")));
-        assert!(erofs(export.set_path("/inside.txt", &Changes { mode: Some(0o777), ..Default::default() })));
+        assert!(erofs(export.set_path(
+            "/inside.txt",
+            &Changes {
+                mode: Some(0o777),
+                ..Default::default()
+            }
+        )));
         let file = export.open_file("/inside.txt", OFlag::O_RDONLY, 0).unwrap();
-        assert!(erofs(export.set_fd(&file, &Changes { size: Some(0), ..Default::default() })));
-        assert_eq!(std::fs::read_to_string(root.join("inside.txt")).unwrap(), "inside");
+        assert!(erofs(export.set_fd(
+            &file,
+            &Changes {
+                size: Some(0),
+                ..Default::default()
+            }
+        )));
+        assert_eq!(
+            std::fs::read_to_string(root.join("inside.txt")).unwrap(),
+            "inside"
+        );
     }
 }

@@ -1,5 +1,467 @@
-//! Mounts: local directories on the remote for the kernel's lifetime.
+//! Mounts: local directories on the remote for the kernel's lifetime
+//! (`--mount-local-on-remote "/local:/remote[:sshfs_options]"`).
+//!
+//! # How
+//!
+//! For each mount the launcher opens one ssh session over the ControlMaster it already uses for
+//! the kernel. That session runs a small POSIX sh wrapper on the remote (see [`remote`]) which
+//! checks sshfs and FUSE, prepares the mount point (creating it when missing, refusing a
+//! non-empty directory that is not a mount, cleaning a dead FUSE mount left by a crash), then
+//! runs `sshfs -f -o passive,<user options> :/ <mount point>`. With `passive`, sshfs speaks
+//! SFTP over its stdin and stdout, which are the session's: on this side they are served by an
+//! SFTP server inside the launcher ([`sftp`], on the `russh-sftp` crate). When sshfs ends, for
+//! whatever reason, the wrapper unmounts and removes the mount point if it created it.
+//!
+//! # Why not a local sshd and a reverse tunnel
+//!
+//! The original design ran an sftp-only `sshd` on this machine, with an ephemeral key pair, and a
+//! reverse forward from the remote to it. None of that is needed: the connection the kernel
+//! already rides is authenticated and encrypted, and a session channel is a byte stream in both
+//! directions. So there is no listening port (nothing for other local or remote users to connect
+//! to), no key pair to make, hand over and delete, no sshd binary or config, and nothing that
+//! depends on the remote's ssh config. One ssh channel per mount, and its life is the
+//! launcher's.
+//!
+//! # Confinement
+//!
+//! Every path the remote sends is resolved by the kernel with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)` relative to a handle of the exported
+//! directory ([`export`]): `..`, absolute paths and symlinks pointing out (even with sshfs's
+//! `follow_symlinks`) fail; `/` is the export's root. `ro` among the options makes the server
+//! refuse every change (SSH_FX_PERMISSION_DENIED), whatever the remote's sshfs does; it is also
+//! passed on to sshfs. This needs Linux ≥ 5.6; elsewhere the default mode is unavailable and
+//! `list` says so.
+//!
+//! # Lifetime
+//!
+//! Mounts are made after the connection is up and before the kernel starts. A normal stop ends
+//! each SFTP stream: sshfs sees end of file, the wrapper unmounts, says so, and the launcher waits
+//! (a few seconds at most) for that. When the launcher is killed, PR_SET_PDEATHSIG ends its ssh
+//! clients, the channels close, and each wrapper cleans up by itself.
+//!
+//! `--ssh-host-alias-local-on-remote ALIAS` (compatibility with the original tool) skips the
+//! local server: the remote's sshfs connects back with `ALIAS` from the remote's own ssh config
+//! (`reconnect`, `ServerAliveInterval=15`); the same wrapper prepares and cleans up. sshpyk does
+//! not confine that mode.
 
+#[cfg(target_os = "linux")]
+mod export;
+mod remote;
+#[cfg(target_os = "linux")]
+mod sftp;
 mod spec;
 
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader, ReadBuf};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+pub use remote::RemoteMountFacts;
 pub use spec::MountSpec;
+
+use crate::error::{Error, Result};
+use crate::kernelspec::Settings;
+use crate::ssh::Master;
+use remote::{Event, Source};
+
+/// How long a stop waits for the remote to confirm the unmount.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How much a login script may print before the SFTP stream starts.
+const MAX_NOISE: usize = 64 * 1024;
+
+/// The mounts of one running kernel. Dropping it without [`Mounts::stop`] still ends every
+/// channel (the ssh clients are killed), and the remote wrappers then clean up by themselves.
+#[derive(Default)]
+pub struct Mounts {
+    active: Vec<Active>,
+}
+
+struct Active {
+    spec: MountSpec,
+    child: Child,
+    events: mpsc::Receiver<Event>,
+    /// Compatibility mode: closing the session's stdin tells the wrapper to unmount.
+    stdin: Option<ChildStdin>,
+    /// Default mode: ends the SFTP stream (and so sshfs's input).
+    stop: Option<oneshot::Sender<()>>,
+    /// Lines the session printed besides events, for error messages.
+    output: Vec<String>,
+}
+
+impl Mounts {
+    /// Makes every mount of `settings` on the remote, before `deadline`; all or nothing.
+    pub async fn start(master: &Master, settings: &Settings, deadline: Instant) -> Result<Mounts> {
+        if settings.mounts.is_empty() {
+            return Ok(Mounts::default());
+        }
+        tracing::info!(
+            "mounting {} local dir(s) on the remote",
+            settings.mounts.len()
+        );
+        let alias = settings.ssh_host_alias.as_str();
+        let source = match &settings.ssh_host_alias_local_on_remote {
+            Some(back) => Source::Alias(back),
+            None => Source::Passive,
+        };
+        // Every local directory first: nothing starts on the remote when one is missing.
+        let mut exports = Vec::new();
+        for spec in &settings.mounts {
+            exports.push(local_export(spec, &source)?);
+        }
+        let mut mounts = Mounts::default();
+        for (spec, export) in settings.mounts.iter().zip(exports) {
+            let line = remote::command_line(spec, settings.remote_sshfs.as_deref(), &source);
+            let mut child = remote::spawn(master, &line)?;
+            let what = format!("mount {}", spec.remote);
+            let events = remote::read_events(child.stderr.take().expect("piped stderr"), what);
+            let stdout = child.stdout.take().expect("piped stdout");
+            let stdin = child.stdin.take().expect("piped stdin");
+            let mut active = Active {
+                spec: spec.clone(),
+                child,
+                events,
+                stdin: None,
+                stop: None,
+                output: Vec::new(),
+            };
+            match export {
+                #[cfg(target_os = "linux")]
+                Some(export) => {
+                    let (stop, stopped) = oneshot::channel();
+                    tokio::spawn(serve(stdout, stdin, export, stopped));
+                    active.stop = Some(stop);
+                }
+                _ => {
+                    drop(stdout);
+                    active.stdin = Some(stdin);
+                }
+            }
+            mounts.active.push(active);
+        }
+        // They all progress at once; a failure tears down every one of them.
+        for i in 0..mounts.active.len() {
+            let result = tokio::time::timeout_at(deadline, mounts.active[i].ready(alias)).await;
+            let error = match result {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(_) => Error::Timeout {
+                    what: format!(
+                        "mounting {} on '{alias}' at {}",
+                        mounts.active[i].spec.local, mounts.active[i].spec.remote
+                    ),
+                    secs: settings.launch_timeout,
+                    hint: "run the launcher with -vv to see what sshfs says, or raise --launch-timeout".into(),
+                },
+            };
+            mounts.stop().await;
+            return Err(error);
+        }
+        Ok(mounts)
+    }
+
+    /// Unmounts everything and waits (briefly) until the remote confirms.
+    pub async fn stop(mut self) {
+        if self.active.is_empty() {
+            return;
+        }
+        for active in &mut self.active {
+            active.stdin.take();
+            if let Some(stop) = active.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for mut active in self.active.drain(..) {
+            let confirmed = tokio::time::timeout_at(deadline, async {
+                loop {
+                    match active.events.recv().await {
+                        Some(Event::Unmounted) => return true,
+                        Some(Event::Closed) | None => return false,
+                        Some(_) => {}
+                    }
+                }
+            })
+            .await;
+            match confirmed {
+                Ok(true) => tracing::info!("unmounted {}", active.spec.remote),
+                Ok(false) => tracing::debug!(
+                    "mount {}: the session ended without confirming the unmount",
+                    active.spec.remote
+                ),
+                Err(_) => tracing::warn!(
+                    "mount {}: no unmount confirmation within {} s; the remote cleans up once the channel closes",
+                    active.spec.remote,
+                    STOP_GRACE.as_secs()
+                ),
+            }
+            let _ = active.child.start_kill();
+            let _ = active.child.wait().await;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.active.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.active.is_empty()
+    }
+}
+
+impl Active {
+    async fn ready(&mut self, alias: &str) -> Result<()> {
+        loop {
+            match self.events.recv().await {
+                Some(Event::Ready) => {
+                    tracing::info!(
+                        "mounted {} on '{alias}' at {}",
+                        self.spec.local,
+                        self.spec.remote
+                    );
+                    return Ok(());
+                }
+                Some(Event::Output(line)) => {
+                    self.output.push(line);
+                    if self.output.len() > 5 {
+                        self.output.remove(0);
+                    }
+                }
+                Some(Event::Error { code, detail }) => {
+                    // sshfs's own last words come before the wrapper's verdict; give them a
+                    // moment to arrive.
+                    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                        while let Some(event) = self.events.recv().await {
+                            if let Event::Output(line) = event {
+                                self.output.push(line);
+                            }
+                        }
+                    })
+                    .await;
+                    let output: Vec<String> = self
+                        .output
+                        .iter()
+                        .filter(|l| !l.starts_with("note: "))
+                        .cloned()
+                        .collect();
+                    return Err(remote::mount_error(
+                        &self.spec, alias, &code, &detail, &output,
+                    ));
+                }
+                Some(Event::Unmounted) => {}
+                Some(Event::Closed) | None => {
+                    let status = self.child.wait().await.ok().and_then(|s| s.code());
+                    if status == Some(255) {
+                        return Err(Error::Ssh(format!(
+                            "the ssh session for mount {} on '{alias}' failed: {}",
+                            self.spec.remote,
+                            self.output.join(" | ")
+                        )));
+                    }
+                    return Err(remote::mount_error(
+                        &self.spec,
+                        alias,
+                        "session",
+                        "",
+                        &self.output,
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Checks the local side of a mount. In the default mode, opens the export (confined).
+#[cfg(target_os = "linux")]
+fn local_export(spec: &MountSpec, source: &Source) -> Result<Option<export::Export>> {
+    check_local_dir(spec)?;
+    if let Source::Alias(_) = source {
+        return Ok(None);
+    }
+    export::Export::open(Path::new(&spec.local), spec.read_only())
+        .map(Some)
+        .map_err(|e| {
+            Error::Local(format!(
+                "cannot export {} for mount on {}: {e}{}",
+                spec.local,
+                spec.remote,
+                if e.raw_os_error() == Some(libc::ENOSYS) {
+                    " (confinement needs openat2, Linux 5.6 or later; use --ssh-host-alias-local-on-remote instead)"
+                } else {
+                    ""
+                }
+            ))
+        })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn local_export(spec: &MountSpec, source: &Source) -> Result<Option<()>> {
+    check_local_dir(spec)?;
+    match source {
+        Source::Alias(_) => Ok(None),
+        Source::Passive => Err(Error::Local(format!(
+            "cannot export {}: sshpyk serves mounts confined only on Linux (openat2); use --ssh-host-alias-local-on-remote here",
+            spec.local
+        ))),
+    }
+}
+
+fn check_local_dir(spec: &MountSpec) -> Result<()> {
+    if Path::new(&spec.local).is_dir() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "local mount directory {} does not exist (mount on {}); create it, or fix the mounts with `sshpyk edit --mount-local-on-remote` / `--clear-mounts`",
+            spec.local, spec.remote
+        )))
+    }
+}
+
+/// Reads the session's stdout up to the start line, then serves SFTP on it until `stopped`.
+#[cfg(target_os = "linux")]
+async fn serve(
+    stdout: ChildStdout,
+    stdin: ChildStdin,
+    export: export::Export,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let mut reader = BufReader::with_capacity(256 * 1024, stdout);
+    let mut line = Vec::new();
+    let mut noise = 0;
+    loop {
+        line.clear();
+        let read = tokio::select! {
+            read = reader.read_until(b'\n', &mut line) => read,
+            _ = &mut stopped => return,
+        };
+        match read {
+            Ok(0) | Err(_) => return,
+            Ok(_) if line == remote::SFTP_START => break,
+            Ok(n) => {
+                tracing::debug!("remote: {}", String::from_utf8_lossy(&line).trim_end());
+                noise += n;
+                if noise > MAX_NOISE {
+                    tracing::warn!("the remote printed too much before the SFTP stream started");
+                    return;
+                }
+            }
+        }
+    }
+    let stream = Stream {
+        reader,
+        writer: stdin,
+        stopped: Some(stopped),
+    };
+    russh_sftp::server::run(stream, sftp::Server::new(export)).await;
+}
+
+/// The session's stdout and stdin as one SFTP stream, which reads as ended once asked to stop:
+/// the server then drops it, which closes sshfs's input.
+#[cfg(target_os = "linux")]
+struct Stream {
+    reader: BufReader<ChildStdout>,
+    writer: ChildStdin,
+    stopped: Option<oneshot::Receiver<()>>,
+}
+
+#[cfg(target_os = "linux")]
+impl AsyncRead for Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(stopped) = self.stopped.as_mut() {
+            if Pin::new(stopped).poll(cx).is_ready() {
+                self.stopped = None;
+            }
+        }
+        if self.stopped.is_none() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.reader).poll_read(cx, buf)
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl AsyncWrite for Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.writer).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.writer).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.writer).poll_shutdown(cx)
+    }
+}
+
+/// For `list`: what one mount looks like from here, without the network.
+pub struct LocalFacts {
+    pub local_dir: std::result::Result<(), String>,
+    /// `Ok(how)` when the remote can reach the export and nothing else; `Err(why)` when
+    /// sshpyk does not confine this mount.
+    pub confinement: std::result::Result<String, String>,
+}
+
+pub fn local_facts(settings: &Settings, spec: &MountSpec) -> LocalFacts {
+    let local_dir = check_local_dir(spec).map_err(|_| {
+        format!(
+            "{} does not exist; create it or fix the mount with `sshpyk edit`",
+            spec.local
+        )
+    });
+    let confinement = if let Some(back) = &settings.ssh_host_alias_local_on_remote {
+        Err(format!(
+            "compatibility mode: the remote's sshfs connects back as '{back}' with its own ssh config; sshpyk does not confine what it can reach"
+        ))
+    } else {
+        confinement(spec)
+    };
+    LocalFacts {
+        local_dir,
+        confinement,
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn confinement(spec: &MountSpec) -> std::result::Result<String, String> {
+    let ro = if spec.read_only() {
+        ", read-only enforced by sshpyk"
+    } else {
+        ""
+    };
+    match export::Export::open(Path::new(&spec.local), spec.read_only()) {
+        Ok(_) => Ok(format!(
+            "openat2 RESOLVE_BENEATH: the remote reaches {} and nothing else{ro}",
+            spec.local
+        )),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => Err(
+            "openat2 is not available (Linux 5.6 or later needed); the mount cannot be served"
+                .into(),
+        ),
+        // A missing directory is reported on its own row.
+        Err(_) => Ok(format!("openat2 RESOLVE_BENEATH{ro}")),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn confinement(_spec: &MountSpec) -> std::result::Result<String, String> {
+    Err("not available on this platform (needs Linux openat2); only --ssh-host-alias-local-on-remote mounts work here".into())
+}
+
+/// For `list`: one round trip that checks FUSE and the configured sshfs paths on the remote.
+pub async fn probe_remote(master: &Master, sshfs: &[String]) -> Result<RemoteMountFacts> {
+    remote::probe(master, sshfs).await
+}

@@ -172,6 +172,20 @@ impl Env {
         }
     }
 
+    /// Closes the ControlMaster sshpyk opened for the test host (`ssh -O exit`).
+    pub fn close_master(&self) {
+        let status = Command::new("ssh")
+            .arg("-F")
+            .arg(self.ssh_config())
+            .arg("-o")
+            .arg(format!("ControlPath={}/cm-%C", self.path("rt").display()))
+            .args(["-O", "exit", "remote"])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "no master to close");
+    }
+
     /// Processes on the remote whose command line contains `needle` (kernels, supervisors).
     pub fn remote_processes(&self, needle: &str) -> Vec<u32> {
         self.host()

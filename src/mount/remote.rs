@@ -1,0 +1,414 @@
+//! The remote half of a mount: one ssh session over the master that runs a small POSIX sh
+//! wrapper around the remote's sshfs. The wrapper checks, mounts, reports, waits for sshfs to
+//! end for whatever reason, and then unmounts and removes what it created.
+//!
+//! Tagged lines go to the session's stderr (`sshpyk-mount <event> ...`): in the default mode the
+//! session's stdout and stdin carry SFTP between sshfs (`-o passive`) and the launcher, from the
+//! line `sshpyk-sftp-start` on.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStderr};
+use tokio::sync::mpsc;
+
+use super::MountSpec;
+use crate::error::{Error, Result};
+use crate::remote::shell_quote;
+use crate::ssh::{process, Master};
+
+/// The line after which the session's stdout is SFTP.
+pub const SFTP_START: &[u8] = b"sshpyk-sftp-start\n";
+
+/// Shell functions shared by the wrapper and `list`'s probe.
+const FUNCTIONS: &str = r#"
+fuse_check() {
+  if [ ! -e /dev/fuse ]; then echo "/dev/fuse does not exist (load the fuse kernel module)"; return 1; fi
+  if ! (exec 3<>/dev/fuse) 2>/dev/null; then echo "/dev/fuse cannot be opened by user $(id -un)"; return 1; fi
+  if [ "$(id -u)" != 0 ] && ! command -v fusermount3 >/dev/null 2>&1 && ! command -v fusermount >/dev/null 2>&1; then
+    echo "neither fusermount3 nor fusermount is installed (package fuse3)"; return 1
+  fi
+}
+find_sshfs() {
+  case $1 in
+    "") command -v sshfs 2>/dev/null ;;
+    "~/"*) p=$HOME/${1#"~/"}; [ -x "$p" ] && echo "$p" ;;
+    *) [ -x "$1" ] && echo "$1" ;;
+  esac
+}
+"#;
+
+/// $1 mode (passive|alias), $2 mount point, $3 sshfs ("" = PATH), $4 source, $5 -o options.
+const WRAPPER: &str = r#"
+mode=$1 mnt=$2 want=$3 src=$4 opts=$5
+trap '' HUP PIPE
+tag() { printf 'sshpyk-mount %s\n' "$*" >&2; }
+fail() { tag error "$@"; exit 0; }
+is_mounted() {
+  if command -v mountpoint >/dev/null 2>&1; then mountpoint -q "$1" 2>/dev/null; return; fi
+  mount 2>/dev/null | grep -F " on $1 " >/dev/null
+}
+is_dead() { LC_ALL=C ls -d "$1" 2>&1 >/dev/null | grep 'not connected' >/dev/null; }
+unmount() {
+  for u in fusermount3 fusermount; do
+    if command -v $u >/dev/null 2>&1 && $u -u -z "$1" 2>/dev/null; then return 0; fi
+  done
+  umount -l "$1" 2>/dev/null || umount "$1" 2>/dev/null
+}
+case $mnt in "~/"*) mnt=$HOME/${mnt#"~/"};; esac
+sshfs=$(find_sshfs "$want") || sshfs=
+if [ -z "$sshfs" ]; then
+  if [ -z "$want" ]; then fail no-sshfs "sshfs is not on the remote PATH ($PATH)"; fi
+  fail no-sshfs "$want does not exist or is not executable"
+fi
+why=$(fuse_check) || fail no-fuse "$why"
+if is_dead "$mnt"; then
+  unmount "$mnt"
+  tag note "removed a stale mount left at $mnt by an earlier run"
+fi
+n=0
+while is_mounted "$mnt"; do
+  # An earlier run's sshfs may be unmounting right now.
+  if [ $n -ge 30 ]; then fail busy "$mnt is already a mount point"; fi
+  sleep 0.1; n=$((n + 1))
+done
+top=
+if [ -e "$mnt" ] || [ -L "$mnt" ]; then
+  [ -d "$mnt" ] || fail not-dir "$mnt exists and is not a directory"
+  listing=$(ls -A "$mnt" 2>&1) || fail not-dir "$listing"
+  [ -z "$listing" ] || fail not-empty "$mnt is not empty"
+else
+  d=$mnt
+  while [ ! -e "$d" ] && [ ! -L "$d" ]; do top=$d; d=$(dirname "$d"); done
+  out=$(mkdir -p "$mnt" 2>&1) || fail mkdir "$out"
+fi
+cleanup() {
+  if is_mounted "$mnt" || is_dead "$mnt"; then unmount "$mnt"; fi
+  if [ -n "$top" ]; then
+    d=$mnt
+    while rmdir "$d" 2>/dev/null && [ "$d" != "$top" ]; do d=$(dirname "$d"); done
+  fi
+  tag unmounted
+}
+exec 3<&0
+pid= watch=
+trap 'kill -TERM $pid $watch 2>/dev/null' TERM INT
+if [ "$mode" = passive ]; then
+  printf 'sshpyk-sftp-start\n'
+  "$sshfs" -f -o "$opts" "$src" "$mnt" <&3 3<&- &
+  pid=$!
+else
+  "$sshfs" -f -o "$opts" "$src" "$mnt" </dev/null 3<&- &
+  pid=$!
+  # The session's stdin ends when the launcher does (or lets go): then unmount.
+  cat <&3 >/dev/null 2>&1 &
+  watch=$!
+fi
+exec 3<&-
+ready=
+while kill -0 $pid 2>/dev/null; do
+  if is_mounted "$mnt"; then ready=1; tag ready; break; fi
+  sleep 0.1
+done
+if [ -n "$watch" ]; then
+  while kill -0 $pid 2>/dev/null && kill -0 $watch 2>/dev/null; do sleep 0.5; done
+  kill -TERM $pid $watch 2>/dev/null
+fi
+wait $pid; rc=$?
+while kill -0 $pid 2>/dev/null; do wait $pid; rc=$?; done
+if [ -z "$ready" ]; then tag error sshfs-failed "sshfs exited with status $rc before the mount was ready"; fi
+cleanup
+"#;
+
+/// Runs on the remote for `list`: is FUSE usable, and where is each configured sshfs.
+const PROBE: &str = r#"
+if why=$(fuse_check); then echo "sshpyk-fuse ok"; else printf 'sshpyk-fuse no %s\n' "$why"; fi
+for s in "$@"; do printf 'sshpyk-sshfs\t%s\t%s\n' "$s" "$(find_sshfs "$s")"; done
+"#;
+
+/// How the remote's sshfs reaches the exported directory.
+pub enum Source<'a> {
+    /// SFTP over the session itself, served by the launcher.
+    Passive,
+    /// The remote's own ssh config has an alias back to this machine.
+    Alias(&'a str),
+}
+
+/// The sshfs `-o` list: the user's options first, then ours.
+pub fn sshfs_options(spec: &MountSpec, source: &Source) -> String {
+    let mut opts: Vec<&str> = Vec::new();
+    match source {
+        Source::Passive => {
+            opts.push("passive");
+            for o in &spec.options {
+                // These would make sshfs open a connection of its own, or wait for one forever.
+                if o == "reconnect" || o.starts_with("ssh_command=") || o.starts_with("directport=")
+                {
+                    tracing::warn!("mount {}: ignoring sshfs option '{o}', which cannot work over the launcher's channel", spec.remote);
+                    continue;
+                }
+                opts.push(o);
+            }
+        }
+        Source::Alias(_) => {
+            opts.extend(spec.options.iter().map(String::as_str));
+            opts.extend([
+                "reconnect",
+                "ServerAliveInterval=15",
+                "ServerAliveCountMax=3",
+                "BatchMode=yes",
+            ]);
+        }
+    }
+    opts.join(",")
+}
+
+/// The remote command line for one mount.
+pub fn command_line(spec: &MountSpec, sshfs: Option<&str>, source: &Source) -> String {
+    let (mode, src) = match source {
+        Source::Passive => ("passive", ":/".to_string()),
+        Source::Alias(alias) => ("alias", format!("{alias}:{}", spec.local)),
+    };
+    let script = format!("{FUNCTIONS}{WRAPPER}");
+    [
+        mode,
+        &spec.remote,
+        sshfs.unwrap_or(""),
+        &src,
+        &sshfs_options(spec, source),
+    ]
+    .iter()
+    .fold(
+        format!("exec sh -c {} sshpyk", shell_quote(&script)),
+        |line, arg| format!("{line} {}", shell_quote(arg)),
+    )
+}
+
+/// Starts the wrapper for one mount; stdin, stdout and stderr are pipes.
+pub fn spawn(master: &Master, line: &str) -> Result<Child> {
+    let mut cmd = master.command();
+    cmd.arg("-T").arg(master.alias()).arg(line);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    process::tie_to_parent(&mut cmd);
+    cmd.spawn()
+        .map_err(|e| crate::ssh::config::spawn_error("ssh", e))
+}
+
+/// What the wrapper says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Ready,
+    Unmounted,
+    Error {
+        code: String,
+        detail: String,
+    },
+    /// Any other line (sshfs, ssh, login scripts).
+    Output(String),
+    /// The session's stderr ended: the wrapper is gone.
+    Closed,
+}
+
+impl Event {
+    fn parse(line: &str) -> Event {
+        let Some(rest) = line.strip_prefix("sshpyk-mount ") else {
+            return Event::Output(line.to_string());
+        };
+        let (word, detail) = rest.split_once(' ').unwrap_or((rest, ""));
+        match word {
+            "ready" => Event::Ready,
+            "unmounted" => Event::Unmounted,
+            "error" => {
+                let (code, detail) = detail.split_once(' ').unwrap_or((detail, ""));
+                Event::Error {
+                    code: code.to_string(),
+                    detail: detail.to_string(),
+                }
+            }
+            "note" => Event::Output(format!("note: {detail}")),
+            _ => Event::Output(line.to_string()),
+        }
+    }
+}
+
+/// Forwards the wrapper's stderr as events until it ends.
+pub fn read_events(stderr: ChildStderr, what: String) -> mpsc::Receiver<Event> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let event = Event::parse(&line);
+            match &event {
+                Event::Output(text) if text.starts_with("note: ") => {
+                    tracing::info!("{what}: {}", &text[6..])
+                }
+                Event::Output(text) => tracing::debug!("{what}: {text}"),
+                _ => tracing::debug!("{what}: {event:?}"),
+            }
+            // Other output is only kept while someone listens (during start); it is dropped
+            // rather than ever blocking the session.
+            let _ = match event {
+                Event::Output(_) => tx.try_send(event).map_err(drop),
+                event => tx.send(event).await.map_err(drop),
+            };
+        }
+        let _ = tx.send(Event::Closed).await;
+    });
+    rx
+}
+
+/// One clear error for a mount that could not be made.
+pub fn mount_error(
+    spec: &MountSpec,
+    alias: &str,
+    code: &str,
+    detail: &str,
+    output: &[String],
+) -> Error {
+    let what = format!(
+        "cannot mount {} on '{alias}' at {}",
+        spec.local, spec.remote
+    );
+    let said = if output.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", output.join(" | "))
+    };
+    Error::Remote(match code {
+        "no-sshfs" => format!(
+            "{what}: sshfs not found on the remote: {detail}; install it there (e.g. `apt install sshfs`) or give its path with `sshpyk edit --remote-sshfs PATH`"
+        ),
+        "no-fuse" => format!(
+            "{what}: FUSE is not usable on the remote: {detail}; install fuse3 there and make /dev/fuse usable, or remove the mount (`sshpyk edit --clear-mounts`)"
+        ),
+        "busy" => format!(
+            "{what}: {detail} (another mount is active there); unmount it on the remote or choose another remote path with `sshpyk edit --mount-local-on-remote`"
+        ),
+        "not-empty" => format!(
+            "{what}: the remote mount point {detail} and not a mount; empty it on the remote or choose another remote path with `sshpyk edit --mount-local-on-remote`"
+        ),
+        "not-dir" => format!(
+            "{what}: {detail}; choose another remote path with `sshpyk edit --mount-local-on-remote`"
+        ),
+        "mkdir" => format!(
+            "{what}: cannot create the mount point: {detail}; create it on the remote or choose another remote path"
+        ),
+        "sshfs-failed" => {
+            let hint = if said.contains("allow_other") {
+                "; `allow_other` needs `user_allow_other` in the remote's /etc/fuse.conf"
+            } else {
+                ""
+            };
+            format!("{what}: {detail}{said}{hint}")
+        }
+        "session" => format!(
+            "{what}: the ssh session ended before the mount was ready{said}; run the launcher with -vv for details"
+        ),
+        _ => format!("{what}: {code} {detail}{said}"),
+    })
+}
+
+/// For `list`: the remote's FUSE and sshfs as the mounts would find them.
+#[derive(Debug, Clone)]
+pub struct RemoteMountFacts {
+    /// `Err(why)` when FUSE is not usable.
+    pub fuse: std::result::Result<(), String>,
+    /// Configured sshfs ("" = on PATH) → the path found, if any.
+    pub sshfs: std::collections::BTreeMap<String, Option<String>>,
+}
+
+pub async fn probe(master: &Master, sshfs: &[String]) -> Result<RemoteMountFacts> {
+    let mut line = format!(
+        "exec sh -c {} sshpyk",
+        shell_quote(&format!("{FUNCTIONS}{PROBE}"))
+    );
+    for s in sshfs {
+        line.push(' ');
+        line.push_str(&shell_quote(s));
+    }
+    let mut cmd = master.command();
+    cmd.arg("-T").arg(master.alias()).arg(line);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let output = cmd
+        .output()
+        .await
+        .map_err(|e| crate::ssh::config::spawn_error("ssh", e))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut facts = RemoteMountFacts {
+        fuse: Err("the remote did not answer the FUSE check".into()),
+        sshfs: Default::default(),
+    };
+    for line in stdout.lines() {
+        if line == "sshpyk-fuse ok" {
+            facts.fuse = Ok(());
+        } else if let Some(why) = line.strip_prefix("sshpyk-fuse no ") {
+            facts.fuse = Err(why.to_string());
+        } else if let Some(rest) = line.strip_prefix("sshpyk-sshfs\t") {
+            let (want, found) = rest.split_once('\t').unwrap_or((rest, ""));
+            facts.sshfs.insert(
+                want.to_string(),
+                Some(found.to_string()).filter(|f| !f.is_empty()),
+            );
+        }
+    }
+    Ok(facts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(text: &str) -> MountSpec {
+        MountSpec::parse(text).unwrap()
+    }
+
+    #[test]
+    fn user_options_come_first_and_passive_drops_what_cannot_work() {
+        let s = spec("/a:/b:ro,reconnect,follow_symlinks");
+        assert_eq!(
+            sshfs_options(&s, &Source::Passive),
+            "passive,ro,follow_symlinks"
+        );
+        assert_eq!(
+            sshfs_options(&s, &Source::Alias("back")),
+            "ro,reconnect,follow_symlinks,reconnect,ServerAliveInterval=15,ServerAliveCountMax=3,BatchMode=yes"
+        );
+    }
+
+    #[test]
+    fn wrapper_lines_become_events() {
+        assert_eq!(Event::parse("sshpyk-mount ready"), Event::Ready);
+        assert_eq!(Event::parse("sshpyk-mount unmounted"), Event::Unmounted);
+        assert_eq!(
+            Event::parse("sshpyk-mount error not-empty /x is not empty"),
+            Event::Error {
+                code: "not-empty".into(),
+                detail: "/x is not empty".into()
+            }
+        );
+        assert_eq!(
+            Event::parse("read: Connection reset"),
+            Event::Output("read: Connection reset".into())
+        );
+    }
+
+    #[test]
+    fn the_wrapper_is_valid_sh() {
+        for script in [
+            format!("{FUNCTIONS}{WRAPPER}"),
+            format!("{FUNCTIONS}{PROBE}"),
+        ] {
+            let out = std::process::Command::new("sh")
+                .args(["-n", "-c", &script])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

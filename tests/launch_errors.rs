@@ -1,0 +1,163 @@
+//! Every way a launch can go wrong gives one clear line, a documented exit code, and leaves
+//! nothing behind (no remote process, no remote file, no bound port).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{port_is_free, Env};
+
+/// Launches kernel `k` after `change` edited its settings; returns (exit code, last log line).
+fn launch_with(env: &Env, change: impl FnOnce(&mut serde_json::Value)) -> (Option<i32>, String) {
+    let mut spec = env.read_kernel_json("k");
+    change(&mut spec["metadata"]["sshpyk"]);
+    std::fs::write(env.kernel_dir("k").join("kernel.json"), spec.to_string()).unwrap();
+    let (conn, info) = env.connection_file(&uuid::Uuid::new_v4().to_string());
+    let mut launcher = env.launch("k", &conn);
+    let status = launcher
+        .wait_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the launcher did not give up:\n{}", launcher.log()));
+    let log = launcher.log();
+    let last = log.lines().last().unwrap_or_default().to_string();
+    assert!(last.starts_with("sshpyk: error: "), "{log}");
+    assert_eq!(log.matches("sshpyk: error").count(), 1, "{log}");
+    for (_, port) in info.ports() {
+        assert!(port_is_free(port), "port {port} left bound");
+    }
+    assert!(
+        env.remote_processes("sshpyk-supervisor").is_empty(),
+        "supervisor left"
+    );
+    assert!(env.remote_processes("ipykernel").is_empty(), "kernel left");
+    assert!(env.remote_run_dirs().is_empty(), "remote files left");
+    (status.code(), last)
+}
+
+#[test]
+fn launch_failures_are_clear_and_leave_nothing() {
+    let env = Env::with_host();
+    env.add_kernel("k", &["--launch-timeout", "10"]);
+    let original = env.read_kernel_json("k")["metadata"]["sshpyk"].clone();
+    let reset = |s: &mut serde_json::Value| *s = original.clone();
+
+    let refused = env.path("refused_config");
+    std::fs::write(
+        &refused,
+        format!(
+            "Host remote\n  HostName 127.0.0.1\n  Port {}\n",
+            sshpyk_testhost::free_port()
+        ),
+    )
+    .unwrap();
+    let (code, line) = launch_with(&env, |s| {
+        reset(s);
+        s["ssh_config"] = refused.to_string_lossy().into();
+    });
+    assert_eq!(code, Some(4));
+    assert!(line.contains("refused the connection"), "{line}");
+
+    // Same host, a key it does not accept: authentication fails without a prompt (once the
+    // master that `add` opened, which would be reused, is closed).
+    env.close_master();
+    let wrong_key = env.path("wrong_key");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-N", "", "-t", "ed25519", "-f"])
+        .arg(&wrong_key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(env.ssh_config()).unwrap();
+    let identity = env.host().identity_file();
+    let bad_auth = env.path("bad_auth_config");
+    std::fs::write(
+        &bad_auth,
+        text.replace(
+            &identity.to_string_lossy().to_string(),
+            &wrong_key.to_string_lossy(),
+        ),
+    )
+    .unwrap();
+    let (code, line) = launch_with(&env, |s| {
+        reset(s);
+        s["ssh_config"] = bad_auth.to_string_lossy().into();
+    });
+    assert_eq!(code, Some(4));
+    assert!(
+        line.contains("authentication to 'remote'")
+            && line.contains("open the connection once by hand"),
+        "{line}"
+    );
+
+    let (code, line) = launch_with(&env, |s| {
+        reset(s);
+        s["remote_python"] = "/nonexistent/bin/python".into();
+    });
+    assert_eq!(code, Some(5));
+    assert!(
+        line.contains("remote python '/nonexistent/bin/python' does not exist"),
+        "{line}"
+    );
+
+    let (code, line) = launch_with(&env, |s| {
+        reset(s);
+        s["remote_python"] = "/usr/bin/python3".into();
+    });
+    assert_eq!(code, Some(5));
+    assert!(line.contains("cannot import jupyter_client"), "{line}");
+
+    let (code, line) = launch_with(&env, |s| {
+        reset(s);
+        s["remote_kernel_name"] = "nope".into();
+    });
+    assert_eq!(code, Some(5));
+    assert!(
+        line.contains("remote kernel 'nope' not found; available: ") && line.contains("python3"),
+        "{line}"
+    );
+
+    let (code, line) = launch_with(&env, |s| {
+        reset(s);
+        s["ssh"] = "/nonexistent/ssh".into();
+    });
+    assert_eq!(code, Some(3));
+    assert!(
+        line.contains("ssh client '/nonexistent/ssh' not found"),
+        "{line}"
+    );
+}
+
+#[test]
+fn an_unwritable_remote_runtime_dir_is_reported() {
+    let env = Env::local();
+    let runtime = env.path("remote-data/runtime");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let host = sshpyk_testhost::RemoteHost::builder()
+        .alias("remote")
+        .extra_sshd_config(&format!(
+            "SetEnv HOME={} JUPYTER_RUNTIME_DIR={}\n",
+            env.path("remote-home").display(),
+            runtime.display()
+        ))
+        .start()
+        .unwrap();
+    let env = Env {
+        host: Some(host),
+        ..env
+    };
+    env.add_kernel("k", &[]);
+    // A runtime dir that is a regular file can never be used, even by root.
+    std::fs::remove_dir(&runtime).unwrap();
+    std::fs::write(&runtime, "").unwrap();
+
+    let (code, line) = launch_with(&env, |_| {});
+    assert_eq!(code, Some(5));
+    assert!(
+        line.contains("remote runtime dir") && line.contains("is not writable"),
+        "{line}"
+    );
+    env.sshpyk()
+        .args(["edit", "--kernel-name", "k", "--launch-timeout", "11"])
+        .assert()
+        .code(5)
+        .stderr(predicates::str::contains("is not writable"));
+}
