@@ -189,7 +189,13 @@ async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> 
             ready.transport
         );
         let (link, link_rx) = watch::channel(true);
-        let forwarder = Forwarder::start(listeners, &master, &ready.endpoints, link_rx)?;
+        let forwarder = Forwarder::start(
+            listeners,
+            &master,
+            &ready.endpoints,
+            &settings.remote_python,
+            link_rx,
+        )?;
         session.arm().await?;
         Ok::<_, Error>((master, session, forwarder, mounts, link, ready))
     };

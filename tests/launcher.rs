@@ -63,8 +63,8 @@ async fn runs_code_on_the_remote_keeps_state_and_shuts_down_cleanly() {
     );
 
     // The kernel's connection file on the remote is private.
-    let r = c.execute("import os, json, stat; from ipykernel.connect import get_connection_file as g; f = g(); print(oct(os.stat(f).st_mode & 0o777), oct(os.stat(os.path.dirname(f)).st_mode & 0o777))", STEP).await.unwrap();
-    assert_eq!(r.stdout.trim(), "0o600 0o700");
+    let r = c.execute("import os, json, stat; from ipykernel.connect import get_connection_file as g; f = g(); print(json.load(open(f))['transport'], oct(os.stat(f).st_mode & 0o777), oct(os.stat(os.path.dirname(f)).st_mode & 0o777))", STEP).await.unwrap();
+    assert_eq!(r.stdout.trim(), "ipc 0o600 0o700");
 
     c.shutdown(false, STEP).await.unwrap();
     let started = Instant::now();
@@ -330,4 +330,56 @@ fn bad_connection_files_are_refused() {
             "{name}: {log}"
         );
     }
+}
+
+#[tokio::test]
+async fn sigint_interrupts_a_message_mode_kernel_too() {
+    let env = Env::with_host();
+    // A remote kernelspec that asks for interrupt_request messages.
+    let spec_dir = env.path("remote-data/kernels/msgmode");
+    std::fs::create_dir_all(&spec_dir).unwrap();
+    let spec = serde_json::json!({
+        "argv": [common::venv_python(), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Message mode", "language": "python", "interrupt_mode": "message",
+    });
+    std::fs::write(spec_dir.join("kernel.json"), spec.to_string()).unwrap();
+    env.sshpyk()
+        .args([
+            "add",
+            "--kernel-name",
+            "m",
+            "--ssh-host-alias",
+            "remote",
+            "--remote-kernel-name",
+            "msgmode",
+        ])
+        .arg("--remote-python-prefix")
+        .arg(common::venv())
+        .arg("--ssh-config")
+        .arg(env.ssh_config())
+        .assert()
+        .success();
+    assert_eq!(env.read_kernel_json("m")["interrupt_mode"], "message");
+
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch("m", &conn);
+    launcher.wait_ready(START);
+    let mut c = client(&info).await;
+    let busy = tokio::spawn(async move {
+        c.execute("import time; time.sleep(60)", Duration::from_secs(30))
+            .await
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // VS Code only knows signals: SIGINT must work whatever the kernel's mode.
+    launcher.signal(Signal::SIGINT);
+    let r = busy
+        .await
+        .unwrap()
+        .expect("execute returns after the interrupt");
+    assert_eq!(
+        r.error.as_ref().map(|e| e.0.as_str()),
+        Some("KeyboardInterrupt"),
+        "{}",
+        launcher.log()
+    );
 }

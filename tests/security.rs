@@ -38,17 +38,23 @@ fn exposed_files(dir: &Path, secret: &str, found: &mut Vec<String>) {
         if meta.is_dir() {
             exposed_files(&path, secret, found);
         } else if meta.is_file() {
-            let text = std::fs::read(&path).unwrap_or_default();
-            if String::from_utf8_lossy(&text).contains(secret)
-                && meta.permissions().mode() & 0o077 != 0
-            {
-                found.push(format!(
-                    "{} ({:o})",
-                    path.display(),
-                    meta.permissions().mode()
-                ));
-            }
+            exposed_file(&path, secret, found);
         }
+    }
+}
+
+/// `path`, if it contains `secret` and is readable by group or others.
+fn exposed_file(path: &Path, secret: &str, found: &mut Vec<String>) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let text = std::fs::read(path).unwrap_or_default();
+    if String::from_utf8_lossy(&text).contains(secret) && meta.permissions().mode() & 0o077 != 0 {
+        found.push(format!(
+            "{} ({:o})",
+            path.display(),
+            meta.permissions().mode()
+        ));
     }
 }
 
@@ -83,7 +89,13 @@ async fn the_session_key_never_appears_in_argv_logs_or_readable_files() {
         );
         let mut found = Vec::new();
         exposed_files(env.dir.path(), &secret, &mut found);
-        exposed_files(Path::new("/tmp"), &secret, &mut found);
+        // Stray temp files would land at the top of /tmp; its subtrees belong to other processes.
+        for entry in std::fs::read_dir("/tmp").unwrap().flatten() {
+            let meta = std::fs::symlink_metadata(entry.path());
+            if meta.is_ok_and(|m| m.is_file()) {
+                exposed_file(&entry.path(), &secret, &mut found);
+            }
+        }
         assert_eq!(
             found,
             Vec::<String>::new(),

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::cli::ListArgs;
 use crate::error::Result;
 use crate::kernelspec::{self, Kernelspec, Settings};
+use crate::mount::{self, RemoteMountFacts};
 use crate::remote::probe::{self, PythonProbe, RemoteFacts};
 use crate::ssh::{config, Master};
 
@@ -120,13 +121,21 @@ pub async fn run(args: ListArgs) -> Result<()> {
                 .filter_map(|&i| reports[i].settings.as_ref())
                 .map(|s| s.remote_python.clone())
                 .collect();
+            let mut sshfs: Vec<String> = members
+                .iter()
+                .filter_map(|&i| reports[i].settings.as_ref())
+                .filter(|s| !s.mounts.is_empty())
+                .map(|s| s.remote_sshfs.clone().unwrap_or_default())
+                .collect();
+            sshfs.sort();
+            sshfs.dedup();
             tasks.spawn(async move {
-                let (rows, facts) = check_host(&host, &pythons).await;
-                (members, rows, facts)
+                let (rows, facts, mount_facts) = check_host(&host, &pythons, &sshfs).await;
+                (members, rows, facts, mount_facts)
             });
         }
         while let Some(joined) = tasks.join_next().await {
-            let (members, rows, facts) = joined.expect("host check task");
+            let (members, rows, facts, mount_facts) = joined.expect("host check task");
             for i in members {
                 let report = &mut reports[i];
                 let settings = report
@@ -146,13 +155,7 @@ pub async fn run(args: ListArgs) -> Result<()> {
                         settings.launch_timeout, settings.shutdown_timeout, settings.orphan_timeout
                     ),
                 ));
-                for m in &settings.mounts {
-                    all.push(check(
-                        Status::Info,
-                        "mount",
-                        format!("local {} on remote {}", m.local, m.remote),
-                    ));
-                }
+                all.extend(mount_checks(&settings, mount_facts.as_ref()));
                 report.checks = all;
             }
         }
@@ -208,7 +211,11 @@ fn launcher_checks(spec: &Kernelspec) -> Vec<Check> {
 }
 
 /// Local, effective-config and connection checks for one host, then the remote probe.
-async fn check_host(host: &HostKey, pythons: &[String]) -> (Vec<Check>, Option<RemoteFacts>) {
+async fn check_host(
+    host: &HostKey,
+    pythons: &[String],
+    sshfs: &[String],
+) -> (Vec<Check>, Option<RemoteFacts>, Option<RemoteMountFacts>) {
     let mut rows = Vec::new();
     match ssh_version(&host.ssh).await {
         Ok(version) => rows.push(check(
@@ -218,7 +225,7 @@ async fn check_host(host: &HostKey, pythons: &[String]) -> (Vec<Check>, Option<R
         )),
         Err(e) => {
             rows.push(check(Status::Error, "ssh client", e));
-            return (rows, None);
+            return (rows, None, None);
         }
     }
     if !host.config.is_file() {
@@ -230,7 +237,7 @@ async fn check_host(host: &HostKey, pythons: &[String]) -> (Vec<Check>, Option<R
                 host.config.display()
             ),
         ));
-        return (rows, None);
+        return (rows, None, None);
     }
     rows.push(check(
         Status::Ok,
@@ -239,7 +246,7 @@ async fn check_host(host: &HostKey, pythons: &[String]) -> (Vec<Check>, Option<R
     ));
     if let Err(e) = config::require_alias(&host.config, &host.alias) {
         rows.push(check(Status::Error, "ssh alias", e.to_string()));
-        return (rows, None);
+        return (rows, None, None);
     }
     rows.push(check(
         Status::Ok,
@@ -250,7 +257,7 @@ async fn check_host(host: &HostKey, pythons: &[String]) -> (Vec<Check>, Option<R
         Ok(m) => m,
         Err(e) => {
             rows.push(check(Status::Error, "ssh settings", e.to_string()));
-            return (rows, None);
+            return (rows, None, None);
         }
     };
     rows.extend(effective_checks(&master));
@@ -259,10 +266,27 @@ async fn check_host(host: &HostKey, pythons: &[String]) -> (Vec<Check>, Option<R
     let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
     if let Err(e) = master.ensure(deadline).await {
         rows.push(check(Status::Error, "connection", e.to_string()));
-        return (rows, None);
+        return (rows, None, None);
     }
     let refs: Vec<&str> = pythons.iter().map(String::as_str).collect();
-    match tokio::time::timeout(PROBE_TIMEOUT, probe::probe(&master, &refs)).await {
+    // The mounts' remote checks (FUSE, sshfs) run alongside, only for hosts with mounts.
+    let mounts = async {
+        if sshfs.is_empty() {
+            return None;
+        }
+        Some(
+            match tokio::time::timeout(PROBE_TIMEOUT, mount::probe_remote(&master, sshfs)).await {
+                Ok(Ok(facts)) => facts,
+                Ok(Err(e)) => RemoteMountFacts::unknown(e.to_string()),
+                Err(_) => RemoteMountFacts::unknown("the remote did not answer in time".into()),
+            },
+        )
+    };
+    let (probed, mount_facts) = tokio::join!(
+        tokio::time::timeout(PROBE_TIMEOUT, probe::probe(&master, &refs)),
+        mounts
+    );
+    match probed {
         Ok(Ok(facts)) => {
             rows.push(check(
                 Status::Ok,
@@ -270,11 +294,11 @@ async fn check_host(host: &HostKey, pythons: &[String]) -> (Vec<Check>, Option<R
                 format!("works ({:.2} s)", started.elapsed().as_secs_f64()),
             ));
             rows.push(check(Status::Info, "remote system", facts.uname.clone()));
-            (rows, Some(facts))
+            (rows, Some(facts), mount_facts)
         }
         Ok(Err(e)) => {
             rows.push(check(Status::Error, "connection", e.to_string()));
-            (rows, None)
+            (rows, None, None)
         }
         Err(_) => {
             rows.push(check(
@@ -286,7 +310,7 @@ async fn check_host(host: &HostKey, pythons: &[String]) -> (Vec<Check>, Option<R
                     PROBE_TIMEOUT.as_secs()
                 ),
             ));
-            (rows, None)
+            (rows, None, None)
         }
     }
 }
@@ -444,11 +468,23 @@ fn kernel_checks(settings: &Settings, facts: &RemoteFacts) -> Vec<Check> {
             ),
         )),
     }
-    rows.push(check(
-        Status::Info,
-        "kernel transport",
-        "TCP on the remote loopback, reached through the ssh connection only",
-    ));
+    if let Some(k) = p.kernel(&settings.remote_kernel_name) {
+        let ipc = k.argv.iter().any(|a| {
+            a.rsplit('/')
+                .next()
+                .is_some_and(|b| b.starts_with("ipykernel"))
+        });
+        let transport = if ipc {
+            "ipc: Unix sockets in a 0700 run dir, reachable by you only"
+        } else {
+            "tcp on the remote loopback (this kernel is not ipykernel); other users of the remote host can connect to its ports"
+        };
+        rows.push(check(
+            if ipc { Status::Ok } else { Status::Info },
+            "kernel transport",
+            transport,
+        ));
+    }
     if p.runtime_dir_writable {
         rows.push(check(
             Status::Ok,
@@ -510,4 +546,66 @@ fn print_human(reports: &[KernelReport], show_remote: bool, show_local: bool) {
         }
     }
     print!("{out}");
+}
+
+/// Rows for each mount: the local directory and its confinement here, sshfs and FUSE there
+/// (`facts` is `None` when the host could not be checked).
+fn mount_checks(settings: &Settings, facts: Option<&RemoteMountFacts>) -> Vec<Check> {
+    let mut rows = Vec::new();
+    if settings.mounts.is_empty() {
+        return rows;
+    }
+    for m in &settings.mounts {
+        let options = if m.options.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", m.options.join(","))
+        };
+        rows.push(check(
+            Status::Info,
+            "mount",
+            format!("{} on remote {}{options}", m.local, m.remote),
+        ));
+        let local = mount::local_facts(settings, m);
+        rows.push(match local.local_dir {
+            Ok(()) => check(Status::Ok, "mount local dir", format!("{} exists", m.local)),
+            Err(why) => check(Status::Error, "mount local dir", why),
+        });
+        rows.push(match local.confinement {
+            Ok(how) => check(Status::Ok, "mount confinement", how),
+            Err(why) => check(Status::Warning, "mount confinement", why),
+        });
+    }
+    let Some(facts) = facts else {
+        return rows;
+    };
+    let want = settings.remote_sshfs.clone().unwrap_or_default();
+    let shown = if want.is_empty() {
+        "sshfs"
+    } else {
+        want.as_str()
+    };
+    rows.push(match facts.sshfs.get(&want) {
+        Some(Some(path)) => check(Status::Ok, "remote sshfs", path.clone()),
+        Some(None) if want.is_empty() => check(
+            Status::Error,
+            "remote sshfs",
+            "sshfs not found on the remote PATH; install it there or set --remote-sshfs with `sshpyk edit`",
+        ),
+        Some(None) => check(
+            Status::Error,
+            "remote sshfs",
+            format!("{shown} not found or not executable on the remote; fix --remote-sshfs with `sshpyk edit`"),
+        ),
+        None => check(
+            Status::Error,
+            "remote sshfs",
+            format!("could not check {shown}: {}", facts.fuse.clone().err().unwrap_or_default()),
+        ),
+    });
+    rows.push(match &facts.fuse {
+        Ok(()) => check(Status::Ok, "remote FUSE", "/dev/fuse is usable"),
+        Err(why) => check(Status::Error, "remote FUSE", why.clone()),
+    });
+    rows
 }

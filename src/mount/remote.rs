@@ -319,6 +319,16 @@ pub struct RemoteMountFacts {
     pub sshfs: std::collections::BTreeMap<String, Option<String>>,
 }
 
+impl RemoteMountFacts {
+    /// When the check itself failed.
+    pub fn unknown(why: String) -> Self {
+        RemoteMountFacts {
+            fuse: Err(format!("could not check: {why}")),
+            sshfs: Default::default(),
+        }
+    }
+}
+
 pub async fn probe(master: &Master, sshfs: &[String]) -> Result<RemoteMountFacts> {
     let mut line = format!(
         "exec sh -c {} sshpyk",

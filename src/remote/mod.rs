@@ -29,15 +29,16 @@ exec "$py" "$@""#;
 /// Reads the supervisor's length-prefixed source from stdin and runs it.
 const LOADER: &str = "import sys;n=int(sys.stdin.buffer.readline());exec(compile(sys.stdin.buffer.read(n),'sshpyk-supervisor','exec'))";
 
-/// Connects a new session to a running supervisor's socket (OpenSSH 9.2's `ssh -W` cannot reach
-/// Unix sockets, so a few lines of python relay the bytes).
+/// Connects stdin/stdout to a Unix socket on the remote (OpenSSH 9.2's `ssh -W` cannot reach
+/// Unix sockets, so a few lines of python relay the bytes). Exits with `RELAY_GONE` when nothing
+/// listens there.
 const RELAY: &str = r#"import os, socket, sys, threading
+GONE = 3
 s = socket.socket(socket.AF_UNIX)
 try:
     s.connect(sys.argv[1])
 except OSError:
-    print('{"sshpyk": "gone"}', flush=True)
-    sys.exit(0)
+    sys.exit(GONE)
 def up():
     while True:
         data = os.read(0, 65536)
@@ -51,6 +52,8 @@ while True:
     if not data:
         break
     os.write(1, data)"#;
+
+const RELAY_GONE: i32 = 3;
 
 /// The remote command line that runs `python args...`.
 fn python_command(python: &str, args: &[&str]) -> String {
@@ -66,6 +69,36 @@ fn python_command(python: &str, args: &[&str]) -> String {
     line
 }
 
+/// Where a kernel channel listens on the remote host.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Endpoint {
+    /// A port on the remote loopback, reached with `ssh -W`.
+    Tcp(u16),
+    /// A Unix socket in the 0700 run dir, reached through a relay.
+    Ipc(String),
+}
+
+impl Endpoint {
+    /// The ssh command that connects its stdin/stdout to this endpoint over the master.
+    pub fn connect_command(&self, master: &Master, remote_python: &str) -> tokio::process::Command {
+        let mut cmd = master.command();
+        match self {
+            Endpoint::Tcp(port) => {
+                cmd.arg("-W")
+                    .arg(format!("127.0.0.1:{port}"))
+                    .arg(master.alias());
+            }
+            Endpoint::Ipc(path) => {
+                cmd.arg("-T")
+                    .arg(master.alias())
+                    .arg(python_command(remote_python, &["-S", "-c", RELAY, path]));
+            }
+        }
+        cmd
+    }
+}
+
 /// What the supervisor reports once the kernel's sockets are up.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Ready {
@@ -73,7 +106,7 @@ pub struct Ready {
     pub hostname: String,
     pub transport: String,
     /// The kernel's ports on the remote loopback.
-    pub endpoints: HashMap<Channel, u16>,
+    pub endpoints: HashMap<Channel, Endpoint>,
     pub run_dir: String,
     pub interrupt_mode: String,
     #[serde(default)]
@@ -263,9 +296,13 @@ impl Session {
             stdin,
             lines,
         };
-        match session.next_line().await.as_deref().and_then(parse_message) {
-            Some(msg) if msg["sshpyk"] == "attached" => Ok(Some(session)),
-            Some(msg) if msg["sshpyk"] == "gone" => Ok(None),
+        if let Some(msg) = session.next_line().await.as_deref().and_then(parse_message) {
+            if msg["sshpyk"] == "attached" {
+                return Ok(Some(session));
+            }
+        }
+        match session.child.wait().await.ok().and_then(|s| s.code()) {
+            Some(RELAY_GONE) => Ok(None),
             _ => Err(Error::Ssh(format!(
                 "could not reach the remote supervisor on '{}' again",
                 master.alias()

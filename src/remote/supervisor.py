@@ -150,16 +150,33 @@ def free_tcp_ports(n):
     return ports
 
 
-def write_connection_file(run_dir, config):
-    # TCP on the remote loopback: OpenSSH 9.2's `ssh -W` cannot reach Unix sockets.
-    ports = free_tcp_ports(5)
-    info = {"transport": "tcp", "ip": "127.0.0.1", "key": config["key"], "signature_scheme": config["signature_scheme"], "kernel_name": config["kernel_name"]}
+def pick_transport(argv):
+    # ipykernel serves Unix sockets: in our 0700 run dir no other user can even connect. Other
+    # kernels get TCP on the remote loopback.
+    return "ipc" if any(os.path.basename(a).startswith("ipykernel") for a in argv) else "tcp"
+
+
+def write_connection_file(run_dir, config, transport):
+    if transport == "ipc":
+        ip, ports = os.path.join(run_dir, "k"), [1, 2, 3, 4, 5]
+        endpoints = {c: "%s-%d" % (ip, p) for c, p in zip(CHANNELS, ports)}
+    else:
+        ip, ports = "127.0.0.1", free_tcp_ports(5)
+        endpoints = dict(zip(CHANNELS, ports))
+    info = {"transport": transport, "ip": ip, "key": config["key"], "signature_scheme": config["signature_scheme"], "kernel_name": config["kernel_name"]}
     info.update({"%s_port" % c: p for c, p in zip(CHANNELS, ports)})
     path = os.path.join(run_dir, "kernel.json")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(info, f)
-    return path, dict(zip(CHANNELS, ports))
+    return path, endpoints
+
+
+def listening(endpoint):
+    """A Unix socket path or a loopback TCP port that accepts connections."""
+    family, address = (socket.AF_UNIX, endpoint) if isinstance(endpoint, str) else (socket.AF_INET, ("127.0.0.1", endpoint))
+    with socket.socket(family) as s:
+        return s.connect_ex(address) == 0
 
 
 def set_pdeathsig():
@@ -191,7 +208,8 @@ class Supervisor:
             raise Fatal("no_jupyter_client", "remote python %s cannot import jupyter_client; install it there (pip install jupyter_client ipykernel)" % sys.executable)
         spec = find_kernelspec(self.config["kernel_name"])
         self.run_dir = make_run_dir()
-        connection_file, ports = write_connection_file(self.run_dir, self.config)
+        transport = pick_transport(kernel_argv(spec, ""))
+        connection_file, endpoints = write_connection_file(self.run_dir, self.config, transport)
         argv = kernel_argv(spec, connection_file)
         env = dict(os.environ)
         env.update({k: string.Template(v).safe_substitute(os.environ) for k, v in spec.get("env", {}).items()})
@@ -207,10 +225,10 @@ class Supervisor:
             raise Fatal("kernel_start", "cannot start remote kernel %s: %s" % (argv[0], e.strerror))
         threading.Thread(target=self.pump_output, daemon=True).start()
         threading.Thread(target=self.wait_kernel, daemon=True).start()
-        self.wait_ports(ports.values())
+        self.wait_listening(endpoints.values())
         return {
-            "pid": self.kernel.pid, "hostname": socket.gethostname(), "transport": "tcp",
-            "endpoints": ports, "run_dir": self.run_dir,
+            "pid": self.kernel.pid, "hostname": socket.gethostname(), "transport": transport,
+            "endpoints": endpoints, "run_dir": self.run_dir,
             "interrupt_mode": spec.get("interrupt_mode", "signal"), "language": spec.get("language", ""),
         }
 
@@ -228,14 +246,11 @@ class Supervisor:
         self.kernel.wait()
         os.write(self.exit_w, b"x")
 
-    def wait_ports(self, ports):
-        # Report ready only once the kernel listens: a forward to a closed port would fail.
-        pending = set(ports)
+    def wait_listening(self, endpoints):
+        # Report ready only once the kernel listens: a forward to a closed endpoint would fail.
+        pending = set(endpoints)
         while pending and self.kernel.poll() is None:
-            for port in list(pending):
-                with socket.socket() as s:
-                    if s.connect_ex(("127.0.0.1", port)) == 0:
-                        pending.discard(port)
+            pending = {e for e in pending if not listening(e)}
             if pending:
                 time.sleep(0.01)
 

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use super::{process, Master};
 use crate::connection::{Channel, ConnectionInfo};
 use crate::error::{Error, Result};
+use crate::remote::Endpoint;
 
 /// The five listeners, bound before anything touches the network so that a port in use fails
 /// at once.
@@ -65,30 +66,29 @@ impl Forwarder {
     pub fn start(
         listeners: Listeners,
         master: &Master,
-        endpoints: &HashMap<Channel, u16>,
+        endpoints: &HashMap<Channel, Endpoint>,
+        remote_python: &str,
         link: watch::Receiver<bool>,
     ) -> Result<Self> {
         let mut tasks = JoinSet::new();
         for (channel, listener) in listeners.0 {
-            let port = endpoints.get(&channel).ok_or_else(|| {
+            let endpoint = endpoints.get(&channel).ok_or_else(|| {
                 Error::Remote(format!(
-                    "the remote supervisor reported no {} port",
+                    "the remote supervisor reported no {} endpoint",
                     channel.name()
                 ))
             })?;
-            let target = format!("127.0.0.1:{port}");
+            let target = Target {
+                endpoint: endpoint.clone(),
+                master: master.clone(),
+                remote_python: remote_python.to_string(),
+            };
             listener
                 .set_nonblocking(true)
                 .map_err(Error::io("cannot configure a listener"))?;
             let listener =
                 TcpListener::from_std(listener).map_err(Error::io("cannot register a listener"))?;
-            tasks.spawn(accept_loop(
-                listener,
-                master.clone(),
-                channel,
-                target,
-                link.clone(),
-            ));
+            tasks.spawn(accept_loop(listener, channel, target, link.clone()));
         }
         Ok(Forwarder { tasks })
     }
@@ -99,11 +99,17 @@ impl Forwarder {
     }
 }
 
+/// Where one local port leads.
+struct Target {
+    endpoint: Endpoint,
+    master: Master,
+    remote_python: String,
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    master: Master,
     channel: Channel,
-    target: String,
+    target: Target,
     mut link: watch::Receiver<bool>,
 ) {
     let mut channels = JoinSet::new();
@@ -126,9 +132,13 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        match spawn_channel(&master, &target, stream) {
+        match spawn_channel(&target, stream) {
             Ok(mut child) => {
-                tracing::debug!("{} channel for {peer} → {target}", channel.name());
+                tracing::debug!(
+                    "{} channel for {peer} → {:?}",
+                    channel.name(),
+                    target.endpoint
+                );
                 channels.spawn(async move {
                     let _ = child.wait().await;
                 });
@@ -141,16 +151,16 @@ async fn accept_loop(
 }
 
 fn spawn_channel(
-    master: &Master,
-    target: &str,
+    target: &Target,
     stream: tokio::net::TcpStream,
 ) -> std::io::Result<tokio::process::Child> {
     let stream = stream.into_std()?;
     // ssh (or the master it hands the socket to) sets its own modes; start from the default.
     stream.set_nonblocking(false)?;
     let socket: OwnedFd = stream.into();
-    let mut cmd = master.command();
-    cmd.arg("-W").arg(target).arg(master.alias());
+    let mut cmd = target
+        .endpoint
+        .connect_command(&target.master, &target.remote_python);
     cmd.stdin(Stdio::from(socket.try_clone()?))
         .stdout(Stdio::from(socket))
         .stderr(Stdio::null());

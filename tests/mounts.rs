@@ -1,0 +1,702 @@
+//! Mounts end to end: a real sshd "remote host" (its own network namespace and, through
+//! `ip netns exec`, its own mount namespace), the real sshfs and FUSE there, the SFTP server in
+//! the launcher, a real ipykernel that uses the mount.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{eventually, Env, Launcher};
+use nix::sys::signal::Signal;
+use sshpyk::jupyter::KernelClient;
+
+const START: Duration = Duration::from_secs(60);
+const STEP: Duration = Duration::from_secs(20);
+const CLEANUP: Duration = Duration::from_secs(5);
+
+async fn client(info: &sshpyk::connection::ConnectionInfo) -> KernelClient {
+    let mut client = KernelClient::connect(info, STEP).await.expect("connect");
+    client.wait_for_ready(STEP).await.expect("kernel ready");
+    client
+}
+
+/// Runs `code` in the remote kernel; returns its stdout, or the error name and value.
+async fn run(c: &mut KernelClient, code: &str) -> Result<String, String> {
+    let r = c.execute(code, STEP).await.expect("execute");
+    match r.status.as_str() {
+        "ok" => Ok(r.stdout),
+        _ => Err(format!("{:?}", r.error)),
+    }
+}
+
+fn spec(local: &Path, remote: &Path, options: &str) -> String {
+    let mut s = format!("{}:{}", local.display(), remote.display());
+    if !options.is_empty() {
+        s.push(':');
+        s.push_str(options);
+    }
+    s
+}
+
+/// Mount points as the remote sees them: sshd's mount namespace (it was started by
+/// `ip netns exec`, which gives it a namespace of its own, where the mounts are made).
+fn remote_mount_points(env: &Env) -> Vec<PathBuf> {
+    let pid = env.host().sshd_pid().expect("sshd pid");
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .collect()
+}
+
+fn is_mounted(env: &Env, path: &Path) -> bool {
+    remote_mount_points(env).iter().any(|p| p == path)
+}
+
+fn sshfs_processes(env: &Env) -> Vec<u32> {
+    env.remote_processes("sshfs")
+}
+
+/// Nothing of the mount remains on the remote: no mount, no mount point we created, no sshfs.
+fn assert_clean(env: &Env, mount_points: &[&Path], created: &[&Path]) {
+    for mp in mount_points {
+        assert!(
+            eventually(CLEANUP, || !is_mounted(env, mp)),
+            "{} is still mounted",
+            mp.display()
+        );
+    }
+    for dir in created {
+        assert!(
+            eventually(CLEANUP, || !dir.exists()),
+            "{} was created by the mount and is still there",
+            dir.display()
+        );
+    }
+    assert!(
+        eventually(CLEANUP, || sshfs_processes(env).is_empty()),
+        "sshfs left running: {:?}",
+        sshfs_processes(env)
+    );
+}
+
+fn project(env: &Env, name: &str) -> PathBuf {
+    let dir = env.path(name);
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("data.txt"), format!("local {name}\n")).unwrap();
+    dir
+}
+
+fn wait_exit(launcher: &mut Launcher, timeout: Duration) -> std::process::ExitStatus {
+    launcher
+        .wait_timeout(timeout)
+        .unwrap_or_else(|| panic!("launcher still running:\n{}", launcher.log()))
+}
+
+#[tokio::test]
+async fn the_kernel_reads_and_writes_local_files_through_the_mount() {
+    let env = Env::with_host();
+    let local = project(&env, "project");
+    let parent = env.path("remote-mnt");
+    let remote = parent.join("project");
+    let kernel = env.add_kernel(
+        "k",
+        &["--mount-local-on-remote", &spec(&local, &remote, "")],
+    );
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    let log = launcher.log();
+    assert!(
+        log.contains("mounting 1 local dir(s) on the remote"),
+        "{log}"
+    );
+    assert!(is_mounted(&env, &remote));
+    let mut c = client(&info).await;
+    let r = remote.display();
+
+    // Mounted before the kernel started: visible from the first cell.
+    assert_eq!(
+        run(
+            &mut c,
+            &format!("print(open('{r}/data.txt').read(), end='')")
+        )
+        .await
+        .unwrap(),
+        "local project\n"
+    );
+    run(
+        &mut c,
+        &format!(
+            "import os\n\
+             open('{r}/written.txt', 'w').write('from the kernel')\n\
+             os.makedirs('{r}/new/deeper')\n\
+             open('{r}/new/deeper/f', 'w').write('x')\n\
+             os.rename('{r}/new/deeper/f', '{r}/sub/moved')\n\
+             os.remove('{r}/data.txt')\n\
+             with open('{r}/sub/big', 'wb') as f: f.write(os.urandom(3_000_000))\n"
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(local.join("written.txt")).unwrap(),
+        "from the kernel"
+    );
+    assert!(local.join("new/deeper").is_dir());
+    assert_eq!(
+        std::fs::read_to_string(local.join("sub/moved")).unwrap(),
+        "x"
+    );
+    assert!(!local.join("data.txt").exists());
+    let big = std::fs::read(local.join("sub/big")).unwrap();
+    assert_eq!(big.len(), 3_000_000);
+    let digest = run(
+        &mut c,
+        &format!(
+            "import hashlib; print(hashlib.sha256(open('{r}/sub/big', 'rb').read()).hexdigest())"
+        ),
+    )
+    .await
+    .unwrap();
+    use sha2::Digest;
+    assert_eq!(digest.trim(), hex::encode(sha2::Sha256::digest(&big)));
+    // A file changed locally is seen changed on the remote.
+    std::fs::write(local.join("edited.txt"), "v2").unwrap();
+    assert_eq!(
+        run(&mut c, &format!("print(open('{r}/edited.txt').read())"))
+            .await
+            .unwrap(),
+        "v2\n"
+    );
+
+    c.shutdown(false, STEP).await.unwrap();
+    let asked = std::time::Instant::now();
+    let status = wait_exit(&mut launcher, Duration::from_secs(15));
+    assert!(status.success(), "{status}: {}", launcher.log());
+    eprintln!("TOOK {:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "the launcher took {:?} to exit",
+        asked.elapsed()
+    );
+    // A normal exit waits for the unmount: it is gone at once.
+    assert!(!is_mounted(&env, &remote), "{}", launcher.log());
+    assert!(
+        !parent.exists(),
+        "the mount points we created must be removed"
+    );
+    assert_clean(&env, &[&remote], &[&parent]);
+    // The local files are untouched by the unmount.
+    assert_eq!(
+        std::fs::read_to_string(local.join("written.txt")).unwrap(),
+        "from the kernel"
+    );
+}
+
+#[tokio::test]
+async fn nothing_outside_the_export_is_visible_or_readable() {
+    let env = Env::with_host();
+    let local = project(&env, "export");
+    // Secrets next to the export, and links from inside it pointing at them.
+    std::fs::write(env.path("secret.txt"), "local secret").unwrap();
+    std::fs::create_dir_all(env.path("secret-dir")).unwrap();
+    std::fs::write(env.path("secret-dir/key"), "local key").unwrap();
+    let link = |target: PathBuf, name: &str| std::os::unix::fs::symlink(target, local.join(name));
+    link(env.path("secret.txt"), "abs-link").unwrap();
+    link("../secret.txt".into(), "rel-link").unwrap();
+    link(env.path("secret-dir"), "dir-link").unwrap();
+    link("data.txt".into(), "good-link").unwrap();
+    let parent = env.path("remote-mnt");
+    let remote = parent.join("export");
+    let kernel = env.add_kernel(
+        "k",
+        &[
+            "--mount-local-on-remote",
+            &spec(&local, &remote, "follow_symlinks"),
+        ],
+    );
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    let mut c = client(&info).await;
+    let r = remote.display();
+    let secret = env.path("secret.txt");
+    let s = secret.display();
+
+    // The mount shows the export's content; its `..` is the remote's own directory, where
+    // nothing of the local side appears.
+    let listing = run(
+        &mut c,
+        &format!(
+            "import os; print(sorted(os.listdir('{r}'))); print(sorted(os.listdir('{r}/..')))"
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        listing,
+        "['abs-link', 'data.txt', 'dir-link', 'good-link', 'rel-link', 'sub']\n['export']\n"
+    );
+    // A link inside the export works; links pointing out do not, even with follow_symlinks.
+    assert_eq!(
+        run(
+            &mut c,
+            &format!("print(open('{r}/good-link').read(), end='')")
+        )
+        .await
+        .unwrap(),
+        "local export\n"
+    );
+    for path in ["abs-link", "rel-link", "dir-link/key"] {
+        let result = run(&mut c, &format!("print(open('{r}/{path}').read())")).await;
+        assert!(
+            result
+                .as_ref()
+                .is_err_and(|e| !e.contains("local secret") && !e.contains("local key")),
+            "{path}: {result:?}"
+        );
+    }
+    let result = run(
+        &mut c,
+        &format!("import os; print(os.listdir('{r}/dir-link'))"),
+    )
+    .await;
+    assert!(result.is_err(), "dir-link: {result:?}");
+    // An absolute local path asked through the mount is looked up inside the export.
+    let result = run(&mut c, &format!("print(open('{r}{s}').read())")).await;
+    assert!(
+        result
+            .as_ref()
+            .is_err_and(|e| e.contains("FileNotFoundError")),
+        "{result:?}"
+    );
+    let result = run(&mut c, &format!("print(open('{r}/../secret.txt').read())")).await;
+    assert!(result.is_err(), "{result:?}");
+    // Links the kernel makes are stored as given, and are no way out either. (With
+    // follow_symlinks, sshfs looks the new link up through it, which the server refuses: the
+    // kernel may see an error although the link was made.)
+    for (target, link) in [
+        (s.to_string(), "made-link"),
+        ("../../secret.txt".into(), "sub/made-rel"),
+    ] {
+        let _ = run(
+            &mut c,
+            &format!("import os; os.symlink('{target}', '{r}/{link}')"),
+        )
+        .await;
+        assert_eq!(
+            std::fs::read_link(local.join(link)).unwrap(),
+            PathBuf::from(&target)
+        );
+    }
+    for path in ["made-link", "sub/made-rel"] {
+        let result = run(&mut c, &format!("print(open('{r}/{path}').read())")).await;
+        assert!(result.is_err(), "{path}: {result:?}");
+    }
+    // Nothing the remote did changed anything outside.
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "local secret");
+    c.shutdown(false, STEP).await.unwrap();
+    assert!(wait_exit(&mut launcher, Duration::from_secs(15)).success());
+    assert_clean(&env, &[&remote], &[&parent]);
+}
+
+#[tokio::test]
+async fn read_only_mounts_refuse_writes_and_two_mounts_work_at_once() {
+    let env = Env::with_host();
+    let code = project(&env, "code");
+    let data = project(&env, "dataset");
+    // An existing empty mount point is used, and kept afterwards.
+    let existing = env.path("remote-data");
+    std::fs::create_dir_all(&existing).unwrap();
+    let created = env.path("remote-code");
+    let kernel = env.add_kernel(
+        "k",
+        &[
+            "--mount-local-on-remote",
+            &spec(&code, &created, ""),
+            "--mount-local-on-remote",
+            &spec(&data, &existing, "ro"),
+        ],
+    );
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    assert!(launcher.log().contains("mounting 2 local dir(s)"));
+    assert!(is_mounted(&env, &created) && is_mounted(&env, &existing));
+    let mut c = client(&info).await;
+    let (rc, rd) = (created.display(), existing.display());
+    assert_eq!(
+        run(
+            &mut c,
+            &format!("print(open('{rc}/data.txt').read() + open('{rd}/data.txt').read(), end='')")
+        )
+        .await
+        .unwrap(),
+        "local code\nlocal dataset\n"
+    );
+    run(&mut c, &format!("open('{rc}/out', 'w').write('ok')"))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(code.join("out")).unwrap(), "ok");
+    for write in [
+        format!("open('{rd}/data.txt', 'w').write('changed')"),
+        format!("open('{rd}/new.txt', 'w').write('new')"),
+        format!("import os; os.remove('{rd}/data.txt')"),
+        format!("import os; os.mkdir('{rd}/dir')"),
+        format!("import os; os.rename('{rd}/data.txt', '{rd}/renamed')"),
+        format!("import os; os.chmod('{rd}/data.txt', 0o777)"),
+        format!("import os; os.symlink('data.txt', '{rd}/link')"),
+    ] {
+        let result = run(&mut c, &write).await;
+        assert!(
+            result.as_ref().is_err_and(|e| e.contains("OSError")
+                || e.contains("PermissionError")
+                || e.contains("Read-only")),
+            "{write}: {result:?}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(data.join("data.txt")).unwrap(),
+        "local dataset\n"
+    );
+    let mut names: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["data.txt", "sub"]);
+
+    // SIGTERM: a graceful stop unmounts both before the launcher exits.
+    launcher.signal(Signal::SIGTERM);
+    let status = wait_exit(&mut launcher, Duration::from_secs(15));
+    assert!(status.success(), "{status}: {}", launcher.log());
+    assert!(!is_mounted(&env, &created) && !is_mounted(&env, &existing));
+    assert_clean(&env, &[&created, &existing], &[&created]);
+    assert!(
+        existing.is_dir(),
+        "a mount point that existed before is kept"
+    );
+}
+
+#[tokio::test]
+async fn restart_sigkill_and_a_stale_mount_leave_nothing_behind() {
+    let env = Env::with_host();
+    let local = project(&env, "project");
+    let parent = env.path("remote-mnt");
+    let remote = parent.join("p");
+    let kernel = env.add_kernel(
+        "k",
+        &[
+            "--orphan-timeout",
+            "2",
+            "--mount-local-on-remote",
+            &spec(&local, &remote, ""),
+        ],
+    );
+    let (conn, info) = env.connection_file("a");
+    let r = remote.display();
+
+    // Restart as Jupyter does it: shutdown_request(restart=True), the launcher exits, a new
+    // one starts on the same connection file.
+    let mut first = env.launch(&kernel, &conn);
+    first.wait_ready(START);
+    let mut c = client(&info).await;
+    assert_eq!(
+        run(
+            &mut c,
+            &format!("print(open('{r}/data.txt').read(), end='')")
+        )
+        .await
+        .unwrap(),
+        "local project\n"
+    );
+    c.shutdown(true, STEP).await.unwrap();
+    c.close();
+    assert!(wait_exit(&mut first, Duration::from_secs(15)).success());
+    assert!(!is_mounted(&env, &remote) && !parent.exists());
+    assert_clean(&env, &[&remote], &[&parent]);
+
+    // SIGKILL: the ssh clients die with the launcher, the channels close, and the remote
+    // wrapper unmounts and removes the mount point by itself.
+    let mut second = env.launch(&kernel, &conn);
+    second.wait_ready(START);
+    assert!(is_mounted(&env, &remote));
+    second.signal(Signal::SIGKILL);
+    wait_exit(&mut second, Duration::from_secs(5));
+    assert_clean(&env, &[&remote], &[&parent]);
+
+    // A crash that leaves a dead FUSE mount behind (sshfs and its wrapper killed outright):
+    // the next start cleans it and mounts again.
+    let mut third = env.launch(&kernel, &conn);
+    third.wait_ready(START);
+    for pid in sshfs_processes(&env) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+    third.signal(Signal::SIGKILL);
+    wait_exit(&mut third, Duration::from_secs(5));
+    assert!(
+        eventually(CLEANUP, || sshfs_processes(&env).is_empty()),
+        "{:?}",
+        sshfs_processes(&env)
+    );
+    assert!(
+        is_mounted(&env, &remote),
+        "expected a dead mount left behind"
+    );
+    // The kernel of the SIGKILLed launcher goes after the orphan timeout.
+    assert!(eventually(Duration::from_secs(15), || env
+        .remote_processes("ipykernel")
+        .is_empty()));
+
+    let mut fourth = env.launch(&kernel, &conn);
+    fourth.wait_ready(START);
+    assert!(
+        fourth.log().contains("removed a stale mount"),
+        "{}",
+        fourth.log()
+    );
+    let mut c = client(&info).await;
+    assert_eq!(
+        run(
+            &mut c,
+            &format!("print(open('{r}/data.txt').read(), end='')")
+        )
+        .await
+        .unwrap(),
+        "local project\n"
+    );
+    c.shutdown(false, STEP).await.unwrap();
+    assert!(wait_exit(&mut fourth, Duration::from_secs(15)).success());
+    // That mount point was there before this run: unmounted, kept.
+    assert_clean(&env, &[&remote], &[]);
+}
+
+/// A launch that fails: exit status, the error line, and what must not be left.
+fn assert_fails(env: &Env, kernel: &str, code: i32, message: &str) -> String {
+    let (conn, info) = env.connection_file(&format!("fail-{}", uuid::Uuid::new_v4()));
+    let mut launcher = env.launch(kernel, &conn);
+    let status = wait_exit(&mut launcher, Duration::from_secs(30));
+    let log = launcher.log();
+    assert_eq!(status.code(), Some(code), "{log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("error:")).collect();
+    assert!(
+        errors.len() == 1 && errors[0].contains(message),
+        "expected one error line with '{message}':\n{log}"
+    );
+    for (_, port) in info.ports() {
+        assert!(common::port_is_free(port));
+    }
+    assert!(
+        eventually(CLEANUP, || env.remote_processes("ipykernel").is_empty()),
+        "a remote kernel was left"
+    );
+    log
+}
+
+#[tokio::test]
+async fn each_mount_failure_is_one_clear_error_and_leaves_nothing() {
+    let env = Env::with_host();
+    let local = project(&env, "project");
+    let other = project(&env, "other");
+
+    // No sshfs on the remote.
+    let remote = env.path("remote-mnt/p");
+    let kernel = env.add_kernel(
+        "no-sshfs",
+        &[
+            "--remote-sshfs",
+            "/nonexistent/sshfs",
+            "--mount-local-on-remote",
+            &spec(&local, &remote, ""),
+        ],
+    );
+    assert_fails(
+        &env,
+        &kernel,
+        5,
+        "sshfs not found on the remote: /nonexistent/sshfs does not exist",
+    );
+    assert!(!env.path("remote-mnt").exists());
+
+    // A mount point that is a non-empty directory (and not a mount).
+    let busy = env.path("remote-busy");
+    std::fs::create_dir_all(&busy).unwrap();
+    std::fs::write(busy.join("precious"), "keep me").unwrap();
+    let kernel = env.add_kernel(
+        "not-empty",
+        &["--mount-local-on-remote", &spec(&local, &busy, "")],
+    );
+    assert_fails(&env, &kernel, 5, "is not empty and not a mount");
+    assert_eq!(
+        std::fs::read_to_string(busy.join("precious")).unwrap(),
+        "keep me"
+    );
+    assert!(!is_mounted(&env, &busy));
+
+    // The local directory removed after `add`: refused before anything starts remotely.
+    let gone = project(&env, "gone");
+    let kernel = env.add_kernel(
+        "gone",
+        &[
+            "--mount-local-on-remote",
+            &spec(&gone, &env.path("remote-gone"), ""),
+        ],
+    );
+    std::fs::remove_dir_all(&gone).unwrap();
+    assert_fails(
+        &env,
+        &kernel,
+        3,
+        &format!("local mount directory {} does not exist", gone.display()),
+    );
+    assert!(!env.path("remote-gone").exists());
+
+    // The first of two mounts made, the second impossible: the first is torn down.
+    let first = env.path("remote-first/p");
+    let kernel = env.add_kernel(
+        "half",
+        &[
+            "--mount-local-on-remote",
+            &spec(&other, &first, ""),
+            "--mount-local-on-remote",
+            &spec(&local, &busy, ""),
+        ],
+    );
+    assert_fails(&env, &kernel, 5, "is not empty and not a mount");
+    assert_clean(&env, &[&first, &busy], &[&env.path("remote-first")]);
+
+    // Mounts made, then the kernel cannot start: the mounts go too.
+    let mounted = env.path("remote-then/p");
+    let kernel = env.add_kernel(
+        "no-kernel",
+        &["--mount-local-on-remote", &spec(&local, &mounted, "")],
+    );
+    let file = env.kernel_dir(&kernel).join("kernel.json");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace(
+            "\"remote_kernel_name\": \"python3\"",
+            "\"remote_kernel_name\": \"nope\"",
+        ),
+    )
+    .unwrap();
+    let log = assert_fails(&env, &kernel, 5, "nope");
+    assert!(log.contains("mounted"), "{log}");
+    assert_clean(&env, &[&mounted], &[&env.path("remote-then")]);
+}
+
+#[tokio::test]
+async fn compatibility_mode_reaches_back_with_the_remotes_own_ssh() {
+    let env = Env::with_host();
+    let local = project(&env, "project");
+    let remote = env.path("remote-mnt/p");
+    // The remote reaches "this machine" through its own ssh: here, the test host's sshd, which
+    // serves the same filesystem; its client config is given to sshfs as the remote's.
+    let ssh_command = format!("ssh_command=ssh -F {}", env.ssh_config().display());
+    let kernel = env.add_kernel(
+        "k",
+        &[
+            "--ssh-host-alias-local-on-remote",
+            "remote",
+            "--mount-local-on-remote",
+            &spec(&local, &remote, &ssh_command),
+        ],
+    );
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    let mut c = client(&info).await;
+    let r = remote.display();
+    assert_eq!(
+        run(
+            &mut c,
+            &format!("print(open('{r}/data.txt').read(), end='')")
+        )
+        .await
+        .unwrap(),
+        "local project\n"
+    );
+    run(&mut c, &format!("open('{r}/back', 'w').write('ok')"))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(local.join("back")).unwrap(), "ok");
+    c.shutdown(false, STEP).await.unwrap();
+    assert!(wait_exit(&mut launcher, Duration::from_secs(15)).success());
+    assert!(!is_mounted(&env, &remote), "{}", launcher.log());
+    assert_clean(&env, &[&remote], &[&env.path("remote-mnt")]);
+}
+
+#[test]
+fn list_checks_each_mount() {
+    let env = Env::with_host();
+    let local = project(&env, "project");
+    let gone = project(&env, "gone");
+    env.add_kernel(
+        "good",
+        &[
+            "--mount-local-on-remote",
+            &spec(&local, &env.path("m1"), "ro"),
+        ],
+    );
+    env.add_kernel(
+        "bad",
+        &[
+            "--remote-sshfs",
+            "/nonexistent/sshfs",
+            "--mount-local-on-remote",
+            &spec(&gone, &env.path("m2"), ""),
+        ],
+    );
+    env.add_kernel(
+        "compat",
+        &[
+            "--ssh-host-alias-local-on-remote",
+            "back",
+            "--mount-local-on-remote",
+            &spec(&local, &env.path("m3"), ""),
+        ],
+    );
+    std::fs::remove_dir_all(&gone).unwrap();
+    let out = env.sshpyk().args(["list", "--remote"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    // A kernel's header line, then its indented rows.
+    let section = |name: &str| -> String {
+        let mut lines = text
+            .lines()
+            .skip_while(|l| !l.starts_with(&format!("  {name}  ")));
+        let header = lines.next().expect(name);
+        let rows: Vec<&str> = lines.take_while(|l| l.starts_with("    ")).collect();
+        format!("{header}\n{}", rows.join("\n"))
+    };
+    let good = section("good");
+    for row in [
+        format!(
+            "(i) mount: {} on remote {} (ro)",
+            local.display(),
+            env.path("m1").display()
+        ),
+        "(v) mount local dir:".into(),
+        "(v) mount confinement: openat2 RESOLVE_BENEATH".into(),
+        "read-only enforced by sshpyk".into(),
+        "(v) remote sshfs: /usr/bin/sshfs".into(),
+        "(v) remote FUSE:".into(),
+    ] {
+        assert!(good.contains(&row), "missing '{row}' in:\n{good}");
+    }
+    let bad = section("bad");
+    for row in [
+        "(x) mount local dir:",
+        "(x) remote sshfs: /nonexistent/sshfs not found",
+    ] {
+        assert!(bad.contains(row), "missing '{row}' in:\n{bad}");
+    }
+    let compat = section("compat");
+    assert!(
+        compat.contains("(!) mount confinement: compatibility mode"),
+        "{compat}"
+    );
+}
