@@ -84,6 +84,12 @@ async fn runs_code_on_the_remote_keeps_state_and_shuts_down_cleanly() {
         env.remote_processes("ipykernel").is_empty(),
         "remote kernel left behind"
     );
+    assert!(
+        eventually(Duration::from_secs(2), || env
+            .remote_processes("sshpyk-relay")
+            .is_empty()),
+        "a relay to the kernel's sockets was left behind"
+    );
     // The supervisor reports the exit just before its own interpreter ends.
     assert!(
         eventually(Duration::from_secs(2), || env

@@ -32,7 +32,8 @@ const LOADER: &str = "import sys;n=int(sys.stdin.buffer.readline());exec(compile
 /// Connects stdin/stdout to a Unix socket on the remote (OpenSSH 9.2's `ssh -W` cannot reach
 /// Unix sockets, so a few lines of python relay the bytes). Exits with `RELAY_GONE` when nothing
 /// listens there.
-const RELAY: &str = r#"import os, socket, sys, threading
+const RELAY: &str = r#"# sshpyk-relay
+import os, socket, sys, threading
 GONE = 3
 s = socket.socket(socket.AF_UNIX)
 try:
