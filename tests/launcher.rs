@@ -4,27 +4,17 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{eventually, port_is_free, Env};
+use common::{eventually, port_is_free, ready_client, Env};
 use nix::sys::signal::Signal;
-use sshpyk::jupyter::KernelClient;
 
 const START: Duration = Duration::from_secs(60);
 const STEP: Duration = Duration::from_secs(20);
 
-async fn client(info: &sshpyk::connection::ConnectionInfo) -> KernelClient {
-    let mut client = KernelClient::connect(info, STEP).await.expect("connect");
-    client.wait_for_ready(STEP).await.expect("kernel ready");
-    client
-}
-
 #[tokio::test]
 async fn runs_code_on_the_remote_keeps_state_and_shuts_down_cleanly() {
     let env = Env::with_host();
-    let kernel = env.add_kernel("k", &[]);
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(START);
-    let mut c = client(&info).await;
+    let (mut launcher, info) = env.start_kernel(&[]);
+    let mut c = ready_client(&info).await;
 
     let r = c.execute("x = 6 * 7\nprint(x)", STEP).await.unwrap();
     assert_eq!((r.status.as_str(), r.stdout.as_str()), ("ok", "42\n"));
@@ -107,12 +97,9 @@ async fn runs_code_on_the_remote_keeps_state_and_shuts_down_cleanly() {
 #[tokio::test]
 async fn sigint_interrupts_the_remote_kernel() {
     let env = Env::with_host();
-    let kernel = env.add_kernel("k", &[]);
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(START);
-    let mut c = client(&info).await;
-    let mut other = client(&info).await;
+    let (mut launcher, info) = env.start_kernel(&[]);
+    let mut c = ready_client(&info).await;
+    let mut other = ready_client(&info).await;
     let busy = tokio::spawn(async move {
         c.execute("import time; time.sleep(60)", Duration::from_secs(30))
             .await
@@ -151,7 +138,7 @@ async fn restart_on_the_same_ports_after_sigterm_and_after_sigkill() {
     // SIGTERM: graceful shutdown through shutdown_request, everything removed.
     let mut first = env.launch(&kernel, &conn);
     first.wait_ready(START);
-    let mut c = client(&info).await;
+    let mut c = ready_client(&info).await;
     c.execute("x = 1", STEP).await.unwrap();
     c.close();
     first.signal(Signal::SIGTERM);
@@ -166,7 +153,7 @@ async fn restart_on_the_same_ports_after_sigterm_and_after_sigkill() {
     // Same ports again at once; the new kernel is fresh.
     let mut second = env.launch(&kernel, &conn);
     second.wait_ready(START);
-    let mut c = client(&info).await;
+    let mut c = ready_client(&info).await;
     let r = c.execute("print('x' in dir())", STEP).await.unwrap();
     assert_eq!(r.stdout, "False\n");
     let remote_pid = second.remote_pid();
@@ -194,17 +181,14 @@ async fn restart_on_the_same_ports_after_sigterm_and_after_sigkill() {
 
     let mut third = env.launch(&kernel, &conn);
     third.wait_ready(START);
-    let mut c = client(&info).await;
+    let mut c = ready_client(&info).await;
     assert_eq!(c.execute("print(3)", STEP).await.unwrap().stdout, "3\n");
 }
 
 #[tokio::test]
 async fn launcher_exits_at_once_when_the_remote_kernel_is_killed() {
     let env = Env::with_host();
-    let kernel = env.add_kernel("k", &[]);
-    let (conn, _info) = env.connection_file("a");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(START);
+    let (mut launcher, _info) = env.start_kernel(&[]);
     let pid = launcher.remote_pid();
     let killed = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
@@ -370,7 +354,7 @@ async fn sigint_interrupts_a_message_mode_kernel_too() {
     let (conn, info) = env.connection_file("a");
     let mut launcher = env.launch("m", &conn);
     launcher.wait_ready(START);
-    let mut c = client(&info).await;
+    let mut c = ready_client(&info).await;
     let busy = tokio::spawn(async move {
         c.execute("import time; time.sleep(60)", Duration::from_secs(30))
             .await

@@ -5,8 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{eventually, port_is_free, Env};
-use sshpyk::jupyter::KernelClient;
+use common::{eventually, port_is_free, ready_client, Env};
 
 const STEP: Duration = Duration::from_secs(20);
 
@@ -20,21 +19,12 @@ fn env_with_link() -> Option<Env> {
     Some(env)
 }
 
-async fn client(info: &sshpyk::connection::ConnectionInfo) -> KernelClient {
-    let mut client = KernelClient::connect(info, STEP).await.expect("connect");
-    client.wait_for_ready(STEP).await.expect("kernel ready");
-    client
-}
-
 #[tokio::test]
 async fn a_twenty_second_link_cut_keeps_the_kernel_and_its_state() {
     let Some(env) = env_with_link() else { return };
-    let kernel = env.add_kernel("k", &[]);
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(Duration::from_secs(60));
+    let (mut launcher, info) = env.start_kernel(&[]);
     let pid = launcher.remote_pid();
-    let mut c = client(&info).await;
+    let mut c = ready_client(&info).await;
     c.execute("x = 42", STEP).await.unwrap();
     c.close();
 
@@ -48,7 +38,7 @@ async fn a_twenty_second_link_cut_keeps_the_kernel_and_its_state() {
     env.host().link_up().unwrap();
     let back = Instant::now();
 
-    let mut c = client(&info).await;
+    let mut c = ready_client(&info).await;
     let r = c
         .execute("print(x, __import__('os').getpid())", STEP)
         .await
@@ -68,10 +58,7 @@ async fn a_twenty_second_link_cut_keeps_the_kernel_and_its_state() {
 #[tokio::test]
 async fn a_cut_longer_than_the_orphan_timeout_reaps_the_kernel_and_ends_the_launcher() {
     let Some(env) = env_with_link() else { return };
-    let kernel = env.add_kernel("k", &["--orphan-timeout", "4"]);
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(Duration::from_secs(60));
+    let (mut launcher, info) = env.start_kernel(&["--orphan-timeout", "4"]);
 
     env.host().link_down().unwrap();
     assert!(
@@ -98,12 +85,9 @@ async fn a_cut_longer_than_the_orphan_timeout_reaps_the_kernel_and_ends_the_laun
 #[tokio::test]
 async fn a_master_closed_mid_session_is_reopened() {
     let env = Env::with_host();
-    let kernel = env.add_kernel("k", &[]);
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(Duration::from_secs(60));
+    let (mut launcher, info) = env.start_kernel(&[]);
     let pid = launcher.remote_pid();
-    let mut c = client(&info).await;
+    let mut c = ready_client(&info).await;
     c.execute("x = 42", STEP).await.unwrap();
     c.close();
 
@@ -116,7 +100,7 @@ async fn a_master_closed_mid_session_is_reopened() {
         "{}",
         launcher.log()
     );
-    let mut c = client(&info).await;
+    let mut c = ready_client(&info).await;
     let r = c
         .execute("print(x, __import__('os').getpid())", STEP)
         .await

@@ -58,11 +58,15 @@ const RELAY_GONE: i32 = 3;
 
 /// The remote command line that runs `python args...`.
 fn python_command(python: &str, args: &[&str]) -> String {
-    let mut line = format!(
-        "exec sh -c {} sshpyk {}",
-        shell_quote(RUN_PYTHON),
-        shell_quote(python)
-    );
+    let mut words = vec![python];
+    words.extend_from_slice(args);
+    sh_command(RUN_PYTHON, &words)
+}
+
+/// A remote command line running a POSIX sh `script` with `args` as `$1...`, whatever the
+/// remote login shell: every word quoted.
+pub fn sh_command(script: &str, args: &[&str]) -> String {
+    let mut line = format!("exec sh -c {} sshpyk", shell_quote(script));
     for arg in args {
         line.push(' ');
         line.push_str(&shell_quote(arg));
@@ -172,10 +176,10 @@ pub struct Session {
 }
 
 impl Session {
-    pub async fn start(master: &Master, req: &StartRequest<'_>) -> Result<(Session, Ready)> {
+    /// One ssh session over the master running `remote_command`, its stdio ours.
+    fn spawn(master: &Master, remote_command: &str) -> Result<Session> {
         let mut cmd = master.command();
-        cmd.arg("-T").arg(master.alias());
-        cmd.arg(python_command(req.remote_python, &["-u", "-c", LOADER]));
+        cmd.arg("-T").arg(master.alias()).arg(remote_command);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -183,9 +187,20 @@ impl Session {
         let mut child = cmd
             .spawn()
             .map_err(|e| crate::ssh::config::spawn_error("ssh", e))?;
-        let mut stdin = child.stdin.take().expect("piped stdin");
+        let stdin = child.stdin.take().expect("piped stdin");
         let lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        Ok(Session {
+            child,
+            stdin,
+            lines,
+        })
+    }
 
+    pub async fn start(master: &Master, req: &StartRequest<'_>) -> Result<(Session, Ready)> {
+        let mut session = Session::spawn(
+            master,
+            &python_command(req.remote_python, &["-u", "-c", LOADER]),
+        )?;
         // Source, then the config line holding the key: both through stdin, never argv.
         let config = json!({
             "key": req.info.key,
@@ -197,19 +212,12 @@ impl Session {
         let mut payload = format!("{}\n{SUPERVISOR}", SUPERVISOR.len()).into_bytes();
         payload.extend_from_slice(config.to_string().as_bytes());
         payload.push(b'\n');
-        stdin.write_all(&payload).await.map_err(|e| {
+        session.stdin.write_all(&payload).await.map_err(|e| {
             Error::Ssh(format!(
                 "the ssh session to '{}' closed: {e}",
                 master.alias()
             ))
         })?;
-        stdin.flush().await.ok();
-
-        let mut session = Session {
-            child,
-            stdin,
-            lines,
-        };
         let ready = session.read_ready(master.alias(), req).await?;
         Ok((session, ready))
     }
@@ -279,24 +287,10 @@ impl Session {
         run_dir: &str,
     ) -> Result<Option<Session>> {
         let socket = format!("{run_dir}/supervisor.sock");
-        let mut cmd = master.command();
-        cmd.arg("-T")
-            .arg(master.alias())
-            .arg(python_command(remote_python, &["-u", "-c", RELAY, &socket]));
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        process::tie_to_parent(&mut cmd);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| crate::ssh::config::spawn_error("ssh", e))?;
-        let stdin = child.stdin.take().expect("piped stdin");
-        let lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        let mut session = Session {
-            child,
-            stdin,
-            lines,
-        };
+        let mut session = Session::spawn(
+            master,
+            &python_command(remote_python, &["-u", "-c", RELAY, &socket]),
+        )?;
         if let Some(msg) = session.next_line().await.as_deref().and_then(parse_message) {
             if msg["sshpyk"] == "attached" {
                 return Ok(Some(session));

@@ -6,7 +6,7 @@ use std::process::Stdio;
 
 use serde::Deserialize;
 
-use super::shell_quote;
+use super::sh_command;
 use crate::error::{Error, Result};
 use crate::ssh::Master;
 
@@ -95,15 +95,9 @@ impl PythonFacts {
 /// Runs the probe for `pythons` over the (already open) master.
 pub async fn probe(master: &Master, pythons: &[&str]) -> Result<RemoteFacts> {
     let mut cmd = master.command();
-    let mut remote = format!(
-        "exec sh -c {} sshpyk {}",
-        shell_quote(SCRIPT),
-        shell_quote(PROBE)
-    );
-    for py in pythons {
-        remote.push(' ');
-        remote.push_str(&shell_quote(py));
-    }
+    let mut args = vec![PROBE];
+    args.extend_from_slice(pythons);
+    let remote = sh_command(SCRIPT, &args);
     cmd.arg("-T").arg(master.alias()).arg(remote);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let output = cmd

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use sshpyk::connection::ConnectionInfo;
+use sshpyk::jupyter::KernelClient;
 use sshpyk_testhost::RemoteHost;
 use tempfile::TempDir;
 
@@ -186,6 +188,15 @@ impl Env {
         assert!(status.success(), "no master to close");
     }
 
+    /// Adds kernel "k" with `extra` flags and starts it as Jupyter would, up to "ready".
+    pub fn start_kernel(&self, extra: &[&str]) -> (Launcher, ConnectionInfo) {
+        let kernel = self.add_kernel("k", extra);
+        let (conn, info) = self.connection_file("a");
+        let mut launcher = self.launch(&kernel, &conn);
+        launcher.wait_ready(Duration::from_secs(60));
+        (launcher, info)
+    }
+
     /// Processes on the remote whose command line contains `needle` (kernels, supervisors).
     pub fn remote_processes(&self, needle: &str) -> Vec<u32> {
         self.host()
@@ -215,6 +226,14 @@ impl Env {
             })
             .unwrap_or_default()
     }
+}
+
+/// Our own client, connected and past kernel_info.
+pub async fn ready_client(info: &ConnectionInfo) -> KernelClient {
+    let step = Duration::from_secs(20);
+    let mut client = KernelClient::connect(info, step).await.expect("connect");
+    client.wait_for_ready(step).await.expect("kernel ready");
+    client
 }
 
 /// The venv with jupyter_client + ipykernel (+ nbclient), created once and cached.
