@@ -286,6 +286,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_kernelspec_holds_valid_settings() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernelspecs/ssh_gpu_python3");
+        let spec = Kernelspec::read(&dir).unwrap();
+        let settings = spec.spec.settings().expect("an sshpyk kernelspec").unwrap();
+        assert_eq!(settings.ssh_host_alias, "gpu");
+        assert_eq!(settings.mounts[0].options, ["follow_symlinks"]);
+        assert_eq!(spec.spec.argv.last().map(String::as_str), Some("{connection_file}"));
+    }
+
+    #[test]
     fn unknown_kernel_json_fields_survive_a_round_trip() {
         let text = r#"{"argv":["x"],"display_name":"d","language":"python","env":{"A":"1"},"metadata":{"other":1}}"#;
         let spec: KernelJson = serde_json::from_str(text).unwrap();
