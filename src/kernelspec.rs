@@ -292,7 +292,10 @@ mod tests {
         let settings = spec.spec.settings().expect("an sshpyk kernelspec").unwrap();
         assert_eq!(settings.ssh_host_alias, "gpu");
         assert_eq!(settings.mounts[0].options, ["follow_symlinks"]);
-        assert_eq!(spec.spec.argv.last().map(String::as_str), Some("{connection_file}"));
+        assert_eq!(
+            spec.spec.argv.last().map(String::as_str),
+            Some("{connection_file}")
+        );
     }
 
     #[test]

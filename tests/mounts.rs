@@ -175,7 +175,6 @@ async fn the_kernel_reads_and_writes_local_files_through_the_mount() {
     let asked = std::time::Instant::now();
     let status = wait_exit(&mut launcher, Duration::from_secs(15));
     assert!(status.success(), "{status}: {}", launcher.log());
-    eprintln!("TOOK {:?}", asked.elapsed());
     assert!(
         asked.elapsed() < Duration::from_secs(3),
         "the launcher took {:?} to exit",
@@ -431,8 +430,12 @@ async fn restart_sigkill_and_a_stale_mount_leave_nothing_behind() {
     // the next start cleans it and mounts again.
     let mut third = env.launch(&kernel, &conn);
     third.wait_ready(START);
-    for pid in sshfs_processes(&env) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+    // Frozen first, so that the wrapper cannot clean up when sshfs dies.
+    let pids = sshfs_processes(&env);
+    for signal in [Signal::SIGSTOP, Signal::SIGKILL] {
+        for &pid in &pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+        }
     }
     third.signal(Signal::SIGKILL);
     wait_exit(&mut third, Duration::from_secs(5));
@@ -471,6 +474,53 @@ async fn restart_sigkill_and_a_stale_mount_leave_nothing_behind() {
     assert!(wait_exit(&mut fourth, Duration::from_secs(15)).success());
     // That mount point was there before this run: unmounted, kept.
     assert_clean(&env, &[&remote], &[]);
+}
+
+/// The sshfs process itself (not its wrapper, whose command line also names it).
+fn sshfs_daemons(env: &Env) -> Vec<u32> {
+    sshfs_processes(env)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sshfs")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_mount_that_dies_under_a_running_kernel_is_cleaned_and_reported() {
+    let env = Env::with_host();
+    let local = project(&env, "project");
+    let parent = env.path("remote-mnt");
+    let remote = parent.join("p");
+    let kernel = env.add_kernel(
+        "k",
+        &["--mount-local-on-remote", &spec(&local, &remote, "")],
+    );
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    let daemons = sshfs_daemons(&env);
+    assert_eq!(daemons.len(), 1, "{daemons:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemons[0] as i32),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    // The wrapper unmounts the dead mount and removes the mount point; the launcher says so
+    // and keeps the kernel.
+    assert_clean(&env, &[&remote], &[&parent]);
+    assert!(
+        eventually(CLEANUP, || launcher.log().contains(&format!(
+            "mount {} ended: the remote sshfs or its ssh channel is gone",
+            remote.display()
+        ))),
+        "{}",
+        launcher.log()
+    );
+    let mut c = client(&info).await;
+    assert_eq!(run(&mut c, "print(1 + 1)").await.unwrap(), "2\n");
+    c.shutdown(false, STEP).await.unwrap();
+    assert!(wait_exit(&mut launcher, Duration::from_secs(15)).success());
 }
 
 /// A launch that fails: exit status, the error line, and what must not be left.

@@ -48,17 +48,17 @@
 mod export;
 mod remote;
 #[cfg(target_os = "linux")]
+mod serve;
+#[cfg(target_os = "linux")]
 mod sftp;
 mod spec;
 
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader, ReadBuf};
-use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::process::{Child, ChildStdin};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -72,8 +72,6 @@ use remote::{Event, Source};
 
 /// How long a stop waits for the remote to confirm the unmount.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// How much a login script may print before the SFTP stream starts.
-const MAX_NOISE: usize = 64 * 1024;
 
 /// The mounts of one running kernel. Dropping it without [`Mounts::stop`] still ends every
 /// channel (the ssh clients are killed), and the remote wrappers then clean up by themselves.
@@ -86,6 +84,8 @@ struct Active {
     spec: MountSpec,
     child: Child,
     events: mpsc::Receiver<Event>,
+    /// Set once the launcher ends the mount: its end is then no surprise.
+    stopping: Arc<AtomicBool>,
     /// Compatibility mode: closing the session's stdin tells the wrapper to unmount.
     stdin: Option<ChildStdin>,
     /// Default mode: ends the SFTP stream (and so sshfs's input).
@@ -119,13 +119,19 @@ impl Mounts {
             let line = remote::command_line(spec, settings.remote_sshfs.as_deref(), &source);
             let mut child = remote::spawn(master, &line)?;
             let what = format!("mount {}", spec.remote);
-            let events = remote::read_events(child.stderr.take().expect("piped stderr"), what);
+            let stopping = Arc::new(AtomicBool::new(false));
+            let events = remote::read_events(
+                child.stderr.take().expect("piped stderr"),
+                what,
+                stopping.clone(),
+            );
             let stdout = child.stdout.take().expect("piped stdout");
             let stdin = child.stdin.take().expect("piped stdin");
             let mut active = Active {
                 spec: spec.clone(),
                 child,
                 events,
+                stopping,
                 stdin: None,
                 stop: None,
                 output: Vec::new(),
@@ -134,8 +140,8 @@ impl Mounts {
                 #[cfg(target_os = "linux")]
                 Some(export) => {
                     let (stop, stopped) = oneshot::channel();
-                    tokio::spawn(serve(stdout, stdin, export, stopped));
                     active.stop = Some(stop);
+                    serve::spawn_server(spec, stdout, stdin, export, stopped)?;
                 }
                 _ => {
                     drop(stdout);
@@ -171,6 +177,7 @@ impl Mounts {
             return;
         }
         for active in &mut self.active {
+            active.stopping.store(true, Ordering::SeqCst);
             active.stdin.take();
             if let Some(stop) = active.stop.take() {
                 let _ = stop.send(());
@@ -255,7 +262,11 @@ impl Active {
                 }
                 Some(Event::Unmounted) => {}
                 Some(Event::Closed) | None => {
-                    let status = self.child.wait().await.ok().and_then(|s| s.code());
+                    let status = tokio::time::timeout(Duration::from_secs(2), self.child.wait())
+                        .await
+                        .ok()
+                        .and_then(|s| s.ok())
+                        .and_then(|s| s.code());
                     if status == Some(255) {
                         return Err(Error::Ssh(format!(
                             "the ssh session for mount {} on '{alias}' failed: {}",
@@ -319,91 +330,6 @@ fn check_local_dir(spec: &MountSpec) -> Result<()> {
             "local mount directory {} does not exist (mount on {}); create it, or fix the mounts with `sshpyk edit --mount-local-on-remote` / `--clear-mounts`",
             spec.local, spec.remote
         )))
-    }
-}
-
-/// Reads the session's stdout up to the start line, then serves SFTP on it until `stopped`.
-#[cfg(target_os = "linux")]
-async fn serve(
-    stdout: ChildStdout,
-    stdin: ChildStdin,
-    export: export::Export,
-    mut stopped: oneshot::Receiver<()>,
-) {
-    let mut reader = BufReader::with_capacity(256 * 1024, stdout);
-    let mut line = Vec::new();
-    let mut noise = 0;
-    loop {
-        line.clear();
-        let read = tokio::select! {
-            read = reader.read_until(b'\n', &mut line) => read,
-            _ = &mut stopped => return,
-        };
-        match read {
-            Ok(0) | Err(_) => return,
-            Ok(_) if line == remote::SFTP_START => break,
-            Ok(n) => {
-                tracing::debug!("remote: {}", String::from_utf8_lossy(&line).trim_end());
-                noise += n;
-                if noise > MAX_NOISE {
-                    tracing::warn!("the remote printed too much before the SFTP stream started");
-                    return;
-                }
-            }
-        }
-    }
-    let stream = Stream {
-        reader,
-        writer: stdin,
-        stopped: Some(stopped),
-    };
-    russh_sftp::server::run(stream, sftp::Server::new(export)).await;
-}
-
-/// The session's stdout and stdin as one SFTP stream, which reads as ended once asked to stop:
-/// the server then drops it, which closes sshfs's input.
-#[cfg(target_os = "linux")]
-struct Stream {
-    reader: BufReader<ChildStdout>,
-    writer: ChildStdin,
-    stopped: Option<oneshot::Receiver<()>>,
-}
-
-#[cfg(target_os = "linux")]
-impl AsyncRead for Stream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if let Some(stopped) = self.stopped.as_mut() {
-            if Pin::new(stopped).poll(cx).is_ready() {
-                self.stopped = None;
-            }
-        }
-        if self.stopped.is_none() {
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.reader).poll_read(cx, buf)
-    }
-}
-
-#[cfg(target_os = "linux")]
-impl AsyncWrite for Stream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.writer).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.writer).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.writer).poll_shutdown(cx)
     }
 }
 

@@ -7,6 +7,8 @@
 //! line `sshpyk-sftp-start` on.
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStderr};
@@ -233,18 +235,32 @@ impl Event {
     }
 }
 
-/// Forwards the wrapper's stderr as events until it ends.
-pub fn read_events(stderr: ChildStderr, what: String) -> mpsc::Receiver<Event> {
+/// Forwards the wrapper's stderr as events until it ends. A mount that ends while `stopping` is
+/// still false (sshfs died, the connection dropped) is reported as a warning.
+pub fn read_events(
+    stderr: ChildStderr,
+    what: String,
+    stopping: Arc<AtomicBool>,
+) -> mpsc::Receiver<Event> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
+        let mut mounted = false;
+        let mut last: Vec<String> = Vec::new();
         while let Ok(Some(line)) = lines.next_line().await {
             let event = Event::parse(&line);
             match &event {
                 Event::Output(text) if text.starts_with("note: ") => {
                     tracing::info!("{what}: {}", &text[6..])
                 }
-                Event::Output(text) => tracing::debug!("{what}: {text}"),
+                Event::Output(text) => {
+                    tracing::debug!("{what}: {text}");
+                    last.push(text.clone());
+                    if last.len() > 3 {
+                        last.remove(0);
+                    }
+                }
+                Event::Ready => mounted = true,
                 _ => tracing::debug!("{what}: {event:?}"),
             }
             // Other output is only kept while someone listens (during start); it is dropped
@@ -253,6 +269,14 @@ pub fn read_events(stderr: ChildStderr, what: String) -> mpsc::Receiver<Event> {
                 Event::Output(_) => tx.try_send(event).map_err(drop),
                 event => tx.send(event).await.map_err(drop),
             };
+        }
+        if mounted && !stopping.load(Ordering::SeqCst) {
+            let said = if last.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", last.join(" | "))
+            };
+            tracing::warn!("{what} ended: the remote sshfs or its ssh channel is gone{said}; the kernel no longer sees the local directory there");
         }
         let _ = tx.send(Event::Closed).await;
     });
@@ -284,7 +308,7 @@ pub fn mount_error(
             "{what}: FUSE is not usable on the remote: {detail}; install fuse3 there and make /dev/fuse usable, or remove the mount (`sshpyk edit --clear-mounts`)"
         ),
         "busy" => format!(
-            "{what}: {detail} (another mount is active there); unmount it on the remote or choose another remote path with `sshpyk edit --mount-local-on-remote`"
+            "{what}: {detail} (another mount is active there: another kernel with the same mount?); stop it or unmount it on the remote, or choose another remote path with `sshpyk edit --mount-local-on-remote`"
         ),
         "not-empty" => format!(
             "{what}: the remote mount point {detail} and not a mount; empty it on the remote or choose another remote path with `sshpyk edit --mount-local-on-remote`"

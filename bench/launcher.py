@@ -1,0 +1,949 @@
+"""sshpyk benchmark: a remote kernel through sshpyk next to a local ipykernel, same run, same machine.
+
+Run through bench/run (which installs and builds first). The "remote" is a throwaway sshd from
+sshpyk-testhost (in its own network namespace when root, else on loopback), reached under the
+alias "bench"; the remote kernel is the same venv's ipykernel. Every figure is printed next to
+the local baseline and an informational target; the script exits 0 whatever the figures are.
+
+Nothing outside a temporary directory is touched (Jupyter data/runtime/config dirs, HOME,
+IPYTHONDIR and sshpyk's runtime dir all point into it), and nothing is left running.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from time import perf_counter
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV = sys.prefix
+VENV_PYTHON = os.path.join(VENV, "bin", "python")
+ALIAS = "bench"
+SSH_KERNEL = "ssh_bench"
+LOCAL_KERNEL = "local_bench"
+READY_TIMEOUT = 60.0
+EXEC_BLOCK = 25  # executions of `pass` in a row on one kernel
+
+
+def log(text):
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def read_proc(pid, name):
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def comm(pid):
+    data = read_proc(pid, "comm")
+    return data.decode(errors="replace").strip() if data is not None else None
+
+
+def all_pids():
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def parent_map():
+    """pid -> ppid for every process now."""
+    parents = {}
+    for pid in all_pids():
+        stat = read_proc(pid, "stat")
+        if stat is None:
+            continue
+        # comm may contain spaces and parentheses: the fields after the last ')' are safe.
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        parents[pid] = int(fields[1])
+    return parents
+
+
+def descendants(root):
+    """root and every process below it, walking ppid links."""
+    children = {}
+    for pid, ppid in parent_map().items():
+        children.setdefault(ppid, []).append(pid)
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def status_kb(pid, field):
+    data = read_proc(pid, "status")
+    if data is None:
+        return 0
+    for line in data.decode().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def pss_kb(pid):
+    data = read_proc(pid, "smaps_rollup")
+    if data is None:
+        return 0
+    for line in data.decode().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def memory(pids):
+    """(RSS, PSS) in MB (10^6 bytes) summed over pids."""
+    rss = sum(status_kb(p, "VmRSS") for p in pids)
+    pss = sum(pss_kb(p) for p in pids)
+    return rss * 1024 / 1e6, pss * 1024 / 1e6
+
+
+def role(pid):
+    """What a process in a kernel's path is, by its name and command line."""
+    name = comm(pid) or "?"
+    cmd = read_proc(pid, "cmdline") or b""
+    if name == "ssh":
+        if b"sshpyk-supervisor" in cmd:
+            return "ssh (session)"
+        if b"-W" in cmd.split(b"\0"):
+            return "ssh -W"
+        if b"ControlMaster=yes" in cmd:
+            return "ssh master"
+        return "ssh (relay channel)"
+    if name.startswith("python") and b"sshpyk-supervisor" in cmd:
+        return "supervisor"
+    if name.startswith("python") and b"socket.AF_UNIX" in cmd:
+        return "relay"
+    return name
+
+
+def describe_tree(pids):
+    """'name×count RSS/PSS each' per kind of process in the tree."""
+    kinds = {}
+    for pid in pids:
+        kinds.setdefault(role(pid), []).append(pid)
+    parts = []
+    for name, members in kinds.items():
+        rss, pss = memory(members)
+        n = len(members)
+        count = f"×{n}" if n > 1 else ""
+        each = " each" if n > 1 else ""
+        parts.append(f"{name}{count} {rss / n:.1f}/{pss / n:.1f} MB{each}")
+    return ", ".join(parts)
+
+
+def cpu_seconds(pid):
+    stat = read_proc(pid, "stat")
+    if stat is None:
+        return 0.0
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def remote_side(kernel, host_dir):
+    """Processes on the remote for this kernel besides the kernel itself (sshd sessions,
+    supervisor, relays), by role; empty for a local kernel."""
+    if kernel["kernel_pid"] == kernel["pid"]:
+        return {}
+    listener = [p for p in all_pids() if comm(p) == "sshd" and host_dir.encode() in (read_proc(p, "cmdline") or b"")]
+    groups = {}
+    for pid in descendants(listener[0])[1:] if listener else []:
+        if pid != kernel["kernel_pid"]:
+            groups.setdefault(role(pid), []).append(pid)
+    return groups
+
+
+def cpu_groups(kernel, host_dir, runtime_dir):
+    """The processes a kernel's messages pass through, by role, for CPU accounting."""
+    groups = {"client (this python)": [os.getpid()], "kernel": [kernel["kernel_pid"]]}
+    if kernel["kernel_pid"] == kernel["pid"]:
+        return groups
+    groups["launcher"] = [kernel["pid"]]
+    for pid in descendants(kernel["pid"])[1:]:
+        groups.setdefault(role(pid), []).append(pid)
+    for pid in all_pids():
+        cmd = read_proc(pid, "cmdline") or b""
+        if comm(pid) == "ssh" and b"ControlMaster=yes" in cmd and runtime_dir.encode() in cmd:
+            groups.setdefault("ssh master", []).append(pid)
+    for name, pids in remote_side(kernel, host_dir).items():
+        groups["remote " + name] = pids
+    return groups
+
+
+def cpu_snapshot(groups):
+    return {role: sum(cpu_seconds(p) for p in pids) for role, pids in groups.items()}
+
+
+class ExecWatch:
+    """The Linux proc connector: every fork and exec on the machine, however short-lived the
+    process (a 50 ms /proc poll can miss an `ssh -O check` that lives a few ms). Needs root
+    (CAP_NET_ADMIN); `ExecWatch.start()` returns None where it is not available."""
+
+    NETLINK_CONNECTOR, CN_IDX_PROC, NLMSG_DONE = 11, 1, 3
+    LISTEN, IGNORE = 1, 2
+    FORK, EXEC = 0x1, 0x2
+
+    @classmethod
+    def start(cls):
+        try:
+            return cls()
+        except OSError:
+            return None
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, self.NETLINK_CONNECTOR)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            self.sock.bind((0, self.CN_IDX_PROC))
+            self._control(self.LISTEN)
+        except OSError:
+            self.sock.close()
+            raise
+        self.sock.settimeout(0.1)
+        self.events = []  # (time, "fork", parent_tgid, child_tgid) | (time, "exec", tgid, (comm, cmdline))
+        self.overrun = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _control(self, op):
+        payload = struct.pack("I", op)
+        cn = struct.pack("IIIIHH", self.CN_IDX_PROC, 1, 0, 0, len(payload), 0) + payload
+        port = self.sock.getsockname()[0]
+        self.sock.send(struct.pack("IHHII", 16 + len(cn), self.NLMSG_DONE, 0, 0, port) + cn)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:  # ENOBUFS: events were lost
+                self.overrun = True
+                continue
+            now = perf_counter()
+            offset = 0
+            while offset + 16 <= len(data):
+                length = struct.unpack_from("I", data, offset)[0]
+                event = offset + 16 + 20  # nlmsghdr + cn_msg
+                if length < 16 + 20 + 16:
+                    break
+                what = struct.unpack_from("I", data, event)[0]
+                body = event + 16  # what, cpu, timestamp
+                if what == self.FORK:
+                    _, parent_tgid, child_pid, child_tgid = struct.unpack_from("4I", data, body)
+                    if child_pid == child_tgid:  # a process, not a thread
+                        self.events.append((now, "fork", parent_tgid, child_tgid))
+                elif what == self.EXEC:
+                    _, tgid = struct.unpack_from("2I", data, body)
+                    self.events.append((now, "exec", tgid, (comm(tgid), read_proc(tgid, "cmdline") or b"")))
+                offset += (length + 3) & ~3
+
+    def window(self, start, end, tree):
+        """Execs in [start, end] as (time, pid, comm, in `tree` or forked from it, cmdline)."""
+        tree = set(tree)
+        execs = []
+        for t, kind, a, b in list(self.events):
+            if t < start or t > end:
+                continue
+            if kind == "fork" and a in tree:
+                tree.add(b)
+            elif kind == "exec":
+                execs.append((t, a, b[0], a in tree, b[1]))
+        return execs
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+        try:
+            self._control(self.IGNORE)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def ancestors(pid):
+    """pid's parent chain (nearest first), as far as it can be read now."""
+    chain = []
+    while pid > 1 and len(chain) < 64:
+        stat = read_proc(pid, "stat")
+        if stat is None:
+            break
+        pid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        chain.append(pid)
+    return chain
+
+
+def idle_window(seconds, kernels, markers):
+    """Both kernels idle with a client connected, for `seconds`: polls /proc every 50 ms for new
+    ssh processes and attributes each to a kernel (descends from its process, or, for sshpyk,
+    names our host's ssh config or runtime dir on its command line: sshpyk's ssh clients all
+    do). Other ssh processes on the machine (other users, other tests) are counted apart. With
+    the proc connector, also every exec in each kernel's process tree, however short-lived."""
+    # Only for the window: its thread shares the GIL with the client under test.
+    watch = ExecWatch.start()
+    if watch is None:
+        log("the proc connector is not available (needs root): idle spawns by /proc polling only")
+    try:
+        return _idle_window(seconds, kernels, markers, watch)
+    finally:
+        if watch is not None:
+            watch.close()
+
+
+def _idle_window(seconds, kernels, markers, watch):
+    roots = {key: k["pid"] for key, k in kernels.items()}
+    trees = {key: descendants(pid) for key, pid in roots.items()}
+    before = set(all_pids())
+    seen = {}
+    start = perf_counter()
+    end = start + seconds
+    while perf_counter() < end:
+        for pid in all_pids():
+            if pid in before or pid in seen or comm(pid) != "ssh":
+                continue
+            cmdline = read_proc(pid, "cmdline") or b""
+            chain = ancestors(pid)
+            owner = "other"
+            for key, root in roots.items():
+                if root in chain:
+                    owner = key
+            if owner == "other" and any(m.encode() in cmdline for m in markers):
+                owner = "sshpyk"
+            seen[pid] = owner
+        time.sleep(0.05)
+    stop = perf_counter()
+    per_minute = 60.0 / (stop - start)
+    result = {key: {"poll": sum(1 for o in seen.values() if o == key) * per_minute} for key in roots}
+    result["other_ssh"] = sum(1 for o in seen.values() if o == "other") * per_minute
+    if watch is not None:
+        for key in roots:
+            execs = watch.window(start, stop, trees[key])
+            ours = [e for e in execs if e[2] == "ssh" and (e[3] or any(m.encode() in e[4] for m in markers))]
+            if key == "local":
+                ours = [e for e in execs if e[2] == "ssh" and e[3]]
+            result[key]["cn_ssh"] = len(ours) * per_minute
+            result[key]["cn_tree"] = sum(1 for e in execs if e[3]) * per_minute
+            result[key]["cn_names"] = sorted({e[2] or "?" for e in execs if e[3]})
+        result["cn_overrun"] = watch.overrun
+    return result
+
+
+# ---------------------------------------------------------------- Jupyter
+
+# sshpyk's log lines that mark the phases of a start, in order.
+PHASES = [
+    ("connecting to", "launcher: connecting"),
+    ("starting remote kernel", "launcher: master up, starting session"),
+    ("forwarding ports", "launcher: kernel reported, forwarding"),
+    ("ready: kernel pid", "launcher: ready"),
+]
+
+
+class StderrLog:
+    """A kernel's stderr, through a pipe: each line goes to a file and gets a timestamp."""
+
+    def __init__(self, path):
+        self.path = path
+        self.lines = []  # (perf_counter, text)
+        self.read_fd, self.write_fd = os.pipe()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        buf = b""
+        with open(self.path, "wb") as out, os.fdopen(self.read_fd, "rb", buffering=0) as pipe:
+            while True:
+                data = pipe.read(65536)
+                if not data:
+                    break
+                now = perf_counter()
+                out.write(data)
+                out.flush()
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                self.lines.extend((now, line.decode(errors="replace")) for line in lines)
+
+    def started(self):
+        """The child has the write end: close ours, so the reader ends with the child."""
+        os.close(self.write_fd)
+
+    def phase_times(self, t0):
+        """Seconds from t0 to the first line of each phase seen."""
+        times = {}
+        for t, text in list(self.lines):
+            for needle, name in PHASES:
+                if needle in text and name not in times:
+                    times[name] = t - t0
+        return times
+
+
+def start_kernel(name):
+    """A fresh KernelManager and connected client, as Jupyter starts a kernel; returns a dict
+    with km, kc, pid, took (start_kernel() to wait_for_ready() returning), phases (seconds from
+    the start to each phase in sshpyk's log) and kernel_info (requests wait_for_ready sent)."""
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name=name)
+    live = {"km": km, "kc": None}
+    LIVE.append(live)
+    stderr = StderrLog(os.path.join(os.environ["JUPYTER_RUNTIME_DIR"], f"{name}-{len(KERNEL_LOGS)}.log"))
+    KERNEL_LOGS.append(stderr.path)
+    started = perf_counter()
+    try:
+        km.start_kernel(stderr=stderr.write_fd)
+    finally:
+        stderr.started()
+    kc = live["kc"] = km.client()
+    sent = [0]
+    kernel_info = kc.kernel_info
+
+    def counting_kernel_info():
+        sent[0] += 1
+        return kernel_info()
+
+    kc.kernel_info = counting_kernel_info
+    kc.start_channels()
+    kc.wait_for_ready(timeout=READY_TIMEOUT)
+    took = perf_counter() - started
+    kc.kernel_info = kernel_info
+    pid = km.provisioner.process.pid
+    phases = stderr.phase_times(started)
+    # When the kernel process itself (and, for sshpyk, the remote supervisor that started it)
+    # came to be: the remote is this machine, so its pids are ours to read.
+    kernel_pid = pid
+    for _, text in stderr.lines:
+        if "ready: kernel pid " in text:
+            kernel_pid = int(text.split("ready: kernel pid ")[1].split()[0])
+    supervisor = ancestors(kernel_pid)[:1]
+    if kernel_pid != pid and supervisor:
+        phases["supervisor started"] = process_started(supervisor[0], started)
+    phases["kernel process started"] = process_started(kernel_pid, started)
+    phases["wait_for_ready returned"] = took
+    transport = None
+    for _, text in stderr.lines:
+        if "forwarding ports" in text and text.rstrip().endswith(")"):
+            transport = text.rstrip()[:-1].rsplit("(", 1)[-1]
+    live.update(pid=pid, kernel_pid=kernel_pid, took=took, phases=phases, kernel_info=sent[0], transport=transport)
+    return live
+
+
+def process_started(pid, t0):
+    """Seconds from t0 (a perf_counter time) to pid's start, to the kernel's 10 ms tick."""
+    stat = read_proc(pid, "stat")
+    if stat is None:
+        return None
+    ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
+    age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    return max(0.0, perf_counter() - age - t0)  # below 0 is the tick's rounding
+
+
+def shutdown(kernel):
+    """km.shutdown_kernel(now=False) with the client still connected; returns its duration."""
+    km, kc = kernel["km"], kernel["kc"]
+    started = perf_counter()
+    km.shutdown_kernel(now=False)
+    took = perf_counter() - started
+    kc.stop_channels()
+    LIVE.remove(kernel)
+    return took
+
+
+def execute(kc, code, on_iopub=None, timeout=120):
+    """Sends execute_request and waits for iopub idle and execute_reply for it, as
+    execute_interactive does; returns the reply."""
+    msg_id = kc.execute(code)
+    while True:
+        msg = kc.get_iopub_msg(timeout=timeout)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if on_iopub is not None:
+            on_iopub(msg)
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    while True:
+        reply = kc.get_shell_msg(timeout=timeout)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            break
+    if reply["content"]["status"] != "ok":
+        raise RuntimeError(f"{code!r} failed in the kernel: {reply['content']}")
+    return reply
+
+
+def iopub_rate(kc, mb):
+    """MB/s of stdout text received, from sending the cell to its iopub idle."""
+    received = [0]
+
+    def count(msg):
+        if msg["msg_type"] == "stream":
+            received[0] += len(msg["content"]["text"].encode())
+
+    code = f"import sys\nfor _ in range({mb}): sys.stdout.write('x' * 1_000_000)"
+    t0 = perf_counter()
+    execute(kc, code, on_iopub=count)
+    took = perf_counter() - t0
+    if received[0] != mb * 1_000_000:
+        raise RuntimeError(f"received {received[0]} bytes of stdout, expected {mb * 1_000_000}")
+    return received[0] / 1e6 / took
+
+
+def percentile(sorted_values, q):
+    """Linear interpolation between closest ranks (numpy's default)."""
+    pos = (len(sorted_values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def alternating(keys, i):
+    """Both kernels in turn, the order swapped every round, so that drifting load on the
+    machine weighs on both alike."""
+    return keys if i % 2 == 0 else keys[::-1]
+
+
+def measure(kernel_names, opts, markers, cpu_dirs, before_cold_start):
+    """Every figure for both kernels, measured side by side; returns {key: figures}."""
+    keys = list(kernel_names)
+    res = {key: {} for key in keys}
+    running = {}
+    for key in keys:
+        if key == "sshpyk":
+            before_cold_start()
+        log(f"{key}: first start")
+        k = running[key] = start_kernel(kernel_names[key])
+        res[key]["start_first"] = k["took"]
+        res[key]["phases_first"] = k["phases"]
+        res[key]["kernel_info_first"] = k["kernel_info"]
+
+    log(f"both: {opts.warmup} + {opts.executions} executions of `pass`, alternating in blocks of {EXEC_BLOCK}")
+    times = {key: [] for key in keys}
+    for block in range(-(-opts.executions // EXEC_BLOCK)):
+        # In blocks, as a user runs cells in one kernel: switching kernels at every execution
+        # slows both (about 4.5 -> 6 ms here for two local kernels). Each block has its warm-up.
+        for key in alternating(keys, block):
+            kc = running[key]["kc"]
+            for _ in range(opts.warmup if block == 0 else 2):
+                execute(kc, "pass")
+            for _ in range(min(EXEC_BLOCK, opts.executions - block * EXEC_BLOCK)):
+                t0 = perf_counter()
+                execute(kc, "pass")
+                times[key].append(perf_counter() - t0)
+    for key in keys:
+        t = sorted(times[key])
+        res[key]["exec_p50"] = percentile(t, 0.5)
+        res[key]["exec_p90"] = percentile(t, 0.9)
+
+    time.sleep(0.5)  # idle, client connected
+    for key in keys:
+        pid = running[key]["pid"]
+        tree = descendants(pid)
+        res[key]["tree"] = describe_tree(tree)
+        res[key]["rss_tree"], res[key]["pss_tree"] = memory(tree)
+        res[key]["rss_root"], res[key]["pss_root"] = memory([pid])
+        res[key]["remote_side"] = {name: (len(pids),) + memory(pids)
+                                   for name, pids in remote_side(running[key], cpu_dirs[0]).items()}
+        res[key]["transport"] = running[key]["transport"]
+
+    log(f"both: {opts.iopub_reps} × {opts.iopub_mb} MB of stdout, alternating")
+    rates = {key: [] for key in keys}
+    groups = {key: cpu_groups(running[key], *cpu_dirs) for key in keys}
+    cpu = {key: {role: 0.0 for role in groups[key]} for key in keys}
+    for i in range(opts.iopub_reps):
+        for key in alternating(keys, i):
+            before = cpu_snapshot(groups[key])
+            rates[key].append(iopub_rate(running[key]["kc"], opts.iopub_mb))
+            after = cpu_snapshot(groups[key])
+            for role in before:
+                cpu[key][role] += (after[role] - before[role]) / opts.iopub_reps
+    for key in keys:
+        res[key]["iopub_cpu"] = cpu[key]
+    time.sleep(0.5)
+    for key in keys:
+        res[key]["iopub"] = statistics.median(rates[key])
+        res[key]["iopub_all"] = rates[key]
+        res[key]["rss_tree_after"], _ = memory(descendants(running[key]["pid"]))
+
+    log(f"both: idle for {opts.idle:g} s, counting ssh processes")
+    groups = {key: cpu_groups(running[key], *cpu_dirs) for key in keys}
+    for g in groups.values():
+        del g["client (this python)"]  # busy polling /proc here
+    before = {key: cpu_snapshot(groups[key]) for key in keys}
+    idle_started = perf_counter()
+    idle = idle_window(opts.idle, running, markers)
+    idle_took = perf_counter() - idle_started
+    for key in keys:
+        after = cpu_snapshot(groups[key])
+        res[key]["idle_cpu"] = {role: (after[role] - before[key][role]) * 60 / idle_took for role in after}
+    for key in keys:
+        res[key]["idle"] = idle[key]
+    res["idle"] = idle
+
+    # (On an error anywhere, main() shuts down whatever is still running.)
+    for key, k in list(running.items()):
+        res[key]["shutdown_first"] = shutdown(k)
+        del running[key]
+
+    for key in keys:
+        res[key]["start_warm_all"], res[key]["shutdown_all"] = [], []
+        res[key]["phases_warm"], res[key]["kernel_info_warm"] = [], []
+    for i in range(opts.cycles):
+        log(f"both: start/shutdown cycle {i + 1}/{opts.cycles}")
+        for key in alternating(keys, i):
+            k = running[key] = start_kernel(kernel_names[key])
+            res[key]["start_warm_all"].append(k["took"])
+            res[key]["phases_warm"].append(k["phases"])
+            res[key]["kernel_info_warm"].append(k["kernel_info"])
+            execute(k["kc"], "pass")
+            res[key]["shutdown_all"].append(shutdown(k))
+            del running[key]
+    for key in keys:
+        res[key]["start_warm"] = statistics.median(res[key]["start_warm_all"])
+        res[key]["shutdown"] = statistics.median(res[key]["shutdown_all"])
+    return res
+
+
+LIVE = []  # kernels (dicts with km, kc) that may be running
+KERNEL_LOGS = []  # one stderr file per kernel started
+
+
+# ---------------------------------------------------------------- the remote host
+
+
+def ssh_master_exit(ssh_config, runtime_dir):
+    """Closes a ControlMaster sshpyk opened with its private ControlPath in runtime_dir."""
+    for entry in os.listdir(runtime_dir) if os.path.isdir(runtime_dir) else []:
+        if entry.startswith("cm-"):
+            subprocess.run(
+                ["ssh", "-F", ssh_config, "-o", f"ControlPath={os.path.join(runtime_dir, entry)}", "-O", "exit", ALIAS],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10,
+            )
+
+
+def ssh_processes_under(path):
+    """ssh processes whose command line mentions path (masters opened for our runtime dirs)."""
+    found = []
+    for pid in all_pids():
+        if comm(pid) == "ssh" and path.encode() in (read_proc(pid, "cmdline") or b""):
+            found.append(pid)
+    return found
+
+
+def start_testhost(testhost, mode, remote_env):
+    proc = subprocess.Popen(
+        [testhost, "--mode", mode, "--alias", ALIAS, "--sshd-option", "SetEnv " + remote_env],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    line = proc.stdout.readline()
+    if not line:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+        return None, None
+    return proc, json.loads(line)
+
+
+def stop_testhost(proc):
+    try:
+        proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- report
+
+
+def versions(mode):
+    ssh_v = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip().split(",")[0]
+    import ipykernel
+    import jupyter_client
+    import zmq
+
+    cpus = os.cpu_count()
+    usable = len(os.sched_getaffinity(0))
+    cpu = f"{cpus} CPUs" if usable == cpus else f"{usable} of {cpus} CPUs usable"
+    return (
+        f"setup: remote via {mode}, {ssh_v}, Python {sys.version.split()[0]}, "
+        f"ipykernel {ipykernel.__version__}, jupyter_client {jupyter_client.__version__}, "
+        f"pyzmq {zmq.__version__} (libzmq {zmq.zmq_version()}), {cpu}, {os.uname().release}"
+    )
+
+
+def table(local, remote, opts):
+    rows = []
+
+    def row(metric, lv, rv, fmt, target=None, check=None, ratio=True):
+        ls = fmt.format(lv) if lv is not None else "n/a"
+        rs = fmt.format(rv) if rv is not None else "n/a"
+        rt = f"{rv / lv:.2f}x" if ratio and lv and rv is not None else "-"
+        if target is None:
+            tg = "-"
+        else:
+            tg = f"{target}  {'meets' if check(lv, rv) else 'misses'}"
+        rows.append((metric, ls, rs, rt, tg))
+
+    ms = "{:.2f} ms"
+    s = "{:.3f} s"
+    mb = "{:.1f} MB"
+    per_min = "{:.0f} /min"
+    row("start->ready, first (sshpyk: no master yet)", local["start_first"], remote["start_first"], s)
+    row(f"start->ready, warm (median of {opts.cycles})", local["start_warm"], remote["start_warm"], s,
+        "<= 1.2x local", lambda l, r: r <= 1.2 * l)
+    row(f"execute `pass` round trip p50 (n={opts.executions})", local["exec_p50"] * 1e3,
+        remote["exec_p50"] * 1e3, ms, "<= 1.1x local", lambda l, r: r <= 1.1 * l)
+    row(f"execute `pass` round trip p90 (n={opts.executions})", local["exec_p90"] * 1e3,
+        remote["exec_p90"] * 1e3, ms)
+    row(f"iopub throughput, {opts.iopub_mb} MB stdout (median of {opts.iopub_reps})", local["iopub"],
+        remote["iopub"], "{:.1f} MB/s", ">= 0.9x local", lambda l, r: r >= 0.9 * l)
+    row(f"shutdown_kernel(now=False) (median of {opts.cycles})", local["shutdown"], remote["shutdown"], s,
+        "<= 2x local + 0.1 s", lambda l, r: r <= 2 * l + 0.1)
+    row("RSS idle: kernel (local) | launcher tree (sshpyk)", local["rss_tree"], remote["rss_tree"], mb,
+        "<= 10 MB", lambda l, r: r <= 10, ratio=False)
+    row("RSS idle: launcher process alone", None, remote["rss_root"], mb,
+        "<= 10 MB", lambda l, r: r <= 10, ratio=False)
+    row("PSS idle: same tree, shared pages split", local["pss_tree"], remote["pss_tree"], mb, ratio=False)
+    row(f"RSS after the {opts.iopub_mb} MB outputs: same tree", local["rss_tree_after"],
+        remote["rss_tree_after"], mb, ratio=False)
+    row(f"ssh spawns while idle (/proc poll 50 ms, {opts.idle:g} s)", local["idle"]["poll"],
+        remote["idle"]["poll"], per_min, "0", lambda l, r: r == 0, ratio=False)
+    if "cn_ssh" in remote["idle"]:
+        row("ssh execs while idle (proc connector)", local["idle"]["cn_ssh"], remote["idle"]["cn_ssh"],
+            per_min, "0", lambda l, r: r == 0, ratio=False)
+        row("any exec in the process tree while idle", local["idle"]["cn_tree"], remote["idle"]["cn_tree"],
+            per_min, ratio=False)
+
+    header = ("metric", "local ipykernel", "sshpyk", "ratio", "target (informational)")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(5)]
+    align = ["<", ">", ">", ">", "<"]
+
+    def fmt_row(r):
+        return " | ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths)).rstrip()
+
+    lines = [fmt_row(header), "-+-".join("-" * w for w in widths)]
+    lines += [fmt_row(r) for r in rows]
+    return "\n".join(lines)
+
+
+def phase_summary(first, warm):
+    """'name cold | warm median' for each phase, in time order (of the warm medians)."""
+    names = {name for p in [first] + warm for name, t in p.items() if t is not None}
+    rows = []
+    for name in names:
+        w = [p[name] for p in warm if p.get(name) is not None]
+        wm = statistics.median(w) if w else None
+        rows.append((wm if wm is not None else first.get(name, 0), name, first.get(name), wm))
+    rows.sort()
+    fmt = lambda t: f"{t:.3f}" if t is not None else "?"  # noqa: E731
+    return [f"{name} {fmt(c)} | {fmt(w)}" for _, name, c, w in rows]
+
+
+def notes(local, remote, idle, opts, load):
+    fmt = lambda ts: " ".join(f"{t:.3f}" for t in ts)  # noqa: E731
+    out = [
+        f"sshpyk launcher tree while idle (RSS/PSS): {remote['tree']}; kernel transport on the remote: "
+        f"{remote['transport']}",
+        "sshpyk on the remote besides the kernel, idle (RSS/PSS): "
+        + ", ".join(f"{name}{'×' + str(n) if n > 1 else ''} {rss / n:.1f}/{pss / n:.1f} MB{' each' if n > 1 else ''}"
+                    for name, (n, rss, pss) in remote["remote_side"].items()),
+        f"warm starts (s): local {fmt(local['start_warm_all'])} | sshpyk {fmt(remote['start_warm_all'])}",
+        f"shutdowns (s): local {fmt(local['shutdown_all'])} | sshpyk {fmt(remote['shutdown_all'])}"
+        f" (first kernels: local {local['shutdown_first']:.3f}, sshpyk {remote['shutdown_first']:.3f});"
+        " shutdown_kernel polls the process every 0.1 s, so these are quantised to about 0.1 s",
+        f"iopub (MB/s): local {' '.join(f'{r:.1f}' for r in local['iopub_all'])}"
+        f" | sshpyk {' '.join(f'{r:.1f}' for r in remote['iopub_all'])}",
+        "CPU seconds per minute while idle, by process: local "
+        + ", ".join(f"{role} {t:.2f}" for role, t in local["idle_cpu"].items())
+        + " | sshpyk " + ", ".join(f"{role} {t:.2f}" for role, t in remote["idle_cpu"].items()),
+        f"CPU seconds per {opts.iopub_mb} MB output run, by process: local "
+        + ", ".join(f"{role} {t:.2f}" for role, t in local["iopub_cpu"].items())
+        + " | sshpyk " + ", ".join(f"{role} {t:.2f}" for role, t in remote["iopub_cpu"].items()),
+        "start, seconds from start_kernel() to each step (first | warm median):",
+        "  local: " + "; ".join(phase_summary(local["phases_first"], local["phases_warm"])),
+        "  sshpyk: " + "; ".join(phase_summary(remote["phases_first"], remote["phases_warm"])),
+        f"kernel_info requests wait_for_ready sent: local first {local['kernel_info_first']}, warm "
+        f"{local['kernel_info_warm']} | sshpyk first {remote['kernel_info_first']}, warm {remote['kernel_info_warm']}"
+        " (each extra one costs 0.2 s or more: its iopub status was missed, so jupyter_client starts over)",
+    ]
+    if remote.get("master_rss") is not None:
+        out.append(f"ControlMaster ssh (one per host, shared by its kernels, not in the tree): "
+                   f"RSS {remote['master_rss']:.1f} MB, PSS {remote['master_pss']:.1f} MB")
+    if remote["idle"].get("cn_names"):
+        out.append("programs exec'd in the sshpyk tree while idle: " + ", ".join(remote["idle"]["cn_names"]))
+    if "cn_ssh" in remote["idle"]:
+        out.append("the 50 ms /proc poll misses processes that live less than that (a failing `ssh -O check` "
+                   "lives a few ms); the proc connector rows see every exec")
+    out.append(f"ssh processes of others on this machine during the idle window (not counted): "
+               f"{idle['other_ssh']:.0f} /min; load average before/after: {load[0]} / {load[1]}")
+    busy = float(load[0].split()[0])
+    if busy > 0.5 * os.cpu_count():
+        out.append(f"note: the machine was busy before the run (load {busy:.2f} on {os.cpu_count()} CPUs): "
+                   "figures are noisier than on an idle machine")
+    if idle.get("cn_overrun"):
+        out.append("warning: the proc connector dropped events; its counts are lower bounds")
+    return "\n".join(out)
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+# ---------------------------------------------------------------- main
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer iterations: 2 warm cycles, 50 executions, 5 MB iopub, 10 s idle window")
+    parser.add_argument("--mode", choices=["netns", "loopback"],
+                        help="where the remote sshd runs [default: netns when root, else loopback]")
+    target_dir = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+    parser.add_argument("--bin-dir", default=os.path.join(target_dir, "release"),
+                        help="where sshpyk and sshpyk-testhost are [default: target/release]")
+    opts = parser.parse_args()
+    if opts.quick:
+        opts.cycles, opts.warmup, opts.executions, opts.iopub_mb, opts.iopub_reps, opts.idle = 2, 20, 50, 5, 2, 10.0
+    else:
+        opts.cycles, opts.warmup, opts.executions, opts.iopub_mb, opts.iopub_reps, opts.idle = 5, 20, 300, 20, 3, 30.0
+    sshpyk = os.path.join(opts.bin_dir, "sshpyk")
+    testhost = os.path.join(opts.bin_dir, "sshpyk-testhost")
+
+    # A SIGTERM/SIGHUP takes the same way out as an error: through the finally blocks.
+    def stop(signum, _frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+
+    tmp = tempfile.mkdtemp(prefix="sshpyk-bench-")
+    host = None
+    dirs = {}
+    try:
+        for sub in ["data", "runtime", "config", "home", "ipython", "rt-add", "rt",
+                    "remote-runtime", "remote-data", "remote-ipython", "remote-home"]:
+            dirs[sub] = os.path.join(tmp, sub)
+            os.makedirs(dirs[sub], mode=0o700)
+        env = {
+            "JUPYTER_DATA_DIR": dirs["data"],
+            "JUPYTER_RUNTIME_DIR": dirs["runtime"],
+            "JUPYTER_CONFIG_DIR": dirs["config"],
+            "SSHPYK_RUNTIME_DIR": dirs["rt"],
+            "HOME": dirs["home"],
+            "IPYTHONDIR": dirs["ipython"],
+            "NO_COLOR": "1",
+        }
+        for var in ["JUPYTER_PATH", "JUPYTER_CONFIG_PATH", "VIRTUAL_ENV", "CONDA_PREFIX", "XDG_DATA_HOME",
+                    "XDG_RUNTIME_DIR", "PYTHONSTARTUP"]:
+            os.environ.pop(var, None)
+        os.environ.update(env)
+
+        # The remote host. Its sessions get their Jupyter/IPython dirs and HOME in our temp dir
+        # too: the remote login shell then reads no ~/.bashrc of this machine's user, whose
+        # cost (pyenv init, say) is not sshpyk's and would be charged to every ssh session.
+        remote_env = (f"JUPYTER_RUNTIME_DIR={dirs['remote-runtime']} JUPYTER_DATA_DIR={dirs['remote-data']} "
+                      f"IPYTHONDIR={dirs['remote-ipython']} HOME={dirs['remote-home']}")
+        mode = opts.mode or ("netns" if os.geteuid() == 0 else "loopback")
+        mode_note = ""
+        if opts.mode is None and mode == "loopback":
+            mode_note = " (not root: no network namespace, so the remote sshd runs on loopback)"
+        log(f"starting the remote host ({mode})")
+        host, info = start_testhost(testhost, mode, remote_env)
+        if host is None and opts.mode is None and mode == "netns":
+            mode, mode_note = "loopback", " (netns failed to start, see above: fell back to loopback)"
+            log("netns host failed; falling back to loopback")
+            host, info = start_testhost(testhost, mode, remote_env)
+        if host is None:
+            raise SystemExit("bench: sshpyk-testhost failed to start (see above)")
+        ssh_config = info["ssh_config"]
+
+        # Kernelspecs: sshpyk's (its remote check runs with a runtime dir of its own, whose
+        # master is closed right after, so that the first start below is really cold) and a
+        # local one pinned to this venv's python.
+        add_env = dict(os.environ, SSHPYK_RUNTIME_DIR=dirs["rt-add"])
+        subprocess.run(
+            [sshpyk, "add", "--kernel-name", SSH_KERNEL, "--ssh-host-alias", ALIAS, "--ssh-config", ssh_config,
+             "--remote-python-prefix", VENV, "--remote-kernel-name", "python3"],
+            env=add_env, check=True, stdout=subprocess.DEVNULL,
+        )
+        ssh_master_exit(ssh_config, dirs["rt-add"])
+        local_dir = os.path.join(dirs["data"], "kernels", LOCAL_KERNEL)
+        os.makedirs(local_dir)
+        with open(os.path.join(local_dir, "kernel.json"), "w") as f:
+            json.dump({"argv": [VENV_PYTHON, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                       "display_name": "local bench", "language": "python"}, f)
+
+        def before_cold_start():
+            stray = ssh_processes_under(tmp)
+            if stray or os.listdir(dirs["rt"]):
+                raise RuntimeError(f"a master exists before the cold start (ssh pids {stray}, "
+                                   f"runtime dir {os.listdir(dirs['rt'])})")
+
+        load_before = loadavg()
+        res = measure({"local": LOCAL_KERNEL, "sshpyk": SSH_KERNEL}, opts,
+                      [info["dir"], tmp], (info["dir"], dirs["rt"]), before_cold_start)
+        local, remote = res["local"], res["sshpyk"]
+        masters = [p for p in ssh_processes_under(dirs["rt"])
+                   if b"ControlMaster=yes" in (read_proc(p, "cmdline") or b"")]
+        if masters:
+            remote["master_rss"], remote["master_pss"] = memory(masters)
+
+        print(versions(mode) + mode_note)
+        print()
+        print(table(local, remote, opts))
+        print()
+        print(notes(local, remote, res["idle"], opts, (load_before, loadavg())))
+    except BaseException:
+        for path in KERNEL_LOGS[-2:]:
+            try:
+                with open(path, errors="replace") as f:
+                    text = f.read()[-4000:]
+            except OSError:
+                continue
+            if text.strip():
+                log(f"stderr of the kernel ({os.path.basename(path)}):\n{text}")
+        raise
+    finally:
+        for kernel in list(LIVE):
+            try:
+                if kernel["kc"] is not None:
+                    kernel["kc"].stop_channels()
+                kernel["km"].shutdown_kernel(now=True)
+            except Exception as e:  # keep cleaning up
+                log(f"cleanup: shutting down a kernel failed: {e}")
+        if host is not None:
+            for rt in ("rt-add", "rt"):
+                try:
+                    ssh_master_exit(ssh_config, dirs[rt])
+                except Exception as e:
+                    log(f"cleanup: closing the master failed: {e}")
+            stop_testhost(host)
+        for pid in ssh_processes_under(tmp):
+            log(f"cleanup: killing leftover ssh {pid}")
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt as e:
+        log(f"interrupted ({e or 'SIGINT'}); cleaned up")
+        sys.exit(130)
