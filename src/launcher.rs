@@ -262,6 +262,10 @@ impl Running {
                         self.session = session;
                         self.link.send_replace(true);
                         tracing::info!("reconnected after {:.1} s; remote kernel {} kept its state", lost.elapsed().as_secs_f64(), self.ready.pid);
+                        let deadline = Instant::now() + Duration::from_secs_f64(self.settings.launch_timeout);
+                        if let Err(e) = self.mounts.remount(&self.master, &self.settings, deadline).await {
+                            tracing::warn!("could not mount again after reconnecting: {e}");
+                        }
                         return None;
                     }
                     Ok(Ok(None)) => return Some(Outcome::Gone),

@@ -108,3 +108,55 @@ async fn a_master_closed_mid_session_is_reopened() {
     assert_eq!(r.stdout, format!("42 {pid}\n"));
     assert!(launcher.child.try_wait().unwrap().is_none());
 }
+
+#[tokio::test]
+async fn mounts_come_back_after_a_link_cut() {
+    let Some(env) = env_with_link() else { return };
+    let project = env.path("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(project.join("a.txt"), "before").unwrap();
+    let remote = env.path("remote-mnt/project");
+    let spec = format!("{}:{}", project.display(), remote.display());
+    let (mut launcher, info) = env.start_kernel(&["--mount-local-on-remote", &spec]);
+    let read = format!("print(open('{}/a.txt').read())", remote.display());
+    let mut c = ready_client(&info).await;
+    assert_eq!(c.execute(&read, STEP).await.unwrap().stdout, "before\n");
+    c.close();
+
+    env.host().link_down().unwrap();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    env.host().link_up().unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || launcher
+            .log()
+            .matches("mounted ")
+            .count()
+            >= 2),
+        "not mounted again:\n{}",
+        launcher.log()
+    );
+    std::fs::write(project.join("a.txt"), "after").unwrap();
+    let mut c = ready_client(&info).await;
+    assert_eq!(
+        c.execute(&read, STEP).await.unwrap().stdout,
+        "after\n",
+        "{}",
+        launcher.log()
+    );
+    let mount_point = remote.to_string_lossy().to_string();
+    let sshfs_for_it = || {
+        env.remote_processes(&mount_point)
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "sshfs")
+            })
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || sshfs_for_it() == 1),
+        "{} sshfs for the mount point",
+        sshfs_for_it()
+    );
+    assert!(launcher.child.try_wait().unwrap().is_none());
+}

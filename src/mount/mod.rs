@@ -97,6 +97,31 @@ struct Active {
 impl Mounts {
     /// Makes every mount of `settings` on the remote, before `deadline`; all or nothing.
     pub async fn start(master: &Master, settings: &Settings, deadline: Instant) -> Result<Mounts> {
+        Self::mount_all(master, settings, deadline, false).await
+    }
+
+    /// After a reconnection: the old channels are dead; mount everything again, taking over
+    /// the mount points from this kernel's earlier sshfs processes.
+    pub async fn remount(
+        &mut self,
+        master: &Master,
+        settings: &Settings,
+        deadline: Instant,
+    ) -> Result<()> {
+        if self.active.is_empty() {
+            return Ok(());
+        }
+        std::mem::take(self).stop().await;
+        *self = Self::mount_all(master, settings, deadline, true).await?;
+        Ok(())
+    }
+
+    async fn mount_all(
+        master: &Master,
+        settings: &Settings,
+        deadline: Instant,
+        takeover: bool,
+    ) -> Result<Mounts> {
         if settings.mounts.is_empty() {
             return Ok(Mounts::default());
         }
@@ -116,7 +141,8 @@ impl Mounts {
         }
         let mut mounts = Mounts::default();
         for (spec, export) in settings.mounts.iter().zip(exports) {
-            let line = remote::command_line(spec, settings.remote_sshfs.as_deref(), &source);
+            let line =
+                remote::command_line(spec, settings.remote_sshfs.as_deref(), &source, takeover);
             let mut child = remote::spawn(master, &line)?;
             let what = format!("mount {}", spec.remote);
             let stopping = Arc::new(AtomicBool::new(false));

@@ -42,7 +42,7 @@ find_sshfs() {
 
 /// $1 mode (passive|alias), $2 mount point, $3 sshfs ("" = PATH), $4 source, $5 -o options.
 const WRAPPER: &str = r#"
-mode=$1 mnt=$2 want=$3 src=$4 opts=$5
+mode=$1 mnt=$2 want=$3 src=$4 opts=$5 takeover=$6
 trap '' HUP PIPE
 tag() { printf 'sshpyk-mount %s\n' "$*" >&2; }
 fail() { tag error "$@"; exit 0; }
@@ -64,6 +64,22 @@ if [ -z "$sshfs" ]; then
   fail no-sshfs "$want does not exist or is not executable"
 fi
 why=$(fuse_check) || fail no-fuse "$why"
+# Who serves this mount point: "wrapper-pid sshfs-pid created-top-dir", in a private dir.
+states=${TMPDIR:-/tmp}/sshpyk-mounts-$(id -u)
+(umask 077; mkdir -p "$states") && [ -O "$states" ] || fail state "cannot use $states"
+state=$states/$(printf %s "$mnt" | cksum | cut -d' ' -f1)
+top=
+if [ -n "$takeover" ] && [ -f "$state" ]; then
+  # Reconnected after a network drop: the previous sshfs of this kernel hangs on a dead
+  # channel. Claim the mount point first, so that its wrapper leaves the cleanup to us.
+  read -r old_wrapper old_sshfs top < "$state"
+  echo "$$ - $top" > "$state"
+  kill -TERM "$old_sshfs" 2>/dev/null
+  n=0
+  while kill -0 "$old_sshfs" 2>/dev/null && [ $n -lt 30 ]; do sleep 0.1; n=$((n + 1)); done
+  kill -KILL "$old_sshfs" 2>/dev/null
+  if is_mounted "$mnt" || is_dead "$mnt"; then unmount "$mnt"; fi
+fi
 if is_dead "$mnt"; then
   unmount "$mnt"
   tag note "removed a stale mount left at $mnt by an earlier run"
@@ -74,7 +90,6 @@ while is_mounted "$mnt"; do
   if [ $n -ge 30 ]; then fail busy "$mnt is already a mount point"; fi
   sleep 0.1; n=$((n + 1))
 done
-top=
 if [ -e "$mnt" ] || [ -L "$mnt" ]; then
   [ -d "$mnt" ] || fail not-dir "$mnt exists and is not a directory"
   listing=$(ls -A "$mnt" 2>&1) || fail not-dir "$listing"
@@ -85,6 +100,10 @@ else
   out=$(mkdir -p "$mnt" 2>&1) || fail mkdir "$out"
 fi
 cleanup() {
+  read -r owner _ < "$state" 2>/dev/null
+  # Taken over by the wrapper of a reconnected launcher: the mount point is its now.
+  [ "$owner" = $$ ] || exit 0
+  rm -f "$state"
   if is_mounted "$mnt" || is_dead "$mnt"; then unmount "$mnt"; fi
   if [ -n "$top" ]; then
     d=$mnt
@@ -107,6 +126,7 @@ else
   watch=$!
 fi
 exec 3<&-
+echo "$$ $pid $top" > "$state"
 ready=
 while kill -0 $pid 2>/dev/null; do
   if is_mounted "$mnt"; then ready=1; tag ready; break; fi
@@ -166,7 +186,14 @@ pub fn sshfs_options(spec: &MountSpec, source: &Source) -> String {
 }
 
 /// The remote command line for one mount.
-pub fn command_line(spec: &MountSpec, sshfs: Option<&str>, source: &Source) -> String {
+/// `takeover`: this kernel's earlier sshfs for the mount point may still hang on a dead
+/// channel (after a network drop); end it and take the mount point over.
+pub fn command_line(
+    spec: &MountSpec,
+    sshfs: Option<&str>,
+    source: &Source,
+    takeover: bool,
+) -> String {
     let (mode, src) = match source {
         Source::Passive => ("passive", ":/".to_string()),
         Source::Alias(alias) => ("alias", format!("{alias}:{}", spec.local)),
@@ -178,6 +205,7 @@ pub fn command_line(spec: &MountSpec, sshfs: Option<&str>, source: &Source) -> S
         sshfs.unwrap_or(""),
         &src,
         &sshfs_options(spec, source),
+        if takeover { "1" } else { "" },
     ]
     .iter()
     .fold(
