@@ -349,6 +349,8 @@ fn bad_input_gets_one_clear_line_and_writes_nothing() {
     let venv = venv.to_str().unwrap();
     let config = config.to_str().unwrap();
     let missing_config = env.path("nope/config");
+    let unparsable_config = env.path("unparsable_config");
+    std::fs::write(&unparsable_config, "Host remote\n  Port notanumber\n").unwrap();
     let base = [
         "add",
         "--ssh-host-alias",
@@ -463,6 +465,16 @@ fn bad_input_gets_one_clear_line_and_writes_nothing() {
             ],
             3,
             "ssh client '/no/ssh' not found",
+        ),
+        (
+            vec![
+                "--remote-python-prefix",
+                venv,
+                "--ssh-config",
+                unparsable_config.to_str().unwrap(),
+            ],
+            3,
+            "cannot be parsed: expected port number; fix the file",
         ),
     ];
     for (extra, code, message) in cases {
