@@ -2,16 +2,17 @@
 //! embedded here), the session key, commands and the kernel's exit, in a single round trip.
 
 use std::collections::HashMap;
-use std::process::Stdio;
+use std::os::fd::AsFd;
 
 use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::net::unix::pipe;
 
 use crate::connection::{Channel, ConnectionInfo};
 use crate::error::{Error, Result};
-use crate::ssh::{process, Master};
+use crate::ssh::mux::MuxChannel;
+use crate::ssh::Master;
 
 pub mod probe;
 
@@ -54,7 +55,7 @@ while True:
         break
     os.write(1, data)"#;
 
-const RELAY_GONE: i32 = 3;
+const RELAY_GONE: u32 = 3;
 
 /// The remote command line that runs `python args...`.
 fn python_command(python: &str, args: &[&str]) -> String {
@@ -78,30 +79,16 @@ pub fn sh_command(script: &str, args: &[&str]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum Endpoint {
-    /// A port on the remote loopback, reached with `ssh -W`.
+    /// A port on the remote loopback, reached with a stdio forward through the master.
     Tcp(u16),
     /// A Unix socket in the 0700 run dir, reached through a relay.
     Ipc(String),
 }
 
-impl Endpoint {
-    /// The ssh command that connects its stdin/stdout to this endpoint over the master.
-    pub fn connect_command(&self, master: &Master, remote_python: &str) -> tokio::process::Command {
-        let mut cmd = master.command();
-        match self {
-            Endpoint::Tcp(port) => {
-                cmd.arg("-W")
-                    .arg(format!("127.0.0.1:{port}"))
-                    .arg(master.alias());
-            }
-            Endpoint::Ipc(path) => {
-                cmd.arg("-T")
-                    .arg(master.alias())
-                    .arg(python_command(remote_python, &["-S", "-c", RELAY, path]));
-            }
-        }
-        cmd
-    }
+/// The remote command line that connects its stdin/stdout to the Unix socket at `path` (an ipc
+/// endpoint, or the supervisor's socket). It exits with `RELAY_GONE` when nothing listens there.
+pub fn relay_command(remote_python: &str, path: &str) -> String {
+    python_command(remote_python, &["-S", "-c", RELAY, path])
 }
 
 /// What the supervisor reports once the kernel's sockets are up.
@@ -166,33 +153,50 @@ pub struct StartRequest<'a> {
     pub ping_interval: std::time::Duration,
 }
 
-/// The open session with the remote supervisor. Dropping it kills the local ssh client, which
-/// ends the lease: the supervisor then starts its orphan countdown (or, before `arm`, kills the
-/// kernel at once).
+/// The open session with the remote supervisor, a channel of the master. Dropping it closes
+/// the channel (so does the kernel when the launcher dies, even by SIGKILL), which ends the
+/// lease: the supervisor then starts its orphan countdown (or, before `arm`, kills the kernel at
+/// once).
 pub struct Session {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
+    channel: MuxChannel,
+    stdin: pipe::Sender,
+    lines: Lines<BufReader<pipe::Receiver>>,
 }
 
 impl Session {
-    /// One ssh session over the master running `remote_command`, its stdio ours.
-    fn spawn(master: &Master, remote_command: &str) -> Result<Session> {
-        let mut cmd = master.command();
-        cmd.arg("-T").arg(master.alias()).arg(remote_command);
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        process::tie_to_parent(&mut cmd);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| crate::ssh::config::spawn_error("ssh", e))?;
-        let stdin = child.stdin.take().expect("piped stdin");
-        let lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    /// One session over the master running `remote_command`: its stdin and stdout are pipes to
+    /// us, its stderr is ours.
+    async fn spawn(master: &Master, remote_command: &str) -> Result<Session> {
+        let local = |e: std::io::Error| Error::Local(format!("cannot set up a session: {e}"));
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| local(e.into()));
+        let (stdin_remote, stdin_local) = pipe()?;
+        let (stdout_local, stdout_remote) = pipe()?;
+        // Our stderr, so that what the remote side prints there reaches the launcher's log
+        // (or nowhere, when we have none).
+        let stderr = match std::io::stderr().as_fd().try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(_) => std::fs::File::open("/dev/null").map_err(local)?.into(),
+        };
+        let stdin = pipe::Sender::from_owned_fd(stdin_local).map_err(local)?;
+        let stdout = pipe::Receiver::from_owned_fd(stdout_local).map_err(local)?;
+        let channel = MuxChannel::session(
+            master.control_socket(),
+            remote_command,
+            stdin_remote,
+            stdout_remote,
+            stderr,
+        )
+        .await
+        .map_err(|e| {
+            Error::Ssh(format!(
+                "cannot open a session to '{}' through its ssh connection: {e}",
+                master.alias()
+            ))
+        })?;
         Ok(Session {
-            child,
+            channel,
             stdin,
-            lines,
+            lines: BufReader::new(stdout).lines(),
         })
     }
 
@@ -200,7 +204,8 @@ impl Session {
         let mut session = Session::spawn(
             master,
             &python_command(req.remote_python, &["-u", "-c", LOADER]),
-        )?;
+        )
+        .await?;
         // Source, then the config line holding the key: both through stdin, never argv.
         let config = json!({
             "key": req.info.key,
@@ -225,10 +230,9 @@ impl Session {
     async fn read_ready(&mut self, alias: &str, req: &StartRequest<'_>) -> Result<Ready> {
         loop {
             let Some(line) = self.next_line().await else {
-                let status = self.child.wait().await.ok().and_then(|s| s.code());
-                return Err(Error::Ssh(match status {
-                    Some(255) => format!("the ssh connection to '{alias}' failed while starting the kernel; see the ssh message above"),
-                    _ => format!("the remote side of '{alias}' ended before the kernel started (status {status:?}); run with -vv for details"),
+                return Err(Error::Ssh(match self.channel.exit_status().await {
+                    Ok(Some(status)) => format!("the remote side of '{alias}' ended before the kernel started (status {status}); see the messages above, or run with -vv for details"),
+                    Ok(None) | Err(_) => format!("the ssh connection to '{alias}' was lost while starting the kernel"),
                 }));
             };
             if line == "sshpyk-no-python" {
@@ -290,14 +294,15 @@ impl Session {
         let mut session = Session::spawn(
             master,
             &python_command(remote_python, &["-u", "-c", RELAY, &socket]),
-        )?;
+        )
+        .await?;
         if let Some(msg) = session.next_line().await.as_deref().and_then(parse_message) {
             if msg["sshpyk"] == "attached" {
                 return Ok(Some(session));
             }
         }
-        match session.child.wait().await.ok().and_then(|s| s.code()) {
-            Some(RELAY_GONE) => Ok(None),
+        match session.channel.exit_status().await {
+            Ok(Some(RELAY_GONE)) => Ok(None),
             _ => Err(Error::Ssh(format!(
                 "could not reach the remote supervisor on '{}' again",
                 master.alias()

@@ -61,8 +61,22 @@ pub struct EffectiveConfig {
 
 impl EffectiveConfig {
     pub async fn query(ssh: &str, config: &Path, alias: &str) -> Result<Self> {
+        Self::query_with(ssh, config, alias, &[]).await
+    }
+
+    /// `ssh -G` with extra `-o` options (which take precedence over the config file).
+    pub async fn query_with(
+        ssh: &str,
+        config: &Path,
+        alias: &str,
+        options: &[String],
+    ) -> Result<Self> {
         let mut cmd = tokio::process::Command::new(ssh);
-        cmd.arg("-G").arg("-T").arg("-F").arg(config).arg(alias);
+        cmd.arg("-G").arg("-T").arg("-F").arg(config);
+        for option in options {
+            cmd.arg("-o").arg(option);
+        }
+        cmd.arg(alias);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,21 +1,24 @@
 //! The five local ports. The launcher binds them itself and, for each accepted connection, hands
-//! the socket to `ssh -W` riding the master: bytes then flow between the socket and the master
-//! with no copy in between, and nothing outlives the launcher. (Forwards added with
-//! `ssh -O forward` would belong to the master and keep the ports bound after a SIGKILL.)
+//! the socket to the master over its control socket (the mux protocol, as `ssh -W` would): bytes
+//! then flow between the socket and the master with no copy and no process in between, and the
+//! channel ends when our control connection closes, so nothing outlives the launcher. (Forwards
+//! added with `ssh -O forward` would belong to the master and keep the ports bound after a
+//! SIGKILL.)
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::os::fd::OwnedFd;
-use std::process::Stdio;
+use std::path::PathBuf;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::{process, Master};
+use super::mux::MuxChannel;
+use super::Master;
 use crate::connection::{Channel, ConnectionInfo};
 use crate::error::{Error, Result};
-use crate::remote::Endpoint;
+use crate::remote::{relay_command, Endpoint};
 
 /// The five listeners, bound before anything touches the network so that a port in use fails
 /// at once.
@@ -54,15 +57,15 @@ fn bind_reusable(addr: SocketAddr) -> std::io::Result<StdListener> {
     socket.listen(128)?.into_std()
 }
 
-/// Accept loops and their `ssh -W` children. Dropping it stops accepting and kills every child
-/// (kill_on_drop); a SIGKILLed launcher's children get PDEATHSIG.
+/// Accept loops and their channels. Dropping it stops accepting and closes every channel's
+/// control connection, which ends the channel; so does the kernel for a SIGKILLed launcher.
 pub struct Forwarder {
     tasks: JoinSet<()>,
 }
 
 impl Forwarder {
     /// `link` says whether the master is up: while it is down (reconnecting), connections wait
-    /// in the listen backlog instead of spawning ssh clients that could only fail.
+    /// in the listen backlog instead of asking for channels that could only fail.
     pub fn start(
         listeners: Listeners,
         master: &Master,
@@ -80,7 +83,7 @@ impl Forwarder {
             })?;
             let target = Target {
                 endpoint: endpoint.clone(),
-                master: master.clone(),
+                control_socket: master.control_socket().to_owned(),
                 remote_python: remote_python.to_string(),
             };
             listener
@@ -100,9 +103,10 @@ impl Forwarder {
 }
 
 /// Where one local port leads.
+#[derive(Clone)]
 struct Target {
     endpoint: Endpoint,
-    master: Master,
+    control_socket: PathBuf,
     remote_python: String,
 }
 
@@ -117,8 +121,7 @@ async fn accept_loop(
         if link.wait_for(|up| *up).await.is_err() {
             return;
         }
-        // Stop accepting the moment the link goes down: an ssh client started without a master
-        // would open a direct connection of its own.
+        // Stop accepting the moment the link goes down: the channel could only fail.
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = link.wait_for(|up| !*up) => continue,
@@ -132,38 +135,50 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        match spawn_channel(&target, stream) {
-            Ok(mut child) => {
-                tracing::debug!(
-                    "{} channel for {peer} → {:?}",
-                    channel.name(),
-                    target.endpoint
-                );
-                channels.spawn(async move {
-                    let _ = child.wait().await;
-                });
+        let target = target.clone();
+        // Each channel lives in its task until the master ends it; dropping the task (the
+        // forwarder stopped) closes its control connection, and the master then ends it too.
+        channels.spawn(async move {
+            let name = channel.name();
+            let mut mux = match open_channel(&target, stream).await {
+                Ok(mux) => mux,
+                Err(e) => {
+                    tracing::warn!("{name} channel for {peer} failed: {e}");
+                    return;
+                }
+            };
+            tracing::debug!("{name} channel for {peer} → {:?}", target.endpoint);
+            match mux.exit_status().await {
+                Ok(status) => {
+                    tracing::debug!("{name} channel for {peer} closed (status {status:?})")
+                }
+                Err(e) => tracing::debug!("{name} channel for {peer}: {e}"),
             }
-            Err(e) => tracing::warn!("{} channel for {peer} failed: {e}", channel.name()),
-        }
+        });
         // Reap finished channels without waiting for them.
         while channels.try_join_next().is_some() {}
     }
 }
 
-fn spawn_channel(
+/// Hands the accepted socket to the master: a stdio forward to a port on the remote loopback,
+/// or a session running the relay to a Unix socket.
+async fn open_channel(
     target: &Target,
     stream: tokio::net::TcpStream,
-) -> std::io::Result<tokio::process::Child> {
+) -> std::io::Result<MuxChannel> {
     let stream = stream.into_std()?;
-    // ssh (or the master it hands the socket to) sets its own modes; start from the default.
+    // The master sets the modes it wants; start from the default.
     stream.set_nonblocking(false)?;
     let socket: OwnedFd = stream.into();
-    let mut cmd = target
-        .endpoint
-        .connect_command(&target.master, &target.remote_python);
-    cmd.stdin(Stdio::from(socket.try_clone()?))
-        .stdout(Stdio::from(socket))
-        .stderr(Stdio::null());
-    process::tie_to_parent(&mut cmd);
-    cmd.spawn()
+    match &target.endpoint {
+        Endpoint::Tcp(port) => {
+            MuxChannel::stdio_forward(&target.control_socket, *port, socket).await
+        }
+        Endpoint::Ipc(path) => {
+            let command = relay_command(&target.remote_python, path);
+            let stderr = OwnedFd::from(std::fs::File::open("/dev/null")?);
+            let stdout = socket.try_clone()?;
+            MuxChannel::session(&target.control_socket, &command, socket, stdout, stderr).await
+        }
+    }
 }

@@ -21,7 +21,10 @@ pub struct Master {
     ssh: String,
     config: PathBuf,
     alias: String,
+    /// The ControlPath given to ssh (maybe a pattern with `%C`).
     control_path: String,
+    /// Where the master's control socket really is: `control_path` as ssh expands it.
+    control_socket: PathBuf,
     /// ControlPersist to open the master with.
     persist: String,
     runtime_dir: PathBuf,
@@ -38,11 +41,28 @@ impl Master {
         alias: &str,
         ssh_verbose: bool,
     ) -> Result<Self> {
-        let effective = EffectiveConfig::query(ssh, config, alias).await?;
         let runtime_dir = crate::runtime::dir()?;
-        let control_path = match effective.control_path() {
-            Some(path) => path.to_string(),
-            None => format!("{}/cm-%C", runtime_dir.display()),
+        let private = format!("{}/cm-%C", runtime_dir.display());
+        // Both at once: the second tells where ssh puts our private socket, for when the
+        // config names none.
+        let with_private = [format!("ControlPath={private}")];
+        let (effective, expanded) = tokio::join!(
+            EffectiveConfig::query(ssh, config, alias),
+            EffectiveConfig::query_with(ssh, config, alias, &with_private),
+        );
+        let effective = effective?;
+        // `ssh -G` prints ControlPath expanded (tokens, `~`).
+        let (control_path, control_socket) = match effective.control_path() {
+            Some(path) => (path.to_string(), PathBuf::from(path)),
+            None => {
+                let expanded = expanded?;
+                let socket = expanded.control_path().ok_or_else(|| {
+                    Error::Ssh(format!(
+                        "`{ssh} -G` reports no ControlPath for '{alias}' where sshpyk set one"
+                    ))
+                })?;
+                (private, PathBuf::from(socket))
+            }
         };
         let persist = match effective.get("controlpersist") {
             Some(p) if p != "no" && p != "0" => p.to_string(),
@@ -53,6 +73,7 @@ impl Master {
             config: config.to_owned(),
             alias: alias.to_string(),
             control_path,
+            control_socket,
             persist,
             runtime_dir,
             effective,
@@ -62,6 +83,11 @@ impl Master {
 
     pub fn alias(&self) -> &str {
         &self.alias
+    }
+
+    /// The master's control socket, for channels opened with the mux protocol ([`super::mux`]).
+    pub fn control_socket(&self) -> &Path {
+        &self.control_socket
     }
 
     pub fn effective(&self) -> &EffectiveConfig {
@@ -91,10 +117,17 @@ impl Master {
 
     pub async fn is_up(&self) -> bool {
         let mut cmd = self.command();
+        // Channels are opened without any ssh process: at -vvv this check is where ssh's own
+        // debug output (config, control socket) shows.
+        let stderr = if self.ssh_verbose {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
         cmd.args(["-O", "check"])
             .arg(&self.alias)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(stderr);
         matches!(tokio::time::timeout(Duration::from_secs(5), cmd.status()).await, Ok(Ok(s)) if s.success())
     }
 

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod forward;
 pub mod master;
+pub mod mux;
 pub mod process;
 
 pub use config::{declared_aliases, EffectiveConfig};
