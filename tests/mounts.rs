@@ -310,18 +310,12 @@ async fn read_only_mounts_refuse_writes_and_two_mounts_work_at_once() {
     let existing = env.path("remote-data");
     std::fs::create_dir_all(&existing).unwrap();
     let created = env.path("remote-code");
-    let kernel = env.add_kernel(
-        "k",
-        &[
-            "--mount-local-on-remote",
-            &spec(&code, &created, ""),
-            "--mount-local-on-remote",
-            &spec(&data, &existing, "ro"),
-        ],
-    );
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(START);
+    let (mut launcher, info) = env.start_kernel(&[
+        "--mount-local-on-remote",
+        &spec(&code, &created, ""),
+        "--mount-local-on-remote",
+        &spec(&data, &existing, "ro"),
+    ]);
     assert!(launcher.log().contains("mounting 2 local dir(s)"));
     assert!(is_mounted(&env, &created) && is_mounted(&env, &existing));
     let mut c = client(&info).await;
@@ -492,13 +486,8 @@ async fn a_mount_that_dies_under_a_running_kernel_is_cleaned_and_reported() {
     let local = project(&env, "project");
     let parent = env.path("remote-mnt");
     let remote = parent.join("p");
-    let kernel = env.add_kernel(
-        "k",
-        &["--mount-local-on-remote", &spec(&local, &remote, "")],
-    );
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(START);
+    let (mut launcher, info) =
+        env.start_kernel(&["--mount-local-on-remote", &spec(&local, &remote, "")]);
     let daemons = sshfs_daemons(&env);
     assert_eq!(daemons.len(), 1, "{daemons:?}");
     nix::sys::signal::kill(
@@ -646,18 +635,12 @@ async fn compatibility_mode_reaches_back_with_the_remotes_own_ssh() {
     // The remote reaches "this machine" through its own ssh: here, the test host's sshd, which
     // serves the same filesystem; its client config is given to sshfs as the remote's.
     let ssh_command = format!("ssh_command=ssh -F {}", env.ssh_config().display());
-    let kernel = env.add_kernel(
-        "k",
-        &[
-            "--ssh-host-alias-local-on-remote",
-            "remote",
-            "--mount-local-on-remote",
-            &spec(&local, &remote, &ssh_command),
-        ],
-    );
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(START);
+    let (mut launcher, info) = env.start_kernel(&[
+        "--ssh-host-alias-local-on-remote",
+        "remote",
+        "--mount-local-on-remote",
+        &spec(&local, &remote, &ssh_command),
+    ]);
     let mut c = client(&info).await;
     let r = remote.display();
     assert_eq!(

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::MountSpec;
 use crate::error::{Error, Result};
-use crate::remote::shell_quote;
+use crate::remote::sh_command;
 use crate::ssh::{process, Master};
 
 /// The line after which the session's stdout is SFTP.
@@ -198,19 +198,16 @@ pub fn command_line(
         Source::Passive => ("passive", ":/".to_string()),
         Source::Alias(alias) => ("alias", format!("{alias}:{}", spec.local)),
     };
-    let script = format!("{FUNCTIONS}{WRAPPER}");
-    [
-        mode,
-        &spec.remote,
-        sshfs.unwrap_or(""),
-        &src,
-        &sshfs_options(spec, source),
-        if takeover { "1" } else { "" },
-    ]
-    .iter()
-    .fold(
-        format!("exec sh -c {} sshpyk", shell_quote(&script)),
-        |line, arg| format!("{line} {}", shell_quote(arg)),
+    sh_command(
+        &format!("{FUNCTIONS}{WRAPPER}"),
+        &[
+            mode,
+            &spec.remote,
+            sshfs.unwrap_or(""),
+            &src,
+            &sshfs_options(spec, source),
+            if takeover { "1" } else { "" },
+        ],
     )
 }
 
@@ -382,21 +379,8 @@ impl RemoteMountFacts {
 }
 
 pub async fn probe(master: &Master, sshfs: &[String]) -> Result<RemoteMountFacts> {
-    let mut line = format!(
-        "exec sh -c {} sshpyk",
-        shell_quote(&format!("{FUNCTIONS}{PROBE}"))
-    );
-    for s in sshfs {
-        line.push(' ');
-        line.push_str(&shell_quote(s));
-    }
-    let mut cmd = master.command();
-    cmd.arg("-T").arg(master.alias()).arg(line);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let output = cmd
-        .output()
-        .await
-        .map_err(|e| crate::ssh::config::spawn_error("ssh", e))?;
+    let sshfs: Vec<&str> = sshfs.iter().map(String::as_str).collect();
+    let output = crate::remote::run_sh(master, &format!("{FUNCTIONS}{PROBE}"), &sshfs).await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let mut facts = RemoteMountFacts {
         fuse: Err("the remote did not answer the FUSE check".into()),

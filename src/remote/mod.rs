@@ -64,6 +64,19 @@ fn python_command(python: &str, args: &[&str]) -> String {
     sh_command(RUN_PYTHON, &words)
 }
 
+/// Runs a POSIX sh `script` with `args` on the remote over the master, and collects its output.
+pub async fn run_sh(master: &Master, script: &str, args: &[&str]) -> Result<std::process::Output> {
+    let mut cmd = master.command();
+    cmd.arg("-T")
+        .arg(master.alias())
+        .arg(sh_command(script, args));
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd.output()
+        .await
+        .map_err(|e| crate::ssh::config::spawn_error("ssh", e))
+}
+
 /// A remote command line running a POSIX sh `script` with `args` as `$1...`, whatever the
 /// remote login shell: every word quoted.
 pub fn sh_command(script: &str, args: &[&str]) -> String {

@@ -2,11 +2,9 @@
 //! each remote python whether it has jupyter_client and which kernelspecs it sees.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 
 use serde::Deserialize;
 
-use super::sh_command;
 use crate::error::{Error, Result};
 use crate::ssh::Master;
 
@@ -94,16 +92,9 @@ impl PythonFacts {
 
 /// Runs the probe for `pythons` over the (already open) master.
 pub async fn probe(master: &Master, pythons: &[&str]) -> Result<RemoteFacts> {
-    let mut cmd = master.command();
     let mut args = vec![PROBE];
     args.extend_from_slice(pythons);
-    let remote = sh_command(SCRIPT, &args);
-    cmd.arg("-T").arg(master.alias()).arg(remote);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let output = cmd
-        .output()
-        .await
-        .map_err(|e| crate::ssh::config::spawn_error("ssh", e))?;
+    let output = super::run_sh(master, SCRIPT, &args).await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() && !stdout.contains("sshpyk-uname") {
         return Err(Error::Ssh(format!(
