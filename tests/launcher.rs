@@ -373,3 +373,40 @@ async fn sigint_interrupts_a_message_mode_kernel_too() {
         launcher.log()
     );
 }
+
+#[tokio::test]
+async fn a_master_killed_with_sigkill_leaves_a_stale_socket_that_is_replaced() {
+    let env = Env::with_host();
+    env.add_kernel("k", &[]);
+    let masters = || -> Vec<i32> {
+        let config = env.ssh_config().to_string_lossy().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                    .is_ok_and(|c| c.contains(&config) && c.contains("ControlMaster=yes"))
+            })
+            .collect()
+    };
+    let before = masters();
+    assert_eq!(before.len(), 1, "add opens one master");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(before[0]), Signal::SIGKILL).unwrap();
+    assert!(eventually(Duration::from_secs(5), || masters().is_empty()));
+    let sockets = std::fs::read_dir(env.path("rt"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("cm-"))
+        .count();
+    assert_eq!(sockets, 1, "the dead master's socket file is left behind");
+
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch("k", &conn);
+    launcher.wait_ready(START);
+    let mut c = ready_client(&info).await;
+    assert_eq!(c.execute("print(1)", STEP).await.unwrap().stdout, "1\n");
+    // One new master, and no plain connection left in the background.
+    assert_eq!(masters().len(), 1, "{}", launcher.log());
+}

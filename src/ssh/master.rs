@@ -111,7 +111,8 @@ impl Master {
         if self.ssh_verbose {
             cmd.arg("-v");
         }
-        cmd.stdin(Stdio::null()).kill_on_drop(true);
+        // Out of our process group: Jupyter's interrupt (SIGINT to our group) is not for them.
+        cmd.stdin(Stdio::null()).kill_on_drop(true).process_group(0);
         cmd
     }
 
@@ -139,6 +140,17 @@ impl Master {
             tracing::debug!("reusing the ControlMaster of '{}'", self.alias);
             return Ok(());
         }
+        if !self.remove_stale_socket()? {
+            // Something listens there: a master that was busy a moment ago, or not ours.
+            if self.is_up().await {
+                return Ok(());
+            }
+            return Err(Error::Ssh(format!(
+                "the ControlMaster at {} does not answer; close it with `ssh -O exit {}` and try again",
+                self.control_socket.display(),
+                self.alias
+            )));
+        }
         let log = tempfile::Builder::new()
             .prefix("master-")
             .suffix(".log")
@@ -156,17 +168,47 @@ impl Master {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            .process_group(0);
         let status = match tokio::time::timeout_at(deadline, cmd.status()).await {
             Ok(status) => status.map_err(|e| spawn_error(&self.ssh, e))?,
             Err(_) => return Err(self.timeout_error(budget)),
         };
         if status.success() {
+            // ssh backgrounds a plain connection when it cannot create the socket: not a master.
+            if !self.is_up().await {
+                return Err(Error::Ssh(format!(
+                    "ssh connected to '{}' but no ControlMaster answers at {}; check that the ControlPath directory is writable",
+                    self.alias,
+                    self.control_socket.display()
+                )));
+            }
             tracing::debug!("opened a ControlMaster for '{}'", self.alias);
             return Ok(());
         }
         let text = std::fs::read_to_string(log.path()).unwrap_or_default();
         Err(self.classify_failure(&text))
+    }
+
+    /// A socket file left by a master that died (SIGKILL, crash, reboot) makes ssh refuse to
+    /// create a new one (it would background a plain connection instead): remove it when nothing
+    /// listens there. `false` when something does listen.
+    fn remove_stale_socket(&self) -> Result<bool> {
+        match std::os::unix::net::UnixStream::connect(&self.control_socket) {
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                tracing::debug!(
+                    "removing the stale control socket {}",
+                    self.control_socket.display()
+                );
+                std::fs::remove_file(&self.control_socket).map_err(Error::io(format!(
+                    "cannot remove the stale control socket {}",
+                    self.control_socket.display()
+                )))?;
+                Ok(true)
+            }
+            Err(_) => Ok(true),
+        }
     }
 
     /// Closes the master (used by tests and by `list` cleanup of masters it opened).
