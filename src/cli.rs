@@ -82,9 +82,12 @@ pub struct SpecArgs {
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {
+    let (min, max) = crate::kernelspec::TIMEOUT_RANGE;
     match text.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!("'{text}' is not a positive number of seconds")),
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "'{text}' is not a number of seconds from {min} to {max}"
+        )),
     }
 }
 

@@ -12,6 +12,8 @@ use crate::mount::MountSpec;
 /// The key under `metadata` that holds our settings; its `version` says how to read them.
 pub const METADATA_KEY: &str = "sshpyk";
 pub const SETTINGS_VERSION: u32 = 1;
+/// Timeouts, in seconds, that the launcher can use (a year at most, so that no deadline overflows).
+pub const TIMEOUT_RANGE: (f64, f64) = (0.1, 31_536_000.0);
 
 /// Everything the launcher needs to start one remote kernel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +36,25 @@ pub struct Settings {
     pub remote_sshfs: Option<String>,
     #[serde(default)]
     pub ssh_host_alias_local_on_remote: Option<String>,
+}
+
+impl Settings {
+    /// A hand-edited kernel.json may hold any number; the launcher needs sane durations.
+    fn check_timeouts(&self) -> Result<()> {
+        let (min, max) = TIMEOUT_RANGE;
+        for (name, value) in [
+            ("launch_timeout", self.launch_timeout),
+            ("shutdown_timeout", self.shutdown_timeout),
+            ("orphan_timeout", self.orphan_timeout),
+        ] {
+            if !(min..=max).contains(&value) {
+                return Err(Error::Invalid(format!(
+                    "sshpyk setting {name} = {value} is out of range ({min} to {max} s); fix it with `sshpyk edit`"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A kernel.json, keeping fields we do not know so that editing never loses them.
@@ -60,7 +81,7 @@ impl KernelJson {
                 .map_err(|e| Error::Invalid(format!("sshpyk settings cannot be read: {e}")))
                 .and_then(|s| {
                     if s.version == SETTINGS_VERSION {
-                        Ok(s)
+                        s.check_timeouts().map(|()| s)
                     } else {
                         Err(Error::Invalid(format!(
                             "sshpyk settings version {} is not supported by this sshpyk (expects {SETTINGS_VERSION}); upgrade sshpyk",
@@ -296,6 +317,17 @@ mod tests {
             spec.spec.argv.last().map(String::as_str),
             Some("{connection_file}")
         );
+    }
+
+    #[test]
+    fn hand_edited_timeouts_out_of_range_are_refused() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernelspecs/ssh_gpu_python3");
+        let mut spec = Kernelspec::read(&dir).unwrap().spec;
+        let mut settings = spec.settings().unwrap().unwrap();
+        settings.orphan_timeout = 0.0;
+        spec.set_settings(&settings);
+        let err = spec.settings().unwrap().unwrap_err().to_string();
+        assert!(err.contains("orphan_timeout = 0 is out of range"), "{err}");
     }
 
     #[test]

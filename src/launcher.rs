@@ -26,6 +26,7 @@ use crate::ssh::Master;
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// Budget of one reconnection attempt; short, so that a returning link is noticed quickly.
 const RECONNECT_ATTEMPT: Duration = Duration::from_secs(2);
+const RECONNECT_MAX_ATTEMPT: Duration = Duration::from_secs(10);
 const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
 /// The longest the launcher waits between two lease renewals.
 const MAX_PING_INTERVAL: Duration = Duration::from_secs(30);
@@ -245,10 +246,13 @@ impl Running {
         let mut delay = Duration::from_millis(100);
         for attempt in 1.. {
             tracing::warn!("connection lost, reconnecting (attempt {attempt})");
+            // Short at first, so that a returning link is found quickly; longer later, so that a
+            // slow host (ProxyJump, slow authentication) gets the time it needs.
+            let budget = (RECONNECT_ATTEMPT * 2u32.saturating_pow(attempt.min(8) - 1))
+                .min(Duration::from_secs_f64(self.settings.launch_timeout).max(RECONNECT_ATTEMPT))
+                .min(RECONNECT_MAX_ATTEMPT);
             let try_once = async {
-                self.master
-                    .ensure(Instant::now() + RECONNECT_ATTEMPT)
-                    .await?;
+                self.master.ensure(Instant::now() + budget).await?;
                 Session::attach(
                     &self.master,
                     &self.settings.remote_python,
@@ -257,7 +261,7 @@ impl Running {
                 .await
             };
             tokio::select! {
-                result = tokio::time::timeout(RECONNECT_ATTEMPT * 2, try_once) => match result {
+                result = tokio::time::timeout(budget + RECONNECT_ATTEMPT, try_once) => match result {
                     Ok(Ok(Some(session))) => {
                         self.session = session;
                         self.link.send_replace(true);

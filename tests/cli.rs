@@ -505,3 +505,26 @@ fn bad_input_gets_one_clear_line_and_writes_nothing() {
         .code(3)
         .stderr(predicate::str::contains("kernel 'ghost' not found"));
 }
+
+#[test]
+fn timeouts_out_of_range_are_refused() {
+    let env = Env::local();
+    for value in ["0", "1e300", "-5", "soon"] {
+        env.sshpyk()
+            .args([
+                "add",
+                "--ssh-host-alias",
+                "x",
+                "--remote-kernel-name",
+                "k",
+                "--remote-python",
+                "/p",
+            ])
+            .arg(format!("--orphan-timeout={value}"))
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(
+                "is not a number of seconds from 0.1 to 31536000",
+            ));
+    }
+}

@@ -165,3 +165,40 @@ fn an_unwritable_remote_runtime_dir_is_reported() {
         .code(5)
         .stderr(predicates::str::contains("is not writable"));
 }
+
+#[test]
+fn a_kernel_that_never_listens_is_bounded_and_cleaned_up() {
+    let env = Env::with_host();
+    let spec_dir = env.path("remote-data/kernels/stuck");
+    std::fs::create_dir_all(&spec_dir).unwrap();
+    let spec = serde_json::json!({
+        "argv": [common::venv_python(), "-c", "import time; time.sleep(600)  # stuck kernel", "{connection_file}"],
+        "display_name": "Stuck", "language": "python",
+    });
+    std::fs::write(spec_dir.join("kernel.json"), spec.to_string()).unwrap();
+    env.sshpyk()
+        .args([
+            "add",
+            "--kernel-name",
+            "k",
+            "--ssh-host-alias",
+            "remote",
+            "--remote-kernel-name",
+            "stuck",
+        ])
+        .args(["--launch-timeout", "3", "--remote-python-prefix"])
+        .arg(common::venv())
+        .arg("--ssh-config")
+        .arg(env.ssh_config())
+        .assert()
+        .success();
+    let (code, line) = launch_with(&env, |_| {});
+    assert_eq!(code, Some(6), "{line}");
+    assert!(line.contains("did not finish within 3 s"), "{line}");
+    assert!(
+        eventually(Duration::from_secs(5), || env
+            .remote_processes("stuck kernel")
+            .is_empty()),
+        "the stuck kernel was left running"
+    );
+}

@@ -39,7 +39,7 @@ GONE = 3
 s = socket.socket(socket.AF_UNIX)
 try:
     s.connect(sys.argv[1])
-except OSError:
+except (FileNotFoundError, ConnectionRefusedError):
     sys.exit(GONE)
 def up():
     while True:

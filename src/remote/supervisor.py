@@ -13,6 +13,7 @@
 # group, remove every file we made, report, exit.
 import json
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -79,8 +80,11 @@ def find_kernelspec(name):
             if entry.lower() == name.lower():
                 path = os.path.join(base, entry, "kernel.json")
                 if os.path.isfile(path):
-                    with open(path) as f:
-                        spec = json.load(f)
+                    try:
+                        with open(path, encoding="utf-8") as f:
+                            spec = json.load(f)
+                    except (OSError, ValueError) as e:
+                        raise Fatal("bad_kernelspec", "remote kernelspec %s cannot be read: %s" % (path, e))
                     spec["resource_dir"] = os.path.join(base, entry)
                     return spec
     # jupyter_client offers ipykernel as "python3" even without a kernel.json on disk.
@@ -172,6 +176,11 @@ def write_connection_file(run_dir, config, transport):
     return path, endpoints
 
 
+def launcher_gone(wait=0.01):
+    """Whether stdin became readable (EOF: nothing else is sent before "ready") within `wait`."""
+    return bool(select.select([0], [], [], wait)[0])
+
+
 def listening(endpoint):
     """A Unix socket path or a loopback TCP port that accepts connections."""
     family, address = (socket.AF_UNIX, endpoint) if isinstance(endpoint, str) else (socket.AF_INET, ("127.0.0.1", endpoint))
@@ -179,7 +188,10 @@ def listening(endpoint):
         return s.connect_ex(address) == 0
 
 
-def set_pdeathsig():
+def prepare_kernel():
+    # We ignore SIGINT and SIGHUP; the kernel must get the defaults back (interrupts!).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     # The kernel must not outlive its guard, even if the guard is killed with SIGKILL.
     try:
         import ctypes
@@ -219,7 +231,7 @@ class Supervisor:
         try:
             self.kernel = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                start_new_session=True, env=env, cwd=os.path.expanduser("~"), preexec_fn=set_pdeathsig,
+                start_new_session=True, env=env, cwd=os.path.expanduser("~"), preexec_fn=prepare_kernel,
             )
         except OSError as e:
             raise Fatal("kernel_start", "cannot start remote kernel %s: %s" % (argv[0], e.strerror))
@@ -248,11 +260,12 @@ class Supervisor:
 
     def wait_listening(self, endpoints):
         # Report ready only once the kernel listens: a forward to a closed endpoint would fail.
+        # The launcher sends nothing before "ready", so a readable stdin means it gave up.
         pending = set(endpoints)
         while pending and self.kernel.poll() is None:
             pending = {e for e in pending if not listening(e)}
-            if pending:
-                time.sleep(0.01)
+            if pending and launcher_gone():
+                raise Fatal("abandoned", "the launcher gave up before the kernel listened")
 
     def kill_kernel(self):
         if self.kernel and self.kernel.poll() is None:
@@ -331,6 +344,8 @@ class Supervisor:
                     expires = time.monotonic() + lease
                     channel.send(sshpyk="attached", pid=self.kernel.pid)
                 elif key.data == "channel":
+                    if key.fileobj is not channel:
+                        continue  # the channel an attach just replaced
                     lines = channel.read_lines()
                     if lines is None:
                         self.sel.unregister(channel)
@@ -354,10 +369,12 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: (sup.kill_kernel(), sup.cleanup(), os._exit(1)))
     try:
         ready = sup.start()
-    except Fatal as e:
+    except Exception as e:
+        # Whatever went wrong, nothing stays behind (the run dir holds the key).
         sup.kill_kernel()
         sup.cleanup()
-        channel.send(sshpyk="error", kind=e.kind, message=str(e))
+        kind, message = (e.kind, str(e)) if isinstance(e, Fatal) else ("internal", "remote supervisor failed: %s: %s" % (type(e).__name__, e))
+        channel.send(sshpyk="error", kind=kind, message=message)
         return
     if sup.kernel.poll() is not None:
         sup.kernel.wait()
@@ -366,7 +383,11 @@ def main():
         channel.send(sshpyk="exited", **sup.exit_message())
         return
     channel.send(sshpyk="ready", **ready)
-    sup.serve(channel)
+    try:
+        sup.serve(channel)
+    finally:
+        sup.kill_kernel()
+        sup.cleanup()
 
 
 main()
