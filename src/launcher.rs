@@ -331,10 +331,18 @@ impl Running {
             }
             std::future::pending::<()>().await
         };
-        tokio::select! {
-            event = session.next_event() => return outcome_of(event),
-            _ = tokio::time::sleep_until(deadline) => {}
-            _ = ask => unreachable!(),
+        tokio::pin!(ask);
+        // The lease keeps being renewed: a shutdown may take longer than the orphan timeout.
+        let mut ping = tokio::time::interval(ping_interval(&self.settings));
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                event = session.next_event() => return outcome_of(event),
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = ping.tick() => {}
+                _ = &mut ask => unreachable!(),
+            }
+            let _ = session.ping().await;
         }
         tracing::warn!(
             "remote kernel {} did not exit within {} s; killing it",

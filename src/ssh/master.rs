@@ -42,7 +42,7 @@ impl Master {
         ssh_verbose: bool,
     ) -> Result<Self> {
         let runtime_dir = crate::runtime::dir()?;
-        let private = format!("{}/cm-%C", runtime_dir.display());
+        let private = control_path_option(&runtime_dir.to_string_lossy(), "/cm-%C");
         // Both at once: the second tells where ssh puts our private socket, for when the
         // config names none.
         let with_private = [format!("ControlPath={private}")];
@@ -53,7 +53,7 @@ impl Master {
         let effective = effective?;
         // `ssh -G` prints ControlPath expanded (tokens, `~`).
         let (control_path, control_socket) = match effective.control_path() {
-            Some(path) => (path.to_string(), PathBuf::from(path)),
+            Some(path) => (control_path_option(path, ""), PathBuf::from(path)),
             None => {
                 let expanded = expanded?;
                 let socket = expanded.control_path().ok_or_else(|| {
@@ -326,4 +326,10 @@ impl Master {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A ControlPath value for `-o`: quoted, since ssh splits option values on spaces, and with the
+/// `%` of literal text doubled, since ssh expands tokens again; `tokens` is left to ssh.
+fn control_path_option(literal: &str, tokens: &str) -> String {
+    format!("\"{}{tokens}\"", literal.replace('%', "%%"))
 }
