@@ -31,18 +31,7 @@ fn stable(env: &Env) -> insta::Settings {
 #[test]
 fn add_writes_a_kernelspec_that_jupyter_lists() {
     let env = Env::with_host();
-    env.sshpyk()
-        .args([
-            "add",
-            "--ssh-host-alias",
-            "remote",
-            "--remote-kernel-name",
-            "python3",
-            "--remote-python-prefix",
-        ])
-        .arg(common::venv())
-        .arg("--ssh-config")
-        .arg(env.ssh_config())
+    env.add_command("python3", &[])
         .assert()
         .success()
         .stdout(predicate::str::contains(
@@ -74,38 +63,10 @@ fn add_writes_a_kernelspec_that_jupyter_lists() {
     );
 
     // A second add of the same name is refused, then allowed with --replace.
-    env.sshpyk()
-        .args([
-            "add",
-            "--ssh-host-alias",
-            "remote",
-            "--remote-kernel-name",
-            "python3",
-            "--remote-python-prefix",
-        ])
-        .arg(common::venv())
-        .arg("--ssh-config")
-        .arg(env.ssh_config())
-        .assert()
-        .code(3)
-        .stderr(
-            predicate::str::contains("already exists").and(predicate::str::contains("--replace")),
-        );
-    env.sshpyk()
-        .args([
-            "add",
-            "--replace",
-            "--display-name",
-            "GPU",
-            "--ssh-host-alias",
-            "remote",
-            "--remote-kernel-name",
-            "python3",
-            "--remote-python-prefix",
-        ])
-        .arg(common::venv())
-        .arg("--ssh-config")
-        .arg(env.ssh_config())
+    env.add_command("python3", &[]).assert().code(3).stderr(
+        predicate::str::contains("already exists").and(predicate::str::contains("--replace")),
+    );
+    env.add_command("python3", &["--replace", "--display-name", "GPU"])
         .assert()
         .success();
     assert_eq!(

@@ -176,20 +176,7 @@ fn a_kernel_that_never_listens_is_bounded_and_cleaned_up() {
         "display_name": "Stuck", "language": "python",
     });
     std::fs::write(spec_dir.join("kernel.json"), spec.to_string()).unwrap();
-    env.sshpyk()
-        .args([
-            "add",
-            "--kernel-name",
-            "k",
-            "--ssh-host-alias",
-            "remote",
-            "--remote-kernel-name",
-            "stuck",
-        ])
-        .args(["--launch-timeout", "3", "--remote-python-prefix"])
-        .arg(common::venv())
-        .arg("--ssh-config")
-        .arg(env.ssh_config())
+    env.add_command("stuck", &["--kernel-name", "k", "--launch-timeout", "3"])
         .assert()
         .success();
     let (code, line) = launch_with(&env, |_| {});

@@ -333,20 +333,7 @@ async fn sigint_interrupts_a_message_mode_kernel_too() {
         "display_name": "Message mode", "language": "python", "interrupt_mode": "message",
     });
     std::fs::write(spec_dir.join("kernel.json"), spec.to_string()).unwrap();
-    env.sshpyk()
-        .args([
-            "add",
-            "--kernel-name",
-            "m",
-            "--ssh-host-alias",
-            "remote",
-            "--remote-kernel-name",
-            "msgmode",
-        ])
-        .arg("--remote-python-prefix")
-        .arg(common::venv())
-        .arg("--ssh-config")
-        .arg(env.ssh_config())
+    env.add_command("msgmode", &["--kernel-name", "m"])
         .assert()
         .success();
     assert_eq!(env.read_kernel_json("m")["interrupt_mode"], "message");

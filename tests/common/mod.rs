@@ -91,25 +91,28 @@ impl Env {
 
     /// `sshpyk add` for the test host's venv kernel; returns the kernel name.
     pub fn add_kernel(&self, name: &str, extra: &[&str]) -> String {
-        let venv = venv();
-        self.sshpyk()
-            .args([
-                "add",
-                "--kernel-name",
-                name,
-                "--ssh-host-alias",
-                "remote",
-                "--remote-kernel-name",
-                "python3",
-            ])
-            .arg("--remote-python-prefix")
-            .arg(&venv)
-            .arg("--ssh-config")
-            .arg(self.ssh_config())
-            .args(extra)
-            .assert()
-            .success();
+        let mut args = vec!["--kernel-name", name];
+        args.extend_from_slice(extra);
+        self.add_command("python3", &args).assert().success();
         name.to_string()
+    }
+
+    /// `sshpyk add` of `remote_kernel` on the test host's venv, plus `extra` flags.
+    pub fn add_command(&self, remote_kernel: &str, extra: &[&str]) -> assert_cmd::Command {
+        let mut cmd = self.sshpyk();
+        cmd.args([
+            "add",
+            "--ssh-host-alias",
+            "remote",
+            "--remote-kernel-name",
+            remote_kernel,
+        ])
+        .arg("--remote-python-prefix")
+        .arg(venv())
+        .arg("--ssh-config")
+        .arg(self.ssh_config())
+        .args(extra);
+        cmd
     }
 
     pub fn kernel_dir(&self, name: &str) -> PathBuf {
