@@ -89,6 +89,12 @@ async fn a_master_closed_mid_session_is_reopened() {
     let pid = launcher.remote_pid();
     let mut c = ready_client(&info).await;
     c.execute("x = 42", STEP).await.unwrap();
+    // The kernel process's own stderr reaches the launcher's, before and after a reconnection.
+    let to_stderr = |marker: &str| format!("import os; os.write(2, b'{marker}\\n')");
+    c.execute(&to_stderr("marker-before"), STEP).await.unwrap();
+    assert!(eventually(Duration::from_secs(5), || launcher
+        .log()
+        .contains("marker-before")));
     c.close();
 
     env.close_master();
@@ -106,6 +112,14 @@ async fn a_master_closed_mid_session_is_reopened() {
         .await
         .unwrap();
     assert_eq!(r.stdout, format!("42 {pid}\n"));
+    c.execute(&to_stderr("marker-after"), STEP).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || launcher
+            .log()
+            .contains("marker-after")),
+        "{}",
+        launcher.log()
+    );
     assert!(launcher.child.try_wait().unwrap().is_none());
 }
 

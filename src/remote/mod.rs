@@ -287,6 +287,14 @@ impl Session {
     async fn next_line(&mut self) -> Option<String> {
         loop {
             match self.lines.next_line().await {
+                Ok(Some(line)) if line.starts_with("{\"sshpyk\": \"output\"") => {
+                    // The kernel's own stdout/stderr, as a local kernel's would show.
+                    if let Some(text) =
+                        parse_message(&line).and_then(|m| m["text"].as_str().map(String::from))
+                    {
+                        eprint!("{text}");
+                    }
+                }
                 Ok(Some(line)) if line.starts_with("{\"sshpyk\"") || line == "sshpyk-no-python" => {
                     return Some(line)
                 }

@@ -214,6 +214,21 @@ class Supervisor:
         self.tail = []
         self.sel = selectors.DefaultSelector()
         self.exit_r, self.exit_w = os.pipe()
+        # The launcher's end (None while it is away); the output pump writes to it too.
+        self.channel = None
+        self.send_lock = threading.Lock()
+
+    def emit(self, **msg):
+        with self.send_lock:
+            if self.channel:
+                self.channel.send(**msg)
+
+    def emit_output(self, text):
+        # Best effort: never block on a stalled link (it would hold the lock the main loop
+        # needs); a short line into a writable pipe does not block.
+        with self.send_lock:
+            if self.channel and select.select([], [self.channel.wfile], [], 0)[1]:
+                self.channel.send(sshpyk="output", text=text[:3000])
 
     def start(self):
         if not have_module("jupyter_client"):
@@ -245,14 +260,12 @@ class Supervisor:
         }
 
     def pump_output(self):
-        # The kernel's output reaches the launcher's stderr, like a local kernel's would.
+        # The kernel's output reaches the launcher's stderr, like a local kernel's would, through
+        # whichever channel is current (it survives a reconnection).
         for line in iter(self.kernel.stdout.readline, b""):
-            self.tail = (self.tail + [line.decode(errors="replace").rstrip()])[-20:]
-            try:
-                sys.stderr.buffer.write(line)
-                sys.stderr.flush()
-            except OSError:
-                pass
+            text = line.decode(errors="replace")
+            self.tail = (self.tail + [text.rstrip()])[-20:]
+            self.emit_output(text)
 
     def wait_kernel(self):
         self.kernel.wait()
@@ -307,13 +320,13 @@ class Supervisor:
             self.kill_kernel()
         # "ping" needs no action: any line renews the lease.
 
-    def serve(self, channel):
+    def serve(self):
         listener = socket.socket(socket.AF_UNIX)
         listener.bind(os.path.join(self.run_dir, "supervisor.sock"))
         listener.listen(4)
         self.sel.register(listener, selectors.EVENT_READ, "attach")
         self.sel.register(self.exit_r, selectors.EVENT_READ, "exit")
-        self.sel.register(channel, selectors.EVENT_READ, "channel")
+        self.sel.register(self.channel, selectors.EVENT_READ, "channel")
         # The launcher pings every `ping_interval`; a silent or closed channel is a lost launcher
         # (a dead link never shows as EOF here). One interval of grace, so that a drop shorter
         # than the orphan timeout never ends the kernel.
@@ -330,27 +343,28 @@ class Supervisor:
             for key, _ in events:
                 if key.data == "exit":
                     self.cleanup()
-                    if channel:
-                        channel.send(sshpyk="exited", **self.exit_message())
+                    self.emit(sshpyk="exited", **self.exit_message())
                     return
                 if key.data == "attach":
                     conn, _ = listener.accept()
-                    if channel:
-                        self.sel.unregister(channel)
-                        channel.close()
                     f = conn.makefile("rwb", buffering=0)
-                    channel = Channel(f, f, closer=conn.close)
-                    self.sel.register(channel, selectors.EVENT_READ, "channel")
+                    with self.send_lock:
+                        if self.channel:
+                            self.sel.unregister(self.channel)
+                            self.channel.close()
+                        self.channel = Channel(f, f, closer=conn.close)
+                    self.sel.register(self.channel, selectors.EVENT_READ, "channel")
                     expires = time.monotonic() + lease
-                    channel.send(sshpyk="attached", pid=self.kernel.pid)
+                    self.emit(sshpyk="attached", pid=self.kernel.pid)
                 elif key.data == "channel":
-                    if key.fileobj is not channel:
+                    if key.fileobj is not self.channel:
                         continue  # the channel an attach just replaced
-                    lines = channel.read_lines()
+                    lines = self.channel.read_lines()
                     if lines is None:
-                        self.sel.unregister(channel)
-                        channel.close()
-                        channel = None
+                        with self.send_lock:
+                            self.sel.unregister(self.channel)
+                            self.channel.close()
+                            self.channel = None
                         if not self.armed:
                             self.kill_kernel()
                         continue
@@ -366,6 +380,7 @@ def main():
     channel = Channel(sys.stdin.buffer, sys.stdout.buffer)
     config = json.loads(sys.stdin.buffer.readline())
     sup = Supervisor(config)
+    sup.channel = channel
     signal.signal(signal.SIGTERM, lambda *_: (sup.kill_kernel(), sup.cleanup(), os._exit(1)))
     try:
         ready = sup.start()
@@ -374,17 +389,17 @@ def main():
         sup.kill_kernel()
         sup.cleanup()
         kind, message = (e.kind, str(e)) if isinstance(e, Fatal) else ("internal", "remote supervisor failed: %s: %s" % (type(e).__name__, e))
-        channel.send(sshpyk="error", kind=kind, message=message)
+        sup.emit(sshpyk="error", kind=kind, message=message)
         return
     if sup.kernel.poll() is not None:
         sup.kernel.wait()
         os.read(sup.exit_r, 1)
         sup.cleanup()
-        channel.send(sshpyk="exited", **sup.exit_message())
+        sup.emit(sshpyk="exited", **sup.exit_message())
         return
-    channel.send(sshpyk="ready", **ready)
+    sup.emit(sshpyk="ready", **ready)
     try:
-        sup.serve(channel)
+        sup.serve()
     finally:
         sup.kill_kernel()
         sup.cleanup()
