@@ -7,19 +7,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{eventually, Env, Launcher};
+use common::{eventually, ready_client, Env, Launcher};
 use nix::sys::signal::Signal;
 use sshpyk::jupyter::KernelClient;
 
 const START: Duration = Duration::from_secs(60);
 const STEP: Duration = Duration::from_secs(20);
 const CLEANUP: Duration = Duration::from_secs(5);
-
-async fn client(info: &sshpyk::connection::ConnectionInfo) -> KernelClient {
-    let mut client = KernelClient::connect(info, STEP).await.expect("connect");
-    client.wait_for_ready(STEP).await.expect("kernel ready");
-    client
-}
 
 /// Runs `code` in the remote kernel; returns its stdout, or the error name and value.
 async fn run(c: &mut KernelClient, code: &str) -> Result<String, String> {
@@ -113,7 +107,7 @@ async fn the_kernel_reads_and_writes_local_files_through_the_mount() {
         "{log}"
     );
     assert!(is_mounted(&env, &remote));
-    let mut c = client(&info).await;
+    let mut c = ready_client(&info).await;
     let r = remote.display();
 
     // Mounted before the kernel started: visible from the first cell.
@@ -219,7 +213,7 @@ async fn nothing_outside_the_export_is_visible_or_readable() {
     let (conn, info) = env.connection_file("a");
     let mut launcher = env.launch(&kernel, &conn);
     launcher.wait_ready(START);
-    let mut c = client(&info).await;
+    let mut c = ready_client(&info).await;
     let r = remote.display();
     let secret = env.path("secret.txt");
     let s = secret.display();
@@ -318,7 +312,7 @@ async fn read_only_mounts_refuse_writes_and_two_mounts_work_at_once() {
     ]);
     assert!(launcher.log().contains("mounting 2 local dir(s)"));
     assert!(is_mounted(&env, &created) && is_mounted(&env, &existing));
-    let mut c = client(&info).await;
+    let mut c = ready_client(&info).await;
     let (rc, rd) = (created.display(), existing.display());
     assert_eq!(
         run(
@@ -395,7 +389,7 @@ async fn restart_sigkill_and_a_stale_mount_leave_nothing_behind() {
     // one starts on the same connection file.
     let mut first = env.launch(&kernel, &conn);
     first.wait_ready(START);
-    let mut c = client(&info).await;
+    let mut c = ready_client(&info).await;
     assert_eq!(
         run(
             &mut c,
@@ -454,7 +448,7 @@ async fn restart_sigkill_and_a_stale_mount_leave_nothing_behind() {
         "{}",
         fourth.log()
     );
-    let mut c = client(&info).await;
+    let mut c = ready_client(&info).await;
     assert_eq!(
         run(
             &mut c,
@@ -506,7 +500,7 @@ async fn a_mount_that_dies_under_a_running_kernel_is_cleaned_and_reported() {
         "{}",
         launcher.log()
     );
-    let mut c = client(&info).await;
+    let mut c = ready_client(&info).await;
     assert_eq!(run(&mut c, "print(1 + 1)").await.unwrap(), "2\n");
     c.shutdown(false, STEP).await.unwrap();
     assert!(wait_exit(&mut launcher, Duration::from_secs(15)).success());
@@ -641,7 +635,7 @@ async fn compatibility_mode_reaches_back_with_the_remotes_own_ssh() {
         "--mount-local-on-remote",
         &spec(&local, &remote, &ssh_command),
     ]);
-    let mut c = client(&info).await;
+    let mut c = ready_client(&info).await;
     let r = remote.display();
     assert_eq!(
         run(
