@@ -237,14 +237,6 @@ impl Mounts {
             let _ = active.child.wait().await;
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.active.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.active.is_empty()
-    }
 }
 
 impl Active {

@@ -211,16 +211,6 @@ impl Master {
         }
     }
 
-    /// Closes the master (used by tests and by `list` cleanup of masters it opened).
-    pub async fn exit(&self) {
-        let mut cmd = self.command();
-        cmd.args(["-O", "exit"])
-            .arg(&self.alias)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let _ = tokio::time::timeout(Duration::from_secs(5), cmd.status()).await;
-    }
-
     fn open_options(&self) -> Vec<String> {
         let mut opts = vec![
             "BatchMode=yes".to_string(),

@@ -27,8 +27,3 @@ pub fn tie_to_parent(cmd: &mut tokio::process::Command) {
         }
     }
 }
-
-/// Sends `signal` to a child's process group, ignoring one that is already gone.
-pub fn signal_group(pid: u32, signal: Signal) {
-    let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), signal);
-}
