@@ -15,6 +15,9 @@ pub enum Error {
     /// The ssh connection could not be made (refused, authentication, no route, ssh missing).
     #[error("{0}")]
     Ssh(String),
+    /// The server refused one more session on a connection (sshd's `MaxSessions`).
+    #[error("{0}")]
+    SessionRefused(String),
     /// The remote side is not usable (python, jupyter_client, kernelspec, runtime dir, sshfs).
     #[error("{0}")]
     Remote(String),
@@ -42,7 +45,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Invalid(_) | Error::ConnectionFile { .. } => 3,
-            Error::Ssh(_) => 4,
+            Error::Ssh(_) | Error::SessionRefused(_) => 4,
             Error::Remote(_) => 5,
             Error::Timeout { .. } => 6,
             Error::Local(_) | Error::Io { .. } => 7,

@@ -6,11 +6,13 @@
 //! States: starting → running ⇄ reconnecting → stopping. Fatal errors (bad input, the kernel
 //! gone) end it; a lost connection is retried.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::connection::ConnectionInfo;
@@ -18,18 +20,29 @@ use crate::error::{Error, Result};
 use crate::jupyter::KernelClient;
 use crate::kernelspec::{Kernelspec, Settings};
 use crate::mount::Mounts;
-use crate::remote::{Event, Exit, Ready, Session, StartRequest};
-use crate::ssh::forward::{Forwarder, Listeners};
+use crate::parent::Parent;
+use crate::ports::{Forwarder, Listeners};
+use crate::remote::protocol::Request;
+use crate::remote::{EndReason, Event, Exit, InterruptMode, Link, Ready, Session, StartRequest};
 use crate::ssh::Master;
 
-/// After a kill, how long the supervisor gets to report the kernel's end.
-const KILL_GRACE: Duration = Duration::from_secs(5);
-/// Budget of one reconnection attempt; short, so that a returning link is noticed quickly.
-const RECONNECT_ATTEMPT: Duration = Duration::from_secs(2);
-const RECONNECT_MAX_ATTEMPT: Duration = Duration::from_secs(10);
-const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
-/// The longest the launcher waits between two lease renewals.
-const MAX_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the launcher renews the lease and checks that the remote answers (and that its
+/// parent lives).
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+/// Silence after which the connection is presumed stuck and a fresh one is raced against it.
+const SILENT_AFTER: Duration = Duration::from_secs(3);
+/// On SIGTERM: how long the kernel gets between SIGTERM and SIGKILL on the remote, and how long
+/// the launcher waits for the report; together well inside Jupyter's 2.5 s before its SIGKILL.
+const STOP_GRACE: Duration = Duration::from_millis(800);
+const STOP_WAIT: Duration = Duration::from_millis(1500);
+/// A new reconnection attempt starts this often while fewer than `MAX_ATTEMPTS` are under way,
+/// so that one starts soon after the link returns whatever the earlier ones are stuck in.
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+const MAX_ATTEMPTS: usize = 3;
+/// Budget of one reconnection attempt (slow hosts: ProxyJump, slow authentication).
+const RECONNECT_ATTEMPT: Duration = Duration::from_secs(10);
+/// The most connections one host gets when its server refuses more sessions on each.
+const MAX_CONNECTIONS: u32 = 8;
 
 pub struct LaunchOptions {
     pub kernelspec_dir: PathBuf,
@@ -68,7 +81,7 @@ impl Signals {
 /// How a running kernel ended, as far as the launcher can tell.
 enum Outcome {
     Exited(Exit),
-    /// The session died and could not be re-established.
+    /// The session died while stopping, and the kernel could not be reached again.
     Lost,
     /// Reconnected, but the supervisor (and so the kernel) was gone.
     Gone,
@@ -82,7 +95,8 @@ struct Running {
     session: Session,
     forwarder: Forwarder,
     mounts: Mounts,
-    link: watch::Sender<bool>,
+    /// The session client connections ride on; `None` while reconnecting.
+    link: watch::Sender<Option<Link>>,
     ready: Ready,
     info: ConnectionInfo,
     settings: Settings,
@@ -99,41 +113,13 @@ pub async fn run(opts: LaunchOptions) -> Result<i32> {
     })??;
     let info = ConnectionInfo::read(&opts.connection_file)?;
     let mut signals = Signals::register()?;
+    let parent = Parent::from_env();
 
     let mut running = tokio::select! {
         r = start(&settings, info, opts.ssh_verbose) => r?,
         name = signals.stop() => return Err(Error::Local(format!("stopped by {name} while starting; nothing was left running"))),
     };
-
-    let mut ping = tokio::time::interval(ping_interval(&settings));
-    ping.tick().await;
-    let outcome = loop {
-        let event = tokio::select! {
-            event = running.session.next_event() => event,
-            _ = ping.tick() => {
-                // A failed write shows up as a lost session on the next turn.
-                let _ = running.session.ping().await;
-                continue;
-            }
-            _ = signals.interrupt.recv() => {
-                running.interrupt().await;
-                continue;
-            }
-            _ = signals.terminate.recv() => break running.stop("SIGTERM").await,
-            _ = signals.hangup.recv() => break running.stop("SIGHUP").await,
-        };
-        match event {
-            Event::Exited(exit) if exit.reason.as_deref() == Some("orphaned") => {
-                break Outcome::Gone
-            }
-            Event::Exited(exit) => break Outcome::Exited(exit),
-            Event::Lost => {
-                if let Some(outcome) = running.reconnect(&mut signals).await {
-                    break outcome;
-                }
-            }
-        }
-    };
+    let outcome = running.supervise(&mut signals, &parent).await;
     running.forwarder.stop().await;
     running.mounts.stop().await;
     let (alias, pid) = (&running.settings.ssh_host_alias, running.ready.pid);
@@ -156,14 +142,15 @@ pub async fn run(opts: LaunchOptions) -> Result<i32> {
     }
 }
 
-/// Often enough that the remote guard never mistakes a live launcher for a lost one.
+/// Often enough that the remote guard never mistakes a live launcher for a lost one, and that
+/// a stuck connection is noticed within seconds.
 fn ping_interval(settings: &Settings) -> Duration {
-    Duration::from_secs_f64(settings.orphan_timeout / 3.0).min(MAX_PING_INTERVAL)
+    Duration::from_secs_f64(settings.orphan_timeout / 3.0).min(PING_INTERVAL)
 }
 
 /// Connect, start the remote kernel, forward: all within `launch_timeout`. On failure every
-/// piece already made is dropped, which ends it (forwards, session; the unarmed supervisor
-/// then kills the kernel and removes its files at once).
+/// piece already made is dropped, which ends it (ports, session; the unarmed supervisor then
+/// kills the kernel and removes its files at once).
 async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> Result<Running> {
     let timeout = Duration::from_secs_f64(settings.launch_timeout);
     let deadline = Instant::now() + timeout;
@@ -183,21 +170,20 @@ async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> 
             orphan_timeout: settings.orphan_timeout,
             ping_interval: ping_interval(settings),
         };
-        let (mut session, ready) = Session::start(&master, &request).await?;
+        let request = &request;
+        let (master, (mut session, ready)) =
+            on_a_connection_with_room(&master, deadline, move |m| async move {
+                Session::start(&m, request).await
+            })
+            .await?;
         tracing::info!(
-            "forwarding ports {} to the kernel ({})",
+            "forwarding ports {} to the kernel ({}) over one ssh session",
             port_list(&info),
             ready.transport
         );
-        let (link, link_rx) = watch::channel(true);
-        let forwarder = Forwarder::start(
-            listeners,
-            &master,
-            &ready.endpoints,
-            &settings.remote_python,
-            link_rx,
-        )?;
-        session.arm().await?;
+        let (link, link_rx) = watch::channel(Some(session.link()));
+        let forwarder = Forwarder::start(listeners, link_rx)?;
+        session.arm(ping_interval(settings))?;
         Ok::<_, Error>((master, session, forwarder, mounts, link, ready))
     };
     let (master, session, forwarder, mounts, link, ready) =
@@ -223,6 +209,38 @@ async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> 
     })
 }
 
+/// Runs `open` on `master`'s connection; when the server refuses one more session there
+/// (sshd's `MaxSessions`: many kernels, or the user's own sessions on a shared ControlPath),
+/// on the host's next connection, opening it if needed. Says so once.
+async fn on_a_connection_with_room<T, F, Fut>(
+    master: &Master,
+    deadline: Instant,
+    mut open: F,
+) -> Result<(Master, T)>
+where
+    F: FnMut(Master) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut connection = master.clone();
+    for n in 1..=MAX_CONNECTIONS {
+        match open(connection.clone()).await {
+            Err(Error::SessionRefused(reason)) if n < MAX_CONNECTIONS => {
+                if n == 1 {
+                    tracing::info!(
+                        "'{}' refused one more session on its ssh connection (sshd MaxSessions); using another connection to the host",
+                        master.alias()
+                    );
+                }
+                tracing::debug!("{reason}");
+                connection = master.overflow(n);
+                connection.ensure(deadline).await?;
+            }
+            other => return other.map(|value| (connection, value)),
+        }
+    }
+    unreachable!("the last connection's answer is returned")
+}
+
 fn port_list(info: &ConnectionInfo) -> String {
     info.ports()
         .iter()
@@ -231,73 +249,188 @@ fn port_list(info: &ConnectionInfo) -> String {
         .join(" ")
 }
 
+/// What interrupts supervision.
+enum Trouble {
+    /// The session ended (the master or the connection died): reconnect.
+    Lost,
+    /// The session is open but the remote stopped answering pings: reconnect.
+    Silent,
+    /// The process that started us is gone.
+    Orphaned,
+    Interrupt,
+    Stop(&'static str),
+}
+
 impl Running {
-    /// The session is gone: the link died (keep trying, the remote kernel is untouched) or the
-    /// supervisor did (attaching says so). The local ports stay bound throughout, so clients
-    /// reconnect by themselves. `None` once reconnected.
-    async fn reconnect(&mut self, signals: &mut Signals) -> Option<Outcome> {
-        let lost = Instant::now();
-        self.link.send_replace(false);
+    /// Until the kernel ends, the launcher is stopped, or the kernel is lost for good.
+    async fn supervise(&mut self, signals: &mut Signals, parent: &Parent) -> Outcome {
+        let mut tick = tokio::time::interval(PING_INTERVAL);
+        loop {
+            let trouble = tokio::select! {
+                event = self.session.next_event() => match event {
+                    Event::Exited(exit) => return exit_outcome(exit),
+                    Event::Lost => Trouble::Lost,
+                },
+                _ = tick.tick() => {
+                    if parent.is_gone() {
+                        Trouble::Orphaned
+                    } else if self.session.link().last_heard().elapsed() < SILENT_AFTER {
+                        continue;
+                    } else {
+                        Trouble::Silent
+                    }
+                }
+                _ = signals.interrupt.recv() => Trouble::Interrupt,
+                _ = signals.terminate.recv() => Trouble::Stop("SIGTERM"),
+                _ = signals.hangup.recv() => Trouble::Stop("SIGHUP"),
+            };
+            match trouble {
+                Trouble::Interrupt => {
+                    self.interrupt().await;
+                    continue;
+                }
+                Trouble::Stop(name) => return self.stop_now(name).await,
+                Trouble::Orphaned => {
+                    let why = format!(
+                        "the process that started the kernel (pid {}) is gone",
+                        parent.pid().unwrap_or(0)
+                    );
+                    return self.stop_gracefully(signals, &why).await;
+                }
+                Trouble::Lost | Trouble::Silent => {}
+            }
+            if let Some(outcome) = self.reconnect(signals, trouble).await {
+                return outcome;
+            }
+        }
+    }
+
+    /// Races fresh connections against the old one until one reaches the supervisor (the
+    /// remote kernel untouched), the old one answers again, or the kernel is certainly gone.
+    /// The local ports stay bound throughout, so clients reconnect by themselves. `None` once
+    /// back.
+    async fn reconnect(&mut self, signals: &mut Signals, trouble: Trouble) -> Option<Outcome> {
+        let since = Instant::now();
+        let alias = self.settings.ssh_host_alias.clone();
+        let mut old_session = match trouble {
+            Trouble::Lost => {
+                self.link.send_replace(None);
+                false
+            }
+            _ => {
+                tracing::warn!(
+                    "'{alias}' has not answered for {} s; racing a new connection against it",
+                    SILENT_AFTER.as_secs()
+                );
+                true
+            }
+        };
         // Past this, the remote guard has certainly ended the kernel.
-        let give_up = lost
+        let give_up = since
             + Duration::from_secs_f64(self.settings.orphan_timeout)
             + ping_interval(&self.settings)
             + RECONNECT_ATTEMPT;
-        let mut delay = Duration::from_millis(100);
-        for attempt in 1.. {
-            tracing::warn!("connection lost, reconnecting (attempt {attempt})");
-            // Short at first, so that a returning link is found quickly; longer later, so that a
-            // slow host (ProxyJump, slow authentication) gets the time it needs.
-            let budget = (RECONNECT_ATTEMPT * 2u32.saturating_pow(attempt.min(8) - 1))
-                .min(Duration::from_secs_f64(self.settings.launch_timeout).max(RECONNECT_ATTEMPT))
-                .min(RECONNECT_MAX_ATTEMPT);
-            let try_once = async {
-                self.master.ensure(Instant::now() + budget).await?;
-                Session::attach(
-                    &self.master,
-                    &self.settings.remote_python,
-                    &self.ready.run_dir,
-                )
-                .await
-            };
+        let budget = Duration::from_secs_f64(self.settings.launch_timeout).min(RECONNECT_ATTEMPT);
+        let mut attempts = JoinSet::new();
+        let mut next_attempt = tokio::time::interval(RECONNECT_EVERY);
+        let mut check = tokio::time::interval(Duration::from_millis(100));
+        let mut started = 0u32;
+        loop {
             tokio::select! {
-                result = tokio::time::timeout(budget + RECONNECT_ATTEMPT, try_once) => match result {
-                    Ok(Ok(Some(session))) => {
-                        self.session = session;
-                        self.link.send_replace(true);
-                        tracing::info!("reconnected after {:.1} s; remote kernel {} kept its state", lost.elapsed().as_secs_f64(), self.ready.pid);
-                        let deadline = Instant::now() + Duration::from_secs_f64(self.settings.launch_timeout);
-                        if let Err(e) = self.mounts.remount(&self.master, &self.settings, deadline).await {
-                            tracing::warn!("could not mount again after reconnecting: {e}");
-                        }
+                _ = check.tick(), if old_session => {
+                    if self.session.link().last_heard() > since {
+                        tracing::info!("'{alias}' answers again after {:.1} s", since.elapsed().as_secs_f64());
                         return None;
                     }
-                    Ok(Ok(None)) => return Some(Outcome::Gone),
-                    Ok(Err(e)) => tracing::debug!("reconnection attempt {attempt}: {e}"),
-                    Err(_) => tracing::debug!("reconnection attempt {attempt} timed out"),
+                }
+                event = self.session.next_event(), if old_session => match event {
+                    Event::Exited(exit) => return Some(exit_outcome(exit)),
+                    Event::Lost => {
+                        old_session = false;
+                        self.link.send_replace(None);
+                    }
                 },
+                _ = next_attempt.tick(), if attempts.len() < MAX_ATTEMPTS => {
+                    started += 1;
+                    if started == 1 {
+                        tracing::warn!("connection lost, reconnecting (attempt 1)");
+                    } else {
+                        tracing::debug!("reconnecting (attempt {started})");
+                    }
+                    attempts.spawn(connect(self.master.clone(), budget));
+                }
+                Some(done) = attempts.join_next() => {
+                    let master = match done {
+                        Ok(Ok(master)) => master,
+                        Ok(Err(e)) => {
+                            tracing::debug!("reconnection attempt: {e}");
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::debug!("reconnection attempt: {e}");
+                            continue;
+                        }
+                    };
+                    // One attach at a time: each one takes the supervisor over from the last.
+                    match self.attach(master, budget).await {
+                        Ok(Some((master, session))) => {
+                            self.adopt(master, session, since).await;
+                            return None;
+                        }
+                        Ok(None) => return Some(Outcome::Gone),
+                        Err(e) => tracing::debug!("reattaching: {e}"),
+                    }
+                }
+                _ = tokio::time::sleep_until(give_up) => return Some(Outcome::Gone),
                 name = signals.stop() => return Some(Outcome::Abandoned(name)),
             }
-            if Instant::now() >= give_up {
-                return Some(Outcome::Gone);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                name = signals.stop() => return Some(Outcome::Abandoned(name)),
-            }
-            delay = (delay * 2).min(RECONNECT_MAX_DELAY);
         }
-        unreachable!("the reconnection loop only ends by returning")
+    }
+
+    /// Reaches the supervisor again through `master`; `None` when it is gone.
+    async fn attach(&self, master: Master, budget: Duration) -> Result<Option<(Master, Session)>> {
+        let deadline = Instant::now() + budget;
+        let (python, dir) = (&self.settings.remote_python, &self.ready.run_dir);
+        let ping = ping_interval(&self.settings);
+        let work = on_a_connection_with_room(&master, deadline, |m| async move {
+            Session::attach(&m, python, dir, ping).await
+        });
+        let (master, session) = tokio::time::timeout_at(deadline, work)
+            .await
+            .map_err(|_| Error::Ssh("reattaching to the supervisor timed out".into()))??;
+        Ok(session.map(|session| (master, session)))
+    }
+
+    /// The new connection and session replace the old ones (dropping the old session asks its
+    /// master to close the channel); clients reconnect over the new one; mounts come back.
+    async fn adopt(&mut self, master: Master, session: Session, since: Instant) {
+        self.master = master;
+        self.session = session;
+        self.link.send_replace(Some(self.session.link()));
+        tracing::info!(
+            "reconnected after {:.1} s; remote kernel {} kept its state",
+            since.elapsed().as_secs_f64(),
+            self.ready.pid
+        );
+        let deadline = Instant::now() + Duration::from_secs_f64(self.settings.launch_timeout);
+        if let Err(e) = self
+            .mounts
+            .remount(&self.master, &self.settings, deadline)
+            .await
+        {
+            tracing::warn!("could not mount again after reconnecting: {e}");
+        }
     }
 
     /// SIGINT always interrupts the remote kernel, whatever mode it prefers, so that clients
     /// that only know "signal" (VS Code) work with "message" kernels too.
     async fn interrupt(&mut self) {
         tracing::info!("interrupting remote kernel {}", self.ready.pid);
-        let result = if self.ready.interrupt_mode == "message" {
-            self.interrupt_by_message().await
-        } else {
-            self.session.signal("SIGINT").await
+        let result = match self.ready.interrupt_mode {
+            InterruptMode::Message => self.interrupt_by_message().await,
+            InterruptMode::Signal => self.session.request(&Request::Signal {
+                signal: "SIGINT".into(),
+            }),
         };
         if let Err(e) = result {
             tracing::warn!("interrupt failed: {e}");
@@ -312,13 +445,31 @@ impl Running {
         Ok(())
     }
 
-    /// Graceful stop: ask the kernel to shut down, wait up to `shutdown_timeout`, then kill it.
-    async fn stop(&mut self, why: &str) -> Outcome {
+    /// SIGTERM/SIGHUP: Jupyter already asked the kernel to shut down and is about to SIGKILL
+    /// us, so end the kernel and everything it started now, whatever it ignores.
+    async fn stop_now(&mut self, why: &str) -> Outcome {
+        tracing::info!(
+            "{why}: ending remote kernel {} and what it started",
+            self.ready.pid
+        );
+        let stop = Request::Stop {
+            grace: STOP_GRACE.as_secs_f64(),
+        };
+        if self.session.request(&stop).is_err() {
+            return Outcome::Lost;
+        }
+        match tokio::time::timeout(STOP_WAIT, self.session.next_event()).await {
+            Ok(event) => event_outcome(event),
+            Err(_) => Outcome::Lost,
+        }
+    }
+
+    /// Our own decision to stop (the parent is gone): ask the kernel to shut down, wait up to
+    /// `shutdown_timeout`, then end it.
+    async fn stop_gracefully(&mut self, signals: &mut Signals, why: &str) -> Outcome {
         tracing::info!("{why}: shutting down remote kernel {}", self.ready.pid);
         let grace = Duration::from_secs_f64(self.settings.shutdown_timeout);
-        let deadline = Instant::now() + grace;
         let info = &self.info;
-        let session = &mut self.session;
         let ask = async {
             match KernelClient::connect(info, grace).await {
                 Ok(mut client) => {
@@ -331,37 +482,46 @@ impl Running {
             }
             std::future::pending::<()>().await
         };
-        tokio::pin!(ask);
-        // The lease keeps being renewed: a shutdown may take longer than the orphan timeout.
-        let mut ping = tokio::time::interval(ping_interval(&self.settings));
-        ping.tick().await;
-        loop {
-            tokio::select! {
-                event = session.next_event() => return outcome_of(event),
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = ping.tick() => {}
-                _ = &mut ask => unreachable!(),
-            }
-            let _ = session.ping().await;
+        tokio::select! {
+            event = self.session.next_event() => return event_outcome(event),
+            _ = tokio::time::sleep(grace) => {}
+            _ = ask => unreachable!("asking never ends by itself"),
+            name = signals.stop() => return self.stop_now(name).await,
         }
         tracing::warn!(
-            "remote kernel {} did not exit within {} s; killing it",
+            "remote kernel {} did not exit within {} s",
             self.ready.pid,
             self.settings.shutdown_timeout
         );
-        if self.session.kill().await.is_err() {
-            return Outcome::Lost;
-        }
-        match tokio::time::timeout(KILL_GRACE, self.session.next_event()).await {
-            Ok(event) => outcome_of(event),
-            Err(_) => Outcome::Lost,
-        }
+        self.stop_now("shutdown timeout").await
     }
 }
 
-fn outcome_of(event: Event) -> Outcome {
+fn exit_outcome(exit: Exit) -> Outcome {
+    if exit.reason == Some(EndReason::Orphaned) {
+        Outcome::Gone
+    } else {
+        Outcome::Exited(exit)
+    }
+}
+
+fn event_outcome(event: Event) -> Outcome {
     match event {
-        Event::Exited(exit) => Outcome::Exited(exit),
+        Event::Exited(exit) => exit_outcome(exit),
         Event::Lost => Outcome::Lost,
+    }
+}
+
+/// One reconnection attempt: the current master when it is gone (opening it again, as every
+/// launcher of the host would), else a fresh connection of our own (the current one is up but
+/// stuck: after a link cut, an old TCP connection only resumes when its retransmission backoff
+/// next fires, seconds after the link is back).
+async fn connect(current: Master, budget: Duration) -> Result<Master> {
+    let deadline = Instant::now() + budget;
+    if current.is_up().await {
+        current.open_fresh(deadline).await
+    } else {
+        current.ensure(deadline).await?;
+        Ok(current)
     }
 }

@@ -8,6 +8,8 @@ pub mod jupyter;
 pub mod kernelspec;
 pub mod launcher;
 pub mod mount;
+pub mod parent;
+pub mod ports;
 pub mod remote;
 pub mod runtime;
 pub mod ssh;

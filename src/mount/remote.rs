@@ -80,12 +80,15 @@ if [ -n "$takeover" ] && [ -f "$state" ]; then
   kill -KILL "$old_sshfs" 2>/dev/null
   if is_mounted "$mnt" || is_dead "$mnt"; then unmount "$mnt"; fi
 fi
-if is_dead "$mnt"; then
-  unmount "$mnt"
-  tag note "removed a stale mount left at $mnt by an earlier run"
-fi
-n=0
-while is_mounted "$mnt"; do
+n=0 removed=
+while :; do
+  # A mount whose sshfs died shows as dead only once FUSE's cached attributes expire: look
+  # again on every turn.
+  if is_dead "$mnt" && unmount "$mnt" && [ -z "$removed" ]; then
+    removed=1
+    tag note "removed a stale mount left at $mnt by an earlier run"
+  fi
+  is_mounted "$mnt" || break
   # An earlier run's sshfs may be unmounting right now.
   if [ $n -ge 30 ]; then fail busy "$mnt is already a mount point"; fi
   sleep 0.1; n=$((n + 1))

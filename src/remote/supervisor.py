@@ -1,16 +1,26 @@
-# sshpyk remote supervisor: starts one Jupyter kernel on this host and guards it.
+# sshpyk remote supervisor: starts one Jupyter kernel on this host, carries every client
+# connection to it, and guards it.
 #
-# Sent by the launcher over the ssh session's stdin (never on a command line) and run by the
-# remote python. Protocol, one JSON object per line:
-#   in:  a config line (holds the session key), then commands: arm, signal, kill, ping. The launcher
-#        sends no command before "ready", so nothing is left in Python's stdin buffer after the
-#        config line and the select loop can read the raw descriptor.
-#   out: {"sshpyk": "ready" | "attached" | "exited" | "error", ...}
-# The session is the lease, renewed by every line the launcher sends (it pings). After "arm", a
-# lease that runs out (orphan timeout, plus one ping interval) ends the kernel; a launcher that
-# comes back (after a network drop) attaches to supervisor.sock in the run dir and takes the
-# lease over. At expiry, on kill, or when the kernel exits: kill the kernel's process
-# group, remove every file we made, report, exit.
+# Run by the remote python from the ssh session's stdin (never a command line); the launcher's
+# side is src/remote/protocol.rs, which documents the frames. In short: after MARKER, both
+# directions are frames `u32 stream | u8 kind | u32 length | payload`; stream 0 carries JSON
+# requests ({"op": ...}) and reports ({"event": ...}); other streams are ZMQ connections that
+# the launcher opens and this loop relays to the kernel's sockets, each direction bounded by a
+# credit window.
+#
+# Lifetime. The session is the lease, renewed by every frame (the launcher pings). When the
+# session ends:
+#   - before "arm" (the launcher gave up while starting): end the kernel at once;
+#   - while the ssh connection that carried it lives (its sshd process is still there): the
+#     master closed only our channel, so the launcher is gone (SIGKILL, crash): end the kernel;
+#   - with the connection gone (network): wait `orphan_timeout` for the launcher to come back
+#     through supervisor.sock in the run dir (a relay hands over its session's stdio).
+# Ending the kernel ends its process group and every process it started, including those that
+# left the group (we are a child subreaper, so orphans come back to us); then every file we made
+# is removed and the exit is reported.
+import array
+import collections
+import errno
 import json
 import os
 import select
@@ -19,13 +29,28 @@ import shutil
 import signal
 import socket
 import string
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+MARKER = b"\nsshpyk-frames-1\n"
+HEADER = struct.Struct(">IBI")
+MESSAGE, OPEN, DATA, CLOSE, CREDIT = range(5)
+WINDOW = 2 << 20
+MAX_PAYLOAD = 1 << 20
+CHUNK = 256 << 10
+# Past this much unsent to the launcher, stop reading the kernel's sockets until it drains.
+OUT_LIMIT = 8 << 20
+# How long a closed session's sshd process is watched before we conclude the launcher is gone.
+SSHD_WATCH = 0.5
+# After SIGTERM, how long a kernel the launcher has left gets before SIGKILL.
+GONE_GRACE = 0.5
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 
 
 class Fatal(Exception):
@@ -34,38 +59,179 @@ class Fatal(Exception):
         self.kind = kind
 
 
-class Channel:
-    """The launcher's end: the ssh session's stdio at first, an attached socket after a reconnect."""
+def prctl(option, value):
+    try:
+        import ctypes
 
-    def __init__(self, rfile, wfile, closer=None):
-        self.rfile, self.wfile, self.closer, self.buf = rfile, wfile, closer, b""
+        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
+    except Exception:
+        return False
+
+
+def process_alive(pid):
+    """Whether `pid` exists and is not a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def parent_map():
+    """pid -> ppid for every process we can see (Linux /proc; empty elsewhere)."""
+    parents = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return parents
+    for name in names:
+        if name.isdigit():
+            try:
+                with open("/proc/%s/stat" % name, "rb") as f:
+                    parents[int(name)] = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    return parents
+
+
+def descendants(root):
+    children = collections.defaultdict(list)
+    for pid, ppid in parent_map().items():
+        children[ppid].append(pid)
+    found, todo = [], list(children[root])
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children[pid])
+    return found
+
+
+class Link:
+    """One launcher session: frames in from `rfd`, frames out to `wfd`, never blocking.
+
+    `sshd_pid` is the sshd process of the ssh connection that carries the session: alive after
+    the session closed means only our channel was closed (the launcher is gone)."""
+
+    def __init__(self, rfd, wfd, sshd_pid, closer=None):
+        self.rfd, self.wfd, self.sshd_pid, self.closer = rfd, wfd, sshd_pid, closer
+        self.inbuf = bytearray()
+        self.out = collections.deque()
+        self.out_len = 0
+        self.dead = False
+        # Whether the main loop waits for `wfd` to take more.
+        self.watching_out = False
 
     def fileno(self):
-        return self.rfile.fileno()
+        return self.rfd
 
-    def send(self, **msg):
-        try:
-            self.wfile.write((json.dumps(msg) + "\n").encode())
-            self.wfile.flush()
-            return True
-        except OSError:
-            return False
+    def queue(self, data):
+        self.out.append(data)
+        self.out_len += len(data)
 
-    def read_lines(self):
-        """Lines now available, or None at EOF."""
+    def send(self, stream, kind, payload=b""):
+        self.queue(HEADER.pack(stream, kind, len(payload)) + payload)
+
+    def report(self, **msg):
+        self.send(0, MESSAGE, json.dumps(msg).encode())
+
+    def flush(self):
+        """Writes what the pipe takes now."""
+        while self.out and not self.dead:
+            try:
+                n = os.writev(self.wfd, list(self.out)[:64])
+            except BlockingIOError:
+                return
+            except OSError:
+                self.dead = True
+                return
+            self.out_len -= n
+            while n:
+                head = self.out[0]
+                if n >= len(head):
+                    n -= len(head)
+                    self.out.popleft()
+                else:
+                    self.out[0] = head[n:]
+                    n = 0
+
+    def flush_blocking(self, timeout):
+        end = time.monotonic() + timeout
+        while self.out and not self.dead and time.monotonic() < end:
+            self.flush()
+            if self.out:
+                select.select([], [self.wfd], [], max(0.0, end - time.monotonic()))
+
+    def read_frames(self):
+        """Frames now available as (stream, kind, payload), or None at the end of the session."""
         try:
-            data = os.read(self.rfile.fileno(), 65536)
+            data = os.read(self.rfd, 1 << 20)
+        except BlockingIOError:
+            return []
         except OSError:
             data = b""
         if not data:
             return None
-        self.buf += data
-        *lines, self.buf = self.buf.split(b"\n")
-        return [l for l in lines if l.strip()]
+        self.inbuf += data
+        frames = []
+        while len(self.inbuf) >= HEADER.size:
+            stream, kind, length = HEADER.unpack_from(self.inbuf)
+            if length > MAX_PAYLOAD:
+                return None
+            if len(self.inbuf) < HEADER.size + length:
+                break
+            frames.append((stream, kind, bytes(self.inbuf[HEADER.size:HEADER.size + length])))
+            del self.inbuf[:HEADER.size + length]
+        return frames
 
     def close(self):
+        for fd in {self.rfd, self.wfd}:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         if self.closer:
             self.closer()
+
+
+class Stream:
+    """One client connection, relayed to a kernel socket."""
+
+    def __init__(self, sid, sock):
+        self.sid, self.sock = sid, sock
+        self.to_kernel = bytearray()
+        # What we may still send to the launcher, and what we wrote to the kernel since the
+        # last credit we returned.
+        self.credit = WINDOW
+        self.written = 0
+        self.mask = 0
+
+
+def read_exactly(fd, n):
+    data = b""
+    while len(data) < n:
+        chunk = os.read(fd, n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+def read_start(fd):
+    """The first frame, read blocking: the start request."""
+    stream, kind, length = HEADER.unpack(read_exactly(fd, HEADER.size))
+    if stream != 0 or kind != MESSAGE or length > MAX_PAYLOAD:
+        raise Fatal("protocol", "the launcher did not start with a start request")
+    request = json.loads(read_exactly(fd, length))
+    if request.get("op") != "start":
+        raise Fatal("protocol", "the launcher did not start with a start request")
+    return request
 
 
 def find_kernelspec(name):
@@ -160,14 +326,14 @@ def pick_transport(argv):
     return "ipc" if any(os.path.basename(a).startswith("ipykernel") for a in argv) else "tcp"
 
 
-def write_connection_file(run_dir, config, transport):
+def write_connection_file(run_dir, start, transport):
     if transport == "ipc":
         ip, ports = os.path.join(run_dir, "k"), [1, 2, 3, 4, 5]
         endpoints = {c: "%s-%d" % (ip, p) for c, p in zip(CHANNELS, ports)}
     else:
         ip, ports = "127.0.0.1", free_tcp_ports(5)
         endpoints = dict(zip(CHANNELS, ports))
-    info = {"transport": transport, "ip": ip, "key": config["key"], "signature_scheme": config["signature_scheme"], "kernel_name": config["kernel_name"]}
+    info = {"transport": transport, "ip": ip, "key": start["key"], "signature_scheme": start["signature_scheme"], "kernel_name": start["kernel_name"]}
     info.update({"%s_port" % c: p for c, p in zip(CHANNELS, ports)})
     path = os.path.join(run_dir, "kernel.json")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -176,16 +342,32 @@ def write_connection_file(run_dir, config, transport):
     return path, endpoints
 
 
-def launcher_gone(wait=0.01):
+def launcher_gave_up(wait=0.01):
     """Whether stdin became readable (EOF: nothing else is sent before "ready") within `wait`."""
     return bool(select.select([0], [], [], wait)[0])
 
 
-def listening(endpoint):
-    """A Unix socket path or a loopback TCP port that accepts connections."""
+def connect(endpoint):
+    """A non-blocking socket connected to a Unix socket path or a loopback TCP port, or None."""
     family, address = (socket.AF_UNIX, endpoint) if isinstance(endpoint, str) else (socket.AF_INET, ("127.0.0.1", endpoint))
-    with socket.socket(family) as s:
-        return s.connect_ex(address) == 0
+    sock = socket.socket(family)
+    sock.settimeout(2)
+    try:
+        sock.connect(address)
+    except OSError:
+        sock.close()
+        return None
+    sock.setblocking(False)
+    if family == socket.AF_INET:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def listening(endpoint):
+    sock = connect(endpoint)
+    if sock:
+        sock.close()
+    return sock is not None
 
 
 def prepare_kernel():
@@ -193,56 +375,47 @@ def prepare_kernel():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     # The kernel must not outlive its guard, even if the guard is killed with SIGKILL.
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class Supervisor:
-    def __init__(self, config):
-        self.config = config
-        self.orphan_timeout = float(config["orphan_timeout"])
-        self.ping_interval = float(config["ping_interval"])
+    def __init__(self, start, link):
+        self.start_request = start
+        self.orphan_timeout = float(start["orphan_timeout"])
+        self.ping_interval = float(start["ping_interval"])
+        self.link = link
         self.run_dir = None
         self.kernel = None
+        self.endpoints = {}
         self.armed = False
-        # Why we ended the kernel, if we did: "orphaned" (lease ran out) or "killed" (asked to).
+        # Why we ended the kernel, if we did: "orphaned", "launcher_gone" or "stopped".
         self.reason = None
+        self.kill_at = None
+        self.expires = None
         self.tail = []
+        self.partial_line = b""
+        self.streams = {}
         self.sel = selectors.DefaultSelector()
         self.exit_r, self.exit_w = os.pipe()
-        # The launcher's end (None while it is away); the output pump writes to it too.
-        self.channel = None
-        self.send_lock = threading.Lock()
 
-    def emit(self, **msg):
-        with self.send_lock:
-            if self.channel:
-                self.channel.send(**msg)
-
-    def emit_output(self, text):
-        # Best effort: never block on a stalled link (it would hold the lock the main loop
-        # needs); a short line into a writable pipe does not block.
-        with self.send_lock:
-            if self.channel and select.select([], [self.channel.wfile], [], 0)[1]:
-                self.channel.send(sshpyk="output", text=text[:3000])
+    # ------------------------------------------------------------------ start
 
     def start(self):
         if not have_module("jupyter_client"):
             raise Fatal("no_jupyter_client", "remote python %s cannot import jupyter_client; install it there (pip install jupyter_client ipykernel)" % sys.executable)
-        spec = find_kernelspec(self.config["kernel_name"])
+        spec = find_kernelspec(self.start_request["kernel_name"])
         self.run_dir = make_run_dir()
         transport = pick_transport(kernel_argv(spec, ""))
-        connection_file, endpoints = write_connection_file(self.run_dir, self.config, transport)
+        connection_file, self.endpoints = write_connection_file(self.run_dir, self.start_request, transport)
         argv = kernel_argv(spec, connection_file)
         env = dict(os.environ)
         env.update({k: string.Template(v).safe_substitute(os.environ) for k, v in spec.get("env", {}).items()})
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         # ipykernel then watches its parent (us) and exits if we vanish.
         env["JPY_PARENT_PID"] = str(os.getpid())
+        # Orphans of the kernel's tree (double-forked daemons) come back to us, so that we can
+        # end them with the kernel.
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
         try:
             self.kernel = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -250,75 +423,258 @@ class Supervisor:
             )
         except OSError as e:
             raise Fatal("kernel_start", "cannot start remote kernel %s: %s" % (argv[0], e.strerror))
-        threading.Thread(target=self.pump_output, daemon=True).start()
+        os.set_blocking(self.kernel.stdout.fileno(), False)
         threading.Thread(target=self.wait_kernel, daemon=True).start()
-        self.wait_listening(endpoints.values())
+        self.wait_listening(self.endpoints.values())
         return {
             "pid": self.kernel.pid, "hostname": socket.gethostname(), "transport": transport,
-            "endpoints": endpoints, "run_dir": self.run_dir,
-            "interrupt_mode": spec.get("interrupt_mode", "signal"), "language": spec.get("language", ""),
+            "endpoints": self.endpoints, "run_dir": self.run_dir,
+            "interrupt_mode": "message" if spec.get("interrupt_mode") == "message" else "signal",
+            "language": spec.get("language", ""),
         }
-
-    def pump_output(self):
-        # The kernel's output reaches the launcher's stderr, like a local kernel's would, through
-        # whichever channel is current (it survives a reconnection).
-        for line in iter(self.kernel.stdout.readline, b""):
-            text = line.decode(errors="replace")
-            self.tail = (self.tail + [text.rstrip()])[-20:]
-            self.emit_output(text)
 
     def wait_kernel(self):
         self.kernel.wait()
         os.write(self.exit_w, b"x")
 
     def wait_listening(self, endpoints):
-        # Report ready only once the kernel listens: a forward to a closed endpoint would fail.
+        # Report ready only once the kernel listens: a stream to a closed endpoint would fail.
         # The launcher sends nothing before "ready", so a readable stdin means it gave up.
         pending = set(endpoints)
         while pending and self.kernel.poll() is None:
+            self.pump_output()
             pending = {e for e in pending if not listening(e)}
-            if pending and launcher_gone():
+            if pending and launcher_gave_up():
                 raise Fatal("abandoned", "the launcher gave up before the kernel listened")
 
-    def kill_kernel(self):
-        if self.kernel and self.kernel.poll() is None:
+    # ------------------------------------------------------------------ the kernel's end
+
+    def signal_all(self, sig):
+        """`sig` to the kernel's process group and every process it started."""
+        if not self.kernel:
+            return
+        try:
+            os.killpg(self.kernel.pid, sig)
+        except OSError:
+            pass
+        for pid in descendants(os.getpid()):
             try:
-                os.killpg(self.kernel.pid, signal.SIGKILL)
+                os.kill(pid, sig)
             except OSError:
                 pass
-            self.kernel.wait()
+
+    def stop_kernel(self, reason, grace):
+        """SIGTERM now, SIGKILL after `grace` seconds (the main loop keeps that appointment)."""
+        if self.kernel is None or self.kernel.poll() is not None:
+            return
+        self.reason = self.reason or reason
+        self.signal_all(signal.SIGTERM if grace > 0 else signal.SIGKILL)
+        deadline = time.monotonic() + grace
+        self.kill_at = deadline if self.kill_at is None else min(self.kill_at, deadline)
+
+    def reap_adopted(self):
+        """Collects orphans that came back to us and exited (never the kernel: its waiter does)."""
+        for pid, ppid in parent_map().items():
+            if ppid == os.getpid() and pid != self.kernel.pid and not process_alive(pid):
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except OSError:
+                    pass
 
     def cleanup(self):
         if self.kernel:
-            # Whatever the kernel started in its group goes with it.
-            try:
-                os.killpg(self.kernel.pid, signal.SIGKILL)
-            except OSError:
-                pass
+            # Whatever the kernel started goes with it.
+            self.signal_all(signal.SIGKILL)
+            if self.kernel.poll() is None:
+                self.kernel.wait()
+            self.reap_adopted()
         if self.run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
-    def exit_message(self):
+    def exit_report(self):
         code = self.kernel.returncode
-        return {"status": code if code >= 0 else None, "signal": -code if code < 0 else None, "tail": self.tail[-5:], "reason": self.reason}
+        return {"event": "exited", "status": code if code >= 0 else None, "signal": -code if code < 0 else None, "tail": self.tail[-5:], "reason": self.reason}
 
-    def handle(self, line):
-        try:
-            cmd = json.loads(line)
-        except ValueError:
+    # ------------------------------------------------------------------ the kernel's output
+
+    def pump_output(self):
+        """Forwards what the kernel printed, line by line (best effort: dropped, never queued
+        without bound, while the launcher is slow or away); keeps the last lines for the exit
+        report. Returns False at the end of its output."""
+        while True:
+            try:
+                data = os.read(self.kernel.stdout.fileno(), 65536)
+            except BlockingIOError:
+                return True
+            except OSError:
+                data = b""
+            if not data:
+                if self.partial_line:
+                    self.output_line(self.partial_line)
+                    self.partial_line = b""
+                return False
+            *lines, self.partial_line = (self.partial_line + data).split(b"\n")
+            for line in lines:
+                self.output_line(line + b"\n")
+            if len(self.partial_line) > 3000:
+                self.output_line(self.partial_line)
+                self.partial_line = b""
+
+    def output_line(self, line):
+        text = line.decode(errors="replace")
+        self.tail = (self.tail + [text.rstrip()])[-20:]
+        if self.link and self.link.out_len < OUT_LIMIT:
+            self.link.report(event="output", text=text[:3000])
+
+    # ------------------------------------------------------------------ streams
+
+    def open_stream(self, sid, channel):
+        endpoint = self.endpoints.get(channel)
+        sock = connect(endpoint) if endpoint is not None else None
+        if sock is None:
+            self.link.send(sid, CLOSE)
             return
-        op = cmd.get("op")
+        self.streams[sid] = Stream(sid, sock)
+
+    def close_stream(self, stream, tell_launcher):
+        self.streams.pop(stream.sid, None)
+        if stream.mask:
+            self.sel.unregister(stream.sock)
+        stream.sock.close()
+        if tell_launcher and self.link:
+            self.link.send(stream.sid, CLOSE)
+
+    def close_all_streams(self):
+        for stream in list(self.streams.values()):
+            self.close_stream(stream, tell_launcher=False)
+
+    def from_kernel(self, stream):
+        try:
+            data = stream.sock.recv(min(CHUNK, stream.credit))
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close_stream(stream, tell_launcher=True)
+            return
+        stream.credit -= len(data)
+        self.link.send(stream.sid, DATA, data)
+
+    def to_kernel(self, stream):
+        try:
+            n = stream.sock.send(stream.to_kernel)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close_stream(stream, tell_launcher=True)
+            return
+        del stream.to_kernel[:n]
+        stream.written += n
+        if stream.written >= WINDOW // 4 or not stream.to_kernel:
+            self.link.send(stream.sid, CREDIT, struct.pack(">I", stream.written))
+            stream.written = 0
+
+    def update_interest(self):
+        """Registers each stream for what it can do now: read while it has credit and the
+        launcher keeps up, write while it has bytes for the kernel."""
+        keep_up = self.link is not None and self.link.out_len < OUT_LIMIT
+        for stream in self.streams.values():
+            mask = (selectors.EVENT_READ if keep_up and stream.credit > 0 else 0) | (selectors.EVENT_WRITE if stream.to_kernel else 0)
+            if mask == stream.mask:
+                continue
+            if not mask:
+                self.sel.unregister(stream.sock)
+            elif not stream.mask:
+                self.sel.register(stream.sock, mask, stream)
+            else:
+                self.sel.modify(stream.sock, mask, stream)
+            stream.mask = mask
+
+    # ------------------------------------------------------------------ the launcher
+
+    def handle_frame(self, sid, kind, payload):
+        if kind == MESSAGE:
+            self.handle_request(json.loads(payload))
+            return
+        stream = self.streams.get(sid)
+        if kind == OPEN:
+            if stream:
+                self.close_stream(stream, tell_launcher=False)
+            self.open_stream(sid, payload.decode())
+        elif stream is None:
+            return  # a stream we already closed; the launcher will learn it from our CLOSE
+        elif kind == DATA:
+            stream.to_kernel += payload
+        elif kind == CLOSE:
+            self.close_stream(stream, tell_launcher=False)
+        elif kind == CREDIT:
+            stream.credit += struct.unpack(">I", payload)[0]
+
+    def handle_request(self, request):
+        op = request.get("op")
         if op == "arm":
             self.armed = True
+        elif op == "ping":
+            self.link.report(event="pong")
         elif op == "signal":
             try:
-                os.killpg(self.kernel.pid, getattr(signal, cmd["signal"]))
-            except (OSError, AttributeError):
+                os.killpg(self.kernel.pid, getattr(signal, request["signal"]))
+            except (OSError, AttributeError, KeyError):
                 pass
-        elif op == "kill":
-            self.reason = "killed"
-            self.kill_kernel()
-        # "ping" needs no action: any line renews the lease.
+        elif op == "stop":
+            self.stop_kernel("stopped", float(request.get("grace", 0)))
+
+    def attach(self, listener):
+        """A relay hands over the stdio of a new session (after a reconnection)."""
+        conn, _ = listener.accept()
+        try:
+            fds = array.array("i")
+            msg, ancdata, _, _ = conn.recvmsg(64, socket.CMSG_LEN(2 * fds.itemsize))
+            for level, kind, data in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+            if len(fds) != 2:
+                raise OSError("no descriptors")
+            sshd_pid = int(msg)
+        except (OSError, ValueError):
+            conn.close()
+            return
+        self.drop_link()
+        for fd in fds:
+            os.set_blocking(fd, False)
+        self.link = Link(fds[0], fds[1], sshd_pid, closer=conn.close)
+        self.link.queue(MARKER)
+        self.link.report(event="attached", pid=self.kernel.pid)
+        self.sel.register(self.link, selectors.EVENT_READ, "link")
+        self.expires = time.monotonic() + self.orphan_timeout + self.ping_interval
+
+    def drop_link(self):
+        """The current session is over: its streams go with it (bytes may have been lost)."""
+        if self.link:
+            self.sel.unregister(self.link)
+            if self.link.watching_out:
+                self.sel.unregister(self.link.wfd)
+            self.link.close()
+            self.link = None
+        self.close_all_streams()
+
+    def link_closed(self):
+        sshd_pid = self.link.sshd_pid
+        self.drop_link()
+        if not self.armed:
+            self.stop_kernel("launcher_gone", 0)
+            return
+        # The connection's sshd process outliving our channel means the master closed only the
+        # channel: the launcher is gone. When the connection died instead, sshd goes with it.
+        end = time.monotonic() + SSHD_WATCH
+        while time.monotonic() < end:
+            if not process_alive(sshd_pid):
+                return  # the network: the lease keeps the kernel for the launcher to return
+            time.sleep(0.05)
+        self.stop_kernel("launcher_gone", GONE_GRACE)
+
+    # ------------------------------------------------------------------ the loop
 
     def serve(self):
         listener = socket.socket(socket.AF_UNIX)
@@ -326,82 +682,107 @@ class Supervisor:
         listener.listen(4)
         self.sel.register(listener, selectors.EVENT_READ, "attach")
         self.sel.register(self.exit_r, selectors.EVENT_READ, "exit")
-        self.sel.register(self.channel, selectors.EVENT_READ, "channel")
-        # The launcher pings every `ping_interval`; a silent or closed channel is a lost launcher
+        self.sel.register(self.kernel.stdout, selectors.EVENT_READ, "output")
+        self.sel.register(self.link, selectors.EVENT_READ, "link")
+        # The launcher pings every `ping_interval`; a silent or closed session is a lost launcher
         # (a dead link never shows as EOF here). One interval of grace, so that a drop shorter
         # than the orphan timeout never ends the kernel.
         lease = self.orphan_timeout + self.ping_interval
-        expires = None
+        self.expires = time.monotonic() + lease
         while True:
-            timeout = None if expires is None else max(0.0, expires - time.monotonic())
-            events = self.sel.select(timeout)
-            if not events and expires is not None and time.monotonic() >= expires:
-                expires = None
-                self.reason = "orphaned"
-                self.kill_kernel()
-                continue
-            for key, _ in events:
-                if key.data == "exit":
-                    self.cleanup()
-                    self.emit(sshpyk="exited", **self.exit_message())
+            self.update_interest()
+            link = self.link
+            if link and bool(link.out) != link.watching_out:
+                if link.out:
+                    self.sel.register(link.wfd, selectors.EVENT_WRITE, "link-out")
+                else:
+                    self.sel.unregister(link.wfd)
+                link.watching_out = bool(link.out)
+            now = time.monotonic()
+            deadlines = [d for d in (self.kill_at, self.expires if self.armed else None) if d is not None]
+            timeout = max(0.0, min(deadlines) - now) if deadlines else 5.0
+            for key, events in self.sel.select(min(timeout, 5.0)):
+                what = key.data
+                if what == "exit":
+                    self.finish()
                     return
-                if key.data == "attach":
-                    conn, _ = listener.accept()
-                    f = conn.makefile("rwb", buffering=0)
-                    with self.send_lock:
-                        if self.channel:
-                            self.sel.unregister(self.channel)
-                            self.channel.close()
-                        self.channel = Channel(f, f, closer=conn.close)
-                    self.sel.register(self.channel, selectors.EVENT_READ, "channel")
-                    expires = time.monotonic() + lease
-                    self.emit(sshpyk="attached", pid=self.kernel.pid)
-                elif key.data == "channel":
-                    if key.fileobj is not self.channel:
-                        continue  # the channel an attach just replaced
-                    lines = self.channel.read_lines()
-                    if lines is None:
-                        with self.send_lock:
-                            self.sel.unregister(self.channel)
-                            self.channel.close()
-                            self.channel = None
-                        if not self.armed:
-                            self.kill_kernel()
+                if what == "output":
+                    if not self.pump_output():
+                        self.sel.unregister(self.kernel.stdout)
+                elif what == "attach":
+                    self.attach(listener)
+                elif what == "link-out":
+                    if self.link:
+                        self.link.flush()
+                elif what == "link":
+                    frames = self.link.read_frames() if self.link else []
+                    if frames is None:
+                        self.link_closed()
                         continue
-                    for line in lines:
-                        self.handle(line)
-                    if self.armed:
-                        expires = time.monotonic() + lease
+                    self.expires = time.monotonic() + lease
+                    for frame in frames:
+                        self.handle_frame(*frame)
+                    if self.link:
+                        self.link.flush()
+                elif isinstance(what, Stream) and self.streams.get(what.sid) is what:
+                    if events & selectors.EVENT_WRITE:
+                        self.to_kernel(what)
+                    if events & selectors.EVENT_READ and self.streams.get(what.sid) is what:
+                        self.from_kernel(what)
+                    if self.link:
+                        self.link.flush()
+            now = time.monotonic()
+            if self.kill_at is not None and now >= self.kill_at:
+                self.kill_at = None
+                self.signal_all(signal.SIGKILL)
+            if self.armed and now >= self.expires:
+                # Silent for the whole lease (a dead link shows no end of file): orphaned.
+                self.expires = float("inf")
+                self.drop_link()
+                self.stop_kernel("orphaned", 0)
+            self.reap_adopted()
+
+    def finish(self):
+        """The kernel exited: its last words, cleanup, the report."""
+        self.kernel.wait()
+        self.pump_output()
+        self.close_all_streams()
+        self.cleanup()
+        if self.link:
+            self.link.report(**self.exit_report())
+            self.link.flush_blocking(2.0)
 
 
 def main():
     for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
-    channel = Channel(sys.stdin.buffer, sys.stdout.buffer)
-    config = json.loads(sys.stdin.buffer.readline())
-    sup = Supervisor(config)
-    sup.channel = channel
-    signal.signal(signal.SIGTERM, lambda *_: (sup.kill_kernel(), sup.cleanup(), os._exit(1)))
+    link = Link(0, 1, os.getppid())
+    os.write(1, MARKER)
+    try:
+        start = read_start(0)
+    except (EOFError, ValueError, Fatal):
+        return
+    sup = Supervisor(start, link)
+    signal.signal(signal.SIGTERM, lambda *_: (sup.cleanup(), os._exit(1)))
     try:
         ready = sup.start()
     except Exception as e:
         # Whatever went wrong, nothing stays behind (the run dir holds the key).
-        sup.kill_kernel()
         sup.cleanup()
         kind, message = (e.kind, str(e)) if isinstance(e, Fatal) else ("internal", "remote supervisor failed: %s: %s" % (type(e).__name__, e))
-        sup.emit(sshpyk="error", kind=kind, message=message)
+        link.report(event="error", kind=kind, message=message)
+        link.flush_blocking(2.0)
         return
     if sup.kernel.poll() is not None:
-        sup.kernel.wait()
-        os.read(sup.exit_r, 1)
-        sup.cleanup()
-        sup.emit(sshpyk="exited", **sup.exit_message())
+        sup.finish()
         return
-    sup.emit(sshpyk="ready", **ready)
+    link.report(event="ready", **ready)
+    os.set_blocking(0, False)
+    os.set_blocking(1, False)
+    link.flush()
     try:
         sup.serve()
     finally:
-        sup.kill_kernel()
         sup.cleanup()
 
 

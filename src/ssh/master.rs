@@ -15,6 +15,9 @@ use crate::error::{Error, Result};
 const DEFAULT_PERSIST: &str = "10m";
 /// Seconds between keepalives on a master we open: a dead link is noticed after about 4 of them.
 const SERVER_ALIVE_INTERVAL: u64 = 3;
+/// How long a connection opened to replace one that stopped answering stays after its last
+/// client.
+const FRESH_PERSIST: &str = "60";
 
 #[derive(Debug, Clone)]
 pub struct Master {
@@ -151,6 +154,46 @@ impl Master {
                 self.alias
             )));
         }
+        self.open(deadline).await
+    }
+
+    /// Another connection to the same host, with a control socket of ours named `name` in the
+    /// runtime dir that stays `persist` after its last client.
+    fn sibling(&self, name: &str, persist: &str) -> Master {
+        let socket = self.runtime_dir.join(name);
+        Master {
+            control_path: control_path_option(&socket.to_string_lossy(), ""),
+            control_socket: socket,
+            persist: persist.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// The `n`th extra connection to this host, shared by every launcher, for when the server
+    /// refuses one more session on the ones before (sshd's `MaxSessions`). Open it with
+    /// [`Master::ensure`].
+    pub fn overflow(&self, n: u32) -> Master {
+        self.sibling(&format!("cm-{:016x}-{n}", self.host_hash()), &self.persist)
+    }
+
+    /// A new connection of this launcher's own, raced against a connection that stopped
+    /// answering. It lingers [`FRESH_PERSIST`] after its last client (so it never outlives
+    /// the launcher by more, and closes the launcher's channels when the launcher dies).
+    pub async fn open_fresh(&self, deadline: Instant) -> Result<Master> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fresh = self.sibling(&format!("rc-{}-{n}", std::process::id()), FRESH_PERSIST);
+        let opened = fresh.open(deadline).await;
+        if opened.is_err() {
+            // An attempt cut short may leave its socket file behind.
+            let _ = std::fs::remove_file(&fresh.control_socket);
+        }
+        opened.map(|()| fresh)
+    }
+
+    /// Opens a master at our ControlPath (nothing is there).
+    async fn open(&self, deadline: Instant) -> Result<()> {
+        let budget = deadline.saturating_duration_since(Instant::now());
         let log = tempfile::Builder::new()
             .prefix("master-")
             .suffix(".log")
@@ -183,7 +226,11 @@ impl Master {
                     self.control_socket.display()
                 )));
             }
-            tracing::debug!("opened a ControlMaster for '{}'", self.alias);
+            tracing::debug!(
+                "opened a ControlMaster for '{}' at {}",
+                self.alias,
+                self.control_socket.display()
+            );
             return Ok(());
         }
         let text = std::fs::read_to_string(log.path()).unwrap_or_default();
@@ -293,12 +340,10 @@ impl Master {
         deadline: Instant,
         budget: Duration,
     ) -> Result<nix::fcntl::Flock<std::fs::File>> {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (&self.config, &self.alias, &self.control_path).hash(&mut hasher);
+        // One lock per host (not per ControlPath), so that lock files do not pile up.
         let path = self
             .runtime_dir
-            .join(format!("master-{:016x}.lock", hasher.finish()));
+            .join(format!("master-{:016x}.lock", self.host_hash()));
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -315,6 +360,16 @@ impl Master {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+impl Master {
+    /// Names this host (ssh config and alias) in file names of the runtime dir.
+    fn host_hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&self.config, &self.alias).hash(&mut hasher);
+        hasher.finish()
     }
 }
 

@@ -1,8 +1,7 @@
-//! Everything that talks to OpenSSH: the ssh config, the ControlMaster, remote sessions and the
-//! per-connection channels behind the five forwarded ports.
+//! Everything that talks to OpenSSH: the ssh config, the ControlMaster and its mux protocol,
+//! child processes.
 
 pub mod config;
-pub mod forward;
 pub mod master;
 pub mod mux;
 pub mod process;

@@ -108,9 +108,16 @@ impl MuxChannel {
                     return Ok(channel);
                 }
                 Some(Reply::Failure { reason, .. }) => {
-                    return Err(io::Error::other(format!(
-                        "the ControlMaster could not open the channel: {reason}"
-                    )))
+                    // The one way the protocol tells a server's refusal (MaxSessions) apart.
+                    let kind = if reason.contains("refused by peer") {
+                        io::ErrorKind::ConnectionRefused
+                    } else {
+                        io::ErrorKind::Other
+                    };
+                    return Err(io::Error::new(
+                        kind,
+                        format!("the ControlMaster could not open the channel: {reason}"),
+                    ));
                 }
                 Some(Reply::PermissionDenied { reason, .. }) => {
                     return Err(io::Error::new(

@@ -151,6 +151,16 @@ impl Env {
 
     /// Starts the launcher exactly as kernel.json says, with stderr kept in a file.
     pub fn launch(&self, kernel: &str, connection_file: &Path) -> Launcher {
+        self.launch_with_env(kernel, connection_file, &[])
+    }
+
+    /// [`Env::launch`] with extra environment variables (as jupyter_client sets JPY_PARENT_PID).
+    pub fn launch_with_env(
+        &self,
+        kernel: &str,
+        connection_file: &Path,
+        vars: &[(&str, &str)],
+    ) -> Launcher {
         let spec = self.read_kernel_json(kernel);
         let argv: Vec<String> = spec["argv"]
             .as_array()
@@ -171,6 +181,7 @@ impl Env {
         // Like jupyter_client: the kernel gets its own process group.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         self.apply(&mut cmd);
+        cmd.envs(vars.iter().copied());
         Launcher {
             child: cmd.spawn().expect("launcher starts"),
             log,

@@ -1,0 +1,354 @@
+//! The one byte stream between the launcher and the remote supervisor: typed messages and every
+//! ZMQ connection of the kernel, multiplexed over the supervisor's ssh session.
+//!
+//! # Why one session carries everything
+//!
+//! A stock sshd allows 10 *sessions* per connection (`MaxSessions`), and each ZMQ connection a
+//! client makes used to cost one session plus a python relay started on the remote: two notebooks
+//! on one host ran out, each reconnection waited for a python to start (so iopub re-subscribed
+//! after the kernel had published), and login-shell banners landed in the byte streams. Two
+//! shapes remove the per-connection cost:
+//!
+//! - **streams framed over the supervisor's session** (this module): opening a stream is one
+//!   frame, pipelined with its first bytes, so a client's bytes reach the kernel without a round
+//!   trip; it works where the server forbids forwarding (`AllowTcpForwarding no`, common on HPC
+//!   login nodes); nothing listens on the remote, so no token is needed to keep other users out.
+//! - a supervisor listener reached by forwarding channels (`direct-tcpip`, not counted by
+//!   `MaxSessions`): the master would copy the bytes, but each connection costs a channel-open
+//!   round trip and a token exchange, the listener is one more thing other users of the host can
+//!   reach, and it still needs the first shape as a fallback for `AllowTcpForwarding no`.
+//!
+//! So one shape serves every host. Measured in `bench/run` against a local kernel and the Python
+//! sshpyk (README.rst, Benchmarks). The supervisor relays between frames and the kernel's Unix
+//! sockets in one select loop, with no thread or process per connection.
+//!
+//! # Frames
+//!
+//! `u32 stream | u8 kind | u32 length | payload`, big endian. Stream 0 carries [`Request`]s and
+//! [`Report`]s as JSON; other streams are ZMQ connections, opened by the launcher. Each direction
+//! of a stream has a window of [`WINDOW`] bytes, returned with `Credit` frames as the receiver
+//! writes them out, so a stalled client (or kernel) stops only its own stream and memory stays
+//! bounded on both ends.
+//!
+//! Before the first frame, the remote login shell may print anything (cluster banners, `module`
+//! and conda notices): the supervisor first writes [`MARKER`] on a line of its own and the
+//! launcher ignores everything before it.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::connection::Channel;
+
+/// The line that starts the framed stream.
+pub const MARKER: &str = "sshpyk-frames-1";
+/// Bytes one direction of a stream may have in flight before the receiver returns credit.
+pub const WINDOW: u32 = 2 << 20;
+/// The largest payload either side sends in one frame (and so the most it accepts).
+pub const MAX_PAYLOAD: usize = 1 << 20;
+pub const HEADER_LEN: usize = 9;
+
+const MESSAGE: u8 = 0;
+const OPEN: u8 = 1;
+const DATA: u8 = 2;
+const CLOSE: u8 = 3;
+const CREDIT: u8 = 4;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A [`Request`] or [`Report`] as JSON, on stream 0.
+    Message(Vec<u8>),
+    /// A client connected to the kernel's `channel`: the supervisor connects to it.
+    Open {
+        stream: u32,
+        channel: Channel,
+    },
+    Data {
+        stream: u32,
+        bytes: Vec<u8>,
+    },
+    /// Either side is done with the stream; the other closes its end and forgets it.
+    Close {
+        stream: u32,
+    },
+    /// The receiver wrote `bytes` of the stream out: the sender may send that many more.
+    Credit {
+        stream: u32,
+        bytes: u32,
+    },
+}
+
+impl Frame {
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let (stream, kind, payload): (u32, u8, &[u8]) = match self {
+            Frame::Message(json) => (0, MESSAGE, json),
+            Frame::Open { stream, channel } => (*stream, OPEN, channel.name().as_bytes()),
+            Frame::Data { stream, bytes } => (*stream, DATA, bytes),
+            Frame::Close { stream } => (*stream, CLOSE, &[]),
+            Frame::Credit { stream, bytes } => {
+                out.extend_from_slice(&stream.to_be_bytes());
+                out.push(CREDIT);
+                out.extend_from_slice(&4u32.to_be_bytes());
+                out.extend_from_slice(&bytes.to_be_bytes());
+                return;
+            }
+        };
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.push(kind);
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+
+    /// The stream, kind and payload length in a header.
+    pub fn parse_header(header: &[u8; HEADER_LEN]) -> std::io::Result<(u32, u8, usize)> {
+        let stream = u32::from_be_bytes(header[0..4].try_into().expect("4 bytes"));
+        let len = u32::from_be_bytes(header[5..9].try_into().expect("4 bytes")) as usize;
+        if len > MAX_PAYLOAD {
+            return Err(malformed(format!("a frame of {len} bytes")));
+        }
+        Ok((stream, header[4], len))
+    }
+
+    pub fn decode(stream: u32, kind: u8, payload: Vec<u8>) -> std::io::Result<Frame> {
+        Ok(match kind {
+            MESSAGE => Frame::Message(payload),
+            OPEN => {
+                let name = String::from_utf8_lossy(&payload);
+                let channel = Channel::ALL
+                    .into_iter()
+                    .find(|c| c.name() == name)
+                    .ok_or_else(|| malformed(format!("unknown channel '{name}'")))?;
+                Frame::Open { stream, channel }
+            }
+            DATA => Frame::Data {
+                stream,
+                bytes: payload,
+            },
+            CLOSE => Frame::Close { stream },
+            CREDIT => {
+                let bytes: [u8; 4] = payload
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| malformed("a credit frame without 4 bytes".into()))?;
+                Frame::Credit {
+                    stream,
+                    bytes: u32::from_be_bytes(bytes),
+                }
+            }
+            other => return Err(malformed(format!("frame kind {other}"))),
+        })
+    }
+}
+
+fn malformed(what: String) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("the remote supervisor sent {what}"),
+    )
+}
+
+/// What the launcher asks of the supervisor.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// The first message: start the kernel. Holds the key, so it only ever travels here.
+    Start {
+        key: String,
+        signature_scheme: String,
+        kernel_name: String,
+        orphan_timeout: f64,
+        /// How often the launcher pings; the lease lasts `orphan_timeout` plus this.
+        ping_interval: f64,
+    },
+    /// Answered with [`Report::Pong`]; like every frame, it renews the lease.
+    Ping,
+    /// From now on a lost launcher is waited for (`orphan_timeout`), not ended at once.
+    Arm,
+    /// A signal for the kernel's process group, by name (`SIGINT`).
+    Signal { signal: String },
+    /// End the kernel and everything it started: SIGTERM, then SIGKILL after `grace` seconds.
+    Stop { grace: f64 },
+}
+
+/// What the supervisor tells the launcher.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Report {
+    Ready(Ready),
+    /// The start failed; `kind` is a stable name, `message` says what to fix.
+    Error {
+        kind: String,
+        message: String,
+    },
+    Exited(Exit),
+    /// A line the kernel printed on its stdout/stderr.
+    Output {
+        text: String,
+    },
+    Pong,
+    /// A relay handed over a new session after a reconnection.
+    Attached {
+        pid: u32,
+    },
+}
+
+/// Where a kernel channel listens on the remote host.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Endpoint {
+    /// A port on the remote loopback.
+    Tcp(u16),
+    /// A Unix socket in the 0700 run dir.
+    Ipc(String),
+}
+
+/// What the supervisor reports once the kernel's sockets are up.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Ready {
+    pub pid: u32,
+    pub hostname: String,
+    pub transport: String,
+    pub endpoints: HashMap<Channel, Endpoint>,
+    pub run_dir: String,
+    pub interrupt_mode: InterruptMode,
+    #[serde(default)]
+    pub language: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InterruptMode {
+    Signal,
+    Message,
+}
+
+/// Why the supervisor ended the kernel itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The lease ran out: the launcher was away longer than the orphan timeout.
+    Orphaned,
+    /// The launcher's channel closed while its ssh connection lived: the launcher is gone.
+    LauncherGone,
+    /// The launcher asked ([`Request::Stop`]).
+    Stopped,
+}
+
+/// How the remote kernel ended.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Exit {
+    pub status: Option<i32>,
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub tail: Vec<String>,
+    #[serde(default)]
+    pub reason: Option<EndReason>,
+}
+
+impl Exit {
+    /// The launcher's own exit status: the kernel's, or 128+signal as a shell reports it.
+    pub fn code(&self) -> i32 {
+        match (self.status, self.signal) {
+            (Some(code), _) => code,
+            (None, Some(sig)) => 128 + sig,
+            (None, None) => 1,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match (self.status, self.signal) {
+            (Some(0), _) => "exited normally".into(),
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(sig)) => format!("was killed by signal {sig}"),
+            (None, None) => "ended".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(frame: Frame) {
+        let mut bytes = Vec::new();
+        frame.encode_into(&mut bytes);
+        let header: [u8; HEADER_LEN] = bytes[..HEADER_LEN].try_into().unwrap();
+        let (stream, kind, len) = Frame::parse_header(&header).unwrap();
+        assert_eq!(len, bytes.len() - HEADER_LEN);
+        let back = Frame::decode(stream, kind, bytes[HEADER_LEN..].to_vec()).unwrap();
+        assert_eq!(back, frame);
+    }
+
+    #[test]
+    fn frames_roundtrip() {
+        roundtrip(Frame::Message(br#"{"op":"ping"}"#.to_vec()));
+        roundtrip(Frame::Open {
+            stream: 7,
+            channel: Channel::Iopub,
+        });
+        roundtrip(Frame::Data {
+            stream: 1,
+            bytes: vec![0, 1, 255],
+        });
+        roundtrip(Frame::Close { stream: 9 });
+        roundtrip(Frame::Credit {
+            stream: 3,
+            bytes: 65536,
+        });
+    }
+
+    #[test]
+    fn header_layout() {
+        let mut bytes = Vec::new();
+        Frame::Data {
+            stream: 0x0102_0304,
+            bytes: b"ab".to_vec(),
+        }
+        .encode_into(&mut bytes);
+        assert_eq!(bytes, [1, 2, 3, 4, DATA, 0, 0, 0, 2, b'a', b'b']);
+    }
+
+    #[test]
+    fn oversized_and_unknown_frames_are_refused() {
+        let mut header = [0u8; HEADER_LEN];
+        header[5..9].copy_from_slice(&((MAX_PAYLOAD as u32) + 1).to_be_bytes());
+        assert!(Frame::parse_header(&header).is_err());
+        assert!(Frame::decode(1, 99, vec![]).is_err());
+        assert!(Frame::decode(1, OPEN, b"nope".to_vec()).is_err());
+    }
+
+    #[test]
+    fn requests_and_reports_are_tagged() {
+        let json = serde_json::to_value(Request::Signal {
+            signal: "SIGINT".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"op": "signal", "signal": "SIGINT"})
+        );
+        let report: Report = serde_json::from_str(
+            r#"{"event": "exited", "status": null, "signal": 9, "tail": [], "reason": "launcher_gone"}"#,
+        )
+        .unwrap();
+        match report {
+            Report::Exited(exit) => {
+                assert_eq!(exit.code(), 137);
+                assert_eq!(exit.reason, Some(EndReason::LauncherGone));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell_convention() {
+        let exit = |status, signal| Exit {
+            status,
+            signal,
+            ..Default::default()
+        };
+        assert_eq!(exit(Some(0), None).code(), 0);
+        assert_eq!(exit(Some(3), None).code(), 3);
+        assert_eq!(exit(None, Some(9)).code(), 137);
+    }
+}

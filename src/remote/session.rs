@@ -1,0 +1,283 @@
+//! The session with the remote supervisor: opened through the master's mux protocol (no `ssh`
+//! process), it runs the supervisor, then carries frames both ways ([`super::link`]).
+//!
+//! Dropping a [`Session`] closes its mux control connection, and the master then closes the
+//! channel (so does the kernel for a SIGKILLed launcher): the supervisor sees the end of the
+//! session while the connection's sshd lives on, and ends the kernel.
+
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::link::{Link, LinkTasks};
+use super::protocol::{Exit, Ready, Report, Request, MARKER};
+use super::python_command;
+use crate::connection::ConnectionInfo;
+use crate::error::{Error, Result};
+use crate::ssh::mux::MuxChannel;
+use crate::ssh::Master;
+
+const SUPERVISOR: &str = include_str!("supervisor.py");
+
+/// Reads the supervisor's source from stdin and runs it.
+const LOADER: &str = include_str!("loader.py");
+
+/// Hands a new session over to a running supervisor.
+const ATTACH: &str = include_str!("attach.py");
+
+const GONE: u32 = 3;
+
+#[derive(Debug)]
+pub enum Event {
+    Exited(Exit),
+    /// The session ended without an exit report: the connection (or the supervisor) is gone.
+    Lost,
+}
+
+pub struct StartRequest<'a> {
+    pub remote_python: &'a str,
+    pub kernel_name: &'a str,
+    pub info: &'a ConnectionInfo,
+    pub orphan_timeout: f64,
+    /// How often the launcher renews the lease.
+    pub ping_interval: Duration,
+}
+
+pub struct Session {
+    channel: MuxChannel,
+    link: Link,
+    reports: mpsc::UnboundedReceiver<Report>,
+    _tasks: LinkTasks,
+    pinger: Option<JoinHandle<()>>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(pinger) = &self.pinger {
+            pinger.abort();
+        }
+    }
+}
+
+/// What a new session said before its frames began.
+enum Opened {
+    Framed(Session),
+    /// The remote python does not exist.
+    NoPython,
+    /// It ended before the marker, with the remote command's exit status (if any).
+    Ended(Option<u32>),
+}
+
+impl Session {
+    /// One session over the master running `remote_command`, fed `preface` on stdin at once;
+    /// its stderr is ours (what login scripts print there reaches the launcher's log).
+    async fn open(master: &Master, remote_command: &str, preface: &[u8]) -> Result<Opened> {
+        let local = |e: std::io::Error| Error::Local(format!("cannot set up a session: {e}"));
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| local(e.into()));
+        let (stdin_remote, stdin_local) = pipe()?;
+        let (stdout_local, stdout_remote) = pipe()?;
+        let stderr = match std::io::stderr().as_fd().try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(_) => std::fs::File::open("/dev/null").map_err(local)?.into(),
+        };
+        let mut stdin = pipe::Sender::from_owned_fd(stdin_local).map_err(local)?;
+        let stdout = pipe::Receiver::from_owned_fd(stdout_local).map_err(local)?;
+        let mut channel = MuxChannel::session(
+            master.control_socket(),
+            remote_command,
+            stdin_remote,
+            stdout_remote,
+            stderr,
+        )
+        .await
+        .map_err(|e| {
+            let message = format!(
+                "cannot open a session to '{}' through its ssh connection: {e}",
+                master.alias()
+            );
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                Error::SessionRefused(message)
+            } else {
+                Error::Ssh(message)
+            }
+        })?;
+        let lost = |e: std::io::Error| {
+            Error::Ssh(format!(
+                "the ssh session to '{}' closed: {e}",
+                master.alias()
+            ))
+        };
+        stdin.write_all(preface).await.map_err(lost)?;
+        // Whatever the login shell prints comes before the marker; none of it is ours.
+        let mut from_remote = BufReader::with_capacity(256 * 1024, stdout);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if from_remote
+                .read_until(b'\n', &mut line)
+                .await
+                .map_err(lost)?
+                == 0
+            {
+                let status = channel.exit_status().await.ok().flatten();
+                return Ok(Opened::Ended(status));
+            }
+            let text = String::from_utf8_lossy(&line);
+            match text.trim_end_matches(['\n', '\r']) {
+                MARKER => break,
+                "sshpyk-no-python" => return Ok(Opened::NoPython),
+                "" => {}
+                other => tracing::debug!("remote: {other}"),
+            }
+        }
+        let (link, tasks, reports) = Link::start(from_remote, stdin);
+        Ok(Opened::Framed(Session {
+            channel,
+            link,
+            reports,
+            _tasks: tasks,
+            pinger: None,
+        }))
+    }
+
+    /// Starts the supervisor and the kernel: one round trip.
+    pub async fn start(master: &Master, req: &StartRequest<'_>) -> Result<(Session, Ready)> {
+        let alias = master.alias();
+        let mut preface = format!("{:012}{SUPERVISOR}", SUPERVISOR.len()).into_bytes();
+        // The key travels in this first frame, through stdin: never argv.
+        let start = Request::Start {
+            key: req.info.key.clone(),
+            signature_scheme: req.info.signature_scheme.clone(),
+            kernel_name: req.kernel_name.to_string(),
+            orphan_timeout: req.orphan_timeout,
+            ping_interval: req.ping_interval.as_secs_f64(),
+        };
+        super::protocol::Frame::Message(serde_json::to_vec(&start).expect("serialises"))
+            .encode_into(&mut preface);
+        let command = python_command(req.remote_python, &["-u", "-c", LOADER]);
+        let mut session = match Session::open(master, &command, &preface).await? {
+            Opened::Framed(session) => session,
+            Opened::NoPython => {
+                return Err(Error::Remote(format!(
+                    "remote python '{}' does not exist on '{alias}'; fix --remote-python-prefix/--remote-python with `sshpyk edit`",
+                    req.remote_python
+                )))
+            }
+            Opened::Ended(status) => return Err(ended_early(alias, status)),
+        };
+        loop {
+            match session.reports.recv().await {
+                Some(Report::Ready(ready)) => return Ok((session, ready)),
+                Some(Report::Error { message, .. }) => {
+                    return Err(Error::Remote(format!("on '{alias}': {message}")))
+                }
+                Some(Report::Exited(exit)) => {
+                    return Err(Error::Remote(format!(
+                        "remote kernel '{}' {} before it was ready: {}",
+                        req.kernel_name,
+                        exit.describe(),
+                        exit.tail.join(" | ")
+                    )))
+                }
+                Some(_) => continue,
+                None => {
+                    let status = session.channel.exit_status().await.ok().flatten();
+                    return Err(ended_early(alias, status));
+                }
+            }
+        }
+    }
+
+    /// Re-attaches to the supervisor of a kernel started earlier (after the connection was lost).
+    /// `Ok(None)`: the supervisor is gone, and with it the kernel.
+    pub async fn attach(
+        master: &Master,
+        remote_python: &str,
+        run_dir: &str,
+        ping_interval: Duration,
+    ) -> Result<Option<Session>> {
+        let socket = format!("{run_dir}/supervisor.sock");
+        let command = python_command(remote_python, &["-S", "-c", ATTACH, &socket]);
+        let unreachable = || {
+            Error::Ssh(format!(
+                "could not reach the remote supervisor on '{}' again",
+                master.alias()
+            ))
+        };
+        let mut session = match Session::open(master, &command, b"").await? {
+            Opened::Framed(session) => session,
+            Opened::Ended(Some(GONE)) => return Ok(None),
+            Opened::Ended(_) | Opened::NoPython => return Err(unreachable()),
+        };
+        match session.reports.recv().await {
+            Some(Report::Attached { .. }) => {
+                session.keep_alive(ping_interval);
+                Ok(Some(session))
+            }
+            Some(Report::Exited(exit)) => {
+                // It ended just as we came back; the caller hears it as the next event.
+                tracing::debug!("the remote kernel {} as we reattached", exit.describe());
+                Err(unreachable())
+            }
+            _ => Err(unreachable()),
+        }
+    }
+
+    /// The handle that client connections ride on.
+    pub fn link(&self) -> Link {
+        self.link.clone()
+    }
+
+    /// From now on a lost session means "launcher gone" or "connection gone" (not "start
+    /// abandoned"); and the lease is renewed every `ping_interval` from a task of its own, so
+    /// that nothing the launcher does in the meantime (a remount, an interrupt) lets it lapse.
+    pub fn arm(&mut self, ping_interval: Duration) -> Result<()> {
+        self.request(&Request::Arm)?;
+        self.keep_alive(ping_interval);
+        Ok(())
+    }
+
+    fn keep_alive(&mut self, ping_interval: Duration) {
+        let link = self.link.clone();
+        self.pinger = Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ping_interval);
+            loop {
+                tick.tick().await;
+                if !link.request(&Request::Ping) {
+                    return;
+                }
+            }
+        }));
+    }
+
+    pub fn request(&self, request: &Request) -> Result<()> {
+        if self.link.request(request) {
+            Ok(())
+        } else {
+            Err(Error::Ssh(
+                "the session with the remote supervisor is gone".into(),
+            ))
+        }
+    }
+
+    /// Waits for the kernel's exit or the end of the session. Cancel-safe.
+    pub async fn next_event(&mut self) -> Event {
+        while let Some(report) = self.reports.recv().await {
+            if let Report::Exited(exit) = report {
+                return Event::Exited(exit);
+            }
+        }
+        Event::Lost
+    }
+}
+
+fn ended_early(alias: &str, status: Option<u32>) -> Error {
+    Error::Ssh(match status {
+        Some(status) => format!("the remote side of '{alias}' ended before the kernel started (status {status}); see the messages above, or run with -vv for details"),
+        None => format!("the ssh connection to '{alias}' was lost while starting the kernel"),
+    })
+}

@@ -1,0 +1,149 @@
+"""The remote supervisor on its own, over pipes (no ssh): start, a stream relayed to the kernel,
+a session handed over by the attach relay, pings, stop, and a launcher gone for good.
+
+Usage: python supervisor_test.py SRC_REMOTE_DIR. Prints "ok: ..." per check; raises on failure.
+The kernel is the python3 (ipykernel) of the running interpreter; its runtime dir is a temp dir.
+"""
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+src = sys.argv[1]
+SUPERVISOR = open(os.path.join(src, "supervisor.py"), "rb").read()
+LOADER = open(os.path.join(src, "loader.py")).read()
+ATTACH = open(os.path.join(src, "attach.py")).read()
+MARKER = b"sshpyk-frames-1\n"
+HEADER = struct.Struct(">IBI")
+MESSAGE, OPEN, DATA, CLOSE, CREDIT = range(5)
+# The first bytes a ZMTP 3 peer sends: signature, then the major version.
+ZMTP_GREETING = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03"
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+    print("ok:", what, flush=True)
+
+
+def frame(stream, kind, payload=b""):
+    return HEADER.pack(stream, kind, len(payload)) + payload
+
+
+def message(obj):
+    return frame(0, MESSAGE, json.dumps(obj).encode())
+
+
+def read_exactly(f, n):
+    data = f.read(n)
+    if len(data) != n:
+        raise AssertionError("the supervisor closed its stdout")
+    return data
+
+
+def skip_to_marker(f):
+    seen = b""
+    while not seen.endswith(MARKER):
+        seen += read_exactly(f, 1)
+
+
+def next_frame(f, skip_output=True):
+    while True:
+        stream, kind, length = HEADER.unpack(read_exactly(f, HEADER.size))
+        payload = read_exactly(f, length)
+        if stream == 0 and kind == MESSAGE:
+            msg = json.loads(payload)
+            if skip_output and msg.get("event") in ("output", "pong"):
+                continue
+            return stream, kind, msg
+        return stream, kind, payload
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def gone_within(pid, seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if not alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+env = dict(os.environ, JUPYTER_RUNTIME_DIR=tempfile.mkdtemp(prefix="sshpyk-sup-test-"))
+start = {"op": "start", "key": "k3y", "signature_scheme": "hmac-sha256", "kernel_name": "python3", "orphan_timeout": 30, "ping_interval": 1}
+
+
+def start_supervisor():
+    sup = subprocess.Popen([sys.executable, "-u", "-c", LOADER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    sup.stdin.write(b"%012d" % len(SUPERVISOR) + SUPERVISOR + message(start))
+    sup.stdin.flush()
+    skip_to_marker(sup.stdout)
+    _, _, ready = next_frame(sup.stdout)
+    check(ready["event"] == "ready" and ready["transport"] == "ipc", "the supervisor starts the kernel in one round trip")
+    return sup, ready
+
+
+sup, ready = start_supervisor()
+connection = json.load(open(os.path.join(ready["run_dir"], "kernel.json")))
+check(connection["key"] == "k3y" and oct(os.stat(os.path.join(ready["run_dir"], "kernel.json")).st_mode & 0o777) == "0o600", "the kernel's connection file holds the key, mode 0600")
+
+# A stream to the heartbeat socket: our greeting goes in, the kernel's comes back.
+sup.stdin.write(frame(1, OPEN, b"hb") + frame(1, DATA, ZMTP_GREETING))
+sup.stdin.flush()
+got = b""
+while len(got) < len(ZMTP_GREETING):
+    stream, kind, payload = next_frame(sup.stdout)
+    if stream == 1 and kind == DATA:
+        got += payload
+    elif stream == 1 and kind == CLOSE:
+        raise AssertionError("the kernel closed the stream")
+check(got[:1] == b"\xff" and got[9:10] == b"\x7f", "bytes flow both ways between a stream and the kernel's socket")
+sup.stdin.write(frame(2, OPEN, b"nosuchchannel"))
+sup.stdin.flush()
+stream, kind, _ = next_frame(sup.stdout)
+while stream == 1:
+    stream, kind, _ = next_frame(sup.stdout)
+check((stream, kind) == (2, CLOSE), "a stream to an unknown channel is closed at once")
+sup.stdin.write(message({"op": "arm"}))
+sup.stdin.flush()
+
+# A new session takes over through the attach relay; the old one is let go.
+relay = subprocess.Popen([sys.executable, "-S", "-c", ATTACH, os.path.join(ready["run_dir"], "supervisor.sock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+skip_to_marker(relay.stdout)
+_, _, attached = next_frame(relay.stdout)
+check(attached == {"event": "attached", "pid": ready["pid"]}, "the attach relay hands a new session to the supervisor")
+relay.stdin.write(message({"op": "ping"}))
+relay.stdin.flush()
+_, _, pong = next_frame(relay.stdout, skip_output=False)
+while pong.get("event") == "output":
+    _, _, pong = next_frame(relay.stdout, skip_output=False)
+check(pong == {"event": "pong"}, "pings are answered over the new session")
+check(sup.stdout.read() == b"", "the replaced session is closed")
+
+# Stop: SIGTERM, then SIGKILL; the exit is reported and every file is removed.
+relay.stdin.write(message({"op": "stop", "grace": 0.5}))
+relay.stdin.flush()
+_, _, exited = next_frame(relay.stdout)
+check(exited["event"] == "exited" and exited["reason"] == "stopped", "a stop is reported with its reason")
+check(relay.wait(timeout=10) == 0 and sup.wait(timeout=10) is not None, "the relay and the supervisor exit")
+check(not os.path.exists(ready["run_dir"]), "the run dir is removed")
+
+# The launcher gone while its connection lives (here: the session's stdin closes while this
+# process, the session's parent, lives): the kernel ends at once, not after the orphan timeout.
+sup, ready = start_supervisor()
+sup.stdin.write(message({"op": "arm"}))
+sup.stdin.flush()
+sup.stdin.close()
+check(gone_within(ready["pid"], 2.0), "a launcher gone while its connection lives ends the kernel within 2 s")
+sup.wait(timeout=10)
+check(not os.path.exists(ready["run_dir"]), "and its files")
