@@ -30,8 +30,35 @@ const DIR_BATCH: usize = 128;
 const MAX_HANDLES: usize = 4096;
 
 enum Open {
-    File(Arc<File>),
+    File(OpenFile),
     Dir(Arc<Mutex<Listing>>),
+}
+
+struct OpenFile {
+    file: Arc<File>,
+    /// Written to or truncated through this handle: its close flushes to the disk.
+    written: bool,
+}
+
+impl OpenFile {
+    /// Flushes what was written and closes the file, so that a failure the kernel only
+    /// reports then (a full disk or an I/O error at write-back, a network file system's close)
+    /// reaches the remote instead of being lost with the descriptor.
+    fn close(self) -> io::Result<()> {
+        // Pipes and devices have nothing to flush (and fdatasync refuses them).
+        let flushed = if self.written && self.file.metadata()?.is_file() {
+            self.file.sync_data()
+        } else {
+            Ok(())
+        };
+        let closed = match Arc::try_unwrap(self.file) {
+            Ok(file) => nix::unistd::close(file).map_err(io::Error::from),
+            // Requests are answered one at a time, so nothing else holds it; if something did,
+            // the last holder closes it.
+            Err(_) => Ok(()),
+        };
+        flushed.and(closed)
+    }
 }
 
 struct Listing {
@@ -69,13 +96,19 @@ impl Server {
 
     fn file(&self, handle: &str) -> Result<Arc<File>, StatusReply> {
         match self.handles.get(handle) {
-            Some(Open::File(f)) => Ok(f.clone()),
+            Some(Open::File(f)) => Ok(f.file.clone()),
             _ => Err(bad_handle()),
         }
     }
 
     /// Runs a file system call. Inline: the server has a thread of its own (see `mount`), so a
     /// slow disk only ever delays this mount.
+    fn mark_written(&mut self, handle: &str) {
+        if let Some(Open::File(f)) = self.handles.get_mut(handle) {
+            f.written = true;
+        }
+    }
+
     fn fs<T>(&self, work: impl FnOnce(&Export) -> io::Result<T>) -> Result<T, StatusReply> {
         work(&self.export).map_err(reply)
     }
@@ -239,13 +272,20 @@ impl Handler for Server {
         let flags = open_flags(pflags);
         let mode = attrs.permissions.unwrap_or(0o666);
         let file = self.fs(move |e| e.open_file(&filename, flags, mode))?;
-        let handle = self.insert(Open::File(Arc::new(file)))?;
+        let handle = self.insert(Open::File(OpenFile {
+            file: Arc::new(file),
+            written: false,
+        }))?;
         Ok(Handle { id, handle })
     }
 
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
         match self.handles.remove(&handle) {
-            Some(_) => Ok(ok(id)),
+            Some(Open::File(file)) => {
+                self.fs(move |_| file.close())?;
+                Ok(ok(id))
+            }
+            Some(Open::Dir(_)) => Ok(ok(id)),
             None => Err(bad_handle()),
         }
     }
@@ -297,6 +337,7 @@ impl Handler for Server {
             }
             file.write_all_at(&data, offset)
         })?;
+        self.mark_written(&handle);
         Ok(ok(id))
     }
 
@@ -319,7 +360,7 @@ impl Handler for Server {
     async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
         let st = match self.handles.get(&handle) {
             Some(Open::File(f)) => {
-                let f = f.clone();
+                let f = f.file.clone();
                 self.fs(move |_| Ok(nix::sys::stat::fstat(&*f)?))?
             }
             Some(Open::Dir(d)) => d.lock().unwrap().own,
@@ -351,8 +392,11 @@ impl Handler for Server {
         let changes = changes(&attrs);
         match self.handles.get(&handle) {
             Some(Open::File(f)) => {
-                let f = f.clone();
+                let f = f.file.clone();
                 self.fs(move |e| e.set_fd(&*f, &changes))?;
+                if changes.size.is_some() {
+                    self.mark_written(&handle);
+                }
             }
             Some(Open::Dir(d)) => {
                 let d = d.clone();
@@ -688,6 +732,23 @@ mod tests {
         assert!(!dir.path().join("escaped").exists());
         let vfs = s.statvfs("/").await.unwrap();
         assert!(vfs.blocks > 0 && vfs.flags & 1 == 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_at_close_is_reported() {
+        // procfs takes writes but has no disk to flush them to (fdatasync: EINVAL): the close
+        // of a file written through the mount must say so. The value written is the current one.
+        let s = session(std::path::Path::new("/proc/self"), false).await;
+        let current = read_all(&s, "/oom_score_adj").await.unwrap();
+        let h = s
+            .open("/oom_score_adj", OpenFlags::WRITE, FileAttributes::empty())
+            .await
+            .unwrap()
+            .handle;
+        s.write(&h, 0, current).await.unwrap();
+        assert_ne!(code(s.close(&h).await), StatusCode::Ok);
+        // Only written files are flushed: closing one that was only read stays quiet.
+        read_all(&s, "/oom_score_adj").await.unwrap();
     }
 
     #[tokio::test]
