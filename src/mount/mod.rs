@@ -46,6 +46,8 @@
 
 #[cfg(target_os = "linux")]
 mod export;
+#[cfg(target_os = "linux")]
+mod names;
 mod remote;
 #[cfg(target_os = "linux")]
 mod serve;

@@ -96,7 +96,7 @@ async fn serve(
         stopped: Some(stopped),
         _done: done,
     };
-    russh_sftp::server::run(stream, sftp::Server::new(export)).await;
+    sftp::run(stream, sftp::Server::new(export, what.to_string())).await;
     let _ = over.await;
 }
 

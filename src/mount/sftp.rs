@@ -4,7 +4,7 @@
 //! (a hop to tokio's blocking pool per request halved the throughput).
 
 use std::collections::HashMap;
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -20,12 +20,17 @@ use russh_sftp::protocol::{
 };
 use russh_sftp::server::{Handler, StatusReply};
 
+use tokio::io::{AsyncRead, AsyncWrite};
+
 use super::export::{Changes, Export};
+use super::names;
 
 /// Largest read answered at once (sshfs asks for 32 KiB by default; OpenSSH caps at 256 KiB).
 const MAX_READ: u32 = 256 * 1024;
 /// Entries per READDIR answer.
 const DIR_BATCH: usize = 128;
+/// Requests checked for their names and not yet read by the server.
+const CHECKED_BUFFER: usize = 512 * 1024;
 /// Open handles per mount; more is a client gone wrong.
 const MAX_HANDLES: usize = 4096;
 
@@ -68,19 +73,36 @@ struct Listing {
     own: FileStat,
 }
 
+/// Serves `server` on `stream` (the remote sshfs's SFTP) until the stream ends.
+pub async fn run<S>(stream: S, server: Server)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (from_remote, to_remote) = tokio::io::split(stream);
+    let (checked, to_checked) = tokio::io::simplex(CHECKED_BUFFER);
+    tokio::spawn(names::check(from_remote, to_checked));
+    russh_sftp::server::run(tokio::io::join(checked, to_remote), server).await;
+}
+
 /// The SFTP side of one mount.
 pub struct Server {
     export: Arc<Export>,
     handles: HashMap<String, Open>,
     next: u64,
+    /// For logs: "mount /remote/path".
+    what: String,
+    /// Whether a listing skipped a name that is not UTF-8 yet (said once per mount).
+    skipped_a_name: bool,
 }
 
 impl Server {
-    pub fn new(export: Export) -> Self {
+    pub fn new(export: Export, what: String) -> Self {
         Server {
             export: Arc::new(export),
             handles: HashMap::new(),
             next: 0,
+            what,
+            skipped_a_name: false,
         }
     }
 
@@ -209,17 +231,19 @@ fn take_string(data: &mut &[u8]) -> Result<String, StatusReply> {
     Ok(text)
 }
 
-fn next_batch(listing: &mut Listing) -> io::Result<Vec<Entry>> {
+/// The next entries of a listing, and the first name skipped for not being UTF-8, if any.
+fn next_batch(listing: &mut Listing) -> io::Result<(Vec<Entry>, Option<CString>)> {
     let mut files = Vec::new();
+    let mut skipped = None;
     while files.len() < DIR_BATCH {
         let Some(entry) = listing.entries.next() else {
             break;
         };
         let entry = entry?;
         let name: &CStr = entry.file_name();
-        // SFTP v3 names are strings here; a name that is not UTF-8 cannot be asked for later.
+        // A name that is not UTF-8 could not be asked for later (see `names`).
         let Ok(text) = name.to_str() else {
-            tracing::debug!("mount: skipping a file name that is not UTF-8: {name:?}");
+            skipped.get_or_insert_with(|| name.to_owned());
             continue;
         };
         let st = if text == "." || text == ".." {
@@ -235,7 +259,7 @@ fn next_batch(listing: &mut Listing) -> io::Result<Vec<Entry>> {
         };
         files.push(Entry::new(text, attrs(&st)));
     }
-    Ok(files)
+    Ok((files, skipped))
 }
 
 impl Handler for Server {
@@ -431,7 +455,14 @@ impl Handler for Server {
             return Err(bad_handle());
         };
         let listing = listing.clone();
-        let files = self.fs(move |_| next_batch(&mut listing.lock().unwrap()))?;
+        let (files, skipped) = self.fs(move |_| next_batch(&mut listing.lock().unwrap()))?;
+        if let Some(name) = skipped.filter(|_| !self.skipped_a_name) {
+            self.skipped_a_name = true;
+            tracing::warn!(
+                "{}: file names that are not UTF-8 are not shown on the remote (such as {name:?}); rename them to use them there (said once per mount)",
+                self.what
+            );
+        }
         if files.is_empty() {
             return Err(StatusReply::new(StatusCode::Eof));
         }
@@ -532,6 +563,8 @@ impl Handler for Server {
                 self.fs(move |e| e.hardlink(&from, &to))?;
                 Ok(Packet::Status(ok(id)))
             }
+            names::NAME_NOT_UTF8 => Err(StatusCode::Failure
+                .with_message("the file name is not UTF-8, which this server does not serve")),
             "fsync@openssh.com" => {
                 let handle = take_string(&mut rest)?;
                 let file = self.file(&handle)?;
@@ -583,7 +616,8 @@ mod tests {
     /// A client talking to our server over an in-memory stream, as sshfs does over the channel.
     async fn session(root: &std::path::Path, read_only: bool) -> RawSftpSession {
         let (client, server) = tokio::io::duplex(1 << 20);
-        russh_sftp::server::run(server, Server::new(Export::open(root, read_only).unwrap())).await;
+        let export = Export::open(root, read_only).unwrap();
+        run(server, Server::new(export, "mount /test".into())).await;
         let session = RawSftpSession::new(client);
         let version = session.init().await.unwrap();
         assert!(version.extensions.contains_key("posix-rename@openssh.com"));
@@ -749,6 +783,62 @@ mod tests {
         assert_ne!(code(s.close(&h).await), StatusCode::Ok);
         // Only written files are flushed: closing one that was only read stays quiet.
         read_all(&s, "/oom_score_adj").await.unwrap();
+    }
+
+    /// Sends one raw packet (type, then `body`: the id and fields) and returns the answer's type
+    /// and the rest.
+    async fn raw_request(
+        stream: &mut tokio::io::DuplexStream,
+        kind: u8,
+        body: &[u8],
+    ) -> (u8, Vec<u8>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let packet = [&[kind][..], body].concat();
+        stream.write_u32(packet.len() as u32).await.unwrap();
+        stream.write_all(&packet).await.unwrap();
+        let len = stream.read_u32().await.unwrap();
+        let mut answer = vec![0; len as usize];
+        stream.read_exact(&mut answer).await.unwrap();
+        (answer[0], answer[1..].to_vec())
+    }
+
+    #[tokio::test]
+    async fn names_that_are_not_utf8_are_refused_never_merged() {
+        use std::os::unix::ffi::OsStrExt;
+        let (_dir, root) = tree();
+        std::fs::write(root.join(std::ffi::OsStr::from_bytes(b"b\xff")), "local").unwrap();
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        run(
+            server,
+            Server::new(Export::open(&root, false).unwrap(), "mount /test".into()),
+        )
+        .await;
+        let (kind, _) = raw_request(&mut client, 1, &3u32.to_be_bytes()).await;
+        assert_eq!(kind, 2, "VERSION");
+        let string = |s: &[u8]| [&(s.len() as u32).to_be_bytes()[..], s].concat();
+        let id = 1u32.to_be_bytes().to_vec();
+        let create = (0x08u32 | 0x02).to_be_bytes().to_vec(); // CREAT | WRITE
+        let no_attrs = 0u32.to_be_bytes().to_vec();
+        for name in [&b"/a\xff"[..], b"/a\xfe"] {
+            let open = [id.clone(), string(name), create.clone(), no_attrs.clone()].concat();
+            let (kind, answer) = raw_request(&mut client, 3, &open).await;
+            assert_eq!(kind, 101, "a STATUS, not a handle");
+            // id, then the code: SSH_FX_FAILURE.
+            assert_eq!(answer[4..8], 4u32.to_be_bytes());
+        }
+        let rename = [id, string(b"/a.txt"), string(b"/c\xff")].concat();
+        assert_eq!(raw_request(&mut client, 18, &rename).await.0, 101);
+        let local = |name: &[u8]| root.join(std::ffi::OsStr::from_bytes(name));
+        for name in [&b"a\xff"[..], b"a\xfe", "a\u{FFFD}".as_bytes(), b"c\xff"] {
+            assert!(!local(name).exists(), "{:?}", local(name));
+        }
+        assert!(root.join("a.txt").exists());
+        // Listings skip such names (they could not be asked for).
+        let s = session(&root, false).await;
+        assert_eq!(
+            names(&s, "/").await,
+            [".", "..", "a.txt", "out", "rel-out", "sub"]
+        );
     }
 
     #[tokio::test]
