@@ -169,7 +169,8 @@ impl Mounts {
                 Some(export) => {
                     let (stop, stopped) = oneshot::channel();
                     active.stop = Some(stop);
-                    serve::spawn_server(spec, stdout, stdin, export, stopped)?;
+                    let budget = sftp::HandleBudget::shared();
+                    serve::spawn_server(spec, stdout, stdin, export, budget, stopped)?;
                 }
                 _ => {
                     drop(stdout);

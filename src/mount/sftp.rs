@@ -9,7 +9,8 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use nix::dir::{Dir, OwningIter};
 use nix::fcntl::{AtFlags, OFlag};
@@ -31,8 +32,83 @@ const MAX_READ: u32 = 256 * 1024;
 const DIR_BATCH: usize = 128;
 /// Requests checked for their names and not yet read by the server.
 const CHECKED_BUFFER: usize = 512 * 1024;
-/// Open handles per mount; more is a client gone wrong.
-const MAX_HANDLES: usize = 4096;
+/// Descriptors kept for the rest of the launcher when every mount's handles are open: client
+/// connections, ssh clients, pipes, the files a request opens for a moment.
+const RESERVED_FDS: u64 = 256;
+
+/// The open handles of every mount of the launcher together, kept below its descriptor limit, so
+/// that a remote holding many files open never starves the rest (accepting a client, starting
+/// ssh). Beyond it, opening answers with an SFTP error.
+pub struct HandleBudget {
+    left: AtomicUsize,
+}
+
+impl HandleBudget {
+    pub fn new(handles: usize) -> Arc<Self> {
+        Arc::new(HandleBudget {
+            left: AtomicUsize::new(handles),
+        })
+    }
+
+    /// The budget every mount shares; the first call raises the descriptor limit to its most.
+    pub fn shared() -> Arc<Self> {
+        static SHARED: OnceLock<Arc<HandleBudget>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                let limit = raise_fd_limit();
+                let handles = limit.saturating_sub(RESERVED_FDS);
+                tracing::debug!(
+                    "descriptor limit {limit}: up to {handles} open files across mounts"
+                );
+                HandleBudget::new(usize::try_from(handles).unwrap_or(usize::MAX))
+            })
+            .clone()
+    }
+
+    fn take(self: &Arc<Self>) -> Result<HandlePermit, StatusReply> {
+        self.left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .map(|_| HandlePermit(self.clone()))
+            .map_err(|_| StatusCode::Failure.with_message("too many open files through the mounts"))
+    }
+}
+
+/// One handle's share of the budget, given back when the handle goes.
+struct HandlePermit(Arc<HandleBudget>);
+
+impl Drop for HandlePermit {
+    fn drop(&mut self) {
+        self.0.left.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Raises this process's soft limit on open descriptors to the hard limit (the default soft
+/// limit, often 1024, is far below what the mounts may need); returns the limit in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read or write the struct given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur;
+        }
+        tracing::debug!(
+            "cannot raise the descriptor limit to {}: {}",
+            limit.rlim_max,
+            io::Error::last_os_error()
+        );
+    }
+    limit.rlim_cur
+}
 
 enum Open {
     File(OpenFile),
@@ -43,6 +119,7 @@ struct OpenFile {
     file: Arc<File>,
     /// Written to or truncated through this handle: its close flushes to the disk.
     written: bool,
+    _permit: HandlePermit,
 }
 
 impl OpenFile {
@@ -71,6 +148,7 @@ struct Listing {
     /// The directory's own attributes, reported for `.` and `..` (the parent of the export
     /// root is not ours to describe).
     own: FileStat,
+    _permit: HandlePermit,
 }
 
 /// Serves `server` on `stream` (the remote sshfs's SFTP) until the stream ends.
@@ -88,6 +166,7 @@ where
 pub struct Server {
     export: Arc<Export>,
     handles: HashMap<String, Open>,
+    budget: Arc<HandleBudget>,
     next: u64,
     /// For logs: "mount /remote/path".
     what: String,
@@ -96,24 +175,22 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(export: Export, what: String) -> Self {
+    pub fn new(export: Export, budget: Arc<HandleBudget>, what: String) -> Self {
         Server {
             export: Arc::new(export),
             handles: HashMap::new(),
+            budget,
             next: 0,
             what,
             skipped_a_name: false,
         }
     }
 
-    fn insert(&mut self, open: Open) -> Result<String, StatusReply> {
-        if self.handles.len() >= MAX_HANDLES {
-            return Err(StatusCode::Failure.with_message("too many open handles"));
-        }
+    fn insert(&mut self, open: Open) -> String {
         self.next += 1;
         let handle = self.next.to_string();
         self.handles.insert(handle.clone(), open);
-        Ok(handle)
+        handle
     }
 
     fn file(&self, handle: &str) -> Result<Arc<File>, StatusReply> {
@@ -123,14 +200,14 @@ impl Server {
         }
     }
 
-    /// Runs a file system call. Inline: the server has a thread of its own (see `mount`), so a
-    /// slow disk only ever delays this mount.
     fn mark_written(&mut self, handle: &str) {
         if let Some(Open::File(f)) = self.handles.get_mut(handle) {
             f.written = true;
         }
     }
 
+    /// Runs a file system call. Inline: the server has a thread of its own (see `mount`), so a
+    /// slow disk only ever delays this mount.
     fn fs<T>(&self, work: impl FnOnce(&Export) -> io::Result<T>) -> Result<T, StatusReply> {
         work(&self.export).map_err(reply)
     }
@@ -295,11 +372,13 @@ impl Handler for Server {
     ) -> Result<Handle, Self::Error> {
         let flags = open_flags(pflags);
         let mode = attrs.permissions.unwrap_or(0o666);
+        let permit = self.budget.take()?;
         let file = self.fs(move |e| e.open_file(&filename, flags, mode))?;
         let handle = self.insert(Open::File(OpenFile {
             file: Arc::new(file),
             written: false,
-        }))?;
+            _permit: permit,
+        }));
         Ok(Handle { id, handle })
     }
 
@@ -437,6 +516,7 @@ impl Handler for Server {
     }
 
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
+        let permit = self.budget.take()?;
         let listing = self.fs(move |e| {
             let fd = e.open_dir(&path)?;
             let own = nix::sys::stat::fstat(&fd)?;
@@ -444,9 +524,10 @@ impl Handler for Server {
             Ok(Listing {
                 entries: dir.into_iter(),
                 own,
+                _permit: permit,
             })
         })?;
-        let handle = self.insert(Open::Dir(Arc::new(Mutex::new(listing))))?;
+        let handle = self.insert(Open::Dir(Arc::new(Mutex::new(listing))));
         Ok(Handle { id, handle })
     }
 
@@ -615,9 +696,17 @@ mod tests {
 
     /// A client talking to our server over an in-memory stream, as sshfs does over the channel.
     async fn session(root: &std::path::Path, read_only: bool) -> RawSftpSession {
+        session_within(root, read_only, HandleBudget::new(64)).await
+    }
+
+    async fn session_within(
+        root: &std::path::Path,
+        read_only: bool,
+        budget: Arc<HandleBudget>,
+    ) -> RawSftpSession {
         let (client, server) = tokio::io::duplex(1 << 20);
         let export = Export::open(root, read_only).unwrap();
-        run(server, Server::new(export, "mount /test".into())).await;
+        run(server, Server::new(export, budget, "mount /test".into())).await;
         let session = RawSftpSession::new(client);
         let version = session.init().await.unwrap();
         assert!(version.extensions.contains_key("posix-rename@openssh.com"));
@@ -810,7 +899,11 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1 << 20);
         run(
             server,
-            Server::new(Export::open(&root, false).unwrap(), "mount /test".into()),
+            Server::new(
+                Export::open(&root, false).unwrap(),
+                HandleBudget::new(64),
+                "mount /test".into(),
+            ),
         )
         .await;
         let (kind, _) = raw_request(&mut client, 1, &3u32.to_be_bytes()).await;
@@ -839,6 +932,44 @@ mod tests {
             names(&s, "/").await,
             [".", "..", "a.txt", "out", "rel-out", "sub"]
         );
+    }
+
+    async fn open(s: &RawSftpSession) -> Result<Handle, ClientError> {
+        s.open("/a.txt", OpenFlags::READ, FileAttributes::empty())
+            .await
+    }
+
+    #[tokio::test]
+    async fn every_mount_shares_one_budget_of_open_handles() {
+        let (_dir, root) = tree();
+        let budget = HandleBudget::new(3);
+        let first = session_within(&root, false, budget.clone()).await;
+        let second = session_within(&root, true, budget).await;
+        let a = open(&first).await.unwrap().handle;
+        let _b = open(&second).await.unwrap().handle;
+        let _dir = first.opendir("/sub").await.unwrap().handle;
+        assert_eq!(code(open(&second).await), StatusCode::Failure);
+        assert_eq!(code(second.opendir("/").await), StatusCode::Failure);
+        // A handle closed on one mount can be opened on another.
+        first.close(&a).await.unwrap();
+        open(&second).await.unwrap();
+    }
+
+    #[test]
+    fn the_descriptor_limit_is_raised_to_the_hard_limit() {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+        let hard = limit.rlim_max;
+        if hard > 512 {
+            limit.rlim_cur = 512;
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+        }
+        assert_eq!(raise_fd_limit(), hard);
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+        assert_eq!(limit.rlim_cur, hard);
     }
 
     #[tokio::test]
