@@ -24,7 +24,7 @@ pub fn spawn_server(
     spec: &MountSpec,
     stdout: ChildStdout,
     stdin: ChildStdin,
-    export: export::Export,
+    export: Arc<export::Export>,
     budget: Arc<sftp::HandleBudget>,
     stopped: oneshot::Receiver<()>,
 ) -> Result<()> {
@@ -56,7 +56,7 @@ pub fn spawn_server(
 async fn serve(
     stdout: OwnedFd,
     stdin: OwnedFd,
-    export: export::Export,
+    export: Arc<export::Export>,
     budget: Arc<sftp::HandleBudget>,
     mut stopped: oneshot::Receiver<()>,
     what: &str,

@@ -175,9 +175,9 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(export: Export, budget: Arc<HandleBudget>, what: String) -> Self {
+    pub fn new(export: Arc<Export>, budget: Arc<HandleBudget>, what: String) -> Self {
         Server {
-            export: Arc::new(export),
+            export,
             handles: HashMap::new(),
             budget,
             next: 0,
@@ -705,7 +705,7 @@ mod tests {
         budget: Arc<HandleBudget>,
     ) -> RawSftpSession {
         let (client, server) = tokio::io::duplex(1 << 20);
-        let export = Export::open(root, read_only).unwrap();
+        let export = Arc::new(Export::open(root, read_only).unwrap());
         run(server, Server::new(export, budget, "mount /test".into())).await;
         let session = RawSftpSession::new(client);
         let version = session.init().await.unwrap();
@@ -900,7 +900,7 @@ mod tests {
         run(
             server,
             Server::new(
-                Export::open(&root, false).unwrap(),
+                Arc::new(Export::open(&root, false).unwrap()),
                 HandleBudget::new(64),
                 "mount /test".into(),
             ),
