@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -839,4 +840,60 @@ async fn a_nested_export_replaced_by_a_symlink_still_serves_its_own_directory() 
     .is_err());
     c.shutdown(false, STEP).await.unwrap();
     assert!(wait_exit(&mut launcher, Duration::from_secs(15)).success());
+}
+
+/// Like `Env::with_host`, with a `TMPDIR` of the test's own on the remote (where the mount
+/// wrappers keep their state), so that other tests' mounts do not share it.
+fn env_with_remote_tmpdir() -> (Env, PathBuf) {
+    let mut env = Env::local();
+    let tmp = env.path("remote-tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let host = sshpyk_testhost::RemoteHost::builder()
+        .alias("remote")
+        .extra_sshd_config(&format!(
+            "SetEnv HOME={} JUPYTER_RUNTIME_DIR={} JUPYTER_DATA_DIR={} TMPDIR={}\n",
+            env.path("remote-home").display(),
+            env.path("remote-runtime").display(),
+            env.path("remote-data").display(),
+            tmp.display()
+        ))
+        .start()
+        .expect("starting the test sshd");
+    env.host = Some(host);
+    (env, tmp)
+}
+
+#[tokio::test]
+async fn the_remote_state_dir_is_private_and_goes_with_the_last_mount() {
+    let (env, tmp) = env_with_remote_tmpdir();
+    let local = project(&env, "project");
+    let remote = env.path("remote-mnt/p");
+    let states = tmp.join(format!("sshpyk-mounts-{}", nix::unistd::getuid()));
+    let kernel = env.add_kernel(
+        "k",
+        &["--mount-local-on-remote", &spec(&local, &remote, "")],
+    );
+
+    // Planted as a symlink (here to a private dir of ours): refused.
+    let elsewhere = env.path("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &states).unwrap();
+    assert_fails(&env, &kernel, 5, "is not a private directory");
+    std::fs::remove_file(&states).unwrap();
+
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    let meta = std::fs::symlink_metadata(&states).unwrap();
+    assert!(meta.is_dir() && meta.permissions().mode() & 0o777 == 0o700);
+    let mut c = ready_client(&info).await;
+    c.shutdown(false, STEP).await.unwrap();
+    assert!(wait_exit(&mut launcher, Duration::from_secs(15)).success());
+    assert_clean(&env, &[&remote], &[&env.path("remote-mnt")]);
+    assert!(
+        eventually(CLEANUP, || !states.exists()),
+        "{} was left behind",
+        states.display()
+    );
 }
