@@ -27,8 +27,15 @@ fn paths_in(kind: u8) -> usize {
 }
 
 /// Copies requests from `from` to `to` until `from` ends, rewriting those that name a path that
-/// is not UTF-8. Ends early (dropping `to`, so the server ends too) on an oversized packet.
-pub async fn check(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) {
+/// is not UTF-8, then shuts `to` down so that the server ends too. Ends early on an oversized
+/// packet.
+pub async fn check(from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) {
+    forward(from, &mut to).await;
+    // Dropping `to` is not enough: the two ends of a simplex pipe share one buffer.
+    let _ = to.shutdown().await;
+}
+
+async fn forward(mut from: impl AsyncRead + Unpin, to: &mut (impl AsyncWrite + Unpin)) {
     loop {
         let Ok(len) = from.read_u32().await else {
             return;
@@ -116,5 +123,17 @@ mod tests {
         let mut short = vec![17, 0, 0, 0, 7, 0, 0, 0, 9, b'\xff'];
         refuse_names_not_utf8(&mut short);
         assert_eq!(short, [17, 0, 0, 0, 7, 0, 0, 0, 9, b'\xff']);
+    }
+
+    #[tokio::test]
+    async fn the_end_of_the_requests_reaches_the_server() {
+        let (mut checked, to_checked) = tokio::io::simplex(1024);
+        check(tokio::io::empty(), to_checked).await;
+        let mut rest = Vec::new();
+        let end = std::time::Duration::from_secs(5);
+        tokio::time::timeout(end, checked.read_to_end(&mut rest))
+            .await
+            .expect("the server would wait forever")
+            .unwrap();
     }
 }
