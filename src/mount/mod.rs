@@ -130,7 +130,8 @@ impl Mounts {
     }
 
     /// After a reconnection: the old channels are dead; mount everything again, taking over
-    /// the mount points from this kernel's earlier sshfs processes.
+    /// the mount points from this kernel's earlier sshfs processes. After a failure nothing is
+    /// mounted, and the next reconnection tries again.
     pub async fn remount(
         &mut self,
         master: &Master,
