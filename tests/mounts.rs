@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -726,5 +727,174 @@ fn list_checks_each_mount() {
     assert!(
         compat.contains("(!) mount confinement: compatibility mode"),
         "{compat}"
+    );
+}
+
+/// The "mounted" log lines for `local` so far (one per successful mount or remount).
+fn times_mounted(launcher: &Launcher, local: &Path) -> usize {
+    launcher
+        .log()
+        .matches(&format!("mounted {} on ", local.display()))
+        .count()
+}
+
+#[tokio::test]
+async fn a_failed_remount_is_tried_again_at_the_next_reconnection() {
+    let env = Env::with_host();
+    let local = project(&env, "project");
+    let remote = env.path("remote-mnt/p");
+    // An sshfs that can be taken away on the remote for a while.
+    let sshfs = env.path("bin/sshfs");
+    std::fs::create_dir_all(env.path("bin")).unwrap();
+    std::os::unix::fs::symlink("/usr/bin/sshfs", &sshfs).unwrap();
+    let (mut launcher, info) = env.start_kernel(&[
+        "--remote-sshfs",
+        sshfs.to_str().unwrap(),
+        "--mount-local-on-remote",
+        &spec(&local, &remote, ""),
+    ]);
+    assert_eq!(times_mounted(&launcher, &local), 1);
+
+    std::fs::remove_file(&sshfs).unwrap();
+    env.close_master();
+    assert!(
+        eventually(STEP, || launcher
+            .log()
+            .contains("could not mount again after reconnecting")),
+        "{}",
+        launcher.log()
+    );
+    assert!(!is_mounted(&env, &remote));
+
+    std::os::unix::fs::symlink("/usr/bin/sshfs", &sshfs).unwrap();
+    env.close_master();
+    assert!(
+        eventually(STEP, || times_mounted(&launcher, &local) == 2),
+        "{}",
+        launcher.log()
+    );
+    let mut c = ready_client(&info).await;
+    let r = remote.display();
+    assert_eq!(
+        run(
+            &mut c,
+            &format!("print(open('{r}/data.txt').read(), end='')")
+        )
+        .await
+        .unwrap(),
+        "local project\n"
+    );
+    c.shutdown(false, STEP).await.unwrap();
+    assert!(wait_exit(&mut launcher, Duration::from_secs(15)).success());
+    assert_clean(&env, &[&remote], &[&env.path("remote-mnt")]);
+}
+
+#[tokio::test]
+async fn a_nested_export_replaced_by_a_symlink_still_serves_its_own_directory() {
+    let env = Env::with_host();
+    let local = project(&env, "project");
+    let inner = local.join("data");
+    std::fs::create_dir_all(&inner).unwrap();
+    std::fs::write(inner.join("inside.txt"), "inner").unwrap();
+    std::fs::write(env.path("secret.txt"), "local secret").unwrap();
+    let outer_mnt = env.path("remote-outer");
+    let inner_mnt = env.path("remote-inner");
+    let (mut launcher, info) = env.start_kernel(&[
+        "--mount-local-on-remote",
+        &spec(&local, &outer_mnt, ""),
+        "--mount-local-on-remote",
+        &spec(&inner, &inner_mnt, "ro"),
+    ]);
+    let mut c = ready_client(&info).await;
+    let (outer, inner_r) = (outer_mnt.display(), inner_mnt.display());
+    // Through the writable mount, the read-only export's directory becomes a link to `/`.
+    run(
+        &mut c,
+        &format!(
+            "import os\n\
+             os.rename('{outer}/data', '{outer}/data-moved')\n\
+             os.symlink('/', '{outer}/data')"
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(inner.is_symlink());
+    env.close_master();
+    assert!(
+        eventually(STEP, || times_mounted(&launcher, &inner) == 2),
+        "{}",
+        launcher.log()
+    );
+    let mut c = ready_client(&info).await;
+    assert_eq!(
+        run(&mut c, &format!("print(sorted(os.listdir('{inner_r}')))"))
+            .await
+            .unwrap(),
+        "['inside.txt']\n"
+    );
+    let secret = env.path("secret.txt");
+    assert!(run(
+        &mut c,
+        &format!("print(open('{inner_r}{}').read())", secret.display())
+    )
+    .await
+    .is_err());
+    c.shutdown(false, STEP).await.unwrap();
+    assert!(wait_exit(&mut launcher, Duration::from_secs(15)).success());
+}
+
+/// Like `Env::with_host`, with a `TMPDIR` of the test's own on the remote (where the mount
+/// wrappers keep their state), so that other tests' mounts do not share it.
+fn env_with_remote_tmpdir() -> (Env, PathBuf) {
+    let mut env = Env::local();
+    let tmp = env.path("remote-tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let host = sshpyk_testhost::RemoteHost::builder()
+        .alias("remote")
+        .extra_sshd_config(&format!(
+            "SetEnv HOME={} JUPYTER_RUNTIME_DIR={} JUPYTER_DATA_DIR={} TMPDIR={}\n",
+            env.path("remote-home").display(),
+            env.path("remote-runtime").display(),
+            env.path("remote-data").display(),
+            tmp.display()
+        ))
+        .start()
+        .expect("starting the test sshd");
+    env.host = Some(host);
+    (env, tmp)
+}
+
+#[tokio::test]
+async fn the_remote_state_dir_is_private_and_goes_with_the_last_mount() {
+    let (env, tmp) = env_with_remote_tmpdir();
+    let local = project(&env, "project");
+    let remote = env.path("remote-mnt/p");
+    let states = tmp.join(format!("sshpyk-mounts-{}", nix::unistd::getuid()));
+    let kernel = env.add_kernel(
+        "k",
+        &["--mount-local-on-remote", &spec(&local, &remote, "")],
+    );
+
+    // Planted as a symlink (here to a private dir of ours): refused.
+    let elsewhere = env.path("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &states).unwrap();
+    assert_fails(&env, &kernel, 5, "is not a private directory");
+    std::fs::remove_file(&states).unwrap();
+
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    let meta = std::fs::symlink_metadata(&states).unwrap();
+    assert!(meta.is_dir() && meta.permissions().mode() & 0o777 == 0o700);
+    let mut c = ready_client(&info).await;
+    c.shutdown(false, STEP).await.unwrap();
+    assert!(wait_exit(&mut launcher, Duration::from_secs(15)).success());
+    assert_clean(&env, &[&remote], &[&env.path("remote-mnt")]);
+    assert!(
+        eventually(CLEANUP, || !states.exists()),
+        "{} was left behind",
+        states.display()
     );
 }

@@ -124,7 +124,11 @@ impl Export {
         if flags.intersects(changes) {
             self.writable()?;
         }
-        let fd = self.resolve(path, flags | OFlag::O_NONBLOCK, mode)?;
+        let fd = self.resolve(
+            path,
+            flags | OFlag::O_NONBLOCK,
+            safe_mode(mode, false).bits(),
+        )?;
         Ok(File::from(fd))
     }
 
@@ -147,6 +151,7 @@ impl Export {
             return Ok(());
         }
         let fd = self.resolve(path, OFlag::O_PATH, 0)?;
+        let is_dir = nix::sys::stat::fstat(&fd)?.st_mode & libc::S_IFMT == libc::S_IFDIR;
         // The file is already resolved: /proc/self/fd/N names exactly that inode.
         let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
         let proc_path = proc_path.as_str();
@@ -157,7 +162,7 @@ impl Export {
             nix::sys::stat::fchmodat(
                 nix::fcntl::AT_FDCWD,
                 proc_path,
-                Mode::from_bits_truncate(mode & 0o7777),
+                safe_mode(mode, is_dir),
                 nix::sys::stat::FchmodatFlags::FollowSymlink,
             )?;
         }
@@ -190,7 +195,8 @@ impl Export {
             nix::unistd::ftruncate(fd, size as libc::off_t)?;
         }
         if let Some(mode) = changes.mode {
-            nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(mode & 0o7777))?;
+            let is_dir = nix::sys::stat::fstat(fd)?.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            nix::sys::stat::fchmod(fd, safe_mode(mode, is_dir))?;
         }
         if let Some((atime, mtime)) = changes.times {
             nix::sys::stat::futimens(fd, &TimeSpec::new(atime, 0), &TimeSpec::new(mtime, 0))?;
@@ -219,11 +225,7 @@ impl Export {
     pub fn mkdir(&self, path: &str, mode: u32) -> io::Result<()> {
         self.writable()?;
         let (dir, name) = self.parent_of(path)?;
-        nix::sys::stat::mkdirat(
-            &dir,
-            name.as_c_str(),
-            Mode::from_bits_truncate(mode & 0o7777),
-        )?;
+        nix::sys::stat::mkdirat(&dir, name.as_c_str(), safe_mode(mode, true))?;
         Ok(())
     }
 
@@ -294,6 +296,17 @@ impl Export {
         let fd = self.resolve(path, OFlag::O_PATH, 0)?;
         Ok(nix::sys::statvfs::fstatvfs(&fd)?)
     }
+}
+
+/// A mode the remote asks for, without set-user-ID and set-group-ID (a program written through
+/// the mount must not run with this user's rights, or a group's, here), nor the sticky bit on
+/// files, where it means nothing; a directory keeps its sticky bit.
+fn safe_mode(mode: u32, is_dir: bool) -> Mode {
+    let mut refused = libc::S_ISUID | libc::S_ISGID;
+    if !is_dir {
+        refused |= libc::S_ISVTX;
+    }
+    Mode::from_bits_truncate(mode & 0o7777 & !refused)
 }
 
 /// The path relative to the export root: "/" and "" are the root itself.
@@ -480,6 +493,33 @@ mod tests {
             .unwrap();
         let st = export.stat("/inside.txt", false).unwrap();
         assert_eq!((st.st_size, st.st_mode & 0o777, st.st_mtime), (2, 0o600, 2));
+    }
+
+    #[test]
+    fn no_mode_the_remote_sets_keeps_setuid_or_setgid() {
+        let (_dir, root) = setup();
+        let export = Export::open(&root, false).unwrap();
+        let mode = |p: &str| export.stat(p, false).unwrap().st_mode & 0o7777;
+        let create = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
+        export.open_file("/created", create, 0o7755).unwrap();
+        assert_eq!(mode("/created") & 0o7000, 0);
+        let chmod = Changes {
+            mode: Some(0o7777),
+            ..Default::default()
+        };
+        export.set_path("/inside.txt", &chmod).unwrap();
+        assert_eq!(mode("/inside.txt"), 0o777);
+        let file = export.open_file("/created", OFlag::O_RDONLY, 0).unwrap();
+        export.set_fd(&file, &chmod).unwrap();
+        assert_eq!(mode("/created"), 0o777);
+        // A directory keeps its sticky bit (as /tmp does), never set-ID bits.
+        export.mkdir("/made", 0o7777).unwrap();
+        assert_eq!(mode("/made") & 0o7000, 0o1000);
+        export.set_path("/sub", &chmod).unwrap();
+        assert_eq!(mode("/sub"), 0o1777);
+        let dir = export.open_dir("/sub").unwrap();
+        export.set_fd(&dir, &chmod).unwrap();
+        assert_eq!(mode("/sub"), 0o1777);
     }
 
     #[test]

@@ -46,6 +46,8 @@
 
 #[cfg(target_os = "linux")]
 mod export;
+#[cfg(target_os = "linux")]
+mod names;
 mod remote;
 #[cfg(target_os = "linux")]
 mod serve;
@@ -77,8 +79,25 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// channel (the ssh clients are killed), and the remote wrappers then clean up by themselves.
 #[derive(Default)]
 pub struct Mounts {
+    /// Every mount of the kernel, kept for its whole life: a remount that fails is tried again
+    /// at the next reconnection.
+    planned: Vec<Planned>,
+    /// The mounts made since the last (re)connection.
     active: Vec<Active>,
 }
+
+struct Planned {
+    spec: MountSpec,
+    /// Opened once, at the first mount, and served at every remount: what the path leads to
+    /// later (the remote may replace a directory inside another, writable, export by a
+    /// symlink) never changes what this mount exposes.
+    export: Option<LocalExport>,
+}
+
+#[cfg(target_os = "linux")]
+type LocalExport = Arc<export::Export>;
+#[cfg(not(target_os = "linux"))]
+type LocalExport = ();
 
 struct Active {
     spec: MountSpec,
@@ -97,131 +116,146 @@ struct Active {
 impl Mounts {
     /// Makes every mount of `settings` on the remote, before `deadline`; all or nothing.
     pub async fn start(master: &Master, settings: &Settings, deadline: Instant) -> Result<Mounts> {
-        Self::mount_all(master, settings, deadline, false).await
+        let source = source(settings);
+        // Every local directory first: nothing starts on the remote when one is missing.
+        let mut planned = Vec::new();
+        for spec in &settings.mounts {
+            planned.push(Planned {
+                spec: spec.clone(),
+                export: local_export(spec, &source)?,
+            });
+        }
+        let active = mount_all(&planned, master, settings, deadline, false).await?;
+        Ok(Mounts { planned, active })
     }
 
     /// After a reconnection: the old channels are dead; mount everything again, taking over
-    /// the mount points from this kernel's earlier sshfs processes.
+    /// the mount points from this kernel's earlier sshfs processes. After a failure nothing is
+    /// mounted, and the next reconnection tries again.
     pub async fn remount(
         &mut self,
         master: &Master,
         settings: &Settings,
         deadline: Instant,
     ) -> Result<()> {
-        if self.active.is_empty() {
+        if self.planned.is_empty() {
             return Ok(());
         }
-        std::mem::take(self).stop().await;
-        *self = Self::mount_all(master, settings, deadline, true).await?;
+        stop_all(std::mem::take(&mut self.active)).await;
+        self.active = mount_all(&self.planned, master, settings, deadline, true).await?;
         Ok(())
     }
 
-    async fn mount_all(
-        master: &Master,
-        settings: &Settings,
-        deadline: Instant,
-        takeover: bool,
-    ) -> Result<Mounts> {
-        if settings.mounts.is_empty() {
-            return Ok(Mounts::default());
-        }
-        tracing::info!(
-            "mounting {} local dir(s) on the remote",
-            settings.mounts.len()
-        );
-        let alias = settings.ssh_host_alias.as_str();
-        let source = match &settings.ssh_host_alias_local_on_remote {
-            Some(back) => Source::Alias(back),
-            None => Source::Passive,
-        };
-        // Every local directory first: nothing starts on the remote when one is missing.
-        let mut exports = Vec::new();
-        for spec in &settings.mounts {
-            exports.push(local_export(spec, &source)?);
-        }
-        let mut mounts = Mounts::default();
-        for (spec, export) in settings.mounts.iter().zip(exports) {
-            let line =
-                remote::command_line(spec, settings.remote_sshfs.as_deref(), &source, takeover);
-            let mut child = remote::spawn(master, &line)?;
-            let what = format!("mount {}", spec.remote);
-            let stopping = Arc::new(AtomicBool::new(false));
-            let events = remote::read_events(
-                child.stderr.take().expect("piped stderr"),
-                what,
-                stopping.clone(),
-            );
-            let stdout = child.stdout.take().expect("piped stdout");
-            let stdin = child.stdin.take().expect("piped stdin");
-            let mut active = Active {
-                spec: spec.clone(),
-                child,
-                events,
-                stopping,
-                stdin: None,
-                stop: None,
-                output: Vec::new(),
-            };
-            match export {
-                #[cfg(target_os = "linux")]
-                Some(export) => {
-                    let (stop, stopped) = oneshot::channel();
-                    active.stop = Some(stop);
-                    serve::spawn_server(spec, stdout, stdin, export, stopped)?;
-                }
-                _ => {
-                    drop(stdout);
-                    active.stdin = Some(stdin);
-                }
-            }
-            mounts.active.push(active);
-        }
-        // They all progress at once; a failure tears down every one of them.
-        for i in 0..mounts.active.len() {
-            let result = tokio::time::timeout_at(deadline, mounts.active[i].ready(alias)).await;
-            let error = match result {
-                Ok(Ok(())) => continue,
-                Ok(Err(e)) => e,
-                Err(_) => Error::Timeout {
-                    what: format!(
-                        "mounting {} on '{alias}' at {}",
-                        mounts.active[i].spec.local, mounts.active[i].spec.remote
-                    ),
-                    secs: settings.launch_timeout,
-                    hint: "run the launcher with -vv to see what sshfs says, or raise --launch-timeout".into(),
-                },
-            };
-            mounts.stop().await;
-            return Err(error);
-        }
-        Ok(mounts)
-    }
-
     /// Unmounts everything and waits (briefly) until the remote confirms.
-    pub async fn stop(mut self) {
-        if self.active.is_empty() {
-            return;
-        }
-        for active in &mut self.active {
-            active.stopping.store(true, Ordering::SeqCst);
-            active.stdin.take();
-            if let Some(stop) = active.stop.take() {
-                let _ = stop.send(());
+    pub async fn stop(self) {
+        stop_all(self.active).await;
+    }
+}
+
+fn source(settings: &Settings) -> Source<'_> {
+    match &settings.ssh_host_alias_local_on_remote {
+        Some(back) => Source::Alias(back),
+        None => Source::Passive,
+    }
+}
+
+async fn mount_all(
+    planned: &[Planned],
+    master: &Master,
+    settings: &Settings,
+    deadline: Instant,
+    takeover: bool,
+) -> Result<Vec<Active>> {
+    if planned.is_empty() {
+        return Ok(Vec::new());
+    }
+    tracing::info!("mounting {} local dir(s) on the remote", planned.len());
+    let alias = settings.ssh_host_alias.as_str();
+    let source = source(settings);
+    let mut mounts = Vec::new();
+    for Planned { spec, export } in planned {
+        let line = remote::command_line(spec, settings.remote_sshfs.as_deref(), &source, takeover);
+        let mut child = remote::spawn(master, &line)?;
+        let what = format!("mount {}", spec.remote);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let events = remote::read_events(
+            child.stderr.take().expect("piped stderr"),
+            what,
+            stopping.clone(),
+        );
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stdin = child.stdin.take().expect("piped stdin");
+        let mut active = Active {
+            spec: spec.clone(),
+            child,
+            events,
+            stopping,
+            stdin: None,
+            stop: None,
+            output: Vec::new(),
+        };
+        match export {
+            #[cfg(target_os = "linux")]
+            Some(export) => {
+                let (stop, stopped) = oneshot::channel();
+                active.stop = Some(stop);
+                let budget = sftp::HandleBudget::shared();
+                serve::spawn_server(spec, stdout, stdin, export.clone(), budget, stopped)?;
+            }
+            _ => {
+                drop(stdout);
+                active.stdin = Some(stdin);
             }
         }
-        let deadline = Instant::now() + STOP_GRACE;
-        for mut active in self.active.drain(..) {
-            let confirmed = tokio::time::timeout_at(deadline, async {
-                loop {
-                    match active.events.recv().await {
-                        Some(Event::Unmounted) => return true,
-                        Some(Event::Closed) | None => return false,
-                        Some(_) => {}
-                    }
+        mounts.push(active);
+    }
+    // They all progress at once; a failure tears down every one of them.
+    for i in 0..mounts.len() {
+        let result = tokio::time::timeout_at(deadline, mounts[i].ready(alias)).await;
+        let error = match result {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(_) => Error::Timeout {
+                what: format!(
+                    "mounting {} on '{alias}' at {}",
+                    mounts[i].spec.local, mounts[i].spec.remote
+                ),
+                secs: settings.launch_timeout,
+                hint: "run the launcher with -vv to see what sshfs says, or raise --launch-timeout"
+                    .into(),
+            },
+        };
+        stop_all(mounts).await;
+        return Err(error);
+    }
+    Ok(mounts)
+}
+
+/// Unmounts `mounts` and waits (briefly) until the remote confirms.
+async fn stop_all(mut mounts: Vec<Active>) {
+    if mounts.is_empty() {
+        return;
+    }
+    for active in &mut mounts {
+        active.stopping.store(true, Ordering::SeqCst);
+        active.stdin.take();
+        if let Some(stop) = active.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    for mut active in mounts {
+        let confirmed = tokio::time::timeout_at(deadline, async {
+            loop {
+                match active.events.recv().await {
+                    Some(Event::Unmounted) => return true,
+                    Some(Event::Closed) | None => return false,
+                    Some(_) => {}
                 }
-            })
-            .await;
-            match confirmed {
+            }
+        })
+        .await;
+        match confirmed {
                 Ok(true) => tracing::info!("unmounted {}", active.spec.remote),
                 Ok(false) => tracing::debug!(
                     "mount {}: the session ended without confirming the unmount",
@@ -233,9 +267,8 @@ impl Mounts {
                     STOP_GRACE.as_secs()
                 ),
             }
-            let _ = active.child.start_kill();
-            let _ = active.child.wait().await;
-        }
+        let _ = active.child.start_kill();
+        let _ = active.child.wait().await;
     }
 }
 
@@ -307,13 +340,13 @@ impl Active {
 
 /// Checks the local side of a mount. In the default mode, opens the export (confined).
 #[cfg(target_os = "linux")]
-fn local_export(spec: &MountSpec, source: &Source) -> Result<Option<export::Export>> {
+fn local_export(spec: &MountSpec, source: &Source) -> Result<Option<LocalExport>> {
     check_local_dir(spec)?;
     if let Source::Alias(_) = source {
         return Ok(None);
     }
     export::Export::open(Path::new(&spec.local), spec.read_only())
-        .map(Some)
+        .map(|export| Some(Arc::new(export)))
         .map_err(|e| {
             Error::Local(format!(
                 "cannot export {} for mount on {}: {e}{}",
@@ -329,7 +362,7 @@ fn local_export(spec: &MountSpec, source: &Source) -> Result<Option<export::Expo
 }
 
 #[cfg(not(target_os = "linux"))]
-fn local_export(spec: &MountSpec, source: &Source) -> Result<Option<()>> {
+fn local_export(spec: &MountSpec, source: &Source) -> Result<Option<LocalExport>> {
     check_local_dir(spec)?;
     match source {
         Source::Alias(_) => Ok(None),

@@ -40,12 +40,25 @@ find_sshfs() {
 }
 "#;
 
+/// The directory of this user's mount states on the remote. Its name is known in advance (a
+/// reconnected launcher's wrapper must find its predecessor's state), so it is made private
+/// with `mkdir -m 700` and otherwise refused unless it is a real directory (not a symlink) of
+/// this user's with mode 0700: its files say which processes to end. In a sticky /tmp, no one
+/// else can swap it once checked.
+const STATES_DIR: &str = r#"
+states_dir() {
+  mkdir -m 700 "$1" 2>/dev/null
+  [ -d "$1" ] && [ ! -L "$1" ] && [ -O "$1" ] || return 1
+  case $(LC_ALL=C ls -ld "$1") in "drwx------ "*|"drwx------."*) ;; *) return 1 ;; esac
+}
+"#;
+
 /// $1 mode (passive|alias), $2 mount point, $3 sshfs ("" = PATH), $4 source, $5 -o options.
 const WRAPPER: &str = r#"
-mode=$1 mnt=$2 want=$3 src=$4 opts=$5 takeover=$6
+mode=$1 mnt=$2 want=$3 src=$4 opts=$5 takeover=$6 states=
 trap '' HUP PIPE
 tag() { printf 'sshpyk-mount %s\n' "$*" >&2; }
-fail() { tag error "$@"; exit 0; }
+fail() { tag error "$@"; rmdir "$states" 2>/dev/null; exit 0; }
 is_mounted() {
   if command -v mountpoint >/dev/null 2>&1; then mountpoint -q "$1" 2>/dev/null; return; fi
   mount 2>/dev/null | grep -F " on $1 " >/dev/null
@@ -66,14 +79,21 @@ fi
 why=$(fuse_check) || fail no-fuse "$why"
 # Who serves this mount point: "wrapper-pid sshfs-pid created-top-dir", in a private dir.
 states=${TMPDIR:-/tmp}/sshpyk-mounts-$(id -u)
-(umask 077; mkdir -p "$states") && [ -O "$states" ] || fail state "cannot use $states"
+states_dir "$states" || fail state "$states is not a private directory of $(id -un) (a directory, not a symlink, with mode 0700); remove it"
 state=$states/$(printf %s "$mnt" | cksum | cut -d' ' -f1)
+save_state() {
+  # Another mount's cleanup may have just removed the (then empty) directory.
+  tries=0
+  until { states_dir "$states" && echo "$*" > "$state"; } 2>/dev/null; do
+    tries=$((tries + 1)); [ $tries -lt 5 ] || return 1
+  done
+}
 top=
 if [ -n "$takeover" ] && [ -f "$state" ]; then
   # Reconnected after a network drop: the previous sshfs of this kernel hangs on a dead
   # channel. Claim the mount point first, so that its wrapper leaves the cleanup to us.
   read -r old_wrapper old_sshfs top < "$state"
-  echo "$$ - $top" > "$state"
+  save_state "$$ - $top"
   kill -TERM "$old_sshfs" 2>/dev/null
   n=0
   while kill -0 "$old_sshfs" 2>/dev/null && [ $n -lt 30 ]; do sleep 0.1; n=$((n + 1)); done
@@ -103,10 +123,12 @@ else
   out=$(mkdir -p "$mnt" 2>&1) || fail mkdir "$out"
 fi
 cleanup() {
-  read -r owner _ < "$state" 2>/dev/null
+  # No state: it could not be saved, and nobody took over.
+  read -r owner _ < "$state" 2>/dev/null || owner=$$
   # Taken over by the wrapper of a reconnected launcher: the mount point is its now.
   [ "$owner" = $$ ] || exit 0
   rm -f "$state"
+  rmdir "$states" 2>/dev/null
   if is_mounted "$mnt" || is_dead "$mnt"; then unmount "$mnt"; fi
   if [ -n "$top" ]; then
     d=$mnt
@@ -129,7 +151,7 @@ else
   watch=$!
 fi
 exec 3<&-
-echo "$$ $pid $top" > "$state"
+save_state "$$ $pid $top" || tag note "cannot record the mount in $states; a reconnection will not take it over"
 ready=
 while kill -0 $pid 2>/dev/null; do
   if is_mounted "$mnt"; then ready=1; tag ready; break; fi
@@ -202,7 +224,7 @@ pub fn command_line(
         Source::Alias(alias) => ("alias", format!("{alias}:{}", spec.local)),
     };
     sh_command(
-        &format!("{FUNCTIONS}{WRAPPER}"),
+        &format!("{FUNCTIONS}{STATES_DIR}{WRAPPER}"),
         &[
             mode,
             &spec.remote,
@@ -444,9 +466,50 @@ mod tests {
     }
 
     #[test]
+    fn the_state_dir_is_private_or_refused() {
+        use std::os::unix::fs::{chown, symlink, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let states_dir = |path: &std::path::Path| {
+            std::process::Command::new("sh")
+                .args(["-c", &format!("{STATES_DIR}states_dir \"$1\""), "sh"])
+                .arg(path)
+                .status()
+                .unwrap()
+                .success()
+        };
+        let mode = |path: &std::path::Path| {
+            std::fs::symlink_metadata(path)
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        let made = dir.path().join("made");
+        assert!(states_dir(&made) && mode(&made) == 0o700);
+        assert!(states_dir(&made), "an existing private dir is used");
+        let link = dir.path().join("link");
+        symlink(&made, &link).unwrap();
+        assert!(!states_dir(&link), "a symlink, even to a private dir");
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(!states_dir(&open), "a dir that is not 0700");
+        if nix::unistd::geteuid().is_root() {
+            let theirs = dir.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+            chown(&theirs, Some(65534), Some(65534)).unwrap();
+            assert!(!states_dir(&theirs), "another user's dir");
+        }
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(!states_dir(&file));
+    }
+
+    #[test]
     fn the_wrapper_is_valid_sh() {
         for script in [
-            format!("{FUNCTIONS}{WRAPPER}"),
+            format!("{FUNCTIONS}{STATES_DIR}{WRAPPER}"),
             format!("{FUNCTIONS}{PROBE}"),
         ] {
             let out = std::process::Command::new("sh")

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader, ReadBuf};
@@ -23,7 +24,8 @@ pub fn spawn_server(
     spec: &MountSpec,
     stdout: ChildStdout,
     stdin: ChildStdin,
-    export: export::Export,
+    export: Arc<export::Export>,
+    budget: Arc<sftp::HandleBudget>,
     stopped: oneshot::Receiver<()>,
 ) -> Result<()> {
     let stdout = stdout
@@ -43,7 +45,7 @@ pub fn spawn_server(
                 Ok(runtime) => runtime,
                 Err(e) => return tracing::warn!("{what}: cannot start the SFTP server: {e}"),
             };
-            runtime.block_on(serve(stdout, stdin, export, stopped, &what));
+            runtime.block_on(serve(stdout, stdin, export, budget, stopped, &what));
         })
         .map_err(Error::io("cannot start a thread for the SFTP server"))?;
     Ok(())
@@ -54,7 +56,8 @@ pub fn spawn_server(
 async fn serve(
     stdout: OwnedFd,
     stdin: OwnedFd,
-    export: export::Export,
+    export: Arc<export::Export>,
+    budget: Arc<sftp::HandleBudget>,
     mut stopped: oneshot::Receiver<()>,
     what: &str,
 ) {
@@ -96,7 +99,7 @@ async fn serve(
         stopped: Some(stopped),
         _done: done,
     };
-    russh_sftp::server::run(stream, sftp::Server::new(export)).await;
+    sftp::run(stream, sftp::Server::new(export, budget, what.to_string())).await;
     let _ = over.await;
 }
 

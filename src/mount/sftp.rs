@@ -4,12 +4,13 @@
 //! (a hop to tokio's blocking pool per request halved the throughput).
 
 use std::collections::HashMap;
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use nix::dir::{Dir, OwningIter};
 use nix::fcntl::{AtFlags, OFlag};
@@ -20,18 +21,126 @@ use russh_sftp::protocol::{
 };
 use russh_sftp::server::{Handler, StatusReply};
 
+use tokio::io::{AsyncRead, AsyncWrite};
+
 use super::export::{Changes, Export};
+use super::names;
 
 /// Largest read answered at once (sshfs asks for 32 KiB by default; OpenSSH caps at 256 KiB).
 const MAX_READ: u32 = 256 * 1024;
 /// Entries per READDIR answer.
 const DIR_BATCH: usize = 128;
-/// Open handles per mount; more is a client gone wrong.
-const MAX_HANDLES: usize = 4096;
+/// Requests checked for their names and not yet read by the server.
+const CHECKED_BUFFER: usize = 512 * 1024;
+/// Descriptors kept for the rest of the launcher when every mount's handles are open: client
+/// connections, ssh clients, pipes, the files a request opens for a moment.
+const RESERVED_FDS: u64 = 256;
+
+/// The open handles of every mount of the launcher together, kept below its descriptor limit, so
+/// that a remote holding many files open never starves the rest (accepting a client, starting
+/// ssh). Beyond it, opening answers with an SFTP error.
+pub struct HandleBudget {
+    left: AtomicUsize,
+}
+
+impl HandleBudget {
+    pub fn new(handles: usize) -> Arc<Self> {
+        Arc::new(HandleBudget {
+            left: AtomicUsize::new(handles),
+        })
+    }
+
+    /// The budget every mount shares; the first call raises the descriptor limit to its most.
+    pub fn shared() -> Arc<Self> {
+        static SHARED: OnceLock<Arc<HandleBudget>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                let limit = raise_fd_limit();
+                let handles = limit.saturating_sub(RESERVED_FDS);
+                tracing::debug!(
+                    "descriptor limit {limit}: up to {handles} open files across mounts"
+                );
+                HandleBudget::new(usize::try_from(handles).unwrap_or(usize::MAX))
+            })
+            .clone()
+    }
+
+    fn take(self: &Arc<Self>) -> Result<HandlePermit, StatusReply> {
+        self.left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .map(|_| HandlePermit(self.clone()))
+            .map_err(|_| StatusCode::Failure.with_message("too many open files through the mounts"))
+    }
+}
+
+/// One handle's share of the budget, given back when the handle goes.
+struct HandlePermit(Arc<HandleBudget>);
+
+impl Drop for HandlePermit {
+    fn drop(&mut self) {
+        self.0.left.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Raises this process's soft limit on open descriptors to the hard limit (the default soft
+/// limit, often 1024, is far below what the mounts may need); returns the limit in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read or write the struct given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur;
+        }
+        tracing::debug!(
+            "cannot raise the descriptor limit to {}: {}",
+            limit.rlim_max,
+            io::Error::last_os_error()
+        );
+    }
+    limit.rlim_cur
+}
 
 enum Open {
-    File(Arc<File>),
+    File(OpenFile),
     Dir(Arc<Mutex<Listing>>),
+}
+
+struct OpenFile {
+    file: Arc<File>,
+    /// Written to or truncated through this handle: its close flushes to the disk.
+    written: bool,
+    _permit: HandlePermit,
+}
+
+impl OpenFile {
+    /// Flushes what was written and closes the file, so that a failure the kernel only
+    /// reports then (a full disk or an I/O error at write-back, a network file system's close)
+    /// reaches the remote instead of being lost with the descriptor.
+    fn close(self) -> io::Result<()> {
+        // Pipes and devices have nothing to flush (and fdatasync refuses them).
+        let flushed = if self.written && self.file.metadata()?.is_file() {
+            self.file.sync_data()
+        } else {
+            Ok(())
+        };
+        let closed = match Arc::try_unwrap(self.file) {
+            Ok(file) => nix::unistd::close(file).map_err(io::Error::from),
+            // Requests are answered one at a time, so nothing else holds it; if something did,
+            // the last holder closes it.
+            Err(_) => Ok(()),
+        };
+        flushed.and(closed)
+    }
 }
 
 struct Listing {
@@ -39,38 +148,61 @@ struct Listing {
     /// The directory's own attributes, reported for `.` and `..` (the parent of the export
     /// root is not ours to describe).
     own: FileStat,
+    _permit: HandlePermit,
+}
+
+/// Serves `server` on `stream` (the remote sshfs's SFTP) until the stream ends.
+pub async fn run<S>(stream: S, server: Server)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (from_remote, to_remote) = tokio::io::split(stream);
+    let (checked, to_checked) = tokio::io::simplex(CHECKED_BUFFER);
+    tokio::spawn(names::check(from_remote, to_checked));
+    russh_sftp::server::run(tokio::io::join(checked, to_remote), server).await;
 }
 
 /// The SFTP side of one mount.
 pub struct Server {
     export: Arc<Export>,
     handles: HashMap<String, Open>,
+    budget: Arc<HandleBudget>,
     next: u64,
+    /// For logs: "mount /remote/path".
+    what: String,
+    /// Whether a listing skipped a name that is not UTF-8 yet (said once per mount).
+    skipped_a_name: bool,
 }
 
 impl Server {
-    pub fn new(export: Export) -> Self {
+    pub fn new(export: Arc<Export>, budget: Arc<HandleBudget>, what: String) -> Self {
         Server {
-            export: Arc::new(export),
+            export,
             handles: HashMap::new(),
+            budget,
             next: 0,
+            what,
+            skipped_a_name: false,
         }
     }
 
-    fn insert(&mut self, open: Open) -> Result<String, StatusReply> {
-        if self.handles.len() >= MAX_HANDLES {
-            return Err(StatusCode::Failure.with_message("too many open handles"));
-        }
+    fn insert(&mut self, open: Open) -> String {
         self.next += 1;
         let handle = self.next.to_string();
         self.handles.insert(handle.clone(), open);
-        Ok(handle)
+        handle
     }
 
     fn file(&self, handle: &str) -> Result<Arc<File>, StatusReply> {
         match self.handles.get(handle) {
-            Some(Open::File(f)) => Ok(f.clone()),
+            Some(Open::File(f)) => Ok(f.file.clone()),
             _ => Err(bad_handle()),
+        }
+    }
+
+    fn mark_written(&mut self, handle: &str) {
+        if let Some(Open::File(f)) = self.handles.get_mut(handle) {
+            f.written = true;
         }
     }
 
@@ -176,17 +308,19 @@ fn take_string(data: &mut &[u8]) -> Result<String, StatusReply> {
     Ok(text)
 }
 
-fn next_batch(listing: &mut Listing) -> io::Result<Vec<Entry>> {
+/// The next entries of a listing, and the first name skipped for not being UTF-8, if any.
+fn next_batch(listing: &mut Listing) -> io::Result<(Vec<Entry>, Option<CString>)> {
     let mut files = Vec::new();
+    let mut skipped = None;
     while files.len() < DIR_BATCH {
         let Some(entry) = listing.entries.next() else {
             break;
         };
         let entry = entry?;
         let name: &CStr = entry.file_name();
-        // SFTP v3 names are strings here; a name that is not UTF-8 cannot be asked for later.
+        // A name that is not UTF-8 could not be asked for later (see `names`).
         let Ok(text) = name.to_str() else {
-            tracing::debug!("mount: skipping a file name that is not UTF-8: {name:?}");
+            skipped.get_or_insert_with(|| name.to_owned());
             continue;
         };
         let st = if text == "." || text == ".." {
@@ -202,7 +336,7 @@ fn next_batch(listing: &mut Listing) -> io::Result<Vec<Entry>> {
         };
         files.push(Entry::new(text, attrs(&st)));
     }
-    Ok(files)
+    Ok((files, skipped))
 }
 
 impl Handler for Server {
@@ -238,14 +372,23 @@ impl Handler for Server {
     ) -> Result<Handle, Self::Error> {
         let flags = open_flags(pflags);
         let mode = attrs.permissions.unwrap_or(0o666);
+        let permit = self.budget.take()?;
         let file = self.fs(move |e| e.open_file(&filename, flags, mode))?;
-        let handle = self.insert(Open::File(Arc::new(file)))?;
+        let handle = self.insert(Open::File(OpenFile {
+            file: Arc::new(file),
+            written: false,
+            _permit: permit,
+        }));
         Ok(Handle { id, handle })
     }
 
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
         match self.handles.remove(&handle) {
-            Some(_) => Ok(ok(id)),
+            Some(Open::File(file)) => {
+                self.fs(move |_| file.close())?;
+                Ok(ok(id))
+            }
+            Some(Open::Dir(_)) => Ok(ok(id)),
             None => Err(bad_handle()),
         }
     }
@@ -297,6 +440,7 @@ impl Handler for Server {
             }
             file.write_all_at(&data, offset)
         })?;
+        self.mark_written(&handle);
         Ok(ok(id))
     }
 
@@ -319,7 +463,7 @@ impl Handler for Server {
     async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
         let st = match self.handles.get(&handle) {
             Some(Open::File(f)) => {
-                let f = f.clone();
+                let f = f.file.clone();
                 self.fs(move |_| Ok(nix::sys::stat::fstat(&*f)?))?
             }
             Some(Open::Dir(d)) => d.lock().unwrap().own,
@@ -351,8 +495,11 @@ impl Handler for Server {
         let changes = changes(&attrs);
         match self.handles.get(&handle) {
             Some(Open::File(f)) => {
-                let f = f.clone();
+                let f = f.file.clone();
                 self.fs(move |e| e.set_fd(&*f, &changes))?;
+                if changes.size.is_some() {
+                    self.mark_written(&handle);
+                }
             }
             Some(Open::Dir(d)) => {
                 let d = d.clone();
@@ -369,6 +516,7 @@ impl Handler for Server {
     }
 
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
+        let permit = self.budget.take()?;
         let listing = self.fs(move |e| {
             let fd = e.open_dir(&path)?;
             let own = nix::sys::stat::fstat(&fd)?;
@@ -376,9 +524,10 @@ impl Handler for Server {
             Ok(Listing {
                 entries: dir.into_iter(),
                 own,
+                _permit: permit,
             })
         })?;
-        let handle = self.insert(Open::Dir(Arc::new(Mutex::new(listing))))?;
+        let handle = self.insert(Open::Dir(Arc::new(Mutex::new(listing))));
         Ok(Handle { id, handle })
     }
 
@@ -387,7 +536,14 @@ impl Handler for Server {
             return Err(bad_handle());
         };
         let listing = listing.clone();
-        let files = self.fs(move |_| next_batch(&mut listing.lock().unwrap()))?;
+        let (files, skipped) = self.fs(move |_| next_batch(&mut listing.lock().unwrap()))?;
+        if let Some(name) = skipped.filter(|_| !self.skipped_a_name) {
+            self.skipped_a_name = true;
+            tracing::warn!(
+                "{}: file names that are not UTF-8 are not shown on the remote (such as {name:?}); rename them to use them there (said once per mount)",
+                self.what
+            );
+        }
         if files.is_empty() {
             return Err(StatusReply::new(StatusCode::Eof));
         }
@@ -488,6 +644,8 @@ impl Handler for Server {
                 self.fs(move |e| e.hardlink(&from, &to))?;
                 Ok(Packet::Status(ok(id)))
             }
+            names::NAME_NOT_UTF8 => Err(StatusCode::Failure
+                .with_message("the file name is not UTF-8, which this server does not serve")),
             "fsync@openssh.com" => {
                 let handle = take_string(&mut rest)?;
                 let file = self.file(&handle)?;
@@ -538,8 +696,17 @@ mod tests {
 
     /// A client talking to our server over an in-memory stream, as sshfs does over the channel.
     async fn session(root: &std::path::Path, read_only: bool) -> RawSftpSession {
+        session_within(root, read_only, HandleBudget::new(64)).await
+    }
+
+    async fn session_within(
+        root: &std::path::Path,
+        read_only: bool,
+        budget: Arc<HandleBudget>,
+    ) -> RawSftpSession {
         let (client, server) = tokio::io::duplex(1 << 20);
-        russh_sftp::server::run(server, Server::new(Export::open(root, read_only).unwrap())).await;
+        let export = Arc::new(Export::open(root, read_only).unwrap());
+        run(server, Server::new(export, budget, "mount /test".into())).await;
         let session = RawSftpSession::new(client);
         let version = session.init().await.unwrap();
         assert!(version.extensions.contains_key("posix-rename@openssh.com"));
@@ -688,6 +855,121 @@ mod tests {
         assert!(!dir.path().join("escaped").exists());
         let vfs = s.statvfs("/").await.unwrap();
         assert!(vfs.blocks > 0 && vfs.flags & 1 == 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_at_close_is_reported() {
+        // procfs takes writes but has no disk to flush them to (fdatasync: EINVAL): the close
+        // of a file written through the mount must say so. The value written is the current one.
+        let s = session(std::path::Path::new("/proc/self"), false).await;
+        let current = read_all(&s, "/oom_score_adj").await.unwrap();
+        let h = s
+            .open("/oom_score_adj", OpenFlags::WRITE, FileAttributes::empty())
+            .await
+            .unwrap()
+            .handle;
+        s.write(&h, 0, current).await.unwrap();
+        assert_ne!(code(s.close(&h).await), StatusCode::Ok);
+        // Only written files are flushed: closing one that was only read stays quiet.
+        read_all(&s, "/oom_score_adj").await.unwrap();
+    }
+
+    /// Sends one raw packet (type, then `body`: the id and fields) and returns the answer's type
+    /// and the rest.
+    async fn raw_request(
+        stream: &mut tokio::io::DuplexStream,
+        kind: u8,
+        body: &[u8],
+    ) -> (u8, Vec<u8>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let packet = [&[kind][..], body].concat();
+        stream.write_u32(packet.len() as u32).await.unwrap();
+        stream.write_all(&packet).await.unwrap();
+        let len = stream.read_u32().await.unwrap();
+        let mut answer = vec![0; len as usize];
+        stream.read_exact(&mut answer).await.unwrap();
+        (answer[0], answer[1..].to_vec())
+    }
+
+    #[tokio::test]
+    async fn names_that_are_not_utf8_are_refused_never_merged() {
+        use std::os::unix::ffi::OsStrExt;
+        let (_dir, root) = tree();
+        std::fs::write(root.join(std::ffi::OsStr::from_bytes(b"b\xff")), "local").unwrap();
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        run(
+            server,
+            Server::new(
+                Arc::new(Export::open(&root, false).unwrap()),
+                HandleBudget::new(64),
+                "mount /test".into(),
+            ),
+        )
+        .await;
+        let (kind, _) = raw_request(&mut client, 1, &3u32.to_be_bytes()).await;
+        assert_eq!(kind, 2, "VERSION");
+        let string = |s: &[u8]| [&(s.len() as u32).to_be_bytes()[..], s].concat();
+        let id = 1u32.to_be_bytes().to_vec();
+        let create = (0x08u32 | 0x02).to_be_bytes().to_vec(); // CREAT | WRITE
+        let no_attrs = 0u32.to_be_bytes().to_vec();
+        for name in [&b"/a\xff"[..], b"/a\xfe"] {
+            let open = [id.clone(), string(name), create.clone(), no_attrs.clone()].concat();
+            let (kind, answer) = raw_request(&mut client, 3, &open).await;
+            assert_eq!(kind, 101, "a STATUS, not a handle");
+            // id, then the code: SSH_FX_FAILURE.
+            assert_eq!(answer[4..8], 4u32.to_be_bytes());
+        }
+        let rename = [id, string(b"/a.txt"), string(b"/c\xff")].concat();
+        assert_eq!(raw_request(&mut client, 18, &rename).await.0, 101);
+        let local = |name: &[u8]| root.join(std::ffi::OsStr::from_bytes(name));
+        for name in [&b"a\xff"[..], b"a\xfe", "a\u{FFFD}".as_bytes(), b"c\xff"] {
+            assert!(!local(name).exists(), "{:?}", local(name));
+        }
+        assert!(root.join("a.txt").exists());
+        // Listings skip such names (they could not be asked for).
+        let s = session(&root, false).await;
+        assert_eq!(
+            names(&s, "/").await,
+            [".", "..", "a.txt", "out", "rel-out", "sub"]
+        );
+    }
+
+    async fn open(s: &RawSftpSession) -> Result<Handle, ClientError> {
+        s.open("/a.txt", OpenFlags::READ, FileAttributes::empty())
+            .await
+    }
+
+    #[tokio::test]
+    async fn every_mount_shares_one_budget_of_open_handles() {
+        let (_dir, root) = tree();
+        let budget = HandleBudget::new(3);
+        let first = session_within(&root, false, budget.clone()).await;
+        let second = session_within(&root, true, budget).await;
+        let a = open(&first).await.unwrap().handle;
+        let _b = open(&second).await.unwrap().handle;
+        let _dir = first.opendir("/sub").await.unwrap().handle;
+        assert_eq!(code(open(&second).await), StatusCode::Failure);
+        assert_eq!(code(second.opendir("/").await), StatusCode::Failure);
+        // A handle closed on one mount can be opened on another.
+        first.close(&a).await.unwrap();
+        open(&second).await.unwrap();
+    }
+
+    #[test]
+    fn the_descriptor_limit_is_raised_to_the_hard_limit() {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+        let hard = limit.rlim_max;
+        if hard > 512 {
+            limit.rlim_cur = 512;
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+        }
+        assert_eq!(raise_fd_limit(), hard);
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+        assert_eq!(limit.rlim_cur, hard);
     }
 
     #[tokio::test]
