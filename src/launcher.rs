@@ -312,11 +312,10 @@ impl Running {
     async fn reconnect(&mut self, signals: &mut Signals, trouble: Trouble) -> Option<Outcome> {
         let since = Instant::now();
         let alias = self.settings.ssh_host_alias.clone();
+        // New client connections wait in the listen backlog until a session answers.
+        self.link.send_replace(None);
         let mut old_session = match trouble {
-            Trouble::Lost => {
-                self.link.send_replace(None);
-                false
-            }
+            Trouble::Lost => false,
             _ => {
                 tracing::warn!(
                     "'{alias}' has not answered for {} s; racing a new connection against it",
@@ -340,15 +339,13 @@ impl Running {
                 _ = check.tick(), if old_session => {
                     if self.session.link().last_heard() > since {
                         tracing::info!("'{alias}' answers again after {:.1} s", since.elapsed().as_secs_f64());
+                        self.link.send_replace(Some(self.session.link()));
                         return None;
                     }
                 }
                 event = self.session.next_event(), if old_session => match event {
                     Event::Exited(exit) => return Some(exit_outcome(exit)),
-                    Event::Lost => {
-                        old_session = false;
-                        self.link.send_replace(None);
-                    }
+                    Event::Lost => old_session = false,
                 },
                 _ = next_attempt.tick(), if attempts.len() < MAX_ATTEMPTS => {
                     started += 1;

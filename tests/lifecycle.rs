@@ -221,3 +221,43 @@ fn value_of<T: std::str::FromStr>(out: &str, key: &str) -> T {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {key} in: {out}"))
 }
+
+/// The lease is renewed from a task of its own: a message-mode interrupt that waits (here on a
+/// kernel frozen with SIGSTOP) for longer than the orphan timeout does not get the kernel reaped.
+#[tokio::test]
+async fn a_long_interrupt_does_not_let_the_lease_lapse() {
+    let env = Env::with_host();
+    let spec_dir = env.path("remote-data/kernels/msgmode");
+    std::fs::create_dir_all(&spec_dir).unwrap();
+    let spec = serde_json::json!({
+        "argv": [venv_python(), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Message mode", "language": "python", "interrupt_mode": "message",
+    });
+    std::fs::write(spec_dir.join("kernel.json"), spec.to_string()).unwrap();
+    env.add_command("msgmode", &["--kernel-name", "m", "--orphan-timeout", "2"])
+        .assert()
+        .success();
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch("m", &conn);
+    launcher.wait_ready(Duration::from_secs(60));
+    let pid = launcher.remote_pid();
+    ready_client(&info).await.close();
+
+    let kernel = Pid::from_raw(pid as i32);
+    nix::sys::signal::kill(kernel, Signal::SIGSTOP).unwrap();
+    launcher.signal(Signal::SIGINT);
+    // The interrupt waits 5 s for the frozen kernel: more than the 2 s orphan timeout.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    nix::sys::signal::kill(kernel, Signal::SIGCONT).unwrap();
+    assert!(
+        launcher.child.try_wait().unwrap().is_none(),
+        "the kernel was reaped during the interrupt:\n{}",
+        launcher.log()
+    );
+    let mut c = ready_client(&info).await;
+    let r = c
+        .execute("print(__import__('os').getpid())", STEP)
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, format!("{pid}\n"), "{}", launcher.log());
+}

@@ -174,3 +174,102 @@ async fn mounts_come_back_after_a_link_cut() {
     );
     assert!(launcher.child.try_wait().unwrap().is_none());
 }
+
+/// Executes `code` with fresh clients until one answers (a client opened while the launcher was
+/// still switching connections may be cut once); returns the output.
+async fn first_answer(info: &sshpyk::connection::ConnectionInfo, code: &str) -> String {
+    let end = Instant::now() + STEP;
+    loop {
+        let step = Duration::from_secs(2);
+        let answer = async {
+            let mut c = sshpyk::jupyter::KernelClient::connect(info, step).await?;
+            c.wait_for_ready(step).await?;
+            let out = c.execute(code, step).await?.stdout;
+            c.close();
+            Ok::<_, sshpyk::error::Error>(out)
+        };
+        match answer.await {
+            Ok(out) => return out,
+            Err(e) if Instant::now() < end => eprintln!("not yet: {e}"),
+            Err(e) => panic!("no answer within {STEP:?}: {e}"),
+        }
+    }
+}
+
+/// A common config keeps connections through drops (`ServerAliveCountMax 60000`): such an old
+/// TCP connection resumes only when its retransmission backoff next fires, seconds after the
+/// link is back. The launcher races a fresh connection against it instead.
+#[tokio::test]
+async fn after_a_cut_the_kernel_answers_within_three_seconds_whatever_the_keepalive_settings() {
+    let Some(env) = env_with_link() else { return };
+    let config = env.ssh_config();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "    ServerAliveInterval 10\n    ServerAliveCountMax 60000\n    ControlMaster auto\n    \
+         ControlPath \"{}/user-cm-%C\"\n    ControlPersist 600\n",
+        env.path("home").display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    // The user's own master, opened by hand with those settings; the launcher rides it.
+    let opened = std::process::Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .args(["-N", "-f", "remote"])
+        .status()
+        .unwrap();
+    assert!(opened.success());
+    let (mut launcher, info) = env.start_kernel(&[]);
+    let pid = launcher.remote_pid();
+    assert_eq!(first_answer(&info, "x = 42").await, "");
+
+    env.host().link_down().unwrap();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    env.host().link_up().unwrap();
+    let back = Instant::now();
+    let out = first_answer(&info, "print(x, __import__('os').getpid())").await;
+    let took = back.elapsed();
+    eprintln!("first answer {took:?} after the link returned");
+    assert_eq!(out, format!("42 {pid}\n"), "{}", launcher.log());
+    assert!(
+        took <= Duration::from_secs(3),
+        "first answer {took:?} after the link returned:\n{}",
+        launcher.log()
+    );
+    assert!(launcher.child.try_wait().unwrap().is_none());
+    let _ = std::process::Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .args(["-O", "exit", "remote"])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// The kernel keeps printing large lines to its own stdout through an outage: the supervisor
+/// must stay responsive (it used to block writing one while holding its send lock), so the
+/// returning launcher is answered and the kernel kept.
+#[tokio::test]
+async fn a_kernel_printing_through_an_outage_is_reattached() {
+    let Some(env) = env_with_link() else { return };
+    let (mut launcher, info) = env.start_kernel(&["--orphan-timeout", "30"]);
+    let pid = launcher.remote_pid();
+    // ipykernel captures fd 1 for its clients; its copy of the original is the process's stdout.
+    let flood = "import os, sys, threading, time\n\
+x = 42\n\
+fd = sys.stdout._original_stdstream_copy\n\
+def flood():\n    while True:\n        os.write(fd, b'y' * 18000 + b'\\n'); time.sleep(0.001)\n\
+threading.Thread(target=flood, daemon=True).start()\n";
+    assert_eq!(first_answer(&info, flood).await, "");
+    env.host().link_down().unwrap();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    env.host().link_up().unwrap();
+    let out = first_answer(&info, "print(x, __import__('os').getpid())").await;
+    assert_eq!(out, format!("42 {pid}\n"), "{}", tail(&launcher.log()));
+    assert!(launcher.child.try_wait().unwrap().is_none());
+}
+
+fn tail(log: &str) -> String {
+    log.lines()
+        .filter(|l| !l.starts_with("yyyy"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
