@@ -63,10 +63,13 @@ pub struct SpecArgs {
     /// Seconds the whole start may take [default: 30].
     #[arg(long, value_parser = positive_seconds)]
     pub launch_timeout: Option<f64>,
-    /// Seconds a kernel gets to shut down before it is killed [default: 30].
+    /// Seconds the launcher's own graceful stop (its parent, JPY_PARENT_PID, is gone) waits for
+    /// the kernel before ending it; SIGTERM from Jupyter ends the kernel at once [default: 30].
     #[arg(long, value_parser = positive_seconds)]
     pub shutdown_timeout: Option<f64>,
-    /// Seconds a remote kernel survives without its launcher (network drop, killed launcher) [default: 300].
+    /// Seconds a remote kernel waits for its launcher to come back after the connection is lost
+    /// (a network drop); a launcher killed while its connection lives ends the kernel at once
+    /// [default: 300].
     #[arg(long, value_parser = positive_seconds)]
     pub orphan_timeout: Option<f64>,
     /// Mount a local directory on the remote for the kernel's lifetime:

@@ -1,6 +1,11 @@
 //! A client of OpenSSH's ControlMaster multiplexing protocol (OpenSSH's `PROTOCOL.mux`, as
 //! `mux.c` implements it): channels through the master with no `ssh` process of ours.
 //!
+//! Why not the `openssh-mux-client` crate: it speaks the same protocol (and more), but we need
+//! one request (a session with passed descriptors), cancel-safe reads of the reply, and to tell
+//! a server's refusal of a session (sshd's `MaxSessions`, which sends us to another connection)
+//! from other failures; that is this file's few lines, tested against a real OpenSSH master.
+//!
 //! One control connection carries one channel. The descriptors the channel reads and writes are
 //! handed to the master with `SCM_RIGHTS`, so bytes flow between them and the master with no
 //! copy here. The master ends the channel when the control connection closes: dropping a
@@ -19,7 +24,6 @@ const VERSION: u32 = 4;
 
 const MUX_MSG_HELLO: u32 = 0x0000_0001;
 const MUX_C_NEW_SESSION: u32 = 0x1000_0002;
-const MUX_C_NEW_STDIO_FWD: u32 = 0x1000_0008;
 const MUX_S_PERMISSION_DENIED: u32 = 0x8000_0002;
 const MUX_S_FAILURE: u32 = 0x8000_0003;
 const MUX_S_EXIT_MESSAGE: u32 = 0x8000_0004;
@@ -46,16 +50,6 @@ pub struct MuxChannel {
 }
 
 impl MuxChannel {
-    /// Connects `socket` (both ways) to `127.0.0.1:port` on the remote host, like `ssh -W`.
-    pub async fn stdio_forward(
-        control_path: &Path,
-        port: u16,
-        socket: OwnedFd,
-    ) -> io::Result<Self> {
-        let request = new_stdio_fwd(REQUEST_ID, "127.0.0.1", port.into());
-        Self::open(control_path, &request, &[&socket, &socket]).await
-    }
-
     /// Runs `command` on the remote host (no tty, no forwarding) with the given stdio.
     pub async fn session(
         control_path: &Path,
@@ -253,18 +247,6 @@ fn hello() -> Vec<u8> {
     packet(body)
 }
 
-/// `MUX_C_NEW_STDIO_FWD` as `mux_client_request_stdio_fwd` sends it: request id, reserved
-/// string, connect host, connect port (a uint32, whatever PROTOCOL.mux says).
-fn new_stdio_fwd(request_id: u32, host: &str, port: u32) -> Vec<u8> {
-    let mut body = Vec::new();
-    put_u32(&mut body, MUX_C_NEW_STDIO_FWD);
-    put_u32(&mut body, request_id);
-    put_string(&mut body, b"");
-    put_string(&mut body, host.as_bytes());
-    put_u32(&mut body, port);
-    packet(body)
-}
-
 /// `MUX_C_NEW_SESSION` as `mux_client_request_session` sends it: request id, reserved string,
 /// want tty, want X11, want agent, subsystem (all uint32, all 0 here), escape char (none),
 /// terminal type (empty), the command, and no environment strings.
@@ -369,18 +351,6 @@ mod tests {
     }
 
     #[test]
-    fn stdio_forward_request_layout() {
-        let mut want = vec![0, 0, 0, 29];
-        want.extend([0x10, 0, 0, 0x08]); // MUX_C_NEW_STDIO_FWD
-        want.extend([0, 0, 0, 7]); // request id
-        want.extend([0, 0, 0, 0]); // reserved: empty string
-        want.extend([0, 0, 0, 9]);
-        want.extend(b"127.0.0.1"); // connect host
-        want.extend([0, 0, 0x22, 0xb8]); // connect port 8888
-        assert_eq!(new_stdio_fwd(7, "127.0.0.1", 8888), want);
-    }
-
-    #[test]
     fn session_request_layout() {
         let mut want = vec![0, 0, 0, 47];
         want.extend([0x10, 0, 0, 0x02]); // MUX_C_NEW_SESSION
@@ -469,8 +439,6 @@ mod tests {
 
     /// Against a real master (sshpyk-testhost's sshd): what the launcher relies on.
     mod with_a_master {
-        use std::io::{Read, Write};
-        use std::os::unix::net::UnixStream as StdUnixStream;
         use std::path::PathBuf;
         use std::process::Command;
         use std::time::{Duration, Instant};
@@ -616,47 +584,11 @@ mod tests {
         }
 
         #[tokio::test]
-        async fn stdio_forwards_reach_remote_ports_and_end_with_the_master() {
+        async fn a_session_ends_with_its_master_and_no_exit_status() {
             let f = Fixture::start();
-            // An echo server on the remote loopback; it prints its port.
-            let server = "import socket,sys\ns=socket.socket();s.bind(('127.0.0.1',0));s.listen()\nprint(s.getsockname()[1],flush=True)\nc,_=s.accept()\nwhile (d:=c.recv(99)):c.sendall(d)\n";
-            let (_session, _stdin, stdout) = f
-                .session(&format!(
-                    "exec python3 -c {}",
-                    crate::remote::shell_quote(server)
-                ))
-                .await;
-            let port: u16 = BufReader::new(stdout)
-                .lines()
-                .next_line()
-                .await
-                .unwrap()
-                .unwrap()
-                .parse()
-                .unwrap();
-            let (mut ours, theirs) = StdUnixStream::pair().unwrap();
-            let mut forward = MuxChannel::stdio_forward(&f.control, port, theirs.into())
-                .await
-                .unwrap();
-            ours.write_all(b"hello").unwrap();
-            let mut buf = [0u8; 5];
-            ours.read_exact(&mut buf).unwrap();
-            assert_eq!(&buf, b"hello");
-            // A port nothing listens on: the remote refuses the channel, and the master lives on.
-            let (_ours, theirs) = StdUnixStream::pair().unwrap();
-            let err = MuxChannel::stdio_forward(&f.control, 1, theirs.into())
-                .await
-                .unwrap_err();
-            assert!(
-                err.to_string().contains("could not open the channel"),
-                "{err}"
-            );
-            ours.write_all(b"again").unwrap();
-            ours.read_exact(&mut buf).unwrap();
-            assert_eq!(&buf, b"again");
-            // The master going away ends the channel with no exit status.
+            let (mut channel, _stdin, _stdout) = f.session("exec cat").await;
             f.ssh_exit();
-            let status = tokio::time::timeout(Duration::from_secs(10), forward.exit_status())
+            let status = tokio::time::timeout(Duration::from_secs(10), channel.exit_status())
                 .await
                 .expect("the channel ends with the master");
             assert_eq!(status.unwrap(), None);

@@ -1,0 +1,93 @@
+//! One ssh session per kernel, however many clients: many kernels and clients on one host with
+//! sshd's stock limits (MaxSessions 10), and a login shell that prints on stdout cannot reach a
+//! stream.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{eventually, ready_client, Env};
+use sshpyk_testhost::TestUser;
+
+const STEP: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn twelve_kernels_with_two_clients_each_share_one_stock_host() {
+    let env = Env::with_host();
+    let kernel = env.add_kernel("k", &["--launch-timeout", "120"]);
+    let started = Instant::now();
+    let mut kernels: Vec<_> = (0..12)
+        .map(|i| {
+            let (conn, info) = env.connection_file(&format!("c{i}"));
+            (env.launch(&kernel, &conn), info)
+        })
+        .collect();
+    for (launcher, _) in &mut kernels {
+        launcher.wait_ready(Duration::from_secs(150));
+    }
+    eprintln!("12 kernels ready in {:?}", started.elapsed());
+
+    // A notebook and a console on each: both execute and see their own output.
+    for (i, (launcher, info)) in kernels.iter().enumerate() {
+        let mut notebook = ready_client(info).await;
+        let mut console = ready_client(info).await;
+        let r = notebook
+            .execute(&format!("v = {i}; print('notebook', v)"), STEP)
+            .await
+            .unwrap();
+        assert_eq!(r.stdout, format!("notebook {i}\n"), "{}", launcher.log());
+        let r = console.execute("print('console', v)", STEP).await.unwrap();
+        assert_eq!(r.stdout, format!("console {i}\n"), "{}", launcher.log());
+        notebook.close();
+        console.close();
+    }
+
+    // Nothing was started on the remote per client: a supervisor and a kernel per kernel.
+    assert_eq!(env.remote_processes("sshpyk-supervisor").len(), 12);
+    assert_eq!(env.remote_processes("ipykernel_launcher").len(), 12);
+    for (launcher, _) in &kernels {
+        let log = launcher.log();
+        assert!(
+            log.matches("refused").count() <= 1,
+            "a refusal logged more than once:\n{log}"
+        );
+    }
+    for (launcher, _) in &mut kernels {
+        launcher.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+    for (launcher, _) in &mut kernels {
+        assert!(launcher.wait_timeout(Duration::from_secs(10)).is_some());
+    }
+    assert!(eventually(Duration::from_secs(10), || env
+        .remote_processes("ipykernel")
+        .is_empty()));
+}
+
+#[tokio::test]
+async fn a_login_shell_that_prints_cannot_reach_the_streams() {
+    let env = Env::with_host_as(TestUser::Chatty);
+    let (mut launcher, info) = env.start_kernel(&[]);
+    let pid = launcher.remote_pid();
+    let mut c = ready_client(&info).await;
+    let r = c.execute("x = 6 * 7; print(x)", STEP).await.unwrap();
+    assert_eq!(r.stdout, "42\n");
+    c.close();
+    // Reattaching goes through the login shell again.
+    env.close_master();
+    assert!(
+        eventually(Duration::from_secs(20), || launcher
+            .log()
+            .contains("reconnected after")),
+        "{}",
+        launcher.log()
+    );
+    let mut c = ready_client(&info).await;
+    let r = c
+        .execute("print(x, __import__('os').getpid())", STEP)
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, format!("42 {pid}\n"));
+    c.close();
+    // The banners went to the log (stderr) or were skipped, never into a stream.
+    assert!(launcher.child.try_wait().unwrap().is_none());
+}
