@@ -125,12 +125,11 @@ impl Env {
         serde_json::from_str(&text).unwrap()
     }
 
-    /// A connection file as Jupyter writes it: five free local ports and a fresh key.
+    /// A connection file as Jupyter writes it: five free local ports and a fresh key. The ports
+    /// come from `free_port`, which never hands out a port twice in this process and stays out
+    /// of the ephemeral range, so parallel tests cannot get the same ones.
     pub fn connection_file(&self, name: &str) -> (PathBuf, sshpyk::connection::ConnectionInfo) {
-        let ports: Vec<u16> = (0..5)
-            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-            .map(|l| l.local_addr().unwrap().port())
-            .collect();
+        let ports: Vec<u16> = (0..5).map(|_| sshpyk_testhost::free_port()).collect();
         let key = uuid::Uuid::new_v4().to_string();
         let text = serde_json::json!({
             "ip": "127.0.0.1", "transport": "tcp", "signature_scheme": "hmac-sha256", "key": key,
