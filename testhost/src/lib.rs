@@ -15,6 +15,7 @@ mod host;
 mod net;
 mod procs;
 mod registry;
+mod users;
 mod venv;
 
 use std::net::{Ipv4Addr, TcpListener};
@@ -24,6 +25,10 @@ use std::sync::OnceLock;
 use std::thread;
 
 pub use host::{Mode, RemoteHost, RemoteHostBuilder};
+pub use users::{
+    TestUser, CHATTY_BASHRC_STDERR, CHATTY_BASHRC_STDOUT, CHATTY_PROFILE_STDERR,
+    CHATTY_PROFILE_STDOUT, CHATTY_USER,
+};
 pub use venv::python_venv;
 
 /// Where [`free_port`] picks ports: below Linux's ephemeral range (32768-60999 by default).
