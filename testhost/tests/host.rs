@@ -323,7 +323,10 @@ fn a_later_start_cleans_up_after_a_killed_process() {
 fn python_venv_has_a_jupyter_client() {
     let venv = python_venv().unwrap();
     let out = Command::new(venv.join("bin/python"))
-        .args(["-c", "import jupyter_client, ipykernel, nbclient"])
+        .args([
+            "-c",
+            "import jupyter_client, ipykernel, nbclient, jupyter_server",
+        ])
         .output()
         .unwrap();
     assert!(
