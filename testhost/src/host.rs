@@ -13,10 +13,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use nix::unistd::{geteuid, User};
+use nix::unistd::geteuid;
 
 use crate::net::Netns;
 use crate::registry::{self, Record, MARKER_VAR};
+use crate::users::TestUser;
 use crate::{free_port, procs};
 
 const SSHD: &str = "/usr/sbin/sshd";
@@ -87,6 +88,7 @@ pub struct RemoteHostBuilder {
     alias: String,
     control_master: bool,
     extra_sshd_config: String,
+    login_user: TestUser,
 }
 
 impl Default for RemoteHostBuilder {
@@ -96,6 +98,7 @@ impl Default for RemoteHostBuilder {
             alias: "testhost".to_string(),
             control_master: false,
             extra_sshd_config: String::new(),
+            login_user: TestUser::Current,
         }
     }
 }
@@ -127,19 +130,34 @@ impl RemoteHostBuilder {
         self
     }
 
+    /// The user the client configuration logs in as (`User` in the `Host` block).
+    pub fn login_user(mut self, user: TestUser) -> Self {
+        self.login_user = user;
+        self
+    }
+
     pub fn start(self) -> Result<RemoteHost> {
         let mode = self.mode.resolve();
         ensure_privsep_dir()?;
+        self.login_user.ensure_exists()?;
         let tmp = tempfile::Builder::new()
             .prefix("sshpyk-testhost-")
             .tempdir()
             .context("creating the host's temporary directory")?;
         let dir = tmp.path().to_path_buf();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+        // sshd reads authorized_keys as the user logging in: another user must be able to
+        // traverse the directory (not list it; the private keys in it stay 0600).
+        let dir_mode = if self.login_user == TestUser::Current {
+            0o700
+        } else {
+            0o711
+        };
+        fs::set_permissions(&dir, fs::Permissions::from_mode(dir_mode))
             .with_context(|| format!("making {} private", dir.display()))?;
         let mut host = RemoteHost {
             mode,
             alias: self.alias.clone(),
+            login_user: self.login_user.name()?,
             address: String::new(),
             port: 0,
             ssh_config: dir.join("ssh_config"),
@@ -171,6 +189,7 @@ impl RemoteHostBuilder {
 pub struct RemoteHost {
     mode: Mode,
     alias: String,
+    login_user: String,
     address: String,
     port: u16,
     ssh_config: PathBuf,
@@ -192,6 +211,11 @@ impl RemoteHost {
 
     pub fn alias(&self) -> &str {
         &self.alias
+    }
+
+    /// The name the client configuration logs in as.
+    pub fn login_user(&self) -> &str {
+        &self.login_user
     }
 
     /// The client configuration: `ssh -F <ssh_config> <alias>` reaches the host.
@@ -317,10 +341,14 @@ impl RemoteHost {
         let user_key = read_public_key(&dir.join("id_ed25519.pub"))?;
         // The marker lets `processes()` find session processes however they detach.
         let marker = self.record.marker().replace('"', "\\\"");
+        let authorized_keys = dir.join("authorized_keys");
         write(
-            &dir.join("authorized_keys"),
+            &authorized_keys,
             &format!("environment=\"{marker}\" {user_key}\n"),
         )?;
+        // Readable by whichever user logs in (it holds only the public key).
+        fs::set_permissions(&authorized_keys, fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("making {} readable", authorized_keys.display()))?;
         match &self.net {
             Some(net) => {
                 net.configure()?;
@@ -365,11 +393,6 @@ impl RemoteHost {
             &dir.join("sshd_config"),
             &sshd_config(&self.address, self.port, dir, &options.extra_sshd_config),
         )?;
-        let user = User::from_uid(geteuid())
-            .context("looking up the current user")?
-            .map(|u| u.name)
-            .or_else(|| std::env::var("USER").ok())
-            .context("the current user has no name")?;
         let mut client = format!(
             "Host {alias}\n    HostName {address}\n    Port {port}\n    User {user}\n    \
              IdentityFile {identity}\n    IdentitiesOnly yes\n    \
@@ -378,6 +401,7 @@ impl RemoteHost {
             alias = self.alias,
             address = self.address,
             port = self.port,
+            user = self.login_user,
             identity = quoted(&self.identity_file()),
             known_hosts = quoted(&dir.join("known_hosts")),
         );
@@ -475,6 +499,8 @@ fn sshd_config(address: &str, port: u16, dir: &Path, extra: &str) -> String {
     // sshd keeps the first value of an option, so the extra options go first; but a `Match`
     // block runs to the end of the file, so it must come after every global option.
     let (extra_options, extra_matches) = split_at_match(extra);
+    // MaxSessions and MaxStartups keep sshd's stock values (10 sessions per connection, 10:30:100
+    // unauthenticated connections), as on the hosts users have: tests must pass within them.
     format!(
         "{extra_options}\
          Port {port}\n\
@@ -493,8 +519,6 @@ fn sshd_config(address: &str, port: u16, dir: &Path, extra: &str) -> String {
          GatewayPorts no\n\
          X11Forwarding no\n\
          Subsystem sftp internal-sftp\n\
-         MaxSessions 100\n\
-         MaxStartups 100:30:200\n\
          LogLevel VERBOSE\n\
          {extra_matches}",
         host_key = quoted(&dir.join("ssh_host_ed25519_key")),

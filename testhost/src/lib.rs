@@ -15,20 +15,51 @@ mod host;
 mod net;
 mod procs;
 mod registry;
+mod users;
 mod venv;
 
 use std::net::{Ipv4Addr, TcpListener};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::thread;
 
 pub use host::{Mode, RemoteHost, RemoteHostBuilder};
+pub use users::{
+    TestUser, CHATTY_BASHRC_STDERR, CHATTY_BASHRC_STDOUT, CHATTY_PROFILE_STDERR,
+    CHATTY_PROFILE_STDOUT, CHATTY_USER,
+};
 pub use venv::python_venv;
 
-/// A loopback port that was free a moment ago (another process may take it before you bind).
+/// Where [`free_port`] picks ports: below Linux's ephemeral range (32768-60999 by default).
+const PORT_RANGE: Range<u16> = 20000..32000;
+/// Ports each process walks before it runs into the next process's stretch.
+const PORT_STRETCH: u32 = 500;
+
+/// A loopback port that is free now and that no other call in this process returns.
+///
+/// Binding port 0 and releasing it (what Jupyter does) is racy under parallel tests: the kernel
+/// hands the same ephemeral ports to every other bind-0 and to every outgoing connection (ssh
+/// clients, ZMQ clients), so a released port is often taken again before the launcher binds it
+/// ("Address already in use"). Ports below the ephemeral range are never handed out that way;
+/// here they are given in order, never twice in a process, each process starting its own
+/// stretch of the range (from its pid) so that parallel test processes rarely meet, and a port
+/// something already listens on is skipped.
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding 127.0.0.1:0")
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let len = u32::from(PORT_RANGE.end - PORT_RANGE.start);
+    let next = NEXT
+        .get_or_init(|| AtomicU32::new(std::process::id() % (len / PORT_STRETCH) * PORT_STRETCH));
+    let first = next.load(Ordering::Relaxed);
+    loop {
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        // Wrapping around would hand out a port twice; no test process needs that many.
+        assert!(n - first < len, "free_port: all {len} ports handed out");
+        let port = PORT_RANGE.start + (n % len) as u16;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A loopback TCP listener that accepts connections and never sends a byte: a host that accepts
@@ -69,9 +100,13 @@ mod tests {
     }
 
     #[test]
-    fn free_port_is_bindable() {
-        let port = free_port();
-        assert_ne!(port, 0);
-        TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    fn free_port_is_bindable_and_never_repeats() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        assert!(ports.iter().all(|p| PORT_RANGE.contains(p)), "{ports:?}");
+        let mut distinct = ports.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ports.len());
+        TcpListener::bind((Ipv4Addr::LOCALHOST, ports[0])).unwrap();
     }
 }

@@ -9,9 +9,13 @@ use std::sync::OnceLock;
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 
-const PACKAGES: [&str; 3] = ["jupyter_client", "ipykernel", "nbclient"];
+const PACKAGES: [&str; 4] = ["jupyter_client", "ipykernel", "nbclient", "jupyter_server"];
+/// A venv runs the interpreter it was made from, so that interpreter must be reachable by every
+/// test user (see `TestUser::Chatty`): the system's, when there is one, rather than a pyenv or
+/// conda python under /root.
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 
-/// A venv whose python imports jupyter_client, ipykernel and nbclient: `$SSHPYK_TEST_VENV` if
+/// A venv whose python imports jupyter_client, ipykernel, nbclient and jupyter_server: `$SSHPYK_TEST_VENV` if
 /// set, else `<workspace>/target/test-venv`. Created (`python3 -m venv`, `pip install`) when the
 /// imports fail, under an exclusive lock on `<venv>.lock` so that parallel test processes build
 /// it once. Returns the venv's directory.
@@ -64,7 +68,12 @@ fn lock(venv: &Path) -> Result<Flock<File>> {
 }
 
 fn create(venv: &Path) -> Result<()> {
-    run(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
+    let python = if Path::new(SYSTEM_PYTHON).exists() {
+        SYSTEM_PYTHON
+    } else {
+        "python3"
+    };
+    run(Command::new(python).args(["-m", "venv"]).arg(venv))?;
     run(Command::new(venv.join("bin/pip"))
         .args(["install", "-q", "--disable-pip-version-check"])
         .args(PACKAGES))?;

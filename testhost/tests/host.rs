@@ -8,8 +8,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
+use nix::unistd::geteuid;
 use nix::unistd::Pid;
-use sshpyk_testhost::{python_venv, Mode, RemoteHost};
+use sshpyk_testhost::{
+    python_venv, Mode, RemoteHost, TestUser, CHATTY_BASHRC_STDERR, CHATTY_BASHRC_STDOUT,
+    CHATTY_PROFILE_STDOUT, CHATTY_USER,
+};
 
 fn ssh(host: &RemoteHost, options: &[&str], command: &str) -> Output {
     Command::new("ssh")
@@ -90,7 +94,9 @@ fn start_detached_sleep(host: &RemoteHost) -> u32 {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    // The last line: a chatty user's start-up files print before the command's output.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout.lines().last().unwrap().parse().unwrap()
 }
 
 #[test]
@@ -317,7 +323,10 @@ fn a_later_start_cleans_up_after_a_killed_process() {
 fn python_venv_has_a_jupyter_client() {
     let venv = python_venv().unwrap();
     let out = Command::new(venv.join("bin/python"))
-        .args(["-c", "import jupyter_client, ipykernel, nbclient"])
+        .args([
+            "-c",
+            "import jupyter_client, ipykernel, nbclient, jupyter_server",
+        ])
         .output()
         .unwrap();
     assert!(
@@ -325,4 +334,48 @@ fn python_venv_has_a_jupyter_client() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn chatty_user_sessions_print_their_banners_before_the_command_output() {
+    if !geteuid().is_root() {
+        eprintln!("skipped: creating the chatty test user needs root");
+        return;
+    }
+    let host = RemoteHost::builder()
+        .login_user(TestUser::Chatty)
+        .start()
+        .unwrap();
+    assert_eq!(host.login_user(), CHATTY_USER);
+    let config = std::fs::read_to_string(host.ssh_config()).unwrap();
+    assert!(
+        config.contains(&format!("User {CHATTY_USER}\n")),
+        "{config}"
+    );
+
+    let out = ssh(&host, &[], "echo hi; id -un; echo $SHELL");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "ssh failed: {stderr}\nsshd.log:\n{}",
+        std::fs::read_to_string(host.sshd_log()).unwrap_or_default()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{CHATTY_BASHRC_STDOUT}\nhi\n{CHATTY_USER}\n/bin/bash\n")
+    );
+    assert_eq!(stderr, format!("{CHATTY_BASHRC_STDERR}\n"));
+    let login = ssh(&host, &[], "exec bash -l -c 'echo login'");
+    assert!(
+        String::from_utf8_lossy(&login.stdout).contains(CHATTY_PROFILE_STDOUT),
+        "{login:?}"
+    );
+
+    let sleep = start_detached_sleep(&host);
+    assert!(host.remote_pids().contains(&sleep));
+    TestUser::Chatty
+        .check_venv(&python_venv().unwrap())
+        .unwrap();
+    host.stop().unwrap();
+    assert!(!running(sleep));
 }

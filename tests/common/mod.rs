@@ -4,13 +4,14 @@
 #![allow(dead_code)] // each test crate uses its own subset
 
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use sshpyk::connection::ConnectionInfo;
 use sshpyk::jupyter::KernelClient;
-use sshpyk_testhost::RemoteHost;
+use sshpyk_testhost::{RemoteHost, TestUser};
 use tempfile::TempDir;
 
 pub struct Env {
@@ -41,19 +42,42 @@ impl Env {
 
     /// With a real sshd "remote host" (its own network namespace when running as root).
     pub fn with_host() -> Self {
+        Self::with_host_as(TestUser::Current)
+    }
+
+    /// With a real sshd "remote host" that the client logs in to as `user`.
+    pub fn with_host_as(user: TestUser) -> Self {
         let mut env = Self::local();
-        // The remote side is this machine's filesystem: keep its home (and so its shell start-up
-        // files) and Jupyter dirs in our temp dir.
+        // The remote side is this machine's filesystem: keep its Jupyter dirs in our temp dir,
+        // and for the current user its home too, so that no developer's shell start-up files
+        // run. Another user keeps its real home (its start-up files are the point) and gets
+        // the Jupyter dirs as its own.
+        let mut remote_env = format!(
+            "JUPYTER_RUNTIME_DIR={} JUPYTER_DATA_DIR={}",
+            env.path("remote-runtime").display(),
+            env.path("remote-data").display()
+        );
+        if user == TestUser::Current {
+            remote_env.push_str(&format!(" HOME={}", env.path("remote-home").display()));
+        }
+        // Starting the host creates the user.
         let host = RemoteHost::builder()
             .alias("remote")
-            .extra_sshd_config(&format!(
-                "SetEnv HOME={} JUPYTER_RUNTIME_DIR={} JUPYTER_DATA_DIR={}\n",
-                env.path("remote-home").display(),
-                env.path("remote-runtime").display(),
-                env.path("remote-data").display()
-            ))
+            .login_user(user)
+            .extra_sshd_config(&format!("SetEnv {remote_env}\n"))
             .start()
             .expect("starting the test sshd");
+        if user != TestUser::Current {
+            user.check_venv(&venv())
+                .expect("test venv usable by the test user");
+            let owner = nix::unistd::User::from_name(host.login_user())
+                .unwrap()
+                .expect("test user exists");
+            std::fs::set_permissions(env.dir.path(), PermissionsExt::from_mode(0o711)).unwrap();
+            for sub in ["remote-runtime", "remote-data"] {
+                nix::unistd::chown(&env.path(sub), Some(owner.uid), Some(owner.gid)).unwrap();
+            }
+        }
         env.host = Some(host);
         env
     }
@@ -125,12 +149,11 @@ impl Env {
         serde_json::from_str(&text).unwrap()
     }
 
-    /// A connection file as Jupyter writes it: five free local ports and a fresh key.
+    /// A connection file as Jupyter writes it: five free local ports and a fresh key. The ports
+    /// come from `free_port`, which never hands out a port twice in this process and stays out
+    /// of the ephemeral range, so parallel tests cannot get the same ones.
     pub fn connection_file(&self, name: &str) -> (PathBuf, sshpyk::connection::ConnectionInfo) {
-        let ports: Vec<u16> = (0..5)
-            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-            .map(|l| l.local_addr().unwrap().port())
-            .collect();
+        let ports: Vec<u16> = (0..5).map(|_| sshpyk_testhost::free_port()).collect();
         let key = uuid::Uuid::new_v4().to_string();
         let text = serde_json::json!({
             "ip": "127.0.0.1", "transport": "tcp", "signature_scheme": "hmac-sha256", "key": key,
