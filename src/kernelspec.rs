@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::mount::MountSpec;
+use crate::mount::{MountSettings, MountSpec};
 
 /// The key under `metadata` that holds our settings; its `version` says how to read them.
 pub const METADATA_KEY: &str = "sshpyk";
@@ -39,6 +39,17 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// What the mounts of this kernel need to know.
+    pub fn mount_settings(&self) -> MountSettings<'_> {
+        MountSettings {
+            mounts: &self.mounts,
+            ssh_host_alias: &self.ssh_host_alias,
+            remote_sshfs: self.remote_sshfs.as_deref(),
+            ssh_host_alias_local_on_remote: self.ssh_host_alias_local_on_remote.as_deref(),
+            launch_timeout: self.launch_timeout,
+        }
+    }
+
     /// A hand-edited kernel.json may hold any number; the launcher needs sane durations.
     fn check_timeouts(&self) -> Result<()> {
         let (min, max) = TIMEOUT_RANGE;

@@ -6,7 +6,6 @@
 //! States: starting → running ⇄ reconnecting → stopping. Fatal errors (bad input, the kernel
 //! gone) end it; a lost connection is retried.
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -24,6 +23,7 @@ use crate::parent::Parent;
 use crate::ports::{Forwarder, Listeners};
 use crate::remote::protocol::Request;
 use crate::remote::{EndReason, Event, Exit, InterruptMode, Link, Ready, Session, StartRequest};
+use crate::ssh::master::with_room;
 use crate::ssh::Master;
 
 /// How often the launcher renews the lease and checks that the remote answers (and that its
@@ -41,8 +41,6 @@ const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 const MAX_ATTEMPTS: usize = 3;
 /// Budget of one reconnection attempt (slow hosts: ProxyJump, slow authentication).
 const RECONNECT_ATTEMPT: Duration = Duration::from_secs(10);
-/// The most connections one host gets when its server refuses more sessions on each.
-const MAX_CONNECTIONS: u32 = 8;
 
 pub struct LaunchOptions {
     pub kernelspec_dir: PathBuf,
@@ -161,7 +159,7 @@ async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> 
         let master =
             Master::for_alias(&settings.ssh, &settings.ssh_config, alias, ssh_verbose).await?;
         master.ensure(deadline).await?;
-        let mounts = Mounts::start(&master, settings, deadline).await?;
+        let mounts = Mounts::start(&master, &settings.mount_settings(), deadline).await?;
         tracing::info!("starting remote kernel '{}'", settings.remote_kernel_name);
         let request = StartRequest {
             remote_python: &settings.remote_python,
@@ -171,11 +169,10 @@ async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> 
             ping_interval: ping_interval(settings),
         };
         let request = &request;
-        let (master, (mut session, ready)) =
-            on_a_connection_with_room(&master, deadline, move |m| async move {
-                Session::start(&m, request).await
-            })
-            .await?;
+        let (master, (mut session, ready)) = with_room(&master, deadline, move |m| async move {
+            Session::start(&m, request).await
+        })
+        .await?;
         tracing::info!(
             "forwarding ports {} to the kernel ({}) over one ssh session",
             port_list(&info),
@@ -207,38 +204,6 @@ async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> 
         info,
         settings: settings.clone(),
     })
-}
-
-/// Runs `open` on `master`'s connection; when the server refuses one more session there
-/// (sshd's `MaxSessions`: many kernels, or the user's own sessions on a shared ControlPath),
-/// on the host's next connection, opening it if needed. Says so once.
-async fn on_a_connection_with_room<T, F, Fut>(
-    master: &Master,
-    deadline: Instant,
-    mut open: F,
-) -> Result<(Master, T)>
-where
-    F: FnMut(Master) -> Fut,
-    Fut: Future<Output = Result<T>>,
-{
-    let mut connection = master.clone();
-    for n in 1..=MAX_CONNECTIONS {
-        match open(connection.clone()).await {
-            Err(Error::SessionRefused(reason)) if n < MAX_CONNECTIONS => {
-                if n == 1 {
-                    tracing::info!(
-                        "'{}' refused one more session on its ssh connection (sshd MaxSessions); using another connection to the host",
-                        master.alias()
-                    );
-                }
-                tracing::debug!("{reason}");
-                connection = master.overflow(n);
-                connection.ensure(deadline).await?;
-            }
-            other => return other.map(|value| (connection, value)),
-        }
-    }
-    unreachable!("the last connection's answer is returned")
 }
 
 fn port_list(info: &ConnectionInfo) -> String {
@@ -389,7 +354,7 @@ impl Running {
         let deadline = Instant::now() + budget;
         let (python, dir) = (&self.settings.remote_python, &self.ready.run_dir);
         let ping = ping_interval(&self.settings);
-        let work = on_a_connection_with_room(&master, deadline, |m| async move {
+        let work = with_room(&master, deadline, |m| async move {
             Session::attach(&m, python, dir, ping).await
         });
         let (master, session) = tokio::time::timeout_at(deadline, work)
@@ -412,7 +377,7 @@ impl Running {
         let deadline = Instant::now() + Duration::from_secs_f64(self.settings.launch_timeout);
         if let Err(e) = self
             .mounts
-            .remount(&self.master, &self.settings, deadline)
+            .remount(&self.master, &self.settings.mount_settings(), deadline)
             .await
         {
             tracing::warn!("could not mount again after reconnecting: {e}");

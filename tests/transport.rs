@@ -91,3 +91,19 @@ async fn a_login_shell_that_prints_cannot_reach_the_streams() {
     // The banners went to the log (stderr) or were skipped, never into a stream.
     assert!(launcher.child.try_wait().unwrap().is_none());
 }
+
+/// HPC login nodes often forbid forwarding: the streams ride the session, so nothing changes.
+#[tokio::test]
+async fn a_server_that_forbids_forwarding_still_carries_every_stream() {
+    let env = Env::with_host_configured(
+        TestUser::Current,
+        "AllowTcpForwarding no\nAllowStreamLocalForwarding no\n",
+    );
+    let (mut launcher, info) = env.start_kernel(&[]);
+    let mut c = ready_client(&info).await;
+    assert_eq!(c.execute("print(1 + 1)", STEP).await.unwrap().stdout, "2\n");
+    assert!(c.heartbeat(STEP).await.unwrap());
+    c.close();
+    launcher.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(launcher.wait_timeout(Duration::from_secs(10)).is_some());
+}

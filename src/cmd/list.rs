@@ -566,7 +566,7 @@ fn mount_checks(settings: &Settings, facts: Option<&RemoteMountFacts>) -> Vec<Ch
             "mount",
             format!("{} on remote {}{options}", m.local, m.remote),
         ));
-        let local = mount::local_facts(settings, m);
+        let local = mount::local_facts(&settings.mount_settings(), m);
         rows.push(match local.local_dir {
             Ok(()) => check(Status::Ok, "mount local dir", format!("{} exists", m.local)),
             Err(why) => check(Status::Error, "mount local dir", why),

@@ -36,8 +36,10 @@
 //!
 //! Mounts are made after the connection is up and before the kernel starts. A normal stop ends
 //! each SFTP stream: sshfs sees end of file, the wrapper unmounts, says so, and the launcher waits
-//! (a few seconds at most) for that. When the launcher is killed, PR_SET_PDEATHSIG ends its ssh
-//! clients, the channels close, and each wrapper cleans up by itself.
+//! (a few seconds at most) for that. Each mount's session is opened through the master's mux
+//! protocol, like the kernel's: when the launcher is killed, the master closes its sessions, and
+//! each wrapper cleans up by itself. A server that refuses one more session gets the mount on
+//! another connection to the host.
 //!
 //! `--ssh-host-alias-local-on-remote ALIAS` (compatibility with the original tool) skips the
 //! local server: the remote's sshfs connects back with `ALIAS` from the remote's own ssh config
@@ -60,7 +62,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::process::{Child, ChildStdin};
+use std::os::fd::OwnedFd;
+
+use crate::ssh::master::with_room;
+use crate::ssh::mux::MuxChannel;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -68,7 +73,6 @@ pub use remote::RemoteMountFacts;
 pub use spec::MountSpec;
 
 use crate::error::{Error, Result};
-use crate::kernelspec::Settings;
 use crate::ssh::Master;
 use remote::{Event, Source};
 
@@ -76,7 +80,7 @@ use remote::{Event, Source};
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The mounts of one running kernel. Dropping it without [`Mounts::stop`] still ends every
-/// channel (the ssh clients are killed), and the remote wrappers then clean up by themselves.
+/// session (the master closes them), and the remote wrappers then clean up by themselves.
 #[derive(Default)]
 pub struct Mounts {
     /// Every mount of the kernel, kept for its whole life: a remount that fails is tried again
@@ -101,25 +105,40 @@ type LocalExport = ();
 
 struct Active {
     spec: MountSpec,
-    child: Child,
+    /// Dropping it ends the session.
+    channel: MuxChannel,
     events: mpsc::Receiver<Event>,
     /// Set once the launcher ends the mount: its end is then no surprise.
     stopping: Arc<AtomicBool>,
     /// Compatibility mode: closing the session's stdin tells the wrapper to unmount.
-    stdin: Option<ChildStdin>,
+    stdin: Option<OwnedFd>,
     /// Default mode: ends the SFTP stream (and so sshfs's input).
     stop: Option<oneshot::Sender<()>>,
     /// Lines the session printed besides events, for error messages.
     output: Vec<String>,
 }
 
+/// What mounting needs of a kernel's settings (built by [`crate::kernelspec::Settings`], so
+/// that this module does not depend on the kernelspec).
+pub struct MountSettings<'a> {
+    pub mounts: &'a [MountSpec],
+    pub ssh_host_alias: &'a str,
+    pub remote_sshfs: Option<&'a str>,
+    pub ssh_host_alias_local_on_remote: Option<&'a str>,
+    pub launch_timeout: f64,
+}
+
 impl Mounts {
     /// Makes every mount of `settings` on the remote, before `deadline`; all or nothing.
-    pub async fn start(master: &Master, settings: &Settings, deadline: Instant) -> Result<Mounts> {
+    pub async fn start(
+        master: &Master,
+        settings: &MountSettings<'_>,
+        deadline: Instant,
+    ) -> Result<Mounts> {
         let source = source(settings);
         // Every local directory first: nothing starts on the remote when one is missing.
         let mut planned = Vec::new();
-        for spec in &settings.mounts {
+        for spec in settings.mounts {
             planned.push(Planned {
                 spec: spec.clone(),
                 export: local_export(spec, &source)?,
@@ -135,7 +154,7 @@ impl Mounts {
     pub async fn remount(
         &mut self,
         master: &Master,
-        settings: &Settings,
+        settings: &MountSettings<'_>,
         deadline: Instant,
     ) -> Result<()> {
         if self.planned.is_empty() {
@@ -152,8 +171,8 @@ impl Mounts {
     }
 }
 
-fn source(settings: &Settings) -> Source<'_> {
-    match &settings.ssh_host_alias_local_on_remote {
+fn source<'a>(settings: &MountSettings<'a>) -> Source<'a> {
+    match settings.ssh_host_alias_local_on_remote {
         Some(back) => Source::Alias(back),
         None => Source::Passive,
     }
@@ -162,7 +181,7 @@ fn source(settings: &Settings) -> Source<'_> {
 async fn mount_all(
     planned: &[Planned],
     master: &Master,
-    settings: &Settings,
+    settings: &MountSettings<'_>,
     deadline: Instant,
     takeover: bool,
 ) -> Result<Vec<Active>> {
@@ -170,24 +189,23 @@ async fn mount_all(
         return Ok(Vec::new());
     }
     tracing::info!("mounting {} local dir(s) on the remote", planned.len());
-    let alias = settings.ssh_host_alias.as_str();
+    let alias = settings.ssh_host_alias;
     let source = source(settings);
     let mut mounts = Vec::new();
     for Planned { spec, export } in planned {
-        let line = remote::command_line(spec, settings.remote_sshfs.as_deref(), &source, takeover);
-        let mut child = remote::spawn(master, &line)?;
+        let line = remote::command_line(spec, settings.remote_sshfs, &source, takeover);
+        let (_, session) = with_room(master, deadline, |m| {
+            let line = &line;
+            async move { remote::spawn(&m, line).await }
+        })
+        .await?;
         let what = format!("mount {}", spec.remote);
         let stopping = Arc::new(AtomicBool::new(false));
-        let events = remote::read_events(
-            child.stderr.take().expect("piped stderr"),
-            what,
-            stopping.clone(),
-        );
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stdin = child.stdin.take().expect("piped stdin");
+        let events = remote::read_events(session.stderr, what, stopping.clone());
+        let (stdout, stdin) = (session.stdout, session.stdin);
         let mut active = Active {
             spec: spec.clone(),
-            child,
+            channel: session.channel,
             events,
             stopping,
             stdin: None,
@@ -267,8 +285,7 @@ async fn stop_all(mut mounts: Vec<Active>) {
                     STOP_GRACE.as_secs()
                 ),
             }
-        let _ = active.child.start_kill();
-        let _ = active.child.wait().await;
+        drop(active.channel);
     }
 }
 
@@ -313,18 +330,16 @@ impl Active {
                 }
                 Some(Event::Unmounted) => {}
                 Some(Event::Closed) | None => {
-                    let status = tokio::time::timeout(Duration::from_secs(2), self.child.wait())
-                        .await
-                        .ok()
-                        .and_then(|s| s.ok())
-                        .and_then(|s| s.code());
-                    if status == Some(255) {
-                        return Err(Error::Ssh(format!(
-                            "the ssh session for mount {} on '{alias}' failed: {}",
-                            self.spec.remote,
-                            self.output.join(" | ")
-                        )));
-                    }
+                    let status =
+                        tokio::time::timeout(Duration::from_secs(2), self.channel.exit_status())
+                            .await
+                            .ok()
+                            .and_then(|s| s.ok())
+                            .flatten();
+                    tracing::debug!(
+                        "mount {}: the session ended (status {status:?})",
+                        self.spec.remote
+                    );
                     return Err(remote::mount_error(
                         &self.spec,
                         alias,
@@ -392,14 +407,14 @@ pub struct LocalFacts {
     pub confinement: std::result::Result<String, String>,
 }
 
-pub fn local_facts(settings: &Settings, spec: &MountSpec) -> LocalFacts {
+pub fn local_facts(settings: &MountSettings<'_>, spec: &MountSpec) -> LocalFacts {
     let local_dir = check_local_dir(spec).map_err(|_| {
         format!(
             "{} does not exist; create it or fix the mount with `sshpyk edit`",
             spec.local
         )
     });
-    let confinement = if let Some(back) = &settings.ssh_host_alias_local_on_remote {
+    let confinement = if let Some(back) = settings.ssh_host_alias_local_on_remote {
         Err(format!(
             "compatibility mode: the remote's sshfs connects back as '{back}' with its own ssh config; sshpyk does not confine what it can reach"
         ))

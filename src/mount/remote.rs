@@ -1,4 +1,5 @@
-//! The remote half of a mount: one ssh session over the master that runs a small POSIX sh
+//! The remote half of a mount: one session of the master (its mux protocol, no `ssh` process)
+//! that runs a small POSIX sh
 //! wrapper around the remote's sshfs. The wrapper checks, mounts, reports, waits for sshfs to
 //! end for whatever reason, and then unmounts and removes what it created.
 //!
@@ -6,18 +7,19 @@
 //! session's stdout and stdin carry SFTP between sshfs (`-o passive`) and the launcher, from the
 //! line `sshpyk-sftp-start` on.
 
-use std::process::Stdio;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStderr};
+use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
 use super::MountSpec;
 use crate::error::{Error, Result};
 use crate::remote::sh_command;
-use crate::ssh::{process, Master};
+use crate::ssh::mux::MuxChannel;
+use crate::ssh::Master;
 
 /// The line after which the session's stdout is SFTP.
 pub const SFTP_START: &[u8] = b"sshpyk-sftp-start\n";
@@ -236,16 +238,33 @@ pub fn command_line(
     )
 }
 
-/// Starts the wrapper for one mount; stdin, stdout and stderr are pipes.
-pub fn spawn(master: &Master, line: &str) -> Result<Child> {
-    let mut cmd = master.command();
-    cmd.arg("-T").arg(master.alias()).arg(line);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    process::tie_to_parent(&mut cmd);
-    cmd.spawn()
-        .map_err(|e| crate::ssh::config::spawn_error("ssh", e))
+/// One mount's session: the wrapper runs on the remote; its stdio are pipes to us.
+pub struct Session {
+    /// Dropping it asks the master to close the session (so does our death, SIGKILL included):
+    /// the wrapper then unmounts and cleans up.
+    pub channel: MuxChannel,
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: pipe::Receiver,
+}
+
+/// Starts the wrapper for one mount in a session of the master.
+pub async fn spawn(master: &Master, line: &str) -> Result<Session> {
+    let local = |e: std::io::Error| Error::Local(format!("cannot set up a mount session: {e}"));
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| local(e.into()));
+    let (stdin_remote, stdin) = pipe()?;
+    let (stdout, stdout_remote) = pipe()?;
+    let (stderr, stderr_remote) = pipe()?;
+    let channel = master
+        .open_session(line, stdin_remote, stdout_remote, stderr_remote)
+        .await?;
+    let stderr = pipe::Receiver::from_owned_fd(stderr).map_err(local)?;
+    Ok(Session {
+        channel,
+        stdin,
+        stdout,
+        stderr,
+    })
 }
 
 /// What the wrapper says.
@@ -288,7 +307,7 @@ impl Event {
 /// Forwards the wrapper's stderr as events until it ends. A mount that ends while `stopping` is
 /// still false (sshfs died, the connection dropped) is reported as a warning.
 pub fn read_events(
-    stderr: ChildStderr,
+    stderr: pipe::Receiver,
     what: String,
     stopping: Arc<AtomicBool>,
 ) -> mpsc::Receiver<Event> {

@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::unix::pipe;
-use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::oneshot;
 
 use super::{export, remote, sftp, MountSpec};
@@ -22,18 +21,12 @@ const MAX_NOISE: usize = 64 * 1024;
 /// are made inline there (fast), and a slow disk never stalls the launcher's runtime.
 pub fn spawn_server(
     spec: &MountSpec,
-    stdout: ChildStdout,
-    stdin: ChildStdin,
+    stdout: OwnedFd,
+    stdin: OwnedFd,
     export: Arc<export::Export>,
     budget: Arc<sftp::HandleBudget>,
     stopped: oneshot::Receiver<()>,
 ) -> Result<()> {
-    let stdout = stdout
-        .into_owned_fd()
-        .map_err(Error::io("cannot take the mount session's output"))?;
-    let stdin = stdin
-        .into_owned_fd()
-        .map_err(Error::io("cannot take the mount session's input"))?;
     let what = format!("mount {}", spec.remote);
     std::thread::Builder::new()
         .name("sshpyk-sftp".into())

@@ -2,7 +2,10 @@
 //! here), the session key, requests, reports and every client connection to the kernel
 //! ([`protocol`]), from a single round trip to start.
 
-use crate::error::Result;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+
+use crate::error::{Error, Result};
 use crate::ssh::Master;
 
 mod link;
@@ -30,17 +33,46 @@ fn python_command(python: &str, args: &[&str]) -> String {
     sh_command(RUN_PYTHON, &words)
 }
 
-/// Runs a POSIX sh `script` with `args` on the remote over the master, and collects its output.
-pub async fn run_sh(master: &Master, script: &str, args: &[&str]) -> Result<std::process::Output> {
-    let mut cmd = master.command();
-    cmd.arg("-T")
-        .arg(master.alias())
-        .arg(sh_command(script, args));
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    cmd.output()
-        .await
-        .map_err(|e| crate::ssh::config::spawn_error("ssh", e))
+/// What a remote command printed, and its exit status (`None`: killed, or the connection lost).
+pub struct Output {
+    pub status: Option<u32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+}
+
+/// Runs a POSIX sh `script` with `args` on the remote in a session of the master, and collects
+/// its output.
+pub async fn run_sh(master: &Master, script: &str, args: &[&str]) -> Result<Output> {
+    let local = |e: std::io::Error| Error::Local(format!("cannot set up a session: {e}"));
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| local(e.into()));
+    let (stdout, stdout_remote) = pipe()?;
+    let (stderr, stderr_remote) = pipe()?;
+    let stdin = std::fs::File::open("/dev/null").map_err(local)?.into();
+    let mut channel = master
+        .open_session(
+            &sh_command(script, args),
+            stdin,
+            stdout_remote,
+            stderr_remote,
+        )
+        .await?;
+    let mut stdout = pipe::Receiver::from_owned_fd(stdout).map_err(local)?;
+    let mut stderr = pipe::Receiver::from_owned_fd(stderr).map_err(local)?;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (read_out, read_err) =
+        tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+    read_out.and(read_err).map_err(local)?;
+    Ok(Output {
+        status: channel.exit_status().await.ok().flatten(),
+        stdout: out,
+        stderr: err,
+    })
 }
 
 /// A remote command line running a POSIX sh `script` with `args` as `$1...`, whatever the

@@ -96,7 +96,7 @@ pub async fn probe(master: &Master, pythons: &[&str]) -> Result<RemoteFacts> {
     args.extend_from_slice(pythons);
     let output = super::run_sh(master, SCRIPT, &args).await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() && !stdout.contains("sshpyk-uname") {
+    if !output.success() && !stdout.contains("sshpyk-uname") {
         return Err(Error::Ssh(format!(
             "cannot run commands on '{}': {}",
             master.alias(),

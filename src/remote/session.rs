@@ -86,25 +86,9 @@ impl Session {
         };
         let mut stdin = pipe::Sender::from_owned_fd(stdin_local).map_err(local)?;
         let stdout = pipe::Receiver::from_owned_fd(stdout_local).map_err(local)?;
-        let mut channel = MuxChannel::session(
-            master.control_socket(),
-            remote_command,
-            stdin_remote,
-            stdout_remote,
-            stderr,
-        )
-        .await
-        .map_err(|e| {
-            let message = format!(
-                "cannot open a session to '{}' through its ssh connection: {e}",
-                master.alias()
-            );
-            if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                Error::SessionRefused(message)
-            } else {
-                Error::Ssh(message)
-            }
-        })?;
+        let mut channel = master
+            .open_session(remote_command, stdin_remote, stdout_remote, stderr)
+            .await?;
         let lost = |e: std::io::Error| {
             Error::Ssh(format!(
                 "the ssh session to '{}' closed: {e}",

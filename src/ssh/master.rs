@@ -1,6 +1,8 @@
 //! The OpenSSH ControlMaster for one alias: found or opened, then shared by every ssh process
 //! sshpyk starts for that host. Its lifetime is OpenSSH's (`ControlPersist`), never ours.
 
+use std::future::Future;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -9,6 +11,7 @@ use tokio::process::Command;
 use tokio::time::Instant;
 
 use super::config::{last_message, spawn_error, EffectiveConfig};
+use super::mux::MuxChannel;
 use crate::error::{Error, Result};
 
 /// How long a master we open stays after its last client, when the user's config says nothing.
@@ -18,6 +21,8 @@ const SERVER_ALIVE_INTERVAL: u64 = 3;
 /// How long a connection opened to replace one that stopped answering stays after its last
 /// client.
 const FRESH_PERSIST: &str = "60";
+/// The most connections one host gets when its server refuses more sessions on each.
+const MAX_CONNECTIONS: u32 = 8;
 
 #[derive(Debug, Clone)]
 pub struct Master {
@@ -189,6 +194,30 @@ impl Master {
             let _ = std::fs::remove_file(&fresh.control_socket);
         }
         opened.map(|()| fresh)
+    }
+
+    /// A session running `command` on the remote through this master's mux protocol, with the
+    /// given stdio (no `ssh` process: the master closes it when we drop the channel or die).
+    pub async fn open_session(
+        &self,
+        command: &str,
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> Result<MuxChannel> {
+        MuxChannel::session(&self.control_socket, command, stdin, stdout, stderr)
+            .await
+            .map_err(|e| {
+                let message = format!(
+                    "cannot open a session to '{}' through its ssh connection: {e}",
+                    self.alias
+                );
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    Error::SessionRefused(message)
+                } else {
+                    Error::Ssh(message)
+                }
+            })
     }
 
     /// Opens a master at our ControlPath (nothing is there).
@@ -377,4 +406,37 @@ impl Master {
 /// `%` of literal text doubled, since ssh expands tokens again; `tokens` is left to ssh.
 fn control_path_option(literal: &str, tokens: &str) -> String {
     format!("\"{}{tokens}\"", literal.replace('%', "%%"))
+}
+
+/// Runs `open` (which opens a session) on `master`'s connection; when the server refuses one
+/// more session there (sshd's `MaxSessions`: many kernels, or the user's own sessions on a shared
+/// ControlPath), on the host's next connection, opening it if needed. Says so once per process.
+pub async fn with_room<T, F, Fut>(
+    master: &Master,
+    deadline: Instant,
+    mut open: F,
+) -> Result<(Master, T)>
+where
+    F: FnMut(Master) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let mut connection = master.clone();
+    for n in 1..=MAX_CONNECTIONS {
+        match open(connection.clone()).await {
+            Err(Error::SessionRefused(reason)) if n < MAX_CONNECTIONS => {
+                SAID.call_once(|| {
+                    tracing::info!(
+                        "'{}' refused one more session on its ssh connection (sshd MaxSessions); using another connection to the host",
+                        master.alias()
+                    )
+                });
+                tracing::debug!("{reason}");
+                connection = master.overflow(n);
+                connection.ensure(deadline).await?;
+            }
+            other => return other.map(|value| (connection, value)),
+        }
+    }
+    unreachable!("the last connection's answer is returned")
 }

@@ -47,6 +47,12 @@ impl Env {
 
     /// With a real sshd "remote host" that the client logs in to as `user`.
     pub fn with_host_as(user: TestUser) -> Self {
+        Self::with_host_configured(user, "")
+    }
+
+    /// With a real sshd "remote host" whose sshd_config starts with `sshd_options` (they win
+    /// over the defaults).
+    pub fn with_host_configured(user: TestUser, sshd_options: &str) -> Self {
         let mut env = Self::local();
         // The remote side is this machine's filesystem: keep its Jupyter dirs in our temp dir,
         // and for the current user its home too, so that no developer's shell start-up files
@@ -64,7 +70,7 @@ impl Env {
         let host = RemoteHost::builder()
             .alias("remote")
             .login_user(user)
-            .extra_sshd_config(&format!("SetEnv {remote_env}\n"))
+            .extra_sshd_config(&format!("{sshd_options}SetEnv {remote_env}\n"))
             .start()
             .expect("starting the test sshd");
         if user != TestUser::Current {
