@@ -42,10 +42,14 @@ MESSAGE, OPEN, DATA, CLOSE, CREDIT = range(5)
 WINDOW = 2 << 20
 MAX_PAYLOAD = 1 << 20
 CHUNK = 256 << 10
+F_SETPIPE_SZ = 1031
+PIPE_SIZE = 1 << 20
 # Past this much unsent to the launcher, stop reading the kernel's sockets until it drains.
 OUT_LIMIT = 8 << 20
 # How long a closed session's sshd process is watched before we conclude the launcher is gone.
 SSHD_WATCH = 0.5
+# How often orphans that came back to us and exited are collected.
+REAP_EVERY = 5.0
 # After SIGTERM, how long a kernel the launcher has left gets before SIGKILL.
 GONE_GRACE = 0.5
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
@@ -121,6 +125,14 @@ class Link:
 
     def __init__(self, rfd, wfd, sshd_pid, closer=None):
         self.rfd, self.wfd, self.sshd_pid, self.closer = rfd, wfd, sshd_pid, closer
+        for fd in (rfd, wfd):
+            # Bigger pipes to sshd: fewer wake-ups per MB (Linux; best effort).
+            try:
+                import fcntl
+
+                fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+            except (ImportError, OSError):
+                pass
         self.inbuf = bytearray()
         self.out = collections.deque()
         self.out_len = 0
@@ -136,7 +148,9 @@ class Link:
         self.out_len += len(data)
 
     def send(self, stream, kind, payload=b""):
-        self.queue(HEADER.pack(stream, kind, len(payload)) + payload)
+        self.queue(HEADER.pack(stream, kind, len(payload)))
+        if payload:
+            self.queue(payload)
 
     def report(self, **msg):
         self.send(0, MESSAGE, json.dumps(msg).encode())
@@ -392,6 +406,7 @@ class Supervisor:
         self.reason = None
         self.kill_at = None
         self.expires = None
+        self.next_reap = 0.0
         self.tail = []
         self.partial_line = b""
         self.streams = {}
@@ -700,8 +715,8 @@ class Supervisor:
                 link.watching_out = bool(link.out)
             now = time.monotonic()
             deadlines = [d for d in (self.kill_at, self.expires if self.armed else None) if d is not None]
-            timeout = max(0.0, min(deadlines) - now) if deadlines else 5.0
-            for key, events in self.sel.select(min(timeout, 5.0)):
+            timeout = max(0.0, min(deadlines) - now) if deadlines else REAP_EVERY
+            for key, events in self.sel.select(min(timeout, REAP_EVERY)):
                 what = key.data
                 if what == "exit":
                     self.finish()
@@ -735,12 +750,15 @@ class Supervisor:
             if self.kill_at is not None and now >= self.kill_at:
                 self.kill_at = None
                 self.signal_all(signal.SIGKILL)
+            if now >= self.next_reap:
+                # A /proc walk: not on every turn of a loop that relays every message.
+                self.next_reap = now + REAP_EVERY
+                self.reap_adopted()
             if self.armed and now >= self.expires:
                 # Silent for the whole lease (a dead link shows no end of file): orphaned.
                 self.expires = float("inf")
                 self.drop_link()
                 self.stop_kernel("orphaned", 0)
-            self.reap_adopted()
 
     def finish(self):
         """The kernel exited: its last words, cleanup, the report."""
