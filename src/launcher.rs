@@ -264,7 +264,8 @@ impl Running {
                 }
                 Trouble::Lost | Trouble::Silent => {}
             }
-            if let Some(outcome) = self.reconnect(signals, trouble).await {
+            let still_open = matches!(trouble, Trouble::Silent);
+            if let Some(outcome) = self.reconnect(signals, still_open).await {
                 return outcome;
             }
         }
@@ -273,22 +274,19 @@ impl Running {
     /// Races fresh connections against the old one until one reaches the supervisor (the
     /// remote kernel untouched), the old one answers again, or the kernel is certainly gone.
     /// The local ports stay bound throughout, so clients reconnect by themselves. `None` once
-    /// back.
-    async fn reconnect(&mut self, signals: &mut Signals, trouble: Trouble) -> Option<Outcome> {
+    /// back. `still_open`: the old session has not ended, it only stopped answering.
+    async fn reconnect(&mut self, signals: &mut Signals, still_open: bool) -> Option<Outcome> {
         let since = Instant::now();
         let alias = self.settings.ssh_host_alias.clone();
         // New client connections wait in the listen backlog until a session answers.
         self.link.send_replace(None);
-        let mut old_session = match trouble {
-            Trouble::Lost => false,
-            _ => {
-                tracing::warn!(
-                    "'{alias}' has not answered for {} s; racing a new connection against it",
-                    SILENT_AFTER.as_secs()
-                );
-                true
-            }
-        };
+        let mut old_session = still_open;
+        if still_open {
+            tracing::warn!(
+                "'{alias}' has not answered for {} s; racing a new connection against it",
+                SILENT_AFTER.as_secs()
+            );
+        }
         // Past this, the remote guard has certainly ended the kernel.
         let give_up = since
             + Duration::from_secs_f64(self.settings.orphan_timeout)
@@ -322,12 +320,8 @@ impl Running {
                     attempts.spawn(connect(self.master.clone(), budget));
                 }
                 Some(done) = attempts.join_next() => {
-                    let master = match done {
-                        Ok(Ok(master)) => master,
-                        Ok(Err(e)) => {
-                            tracing::debug!("reconnection attempt: {e}");
-                            continue;
-                        }
+                    let master = match done.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+                        Ok(master) => master,
                         Err(e) => {
                             tracing::debug!("reconnection attempt: {e}");
                             continue;

@@ -261,3 +261,31 @@ async fn a_long_interrupt_does_not_let_the_lease_lapse() {
         .unwrap();
     assert_eq!(r.stdout, format!("{pid}\n"), "{}", launcher.log());
 }
+
+/// What a kernel prints on its way out (a traceback, last words) reaches the launcher's log
+/// before the launcher exits with the kernel's status.
+#[tokio::test]
+async fn a_kernels_last_words_reach_the_log() {
+    let env = Env::with_host();
+    let (mut launcher, info) = env.start_kernel(&[]);
+    let mut c = ready_client(&info).await;
+    // ipykernel captures fd 1 for its clients; its copy of the original is the process's stdout.
+    let last_words = "import os, sys\n\
+fd = sys.stdout._original_stdstream_copy\n\
+os.write(fd, b'sshpyk-last-words 1\\n' + b'x' * 100000 + b'\\nsshpyk-last-words 2\\n')\n\
+os._exit(3)\n";
+    let _ = c.execute(last_words, Duration::from_secs(2)).await;
+    let status = launcher
+        .wait_timeout(Duration::from_secs(10))
+        .expect("the launcher exits with its kernel");
+    assert_eq!(status.code(), Some(3));
+    let log = launcher.log();
+    assert!(
+        log.contains("sshpyk-last-words 1") && log.contains("sshpyk-last-words 2"),
+        "{}",
+        log.lines()
+            .filter(|l| !l.starts_with("xxxx"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -74,6 +74,18 @@ impl MuxChannel {
                 ),
             )
         })?;
+        // The session key and our descriptors go to whoever listens there: only to a master of
+        // ours (a socket path in a shared directory could be anyone's).
+        let owner = control.peer_cred()?.uid();
+        if owner != nix::unistd::getuid().as_raw() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "the ControlMaster socket {} belongs to uid {owner}, not to us; remove it or fix ControlPath",
+                    control_path.display()
+                ),
+            ));
+        }
         let mut channel = MuxChannel {
             control,
             pending: Vec::new(),
@@ -435,6 +447,51 @@ mod tests {
             parse_packet(&two).unwrap(),
             Some((Reply::Hello { version: 4 }, 12))
         );
+    }
+
+    /// A socket at the ControlPath that another user listens on gets nothing from us.
+    #[tokio::test]
+    async fn a_control_socket_of_another_user_is_refused() {
+        if !nix::unistd::getuid().is_root() {
+            eprintln!("skipped: needs root to listen as another user");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let path = dir.path().join("cm");
+        let listen = "import socket,sys,time\ns=socket.socket(socket.AF_UNIX);s.bind(sys.argv[1]);s.listen()\nprint('up',flush=True)\ntime.sleep(30)";
+        let mut nobody = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+            ])
+            .arg(listen)
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut up = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(nobody.stdout.as_mut().unwrap()),
+            &mut up,
+        )
+        .unwrap();
+        assert_eq!(up.trim(), "up", "the listener as nobody did not start");
+        let null = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let err = MuxChannel::session(&path, "true", null(), null(), null())
+            .await
+            .unwrap_err();
+        let _ = nobody.kill();
+        let _ = nobody.wait();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        assert!(err.to_string().contains("belongs to uid 65534"), "{err}");
     }
 
     /// Against a real master (sshpyk-testhost's sshd): what the launcher relies on.
