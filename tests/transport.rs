@@ -45,6 +45,20 @@ async fn twelve_kernels_with_two_clients_each_share_one_stock_host() {
     // Nothing was started on the remote per client: a supervisor and a kernel per kernel.
     assert_eq!(env.remote_processes("sshpyk-supervisor").len(), 12);
     assert_eq!(env.remote_processes("ipykernel_launcher").len(), 12);
+    // sshd allows 10 sessions per connection: some kernels went to another connection.
+    assert!(
+        kernels
+            .iter()
+            .any(|(l, _)| l.log().contains("refused one more session")),
+        "no kernel needed another connection"
+    );
+    // However many connections the host got, one lock file for it.
+    let locks = std::fs::read_dir(env.path("rt"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".lock"))
+        .count();
+    assert_eq!(locks, 1);
     for (launcher, _) in &kernels {
         let log = launcher.log();
         assert!(
