@@ -425,7 +425,9 @@ def start_kernel(name):
     kc.wait_for_ready(timeout=READY_TIMEOUT)
     took = perf_counter() - started
     kc.kernel_info = kernel_info
-    pid = km.provisioner.process.pid
+    # The Python sshpyk's provisioner runs no local process: no pid to follow then.
+    process = getattr(km.provisioner, "process", None)
+    pid = process.pid if process is not None else None
     phases = stderr.phase_times(started)
     # When the kernel process itself (and, for sshpyk, the remote supervisor that started it)
     # came to be: the remote is this machine, so its pids are ours to read.
@@ -433,10 +435,11 @@ def start_kernel(name):
     for _, text in stderr.lines:
         if "ready: kernel pid " in text:
             kernel_pid = int(text.split("ready: kernel pid ")[1].split()[0])
-    supervisor = ancestors(kernel_pid)[:1]
+    supervisor = ancestors(kernel_pid)[:1] if kernel_pid else []
     if kernel_pid != pid and supervisor:
         phases["supervisor started"] = process_started(supervisor[0], started)
-    phases["kernel process started"] = process_started(kernel_pid, started)
+    if kernel_pid:
+        phases["kernel process started"] = process_started(kernel_pid, started)
     phases["wait_for_ready returned"] = took
     transport = None
     for _, text in stderr.lines:
@@ -670,6 +673,8 @@ def python_sshpyk_figures(py_venv, ssh_config, tmp, opts):
          "--remote-kernel-name", "python3"],
         capture_output=True, text=True, timeout=120,
     )
+    # Its first start below must open its master itself, as ours does.
+    subprocess.run(["ssh", "-F", config, "-O", "exit", ALIAS], capture_output=True, timeout=10)
     if add.returncode != 0:
         return None, version, f"`sshpyk add` failed: {(add.stderr or add.stdout).strip()[-500:]}"
     log(f"Python sshpyk {version}: measuring its kernel alone in a worker")
