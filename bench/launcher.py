@@ -5,6 +5,10 @@ sshpyk-testhost (in its own network namespace when root, else on loopback), reac
 alias "bench"; the remote kernel is the same venv's ipykernel. Every figure is printed next to
 the local baseline and an informational target; the script exits 0 whatever the figures are.
 
+The core figures are also measured for the Python sshpyk from PyPI (same alias, same remote
+venv), in a worker process run by its own venv's python (`--core-figures`): its kernelspec
+names a kernel provisioner that only a python with that package installed can load.
+
 Nothing outside a temporary directory is touched (Jupyter data/runtime/config dirs, HOME,
 IPYTHONDIR and sshpyk's runtime dir all point into it), and nothing is left running.
 """
@@ -29,6 +33,8 @@ VENV_PYTHON = os.path.join(VENV, "bin", "python")
 ALIAS = "bench"
 SSH_KERNEL = "ssh_bench"
 LOCAL_KERNEL = "local_bench"
+PY_SSHPYK_KERNEL = "py_sshpyk_bench"
+MANY_KERNELS = 20
 READY_TIMEOUT = 60.0
 EXEC_BLOCK = 25  # executions of `pass` in a row on one kernel
 
@@ -419,7 +425,9 @@ def start_kernel(name):
     kc.wait_for_ready(timeout=READY_TIMEOUT)
     took = perf_counter() - started
     kc.kernel_info = kernel_info
-    pid = km.provisioner.process.pid
+    # The Python sshpyk's provisioner runs no local process: no pid to follow then.
+    process = getattr(km.provisioner, "process", None)
+    pid = process.pid if process is not None else None
     phases = stderr.phase_times(started)
     # When the kernel process itself (and, for sshpyk, the remote supervisor that started it)
     # came to be: the remote is this machine, so its pids are ours to read.
@@ -427,10 +435,11 @@ def start_kernel(name):
     for _, text in stderr.lines:
         if "ready: kernel pid " in text:
             kernel_pid = int(text.split("ready: kernel pid ")[1].split()[0])
-    supervisor = ancestors(kernel_pid)[:1]
+    supervisor = ancestors(kernel_pid)[:1] if kernel_pid else []
     if kernel_pid != pid and supervisor:
         phases["supervisor started"] = process_started(supervisor[0], started)
-    phases["kernel process started"] = process_started(kernel_pid, started)
+    if kernel_pid:
+        phases["kernel process started"] = process_started(kernel_pid, started)
     phases["wait_for_ready returned"] = took
     transport = None
     for _, text in stderr.lines:
@@ -614,6 +623,127 @@ def measure(kernel_names, opts, markers, cpu_dirs, before_cold_start):
     return res
 
 
+def core_figures(kernel_name, opts):
+    """Start (first and warm), `pass` round trips, iopub throughput and shutdown of one kernel
+    measured alone; for the worker process (--core-figures)."""
+    res = {}
+    k = start_kernel(kernel_name)
+    res["start_first"] = k["took"]
+    for _ in range(opts.warmup):
+        execute(k["kc"], "pass")
+    times = []
+    for _ in range(opts.executions):
+        t0 = perf_counter()
+        execute(k["kc"], "pass")
+        times.append(perf_counter() - t0)
+    times.sort()
+    res["exec_p50"], res["exec_p90"] = percentile(times, 0.5), percentile(times, 0.9)
+    res["iopub_all"] = [iopub_rate(k["kc"], opts.iopub_mb) for _ in range(opts.iopub_reps)]
+    res["iopub"] = statistics.median(res["iopub_all"])
+    res["shutdown_first"] = shutdown(k)
+    res["start_warm_all"], res["shutdown_all"] = [], []
+    for i in range(opts.cycles):
+        log(f"worker: start/shutdown cycle {i + 1}/{opts.cycles}")
+        k = start_kernel(kernel_name)
+        res["start_warm_all"].append(k["took"])
+        execute(k["kc"], "pass")
+        res["shutdown_all"].append(shutdown(k))
+    res["start_warm"] = statistics.median(res["start_warm_all"])
+    res["shutdown"] = statistics.median(res["shutdown_all"])
+    return res
+
+
+def python_sshpyk_figures(py_venv, ssh_config, tmp, opts):
+    """The Python sshpyk's core figures, measured by a worker under its venv's python: returns
+    (figures, version, None), or (None, version, why there are none)."""
+    if not py_venv:
+        return None, None, "not installed (bench/run installs it in target/bench-py-sshpyk-venv)"
+    py = os.path.join(py_venv, "bin", "python")
+    version = subprocess.run([py, "-c", "import sshpyk.__version__ as v; print(v.__version__)"],
+                             capture_output=True, text=True).stdout.strip() or "?"
+    # It requires `ControlMaster auto` in the alias's Host block (it drives the master with -O):
+    # the same host and keys, plus a master of its own.
+    config = os.path.join(tmp, "py-sshpyk-ssh_config")
+    with open(ssh_config) as f, open(config, "w") as out:
+        out.write(f.read() + f"    ControlMaster auto\n    ControlPath {tmp}/py-cm-%C\n    ControlPersist 600\n")
+    add = subprocess.run(
+        [os.path.join(py_venv, "bin", "sshpyk"), "add", "--kernel-name", PY_SSHPYK_KERNEL, "--language", "python",
+         "--display-name", "Python sshpyk (bench)",
+         "--ssh-host-alias", ALIAS, "--ssh-config", config, "--remote-python", VENV_PYTHON,
+         "--remote-kernel-name", "python3"],
+        capture_output=True, text=True, timeout=120,
+    )
+    # Its first start below must open its master itself, as ours does.
+    subprocess.run(["ssh", "-F", config, "-O", "exit", ALIAS], capture_output=True, timeout=10)
+    if add.returncode != 0:
+        return None, version, f"`sshpyk add` failed: {(add.stderr or add.stdout).strip()[-500:]}"
+    log(f"Python sshpyk {version}: measuring its kernel alone in a worker")
+    worker = [py, os.path.abspath(__file__), "--core-figures", PY_SSHPYK_KERNEL] + (["--quick"] if opts.quick else [])
+    try:
+        run = subprocess.run(worker, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             timeout=300 if opts.quick else 1200)
+    except subprocess.TimeoutExpired:
+        return None, version, "its kernel did not finish the measurements in time"
+    finally:
+        subprocess.run(["ssh", "-F", config, "-O", "exit", ALIAS], capture_output=True, timeout=10)
+    if run.returncode != 0 or not run.stdout.strip():
+        return None, version, f"its kernel failed: {run.stderr.strip()[-1500:]}"
+    return json.loads(run.stdout.strip().splitlines()[-1]), version, None
+
+
+def sshd_listener(host_dir):
+    """The test host's listening sshd (its command line names the host's directory)."""
+    found = [p for p in all_pids() if comm(p) == "sshd" and host_dir.encode() in (read_proc(p, "cmdline") or b"")]
+    return min(found) if found else None
+
+
+def many_at_once(kernel_name, count, host_dir):
+    """`count` kernels started at once (threads), as a JupyterLab reopening a workspace does.
+    Returns seconds until all were ready (None if any failed), the failures, and what the host's
+    sshd saw. Counted on the sshd side: TCP connections are the listener's child sshd processes
+    while all kernels are up (one privileged monitor per connection); sessions, the "Starting
+    session" lines sshd (LogLevel VERBOSE) logs for each session channel it runs a command in,
+    during the start; refusals, its "no more sessions" (MaxSessions) and "past MaxStartups"
+    lines."""
+    sshd_log = os.path.join(host_dir, "sshd.log")
+    offset = os.path.getsize(sshd_log)
+    kernels = [None] * count
+
+    def start(i):
+        try:
+            kernels[i] = start_kernel(kernel_name)
+        except Exception as e:  # reported below
+            kernels[i] = e
+
+    t0 = perf_counter()
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = perf_counter() - t0
+    failures = [k for k in kernels if not isinstance(k, dict)]
+    listener = sshd_listener(host_dir)
+    connections = sum(1 for p, pp in parent_map().items() if pp == listener and comm(p) == "sshd")
+    with open(sshd_log, errors="replace") as f:
+        f.seek(offset)
+        text = f.read()
+    res = {
+        "took": None if failures else took,
+        "failed": len(failures),
+        "first_error": str(failures[0])[:300] if failures else None,
+        "connections": connections,
+        "sessions": text.count("Starting session:"),
+        "refused": text.count("no more sessions") + text.count("past MaxStartups"),
+    }
+    stoppers = [threading.Thread(target=shutdown, args=(k,)) for k in kernels if isinstance(k, dict)]
+    for t in stoppers:
+        t.start()
+    for t in stoppers:
+        t.join()
+    return res
+
+
 LIVE = []  # kernels (dicts with km, kc) that may be running
 KERNEL_LOGS = []  # one stderr file per kernel started
 
@@ -684,52 +814,69 @@ def versions(mode):
     )
 
 
-def table(local, remote, opts):
+def table(local, remote, py, many, opts):
+    """Rows for local | Python sshpyk | ours; `py` is None when the Python sshpyk has no figures."""
     rows = []
+    py = py or {}
+    local = dict(local, rss_root=None)  # a local kernel has no launcher
 
-    def row(metric, lv, rv, fmt, target=None, check=None, ratio=True):
-        ls = fmt.format(lv) if lv is not None else "n/a"
-        rs = fmt.format(rv) if rv is not None else "n/a"
-        rt = f"{rv / lv:.2f}x" if ratio and lv and rv is not None else "-"
+    def value(d, key):
+        try:
+            return key(d) if callable(key) else d.get(key)
+        except KeyError:
+            return None
+
+    def row(metric, key, fmt, target=None, check=None, ratio=True, scale=1.0):
+        lv, pv, rv = (value(d, key) for d in (local, py, remote))
+        lv, pv, rv = ((v * scale if v is not None else None) for v in (lv, pv, rv))
+        cells = [fmt.format(v) if v is not None else "n/a" for v in (lv, pv, rv)]
+        ratios = [f"{v / lv:.2f}x" if ratio and lv and v is not None else "-" for v in (pv, rv)]
         if target is None:
             tg = "-"
+        elif rv is None or lv is None:
+            tg = f"{target}  n/a"
         else:
-            tg = f"{target}  {'meets' if check(lv, rv) else 'misses'}"
-        rows.append((metric, ls, rs, rt, tg))
+            tg = f"{target}  {'meets' if check(lv, pv, rv) else 'misses'}"
+        rows.append((metric, *cells, *ratios, tg))
 
     ms = "{:.2f} ms"
     s = "{:.3f} s"
     mb = "{:.1f} MB"
     per_min = "{:.0f} /min"
-    row("start->ready, first (sshpyk: no master yet)", local["start_first"], remote["start_first"], s)
-    row(f"start->ready, warm (median of {opts.cycles})", local["start_warm"], remote["start_warm"], s,
-        "<= 1.2x local", lambda l, r: r <= 1.2 * l)
-    row(f"execute `pass` round trip p50 (n={opts.executions})", local["exec_p50"] * 1e3,
-        remote["exec_p50"] * 1e3, ms, "<= 1.1x local", lambda l, r: r <= 1.1 * l)
-    row(f"execute `pass` round trip p90 (n={opts.executions})", local["exec_p90"] * 1e3,
-        remote["exec_p90"] * 1e3, ms)
-    row(f"iopub throughput, {opts.iopub_mb} MB stdout (median of {opts.iopub_reps})", local["iopub"],
-        remote["iopub"], "{:.1f} MB/s", ">= 0.9x local", lambda l, r: r >= 0.9 * l)
-    row(f"shutdown_kernel(now=False) (median of {opts.cycles})", local["shutdown"], remote["shutdown"], s,
-        "<= 2x local + 0.1 s", lambda l, r: r <= 2 * l + 0.1)
-    row("RSS idle: kernel (local) | launcher tree (sshpyk)", local["rss_tree"], remote["rss_tree"], mb,
-        "<= 10 MB", lambda l, r: r <= 10, ratio=False)
-    row("RSS idle: launcher process alone", None, remote["rss_root"], mb,
-        "<= 10 MB", lambda l, r: r <= 10, ratio=False)
-    row("PSS idle: same tree, shared pages split", local["pss_tree"], remote["pss_tree"], mb, ratio=False)
-    row(f"RSS after the {opts.iopub_mb} MB outputs: same tree", local["rss_tree_after"],
-        remote["rss_tree_after"], mb, ratio=False)
-    row(f"ssh spawns while idle (/proc poll 50 ms, {opts.idle:g} s)", local["idle"]["poll"],
-        remote["idle"]["poll"], per_min, "0", lambda l, r: r == 0, ratio=False)
+    below_py = lambda p, r: p is None or r < p  # noqa: E731
+    above_py = lambda p, r: p is None or r > p  # noqa: E731
+    row("start->ready, first (no master yet)", "start_first", s)
+    row(f"start->ready, warm (median of {opts.cycles})", "start_warm", s,
+        "<= 1.2x local, < Python sshpyk", lambda l, p, r: r <= 1.2 * l and below_py(p, r))
+    row(f"execute `pass` round trip p50 (n={opts.executions})", "exec_p50", ms, "<= 1.1x local",
+        lambda l, p, r: r <= 1.1 * l, scale=1e3)
+    row(f"execute `pass` round trip p90 (n={opts.executions})", "exec_p90", ms, scale=1e3)
+    row(f"iopub throughput, {opts.iopub_mb} MB stdout (median of {opts.iopub_reps})", "iopub", "{:.1f} MB/s",
+        ">= 0.95x local, > Python sshpyk", lambda l, p, r: r >= 0.95 * l and above_py(p, r))
+    row(f"shutdown_kernel(now=False) (median of {opts.cycles})", "shutdown", s,
+        "<= 2x local + 0.1 s", lambda l, p, r: r <= 2 * l + 0.1)
+    row("RSS idle: kernel (local) | launcher tree (sshpyk)", "rss_tree", mb,
+        "<= 10 MB", lambda l, p, r: r <= 10, ratio=False)
+    row("RSS idle: launcher process alone", "rss_root", mb, "<= 10 MB", lambda l, p, r: r <= 10, ratio=False)
+    row("PSS idle: same tree, shared pages split", "pss_tree", mb, ratio=False)
+    row(f"RSS after the {opts.iopub_mb} MB outputs: same tree", "rss_tree_after", mb, ratio=False)
+    row(f"ssh spawns while idle (/proc poll 50 ms, {opts.idle:g} s)", lambda d: d["idle"]["poll"], per_min,
+        "0", lambda l, p, r: r == 0, ratio=False)
     if "cn_ssh" in remote["idle"]:
-        row("ssh execs while idle (proc connector)", local["idle"]["cn_ssh"], remote["idle"]["cn_ssh"],
-            per_min, "0", lambda l, r: r == 0, ratio=False)
-        row("any exec in the process tree while idle", local["idle"]["cn_tree"], remote["idle"]["cn_tree"],
-            per_min, ratio=False)
+        row("ssh execs while idle (proc connector)", lambda d: d["idle"]["cn_ssh"], per_min, "0",
+            lambda l, p, r: r == 0, ratio=False)
+        row("any exec in the process tree while idle", lambda d: d["idle"]["cn_tree"], per_min, ratio=False)
+    if many is not None:
+        ready = (f"{many['took']:.2f} s" if many["took"] is not None
+                 else f"{many['failed']}/{MANY_KERNELS} failed")
+        rows.append((f"{MANY_KERNELS} kernels started at once: all ready", "-", "-", ready, "-", "-", "-"))
+        rows.append((f"{MANY_KERNELS} at once: TCP connections / sessions (sshd side)", "-", "-",
+                     f"{many['connections']} / {many['sessions']}", "-", "-", "-"))
 
-    header = ("metric", "local ipykernel", "sshpyk", "ratio", "target (informational)")
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(5)]
-    align = ["<", ">", ">", ">", "<"]
+    header = ("metric", "local ipykernel", "Python sshpyk", "sshpyk (ours)", "Py/local", "ours/local",
+              "target for ours (informational)")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    align = ["<", ">", ">", ">", ">", ">", "<"]
 
     def fmt_row(r):
         return " | ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths)).rstrip()
@@ -798,6 +945,20 @@ def notes(local, remote, idle, opts, load):
     return "\n".join(out)
 
 
+def core_figures_worker(opts):
+    """--core-figures: the environment (Jupyter dirs, HOME) comes from the parent benchmark."""
+    try:
+        print(json.dumps(core_figures(opts.core_figures, opts)), flush=True)
+    finally:
+        for kernel in list(LIVE):
+            try:
+                if kernel["kc"] is not None:
+                    kernel["kc"].stop_channels()
+                kernel["km"].shutdown_kernel(now=True)
+            except Exception as e:  # keep cleaning up
+                log(f"cleanup: shutting down a kernel failed: {e}")
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -815,11 +976,16 @@ def main():
     target_dir = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
     parser.add_argument("--bin-dir", default=os.path.join(target_dir, "release"),
                         help="where sshpyk and sshpyk-testhost are [default: target/release]")
+    parser.add_argument("--py-sshpyk-venv", help="the venv of the Python sshpyk from PyPI (third column)")
+    parser.add_argument("--core-figures", metavar="KERNEL",
+                        help="worker mode: measure KERNEL alone, print its figures as one JSON line")
     opts = parser.parse_args()
     if opts.quick:
         opts.cycles, opts.warmup, opts.executions, opts.iopub_mb, opts.iopub_reps, opts.idle = 2, 20, 50, 5, 2, 10.0
     else:
-        opts.cycles, opts.warmup, opts.executions, opts.iopub_mb, opts.iopub_reps, opts.idle = 5, 20, 300, 20, 3, 30.0
+        opts.cycles, opts.warmup, opts.executions, opts.iopub_mb, opts.iopub_reps, opts.idle = 7, 20, 300, 20, 3, 30.0
+    if opts.core_figures:
+        return core_figures_worker(opts)
     sshpyk = os.path.join(opts.bin_dir, "sshpyk")
     testhost = os.path.join(opts.bin_dir, "sshpyk-testhost")
 
@@ -901,12 +1067,29 @@ def main():
                    if b"ControlMaster=yes" in (read_proc(p, "cmdline") or b"")]
         if masters:
             remote["master_rss"], remote["master_pss"] = memory(masters)
+        load_after = loadavg()
 
-        print(versions(mode) + mode_note)
+        py, py_version, py_missing = python_sshpyk_figures(opts.py_sshpyk_venv, ssh_config, tmp, opts)
+        log(f"sshpyk: {MANY_KERNELS} kernels started at once")
+        many = many_at_once(SSH_KERNEL, MANY_KERNELS, info["dir"])
+
+        print(versions(mode) + mode_note + f", Python sshpyk {py_version or 'not installed'}")
         print()
-        print(table(local, remote, opts))
+        print(table(local, remote, py, many, opts))
         print()
-        print(notes(local, remote, res["idle"], opts, (load_before, loadavg())))
+        print(notes(local, remote, res["idle"], opts, (load_before, load_after)))
+        if py is None:
+            print(f"Python sshpyk: no figures: {py_missing}")
+        else:
+            fmt = lambda ts: " ".join(f"{t:.3f}" for t in ts)  # noqa: E731
+            print(f"Python sshpyk (its kernel measured alone, after the other two, with its own master): warm "
+                  f"starts (s) {fmt(py['start_warm_all'])}; shutdowns (s) {fmt(py['shutdown_all'])}; "
+                  f"iopub (MB/s) {' '.join(f'{r:.1f}' for r in py['iopub_all'])}")
+        print(f"{MANY_KERNELS} sshpyk kernels at once: "
+              + (f"all ready in {many['took']:.2f} s" if many["took"] is not None
+                 else f"{many['failed']} failed to start (first error: {many['first_error']})")
+              + f"; sshd side: {many['connections']} TCP connections open while they ran, {many['sessions']} ssh "
+              f"sessions started, {many['refused']} refusals (MaxSessions/MaxStartups) in its log")
     except BaseException:
         for path in KERNEL_LOGS[-2:]:
             try:

@@ -1,32 +1,77 @@
-//! Real Jupyter clients (jupyter_client, nbclient) driving an sshpyk kernel.
+//! Real Jupyter clients (jupyter_client, nbclient, jupyter_server) driving an sshpyk kernel.
 
 mod common;
 
+use std::process::Output;
+
 use common::Env;
 
-#[test]
-fn jupyter_client_and_nbclient_drive_the_whole_lifecycle() {
-    let env = Env::with_host();
-    env.add_kernel("ssh_remote", &[]);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/jupyter_lifecycle.py"
-    );
+/// Runs `tests/clients/<script>` with the test venv's python and `env`'s Jupyter dirs.
+fn run_client_script(env: &Env, script: &str, kernel: &str) -> Output {
+    let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
     let mut cmd = std::process::Command::new(common::venv_python());
-    cmd.arg(script).arg("ssh_remote");
+    cmd.arg(path).arg(kernel);
     env.apply(&mut cmd);
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    cmd.output().unwrap()
+}
+
+fn assert_script_succeeded(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[test]
+fn jupyter_client_and_nbclient_drive_the_whole_lifecycle() {
+    let env = Env::with_host();
+    env.add_kernel("ssh_remote", &[]);
+    let out = run_client_script(&env, "jupyter_lifecycle.py", "ssh_remote");
+    let stdout = assert_script_succeeded(&out);
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok:")).count(),
         7,
         "{stdout}"
     );
+    assert!(
+        env.remote_processes("ipykernel").is_empty(),
+        "a remote kernel was left behind"
+    );
+    assert!(env.remote_run_dirs().is_empty());
+}
+
+/// The script itself, against a plain local ipykernel: what a working kernel does.
+#[test]
+fn jupyter_server_websockets_survive_a_restart_of_a_local_kernel() {
+    let env = Env::local();
+    let spec = env.kernel_dir("local_ipykernel");
+    std::fs::create_dir_all(&spec).unwrap();
+    let argv = [
+        common::venv_python().to_string_lossy().into_owned(),
+        "-m".into(),
+        "ipykernel_launcher".into(),
+        "-f".into(),
+        "{connection_file}".into(),
+    ];
+    let kernel_json = serde_json::json!({
+        "argv": argv, "display_name": "local ipykernel", "language": "python",
+    });
+    std::fs::write(spec.join("kernel.json"), kernel_json.to_string()).unwrap();
+    let out = run_client_script(&env, "jupyter_server_restart.py", "local_ipykernel");
+    assert_script_succeeded(&out);
+}
+
+/// A notebook and a console open on one sshpyk kernel in jupyter_server; after a restart both
+/// keep working, and the first code run gets its output.
+#[test]
+fn jupyter_server_websockets_survive_a_restart_of_an_sshpyk_kernel() {
+    let env = Env::with_host();
+    env.add_kernel("ssh_remote", &[]);
+    let out = run_client_script(&env, "jupyter_server_restart.py", "ssh_remote");
+    assert_script_succeeded(&out);
     assert!(
         env.remote_processes("ipykernel").is_empty(),
         "a remote kernel was left behind"
