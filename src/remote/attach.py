@@ -1,7 +1,8 @@
-# Run with `python -S -c` in a new session after a reconnection: hands this session's stdin
-# and stdout (and the pid of its sshd process) to the supervisor listening at argv[1], then
-# stays until the supervisor lets go of the session (sshd stops forwarding stdin once its
-# command exits). Exits with 3 when nothing listens there: the supervisor is gone.
+# Run with `python -S -c` in a new session after a reconnection: hands this session's stdin and
+# stdout (and its parent pid, from which the supervisor finds the connection's sshd) to the
+# supervisor listening at argv[1], then stays until the supervisor lets go of the session (sshd
+# stops forwarding stdin once its command exits). Exits with 3 when nothing listens there: the
+# supervisor is gone.
 import array, os, socket, sys
 s = socket.socket(socket.AF_UNIX)
 try:

@@ -4,6 +4,7 @@
 //! stream on it ends too, so clients reconnect (to the same local ports) once a new one is up.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -14,6 +15,8 @@ use tokio::time::Instant;
 use super::protocol::{Frame, Report, Request, HEADER_LEN, WINDOW};
 use crate::connection::Channel;
 
+/// Credit is returned in batches of this many bytes.
+const CREDIT_BATCH: u32 = WINDOW / 4;
 /// Frames written to the session in one go, at most (many small ones are batched).
 const WRITE_BATCH: usize = 256 * 1024;
 
@@ -140,13 +143,24 @@ impl Link {
         }) {
             return None;
         }
-        Some((Stream { id, credit, guard }, from_remote))
+        Some((
+            Stream {
+                id,
+                unacknowledged: AtomicU32::new(0),
+                credit,
+                guard,
+            },
+            from_remote,
+        ))
     }
 }
 
 /// One client connection's share of the link: what it sends. Dropping it closes the stream.
 pub struct Stream {
     id: u32,
+    /// Bytes written to the client and not yet returned as credit (the two directions of a
+    /// connection share the stream within one task).
+    unacknowledged: AtomicU32,
     /// Bytes we may still send; closed when the stream or the session ends.
     credit: Arc<Semaphore>,
     guard: StreamGuard,
@@ -165,12 +179,18 @@ impl Stream {
         })
     }
 
-    /// Tells the remote that `bytes` were written to the client.
+    /// Counts `bytes` written to the client; credit goes back in quarter windows, not per
+    /// message: a frame back over ssh for every small message would double the packets (and
+    /// wake-ups) of a request/reply exchange.
     pub fn written(&self, bytes: usize) {
-        self.guard.link.send(Frame::Credit {
-            stream: self.id,
-            bytes: bytes as u32,
-        });
+        let unacknowledged = self.unacknowledged.fetch_add(bytes as u32, Relaxed) + bytes as u32;
+        if unacknowledged >= CREDIT_BATCH {
+            self.unacknowledged.fetch_sub(unacknowledged, Relaxed);
+            self.guard.link.send(Frame::Credit {
+                stream: self.id,
+                bytes: unacknowledged,
+            });
+        }
     }
 }
 
@@ -236,9 +256,14 @@ async fn read_frames<R: AsyncRead + Unpin>(
                 return;
             }
         };
-        let mut payload = vec![0; len];
-        if from_remote.read_exact(&mut payload).await.is_err() {
-            return;
+        let mut payload = Vec::with_capacity(len);
+        match (&mut from_remote)
+            .take(len as u64)
+            .read_to_end(&mut payload)
+            .await
+        {
+            Ok(n) if n == len => {}
+            _ => return,
         }
         *link.shared.last_heard.lock().expect("not poisoned") = Instant::now();
         let frame = match Frame::decode(stream, kind, payload) {

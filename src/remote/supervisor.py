@@ -40,6 +40,7 @@ MARKER = b"\nsshpyk-frames-1\n"
 HEADER = struct.Struct(">IBI")
 MESSAGE, OPEN, DATA, CLOSE, CREDIT = range(5)
 WINDOW = 2 << 20
+CREDIT_BATCH = WINDOW // 4
 MAX_PAYLOAD = 1 << 20
 CHUNK = 256 << 10
 F_SETPIPE_SZ = 1031
@@ -86,6 +87,25 @@ def process_alive(pid):
         return False
     except PermissionError:
         return True
+
+
+def sshd_ancestor(pid):
+    """The sshd process of the ssh connection that runs `pid`: the nearest ancestor named sshd
+    (login shells usually exec their command, but not all do), else `pid` itself."""
+    current = pid
+    for _ in range(8):
+        try:
+            with open("/proc/%d/stat" % current, "rb") as f:
+                stat = f.read()
+        except OSError:
+            return pid
+        name = stat[stat.index(b"(") + 1:stat.rindex(b")")]
+        if name.startswith(b"sshd"):
+            return current
+        current = int(stat.rsplit(b")", 1)[1].split()[1])
+        if current <= 1:
+            return pid
+    return pid
 
 
 def parent_map():
@@ -586,7 +606,9 @@ class Supervisor:
             return
         del stream.to_kernel[:n]
         stream.written += n
-        if stream.written >= WINDOW // 4 or not stream.to_kernel:
+        # Credit goes back in quarter windows, not per message: a frame back over ssh for every
+        # small message would double the packets (and wake-ups) of a request/reply exchange.
+        if stream.written >= CREDIT_BATCH:
             self.link.send(stream.sid, CREDIT, struct.pack(">I", stream.written))
             stream.written = 0
 
@@ -658,7 +680,7 @@ class Supervisor:
         self.drop_link()
         for fd in fds:
             os.set_blocking(fd, False)
-        self.link = Link(fds[0], fds[1], sshd_pid, closer=conn.close)
+        self.link = Link(fds[0], fds[1], sshd_ancestor(sshd_pid), closer=conn.close)
         self.link.queue(MARKER)
         self.link.report(event="attached", pid=self.kernel.pid)
         self.sel.register(self.link, selectors.EVENT_READ, "link")
@@ -774,7 +796,7 @@ class Supervisor:
 def main():
     for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
-    link = Link(0, 1, os.getppid())
+    link = Link(0, 1, sshd_ancestor(os.getppid()))
     os.write(1, MARKER)
     try:
         start = read_start(0)
