@@ -983,7 +983,7 @@ def main():
     if opts.quick:
         opts.cycles, opts.warmup, opts.executions, opts.iopub_mb, opts.iopub_reps, opts.idle = 2, 20, 50, 5, 2, 10.0
     else:
-        opts.cycles, opts.warmup, opts.executions, opts.iopub_mb, opts.iopub_reps, opts.idle = 7, 20, 300, 20, 3, 30.0
+        opts.cycles, opts.warmup, opts.executions, opts.iopub_mb, opts.iopub_reps, opts.idle = 7, 20, 300, 20, 7, 30.0
     if opts.core_figures:
         return core_figures_worker(opts)
     sshpyk = os.path.join(opts.bin_dir, "sshpyk")

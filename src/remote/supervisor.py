@@ -643,6 +643,8 @@ class Supervisor:
             return  # a stream we already closed; the launcher will learn it from our CLOSE
         elif kind == DATA:
             stream.to_kernel += payload
+            # Straight on: waiting for the next turn of the loop would cost a select per message.
+            self.to_kernel(stream)
         elif kind == CLOSE:
             self.close_stream(stream, tell_launcher=False)
         elif kind == CREDIT:
