@@ -945,18 +945,23 @@ def notes(local, remote, idle, opts, load):
     return "\n".join(out)
 
 
+def shut_down_live_kernels():
+    """Every kernel still running, however the run ended."""
+    for kernel in list(LIVE):
+        try:
+            if kernel["kc"] is not None:
+                kernel["kc"].stop_channels()
+            kernel["km"].shutdown_kernel(now=True)
+        except Exception as e:  # keep cleaning up
+            log(f"cleanup: shutting down a kernel failed: {e}")
+
+
 def core_figures_worker(opts):
     """--core-figures: the environment (Jupyter dirs, HOME) comes from the parent benchmark."""
     try:
         print(json.dumps(core_figures(opts.core_figures, opts)), flush=True)
     finally:
-        for kernel in list(LIVE):
-            try:
-                if kernel["kc"] is not None:
-                    kernel["kc"].stop_channels()
-                kernel["km"].shutdown_kernel(now=True)
-            except Exception as e:  # keep cleaning up
-                log(f"cleanup: shutting down a kernel failed: {e}")
+        shut_down_live_kernels()
 
 
 def loadavg():
@@ -1101,13 +1106,7 @@ def main():
                 log(f"stderr of the kernel ({os.path.basename(path)}):\n{text}")
         raise
     finally:
-        for kernel in list(LIVE):
-            try:
-                if kernel["kc"] is not None:
-                    kernel["kc"].stop_channels()
-                kernel["km"].shutdown_kernel(now=True)
-            except Exception as e:  # keep cleaning up
-                log(f"cleanup: shutting down a kernel failed: {e}")
+        shut_down_live_kernels()
         if host is not None:
             for rt in ("rt-add", "rt"):
                 try:

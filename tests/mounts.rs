@@ -25,6 +25,16 @@ async fn run(c: &mut KernelClient, code: &str) -> Result<String, String> {
     }
 }
 
+/// What the kernel reads from `data.txt` in the mounted directory `remote`.
+async fn read_data(c: &mut KernelClient, remote: &dyn std::fmt::Display) -> String {
+    run(
+        c,
+        &format!("print(open('{remote}/data.txt').read(), end='')"),
+    )
+    .await
+    .unwrap()
+}
+
 fn spec(local: &Path, remote: &Path, options: &str) -> String {
     let mut s = format!("{}:{}", local.display(), remote.display());
     if !options.is_empty() {
@@ -112,15 +122,7 @@ async fn the_kernel_reads_and_writes_local_files_through_the_mount() {
     let r = remote.display();
 
     // Mounted before the kernel started: visible from the first cell.
-    assert_eq!(
-        run(
-            &mut c,
-            &format!("print(open('{r}/data.txt').read(), end='')")
-        )
-        .await
-        .unwrap(),
-        "local project\n"
-    );
+    assert_eq!(read_data(&mut c, &r).await, "local project\n");
     run(
         &mut c,
         &format!(
@@ -392,15 +394,7 @@ async fn restart_sigkill_and_a_stale_mount_leave_nothing_behind() {
     let mut first = env.launch(&kernel, &conn);
     first.wait_ready(START);
     let mut c = ready_client(&info).await;
-    assert_eq!(
-        run(
-            &mut c,
-            &format!("print(open('{r}/data.txt').read(), end='')")
-        )
-        .await
-        .unwrap(),
-        "local project\n"
-    );
+    assert_eq!(read_data(&mut c, &r).await, "local project\n");
     c.shutdown(true, STEP).await.unwrap();
     c.close();
     assert!(wait_exit(&mut first, Duration::from_secs(15)).success());
@@ -451,15 +445,7 @@ async fn restart_sigkill_and_a_stale_mount_leave_nothing_behind() {
         fourth.log()
     );
     let mut c = ready_client(&info).await;
-    assert_eq!(
-        run(
-            &mut c,
-            &format!("print(open('{r}/data.txt').read(), end='')")
-        )
-        .await
-        .unwrap(),
-        "local project\n"
-    );
+    assert_eq!(read_data(&mut c, &r).await, "local project\n");
     c.shutdown(false, STEP).await.unwrap();
     assert!(wait_exit(&mut fourth, Duration::from_secs(15)).success());
     // That mount point was there before this run: unmounted, kept.
@@ -639,15 +625,7 @@ async fn compatibility_mode_reaches_back_with_the_remotes_own_ssh() {
     ]);
     let mut c = ready_client(&info).await;
     let r = remote.display();
-    assert_eq!(
-        run(
-            &mut c,
-            &format!("print(open('{r}/data.txt').read(), end='')")
-        )
-        .await
-        .unwrap(),
-        "local project\n"
-    );
+    assert_eq!(read_data(&mut c, &r).await, "local project\n");
     run(&mut c, &format!("open('{r}/back', 'w').write('ok')"))
         .await
         .unwrap();
@@ -775,15 +753,7 @@ async fn a_failed_remount_is_tried_again_at_the_next_reconnection() {
     );
     let mut c = ready_client(&info).await;
     let r = remote.display();
-    assert_eq!(
-        run(
-            &mut c,
-            &format!("print(open('{r}/data.txt').read(), end='')")
-        )
-        .await
-        .unwrap(),
-        "local project\n"
-    );
+    assert_eq!(read_data(&mut c, &r).await, "local project\n");
     c.shutdown(false, STEP).await.unwrap();
     assert!(wait_exit(&mut launcher, Duration::from_secs(15)).success());
     assert_clean(&env, &[&remote], &[&env.path("remote-mnt")]);

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use nix::unistd::{chown, geteuid, User};
 
 use crate::registry;
+use crate::venv::run;
 
 /// The dedicated user of [`TestUser::Chatty`].
 pub const CHATTY_USER: &str = "sshpyk-chatty";
@@ -128,19 +129,4 @@ fn write_owned(path: &Path, contents: &str, user: &User) -> Result<()> {
     chown(&tmp, Some(user.uid), Some(user.gid))
         .with_context(|| format!("giving {} to {}", tmp.display(), user.name))?;
     fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
-}
-
-fn run(command: &mut Command) -> Result<()> {
-    let out = command
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{command:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }

@@ -87,7 +87,8 @@ fn create(venv: &Path) -> Result<()> {
     Ok(())
 }
 
-fn run(command: &mut Command) -> Result<()> {
+/// Runs `command` to its end; its output goes into the error when it fails.
+pub(crate) fn run(command: &mut Command) -> Result<()> {
     let out = command
         .stdin(Stdio::null())
         .output()

@@ -279,6 +279,20 @@ pub async fn ready_client(info: &ConnectionInfo) -> KernelClient {
     client
 }
 
+/// Asserts that the kernel behind `info` is still process `pid` and still has `x == 42`.
+pub async fn assert_kept_state(info: &ConnectionInfo, pid: u32) {
+    let mut c = ready_client(info).await;
+    let r = c
+        .execute(
+            "print(x, __import__('os').getpid())",
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, format!("42 {pid}\n"));
+    c.close();
+}
+
 /// The venv with jupyter_client + ipykernel (+ nbclient), created once and cached.
 pub fn venv() -> PathBuf {
     sshpyk_testhost::python_venv().expect("test venv")
@@ -334,6 +348,15 @@ impl Launcher {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits until the launcher's log says `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        assert!(
+            eventually(timeout, || self.log().contains(needle)),
+            "no '{needle}' within {timeout:?}:\n{}",
+            self.log()
+        );
     }
 
     /// The remote kernel pid from the "ready" line.
