@@ -29,7 +29,7 @@ pub use users::{
     TestUser, CHATTY_BASHRC_STDERR, CHATTY_BASHRC_STDOUT, CHATTY_PROFILE_STDERR,
     CHATTY_PROFILE_STDOUT, CHATTY_USER,
 };
-pub use venv::python_venv;
+pub use venv::{python_venv, python_venv_for};
 
 /// Where [`free_port`] picks ports: below Linux's ephemeral range (32768-60999 by default).
 const PORT_RANGE: Range<u16> = 20000..32000;

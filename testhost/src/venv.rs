@@ -9,6 +9,8 @@ use std::sync::OnceLock;
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::TestUser;
+
 const PACKAGES: [&str; 4] = ["jupyter_client", "ipykernel", "nbclient", "jupyter_server"];
 /// A venv runs the interpreter it was made from, so that interpreter must be reachable by every
 /// test user (see `TestUser::Chatty`): the system's, when there is one, rather than a pyenv or
@@ -34,14 +36,38 @@ pub fn python_venv() -> Result<PathBuf> {
             .context("testhost has no parent directory")?
             .join("target/test-venv"),
     };
-    if !has_packages(&venv) {
-        let _lock = lock(&venv)?;
+    ensure(&venv)?;
+    Ok(READY.get_or_init(|| venv).clone())
+}
+
+/// Where [`python_venv_for`] builds a venv for other users when they cannot reach the test venv.
+const SHARED_VENV: &str = "/var/tmp/sshpyk-test-venv";
+
+/// A venv `user` can run: the test venv when that user can reach it, else one in /var/tmp, made
+/// readable by all (the workspace may sit in a directory only we may enter, as a fresh clone in
+/// a 0700 temp dir does).
+pub fn python_venv_for(user: TestUser) -> Result<PathBuf> {
+    let venv = python_venv()?;
+    if user.check_venv(&venv).is_ok() {
+        return Ok(venv);
+    }
+    let shared = PathBuf::from(SHARED_VENV);
+    ensure(&shared)?;
+    run(Command::new("chmod").args(["-R", "a+rX"]).arg(&shared))?;
+    user.check_venv(&shared)?;
+    Ok(shared)
+}
+
+/// Creates `venv` when it lacks a package, under an exclusive lock on `<venv>.lock`.
+fn ensure(venv: &Path) -> Result<()> {
+    if !has_packages(venv) {
+        let _lock = lock(venv)?;
         // Another process may have built it while we waited for the lock.
-        if !has_packages(&venv) {
-            create(&venv)?;
+        if !has_packages(venv) {
+            create(venv)?;
         }
     }
-    Ok(READY.get_or_init(|| venv).clone())
+    Ok(())
 }
 
 fn has_packages(venv: &Path) -> bool {

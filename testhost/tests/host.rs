@@ -11,8 +11,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::geteuid;
 use nix::unistd::Pid;
 use sshpyk_testhost::{
-    python_venv, Mode, RemoteHost, TestUser, CHATTY_BASHRC_STDERR, CHATTY_BASHRC_STDOUT,
-    CHATTY_PROFILE_STDOUT, CHATTY_USER,
+    python_venv, python_venv_for, Mode, RemoteHost, TestUser, CHATTY_BASHRC_STDERR,
+    CHATTY_BASHRC_STDOUT, CHATTY_PROFILE_STDOUT, CHATTY_USER,
 };
 
 fn ssh(host: &RemoteHost, options: &[&str], command: &str) -> Output {
@@ -373,9 +373,8 @@ fn chatty_user_sessions_print_their_banners_before_the_command_output() {
 
     let sleep = start_detached_sleep(&host);
     assert!(host.remote_pids().contains(&sleep));
-    TestUser::Chatty
-        .check_venv(&python_venv().unwrap())
-        .unwrap();
+    let venv = python_venv_for(TestUser::Chatty).unwrap();
+    TestUser::Chatty.check_venv(&venv).unwrap();
     host.stop().unwrap();
     assert!(!running(sleep));
 }

@@ -17,6 +17,8 @@ use tempfile::TempDir;
 pub struct Env {
     pub dir: TempDir,
     pub host: Option<RemoteHost>,
+    /// The venv the remote user runs (see [`sshpyk_testhost::python_venv_for`]).
+    pub remote_venv: PathBuf,
 }
 
 impl Env {
@@ -37,7 +39,11 @@ impl Env {
         ] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
-        Env { dir, host: None }
+        Env {
+            dir,
+            host: None,
+            remote_venv: venv(),
+        }
     }
 
     /// With a real sshd "remote host" (its own network namespace when running as root).
@@ -73,9 +79,9 @@ impl Env {
             .extra_sshd_config(&format!("{sshd_options}SetEnv {remote_env}\n"))
             .start()
             .expect("starting the test sshd");
+        env.remote_venv =
+            sshpyk_testhost::python_venv_for(user).expect("a venv the test user can run");
         if user != TestUser::Current {
-            user.check_venv(&venv())
-                .expect("test venv usable by the test user");
             let owner = nix::unistd::User::from_name(host.login_user())
                 .unwrap()
                 .expect("test user exists");
@@ -138,7 +144,7 @@ impl Env {
             remote_kernel,
         ])
         .arg("--remote-python-prefix")
-        .arg(venv())
+        .arg(&self.remote_venv)
         .arg("--ssh-config")
         .arg(self.ssh_config())
         .args(extra);
