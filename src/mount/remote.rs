@@ -110,7 +110,10 @@ while :; do
     removed=1
     tag note "removed a stale mount left at $mnt by an earlier run"
   fi
-  is_mounted "$mnt" || break
+  if ! is_mounted "$mnt"; then
+    # The cache may have expired just now, between the two looks: then it is dead, not gone.
+    is_dead "$mnt" || break
+  fi
   # An earlier run's sshfs may be unmounting right now.
   if [ $n -ge 30 ]; then fail busy "$mnt is already a mount point"; fi
   sleep 0.1; n=$((n + 1))
