@@ -253,15 +253,13 @@ pub struct Session {
 
 /// Starts the wrapper for one mount in a session of the master.
 pub async fn spawn(master: &Master, line: &str) -> Result<Session> {
-    let local = |e: std::io::Error| Error::Local(format!("cannot set up a mount session: {e}"));
-    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| local(e.into()));
-    let (stdin_remote, stdin) = pipe()?;
-    let (stdout, stdout_remote) = pipe()?;
-    let (stderr, stderr_remote) = pipe()?;
+    let (stdin_remote, stdin) = crate::ssh::pipe()?;
+    let (stdout, stdout_remote) = crate::ssh::pipe()?;
+    let (stderr, stderr_remote) = crate::ssh::pipe()?;
     let channel = master
         .open_session(line, stdin_remote, stdout_remote, stderr_remote)
         .await?;
-    let stderr = pipe::Receiver::from_owned_fd(stderr).map_err(local)?;
+    let stderr = pipe::Receiver::from_owned_fd(stderr).map_err(crate::ssh::setup_error)?;
     Ok(Session {
         channel,
         stdin,

@@ -5,7 +5,7 @@
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ssh::Master;
 
 mod link;
@@ -49,11 +49,11 @@ impl Output {
 /// Runs a POSIX sh `script` with `args` on the remote in a session of the master, and collects
 /// its output.
 pub async fn run_sh(master: &Master, script: &str, args: &[&str]) -> Result<Output> {
-    let local = |e: std::io::Error| Error::Local(format!("cannot set up a session: {e}"));
-    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| local(e.into()));
-    let (stdout, stdout_remote) = pipe()?;
-    let (stderr, stderr_remote) = pipe()?;
-    let stdin = std::fs::File::open("/dev/null").map_err(local)?.into();
+    let (stdout, stdout_remote) = crate::ssh::pipe()?;
+    let (stderr, stderr_remote) = crate::ssh::pipe()?;
+    let stdin = std::fs::File::open("/dev/null")
+        .map_err(crate::ssh::setup_error)?
+        .into();
     let mut channel = master
         .open_session(
             &sh_command(script, args),
@@ -62,12 +62,12 @@ pub async fn run_sh(master: &Master, script: &str, args: &[&str]) -> Result<Outp
             stderr_remote,
         )
         .await?;
-    let mut stdout = pipe::Receiver::from_owned_fd(stdout).map_err(local)?;
-    let mut stderr = pipe::Receiver::from_owned_fd(stderr).map_err(local)?;
+    let mut stdout = pipe::Receiver::from_owned_fd(stdout).map_err(crate::ssh::setup_error)?;
+    let mut stderr = pipe::Receiver::from_owned_fd(stderr).map_err(crate::ssh::setup_error)?;
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let (read_out, read_err) =
         tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
-    read_out.and(read_err).map_err(local)?;
+    read_out.and(read_err).map_err(crate::ssh::setup_error)?;
     Ok(Output {
         status: channel.exit_status().await.ok().flatten(),
         stdout: out,

@@ -78,10 +78,8 @@ impl Session {
     /// One session over the master running `remote_command`, fed `preface` on stdin at once;
     /// its stderr is ours (what login scripts print there reaches the launcher's log).
     async fn open(master: &Master, remote_command: &str, preface: &[u8]) -> Result<Opened> {
-        let local = |e: std::io::Error| Error::Local(format!("cannot set up a session: {e}"));
-        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| local(e.into()));
-        let (stdin_remote, stdin_local) = pipe()?;
-        let (stdout_local, stdout_remote) = pipe()?;
+        let (stdin_remote, stdin_local) = crate::ssh::pipe()?;
+        let (stdout_local, stdout_remote) = crate::ssh::pipe()?;
         for end in [&stdin_local, &stdout_local] {
             // Bigger pipes, fewer wake-ups of the master and of us per MB of output (the
             // default is 64 KiB; Linux lets anyone go to 1 MiB). Best effort.
@@ -90,10 +88,14 @@ impl Session {
         }
         let stderr = match std::io::stderr().as_fd().try_clone_to_owned() {
             Ok(fd) => fd,
-            Err(_) => std::fs::File::open("/dev/null").map_err(local)?.into(),
+            Err(_) => std::fs::File::open("/dev/null")
+                .map_err(crate::ssh::setup_error)?
+                .into(),
         };
-        let mut stdin = pipe::Sender::from_owned_fd(stdin_local).map_err(local)?;
-        let stdout = pipe::Receiver::from_owned_fd(stdout_local).map_err(local)?;
+        let mut stdin =
+            pipe::Sender::from_owned_fd(stdin_local).map_err(crate::ssh::setup_error)?;
+        let stdout =
+            pipe::Receiver::from_owned_fd(stdout_local).map_err(crate::ssh::setup_error)?;
         let mut channel = master
             .open_session(remote_command, stdin_remote, stdout_remote, stderr)
             .await?;

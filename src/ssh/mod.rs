@@ -6,3 +6,13 @@ pub mod mux;
 
 pub use config::{declared_aliases, EffectiveConfig};
 pub use master::Master;
+
+/// A close-on-exec pipe (read end, write end) for a session's stdio.
+pub fn pipe() -> crate::error::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| setup_error(e.into()))
+}
+
+/// A local failure while preparing a session's descriptors.
+pub fn setup_error(e: std::io::Error) -> crate::error::Error {
+    crate::error::Error::Local(format!("cannot set up a session: {e}"))
+}
