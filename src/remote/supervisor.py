@@ -154,6 +154,7 @@ class Link:
             except (ImportError, OSError):
                 pass
         self.inbuf = bytearray()
+        self.read_buffer = memoryview(bytearray(1 << 20))
         self.out = collections.deque()
         self.out_len = 0
         self.dead = False
@@ -204,15 +205,16 @@ class Link:
 
     def read_frames(self):
         """Frames now available as (stream, kind, payload), or None at the end of the session."""
+        # Into a buffer kept for it (see `Supervisor.from_kernel`).
         try:
-            data = os.read(self.rfd, 1 << 20)
+            n = os.readv(self.rfd, [self.read_buffer])
         except BlockingIOError:
             return []
         except OSError:
-            data = b""
-        if not data:
+            n = 0
+        if not n:
             return None
-        self.inbuf += data
+        self.inbuf += self.read_buffer[:n]
         frames = []
         while len(self.inbuf) >= HEADER.size:
             stream, kind, length = HEADER.unpack_from(self.inbuf)
@@ -430,6 +432,7 @@ class Supervisor:
         self.tail = []
         self.partial_line = b""
         self.streams = {}
+        self.recv_buffer = memoryview(bytearray(CHUNK))
         self.sel = selectors.DefaultSelector()
         self.exit_r, self.exit_w = os.pipe()
 
@@ -584,17 +587,19 @@ class Supervisor:
             self.close_stream(stream, tell_launcher=False)
 
     def from_kernel(self, stream):
+        # Into a buffer kept for it: a fresh 256 KiB one per call would cost an mmap, an mremap
+        # and a munmap for every message.
         try:
-            data = stream.sock.recv(min(CHUNK, stream.credit))
+            n = stream.sock.recv_into(self.recv_buffer, min(CHUNK, stream.credit))
         except BlockingIOError:
             return
         except OSError:
-            data = b""
-        if not data:
+            n = 0
+        if not n:
             self.close_stream(stream, tell_launcher=True)
             return
-        stream.credit -= len(data)
-        self.link.send(stream.sid, DATA, data)
+        stream.credit -= n
+        self.link.send(stream.sid, DATA, bytes(self.recv_buffer[:n]))
 
     def to_kernel(self, stream):
         try:
