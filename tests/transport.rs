@@ -1,6 +1,6 @@
 //! One ssh session per kernel, however many clients: many kernels and clients on one host with
-//! sshd's stock limits (MaxSessions 10), and a login shell that prints on stdout cannot reach a
-//! stream.
+//! sshd's stock limits (10 sessions per connection), and a login shell that prints on stdout
+//! cannot reach a stream.
 
 mod common;
 

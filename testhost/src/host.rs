@@ -499,8 +499,9 @@ fn sshd_config(address: &str, port: u16, dir: &Path, extra: &str) -> String {
     // sshd keeps the first value of an option, so the extra options go first; but a `Match`
     // block runs to the end of the file, so it must come after every global option.
     let (extra_options, extra_matches) = split_at_match(extra);
-    // MaxSessions and MaxStartups keep sshd's stock values (10 sessions per connection, 10:30:100
-    // unauthenticated connections), as on the hosts users have: tests must pass within them.
+    // sshd's session and start-up limits keep their stock values (10 sessions per connection,
+    // 10:30:100 unauthenticated connections), as on the hosts users have: tests must pass
+    // within them.
     format!(
         "{extra_options}\
          Port {port}\n\
