@@ -45,7 +45,7 @@ try:
     check(reply["content"].get("ename") == "KeyboardInterrupt", "interrupt_kernel() interrupts time.sleep(60)")
     check(time.monotonic() - started < 5, "the interrupt took under 5 s")
     reply = kc.execute_interactive("print(y)", timeout=30, output_hook=lambda m: None)
-    check(reply["content"]["status"] == "ok", "the kernel keeps its state after an interrupt")
+    check(reply["content"]["status"] == "ok", "the kernel keeps its state after an interrupt (%s)" % reply["content"])
 
     km.restart_kernel(now=False)
     kc.wait_for_ready(timeout=60)
