@@ -158,7 +158,9 @@ impl KernelClient {
                 "store_history": true,
                 "user_expressions": {},
                 "allow_stdin": false,
-                "stop_on_error": true,
+                // One request at a time: nothing queued behind it to abort. (With true, ipykernel 7
+                // may abort the next request when it arrives right after an error reply.)
+                "stop_on_error": false,
             }),
         );
         let id = request.msg_id();

@@ -34,7 +34,11 @@ check("local" not in outputs_text(nb.cells[3]), "the kernel runs in an ssh sessi
 km, kc = start_new_kernel(kernel_name=kernel, startup_timeout=60)
 try:
     kc.execute_interactive("y = 7", timeout=30)
-    msg_id = kc.execute("import time; time.sleep(60)")
+    # stop_on_error=False: after an error ipykernel 7 sends the reply first and only then starts
+    # aborting what is queued, so a request sent the moment the reply arrives can be aborted
+    # (seen twice in ~15 loaded runs). This test is about the interrupt and the state kept, not
+    # about that window.
+    msg_id = kc.execute("import time; time.sleep(60)", stop_on_error=False)
     time.sleep(1.0)
     started = time.monotonic()
     km.interrupt_kernel()
