@@ -20,7 +20,6 @@
 # is removed and the exit is reported.
 import array
 import collections
-import errno
 import json
 import os
 import select
