@@ -90,10 +90,10 @@ async fn accept_loop(
 ) {
     let mut connections = JoinSet::new();
     loop {
-        let Ok(link) = current.wait_for(Option::is_some).await.map(|l| l.clone()) else {
-            return;
+        let link = match current.wait_for(Option::is_some).await {
+            Ok(link) => link.clone().expect("waited for a link"),
+            Err(_) => return,
         };
-        let link = link.expect("waited for a link");
         // Stop accepting the moment the session goes: a new connection could only fail.
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

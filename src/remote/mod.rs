@@ -5,7 +5,7 @@
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ssh::Master;
 
 mod link;
@@ -67,7 +67,9 @@ pub async fn run_sh(master: &Master, script: &str, args: &[&str]) -> Result<Outp
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let (read_out, read_err) =
         tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
-    read_out.and(read_err).map_err(crate::ssh::setup_error)?;
+    read_out
+        .and(read_err)
+        .map_err(Error::io("cannot read a remote command's output"))?;
     Ok(Output {
         status: channel.exit_status().await.ok().flatten(),
         stdout: out,
