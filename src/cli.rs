@@ -30,6 +30,10 @@ pub enum Command {
     List(ListArgs),
     /// Start a remote kernel (what kernel.json runs; Jupyter passes the connection file).
     Launch(LaunchArgs),
+    /// Mount a remote directory here with sshfs, for as long as a subshell (or the foreground
+    /// command) runs.
+    #[command(after_help = crate::local_mount::OPTIONS_HELP)]
+    Mount(MountArgs),
 }
 
 /// Settings shared by `add` and `edit`; every one is optional so that `edit` changes only what
@@ -151,4 +155,40 @@ pub struct LaunchArgs {
     pub kernelspec: PathBuf,
     /// The connection file written by Jupyter.
     pub connection_file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("host").args(["ssh_host_alias", "kernel_name"]))]
+pub struct MountArgs {
+    /// Host alias declared in the ssh config file.
+    #[arg(long, conflicts_with = "umount")]
+    pub ssh_host_alias: Option<String>,
+    /// Take the alias, ssh config and ssh client of this sshpyk kernelspec.
+    #[arg(long, conflicts_with = "umount")]
+    pub kernel_name: Option<String>,
+    /// ssh config file that declares the alias [default: ~/.ssh/config, or the kernelspec's].
+    #[arg(long, conflicts_with = "umount")]
+    pub ssh_config: Option<PathBuf>,
+    /// Remote directory to mount [default: the remote home directory].
+    #[arg(short, long, conflicts_with = "umount")]
+    pub remote_path: Option<String>,
+    /// No subshell: keep the mount until Ctrl+C or SIGTERM.
+    #[arg(long, conflicts_with = "umount")]
+    pub foreground: bool,
+    /// sshfs opens its own ssh connection instead of riding the alias's ControlMaster (it may
+    /// then prompt on the terminal).
+    #[arg(long, conflicts_with = "umount")]
+    pub direct: bool,
+    /// An sshfs or ssh option, given to sshfs as `-o OPTION`; wins over sshpyk's defaults.
+    /// Repeatable.
+    #[arg(short = 'o', value_name = "OPTION", conflicts_with = "umount")]
+    pub options: Vec<String>,
+    /// Remove a mount left behind (a killed sshpyk, a dead connection).
+    #[arg(long)]
+    pub umount: bool,
+    /// With --umount: detach a busy mount now; it goes away when its last user lets go.
+    #[arg(long, requires = "umount")]
+    pub lazy: bool,
+    /// Local directory to mount on (created when missing, and then removed afterwards).
+    pub mountpoint: PathBuf,
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod jupyter;
 pub mod kernelspec;
 pub mod launcher;
+pub mod local_mount;
 pub mod mount;
 pub mod parent;
 pub mod ports;

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::cli::ListArgs;
 use crate::error::Result;
 use crate::kernelspec::{self, Kernelspec, Settings};
+use crate::local_mount::{self, ActiveMount};
 use crate::mount::{self, RemoteMountFacts};
 use crate::remote::probe::{self, PythonProbe, RemoteFacts};
 use crate::ssh::{config, Master};
@@ -161,14 +162,18 @@ pub async fn run(args: ListArgs) -> Result<()> {
         }
     }
 
+    let mounts = local_mount::active();
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "kernels": reports }))
-                .expect("report serializes")
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "kernels": reports, "mounts": mounts })
+            )
+            .expect("report serializes")
         );
     } else {
         print_human(&reports, show_remote, show_local);
+        print_mounts(&mounts);
     }
     Ok(())
 }
@@ -546,6 +551,24 @@ fn print_human(reports: &[KernelReport], show_remote: bool, show_local: bool) {
         }
     }
     print!("{out}");
+}
+
+/// Active `sshpyk mount`s, when there are any.
+fn print_mounts(mounts: &[ActiveMount]) {
+    if mounts.is_empty() {
+        return;
+    }
+    println!("sshpyk mounts (remote directories mounted here)");
+    for m in mounts {
+        println!(
+            "  {}:{} on {}  ({}, pid {})",
+            m.alias,
+            m.remote_path,
+            m.mountpoint.display(),
+            m.mode,
+            m.pid
+        );
+    }
 }
 
 /// Rows for each mount: the local directory and its confinement here, sshfs and FUSE there

@@ -4,6 +4,7 @@ mod add;
 mod delete;
 mod edit;
 mod list;
+mod mount;
 mod settings;
 
 use crate::cli::{Cli, Command};
@@ -16,6 +17,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Edit(args) => edit::run(args).await.map(|()| 0),
         Command::Delete(args) => delete::run(args).map(|()| 0),
         Command::List(args) => list::run(args).await.map(|()| 0),
+        Command::Mount(args) => mount::run(args, cli.verbose >= 3).await,
         Command::Launch(args) => {
             launcher::run(LaunchOptions {
                 kernelspec_dir: args.kernelspec,

@@ -98,6 +98,12 @@ impl Master {
         &self.control_socket
     }
 
+    /// The ControlPath as ssh takes it in `-o ControlPath=...` (quoted, `%` of literal text
+    /// doubled).
+    pub fn control_path(&self) -> &str {
+        &self.control_path
+    }
+
     pub fn effective(&self) -> &EffectiveConfig {
         &self.effective
     }
@@ -345,7 +351,7 @@ impl Master {
         let reason = last_message(log);
         if log.contains("Permission denied") || log.contains("Too many authentication failures") {
             Error::Ssh(format!(
-                "authentication to '{alias}' ({where_}) failed: {reason}; sshpyk never prompts: open the connection once by hand with `{}`, then start the kernel again",
+                "authentication to '{alias}' ({where_}) failed: {reason}; sshpyk never prompts: open the connection once by hand with `{}`, then try again",
                 self.open_by_hand_hint()
             ))
         } else if log.contains("Host key verification failed") {

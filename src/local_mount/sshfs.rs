@@ -1,0 +1,141 @@
+//! The local sshfs process: a child of ours in the foreground (`-f`) that gets SIGTERM when we
+//! die, with `auto_unmount` so that its mount never outlives it.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use super::table;
+
+/// Lines of sshfs's stderr kept for error messages.
+const TAIL_LINES: usize = 20;
+
+pub struct Sshfs {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+    mountpoint: PathBuf,
+}
+
+/// sshfs ended before its mount appeared.
+#[derive(Debug)]
+pub struct Exited {
+    pub status: ExitStatus,
+    /// What sshfs (and its ssh) said, last lines.
+    pub stderr: Vec<String>,
+}
+
+impl Sshfs {
+    /// Starts sshfs. `own_group`: out of our process group, so that the terminal's Ctrl+C is
+    /// ours to handle (not when its ssh may prompt on the terminal: a background group cannot
+    /// read it).
+    pub fn spawn(args: &[String], mountpoint: &Path, own_group: bool) -> std::io::Result<Sshfs> {
+        let mut cmd = Command::new("sshfs");
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // Dropped while still mounting (the user pressed Ctrl+C): `auto_unmount` cleans up.
+            .kill_on_drop(true);
+        if own_group {
+            cmd.process_group(0);
+        }
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        tracing::debug!("running sshfs {}", args.join(" "));
+        let mut child = cmd.spawn()?;
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let kept = stderr.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::debug!("sshfs: {line}");
+                let mut kept = kept.lock().expect("stderr tail lock");
+                if kept.len() == TAIL_LINES {
+                    kept.remove(0);
+                }
+                kept.push(line);
+            }
+        });
+        Ok(Sshfs {
+            child,
+            stderr,
+            mountpoint: mountpoint.to_owned(),
+        })
+    }
+
+    /// Waits until the mount is in place, sshfs exits, or `deadline` passes (`None`: sshfs's
+    /// ssh may be waiting for a password typed on the terminal).
+    pub async fn mounted(&mut self, deadline: Option<Instant>) -> Result<(), Option<Exited>> {
+        loop {
+            if table::find(&self.mountpoint).is_some() {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the stderr reader take the last lines.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Err(Some(Exited {
+                    status,
+                    stderr: self.stderr_tail(),
+                }));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(None);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Resolves when sshfs exits by itself (a lost connection without `reconnect`).
+    pub async fn exited(&mut self) -> Exited {
+        let status = self
+            .child
+            .wait()
+            .await
+            .unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(libc::SIGKILL));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Exited {
+            status,
+            stderr: self.stderr_tail(),
+        }
+    }
+
+    pub fn stderr_tail(&self) -> Vec<String> {
+        self.stderr.lock().expect("stderr tail lock").clone()
+    }
+
+    /// Waits for sshfs to end after its mount went away, ending it if it lingers.
+    pub async fn finish(mut self) {
+        if tokio::time::timeout(Duration::from_secs(3), self.child.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(Duration::from_secs(1), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}

@@ -1,0 +1,545 @@
+//! `sshpyk mount`: a remote directory mounted here by a real local sshfs over FUSE, against the
+//! real test sshd; the subshell driven through a pseudo-terminal.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{eventually, Env};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sshpyk_testhost::TestUser;
+
+/// A running `sshpyk mount`, its stderr in a file; killed when dropped.
+struct Mount {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Mount {
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let mut status = None;
+        eventually(timeout, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.map(|s| s.code().unwrap_or(-1))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let path = path.to_str().unwrap();
+    table.lines().any(|l| l.split(' ').nth(4) == Some(path))
+}
+
+/// sshfs processes serving `mountpoint`.
+fn sshfs_for(mountpoint: &Path) -> Vec<u32> {
+    let needle = mountpoint.to_str().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.first().is_some_and(|a| a.ends_with(b"sshfs"))
+                && args.iter().any(|a| *a == needle.as_bytes())
+        })
+        .collect()
+}
+
+/// A remote directory with one file in it (the test host's filesystem is this machine's).
+fn remote_dir(env: &Env) -> PathBuf {
+    let dir = env.path("remote-data/shared");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hello.txt"), "hello from the remote\n").unwrap();
+    dir
+}
+
+impl MountCmd<'_> {
+    fn spawn(&self) -> Mount {
+        let log = self
+            .env
+            .path(&format!("mount-{}.log", uuid::Uuid::new_v4()));
+        let mut cmd = self.command();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        Mount {
+            child: cmd.spawn().expect("sshpyk mount starts"),
+            log,
+        }
+    }
+
+    /// Runs to completion: (exit code, stderr).
+    fn output(&self) -> (i32, String) {
+        let out = self.command().stdin(Stdio::null()).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sshpyk"));
+        self.env.apply(&mut cmd);
+        cmd.args(&self.pre).arg("mount");
+        if self.env.host.is_some() && !self.args.iter().any(|a| a == "--umount") {
+            cmd.arg("--ssh-config").arg(self.env.ssh_config());
+        }
+        cmd.args(&self.args);
+        cmd
+    }
+}
+
+/// `sshpyk [pre] mount --ssh-config <host's> ARGS`.
+struct MountCmd<'a> {
+    env: &'a Env,
+    pre: Vec<String>,
+    args: Vec<String>,
+}
+
+fn mount_cmd<'a>(env: &'a Env, args: &[&str]) -> MountCmd<'a> {
+    MountCmd {
+        env,
+        pre: Vec::new(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+/// Waits until sshpyk says the mount is there (it holds it from then on).
+fn wait_mounted(mount: &mut Mount, mountpoint: &Path) {
+    let ok = eventually(Duration::from_secs(30), || {
+        mount.log().contains("is mounted on") || mount.child.try_wait().unwrap().is_some()
+    });
+    assert!(
+        ok && is_mounted(mountpoint),
+        "not mounted; sshpyk said:\n{}",
+        mount.log()
+    );
+}
+
+fn one_line(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got:\n{stderr}");
+    lines[0]
+}
+
+#[test]
+fn foreground_mount_reads_writes_shows_in_list_and_ends_on_ctrl_c() {
+    let env = Env::with_host();
+    let remote = remote_dir(&env);
+    let mountpoint = env.path("mnt");
+    let remote_arg = remote.to_str().unwrap();
+    let mut mount = mount_cmd(
+        &env,
+        &[
+            "--ssh-host-alias",
+            "remote",
+            "--foreground",
+            "-r",
+            remote_arg,
+        ],
+    )
+    .arg(&mountpoint)
+    .spawn();
+    wait_mounted(&mut mount, &mountpoint);
+
+    assert_eq!(
+        std::fs::read_to_string(mountpoint.join("hello.txt")).unwrap(),
+        "hello from the remote\n"
+    );
+    std::fs::write(mountpoint.join("result.txt"), "written here\n").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(remote.join("result.txt")).unwrap(),
+        "written here\n"
+    );
+
+    let listed = env
+        .sshpyk()
+        .args(["list", "--json", "-n"])
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let mounts = listed["mounts"].as_array().unwrap();
+    assert_eq!(mounts.len(), 1, "{listed}");
+    assert_eq!(mounts[0]["alias"], "remote");
+    assert_eq!(mounts[0]["remote_path"], remote_arg);
+    assert_eq!(mounts[0]["mountpoint"], mountpoint.to_str().unwrap());
+    assert_eq!(mounts[0]["mode"], "foreground");
+    let human = env.sshpyk().args(["list", "-n"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&human.stdout)
+        .contains(&format!("remote:{remote_arg} on {}", mountpoint.display())));
+
+    // A second mount on the same mount point is refused, naming the way out.
+    let (code, stderr) = mount_cmd(&env, &["--ssh-host-alias", "remote", "--foreground"])
+        .arg(&mountpoint)
+        .output();
+    assert_eq!(code, 3, "{stderr}");
+    assert!(one_line(&stderr).contains("is already mounted"), "{stderr}");
+
+    kill(mount.pid(), Signal::SIGINT).unwrap();
+    assert_eq!(
+        mount.wait(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        mount.log()
+    );
+    assert!(!is_mounted(&mountpoint));
+    assert!(
+        !mountpoint.exists(),
+        "the mount point sshpyk created is removed"
+    );
+    assert!(sshfs_for(&mountpoint).is_empty(), "sshfs ended");
+    assert!(
+        !std::fs::read_dir(env.path("rt"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("mount-")),
+        "the mount's record is removed"
+    );
+}
+
+impl<'a> MountCmd<'a> {
+    fn arg(mut self, arg: impl AsRef<Path>) -> MountCmd<'a> {
+        self.args.push(arg.as_ref().to_string_lossy().into_owned());
+        self
+    }
+
+    fn verbose(mut self) -> MountCmd<'a> {
+        self.pre.push("-v".into());
+        self
+    }
+}
+
+#[test]
+fn users_options_win_over_sshpyks_defaults_for_ssh_and_sshfs() {
+    // Logged in as another user: sshpyk's default idmap=user shows its files as ours.
+    let env = Env::with_host_as(TestUser::Chatty);
+    let remote_uid = nix::unistd::User::from_name(env.host().login_user())
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    let local_uid = nix::unistd::geteuid().as_raw();
+    assert_ne!(remote_uid, local_uid);
+    let mount_home = |options: &[&str], name: &str| {
+        let mountpoint = env.path(name);
+        // No -r: the remote home, which the remote user owns.
+        let mut args = vec![
+            "--ssh-host-alias",
+            "remote",
+            "--foreground",
+            "-o",
+            "LogLevel=DEBUG1",
+        ];
+        args.extend_from_slice(options);
+        let mut mount = mount_cmd(&env, &args).verbose().arg(&mountpoint).spawn();
+        wait_mounted(&mut mount, &mountpoint);
+        let uid = std::fs::metadata(&mountpoint).unwrap().uid();
+        assert!(
+            mountpoint.join(".profile").exists(),
+            "the remote home is mounted"
+        );
+        kill(mount.pid(), Signal::SIGTERM).unwrap();
+        assert_eq!(
+            mount.wait(Duration::from_secs(10)),
+            Some(0),
+            "{}",
+            mount.log()
+        );
+        (uid, mount.log())
+    };
+
+    let (uid, log) = mount_home(&[], "defaults");
+    assert_eq!(uid, local_uid, "idmap=user by default:\n{log}");
+    assert!(
+        log.contains("mux_client_request_session"),
+        "rides the master by default:\n{log}"
+    );
+
+    // The user's sshfs option comes after sshpyk's, and FUSE keeps the last.
+    let (uid, log) = mount_home(&["-o", "idmap=none"], "idmap-none");
+    assert_eq!(uid, remote_uid, "{log}");
+
+    // The user's ssh option comes before sshpyk's, and OpenSSH keeps the first: ControlPath=none
+    // makes sshfs's ssh log in by itself instead of riding the master.
+    let (_, log) = mount_home(&["-o", "ControlPath=none"], "own-connection");
+    assert!(!log.contains("mux_client_request_session"), "{log}");
+    assert!(log.contains("Authenticated to"), "{log}");
+}
+
+/// A command running on a pseudo-terminal of its own (its controlling terminal), as in a
+/// terminal emulator; everything it prints is collected.
+struct Terminal {
+    input: std::fs::File,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+    child: Child,
+}
+
+impl Terminal {
+    fn spawn(mut cmd: Command) -> Terminal {
+        // Wide enough that the line editor never folds the prompt.
+        let size = nix::pty::Winsize {
+            ws_row: 50,
+            ws_col: 500,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&size), None).unwrap();
+        let slave: OwnedFd = pty.slave;
+        cmd.stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave.try_clone().unwrap());
+        // SAFETY: setsid and ioctl are async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("starts on the terminal");
+        drop(cmd);
+        drop(slave);
+        let master = std::fs::File::from(pty.master);
+        let mut reader = master.try_clone().unwrap();
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let collected = output.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                collected
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Terminal {
+            input: master,
+            output,
+            child,
+        }
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    fn type_line(&mut self, line: &str) {
+        self.input
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+    }
+
+    fn wait_for(&self, needle: &str) {
+        assert!(
+            eventually(Duration::from_secs(30), || self.output().contains(needle)),
+            "no {needle:?} on the terminal:\n{}",
+            self.output()
+        );
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let mut status = None;
+        eventually(timeout, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.map(|s| s.code().unwrap_or(-1))
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `sshpyk mount --kernel-name k` of a subshell in bash, with a ~/.bashrc of the user's own.
+fn subshell_on_terminal(env: &Env, mountpoint: &Path) -> Terminal {
+    let remote = remote_dir(env);
+    env.add_kernel("k", &[]);
+    std::fs::write(env.path("home/.bashrc"), "export FROM_USER_BASHRC=yes\n").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sshpyk"));
+    env.apply(&mut cmd);
+    cmd.env("SHELL", "/bin/bash")
+        .env("TERM", "dumb")
+        .args(["mount", "--kernel-name", "k", "-r"])
+        .arg(&remote)
+        .arg(mountpoint);
+    let terminal = Terminal::spawn(cmd);
+    terminal.wait_for(&format!("(sshpyk: remote:{}) ", remote.display()));
+    terminal
+}
+
+#[test]
+fn subshell_holds_the_mount_and_its_exit_status_becomes_ours() {
+    let env = Env::with_host();
+    let mountpoint = env.path("mnt");
+    let mut terminal = subshell_on_terminal(&env, &mountpoint);
+    terminal.type_line(r#"echo "rc=$FROM_USER_BASHRC"; cat "$SSHPYK_MOUNT/hello.txt""#);
+    terminal.wait_for("rc=yes");
+    terminal.wait_for("hello from the remote");
+    // Something still in the mount when the shell exits: named, then detached lazily.
+    terminal.type_line(r#"(cd "$SSHPYK_MOUNT" && exec sleep 301) &"#);
+    terminal.type_line("sleep 0.5; exit 7");
+    assert_eq!(
+        terminal.wait(Duration::from_secs(20)),
+        Some(7),
+        "{}",
+        terminal.output()
+    );
+    let said = terminal.output();
+    let busy = said
+        .lines()
+        .find(|l| l.contains("still in use by"))
+        .unwrap_or_else(|| panic!("no busy line:\n{said}"));
+    assert!(busy.contains("(sleep)"), "{busy}");
+    let holder: i32 = busy
+        .split("still in use by ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let _ = kill(Pid::from_raw(holder), Signal::SIGKILL);
+    assert!(!is_mounted(&mountpoint));
+    assert!(sshfs_for(&mountpoint).is_empty());
+}
+
+#[test]
+fn a_closed_terminal_hangs_up_the_subshell_and_unmounts() {
+    let env = Env::with_host();
+    let mountpoint = env.path("mnt");
+    let mut terminal = subshell_on_terminal(&env, &mountpoint);
+    kill(Pid::from_raw(terminal.child.id() as i32), Signal::SIGHUP).unwrap();
+    // bash ended by SIGHUP: 128 + 1.
+    assert_eq!(
+        terminal.wait(Duration::from_secs(20)),
+        Some(129),
+        "{}",
+        terminal.output()
+    );
+    assert!(!is_mounted(&mountpoint));
+    assert!(!mountpoint.exists());
+    assert!(sshfs_for(&mountpoint).is_empty());
+}
+
+#[test]
+fn a_sigkilled_sshpyk_leaves_no_sshfs_and_no_mount() {
+    let env = Env::with_host();
+    let remote = remote_dir(&env);
+    let mountpoint = env.path("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let mut mount = mount_cmd(&env, &["--ssh-host-alias", "remote", "--foreground", "-r"])
+        .arg(&remote)
+        .arg(&mountpoint)
+        .spawn();
+    wait_mounted(&mut mount, &mountpoint);
+    assert_eq!(sshfs_for(&mountpoint).len(), 1);
+    kill(mount.pid(), Signal::SIGKILL).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || !is_mounted(&mountpoint)
+            && sshfs_for(&mountpoint).is_empty()),
+        "mounted: {}, sshfs: {:?}",
+        is_mounted(&mountpoint),
+        sshfs_for(&mountpoint)
+    );
+    // `list` forgets the mount of the dead process.
+    let listed = env
+        .sshpyk()
+        .args(["list", "--json", "-n"])
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["mounts"], serde_json::json!([]));
+}
+
+#[test]
+fn umount_removes_a_dead_mount_and_lazy_detaches_a_busy_one() {
+    let env = Env::with_host();
+    let remote = remote_dir(&env);
+    let mountpoint = env.path("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    // A mount whose sshfs died (no auto_unmount): "Transport endpoint is not connected".
+    let mut raw = Command::new("sshfs")
+        .arg("-f")
+        .arg("-F")
+        .arg(env.ssh_config())
+        .arg(format!("remote:{}", remote.display()))
+        .arg(&mountpoint)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(20), || is_mounted(
+        &mountpoint
+    )));
+    let mut holder = Command::new("sleep")
+        .arg("302")
+        .current_dir(&mountpoint)
+        .spawn()
+        .unwrap();
+    raw.kill().unwrap();
+    raw.wait().unwrap();
+    let dead = |p: &Path| matches!(std::fs::metadata(p), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+    assert!(eventually(Duration::from_secs(5), || dead(&mountpoint)));
+
+    let (code, stderr) = mount_cmd(&env, &["--ssh-host-alias", "remote", "--foreground"])
+        .arg(&mountpoint)
+        .output();
+    assert_eq!(code, 3, "{stderr}");
+    let line = one_line(&stderr);
+    assert!(
+        line.contains("dead mount") && line.contains("--umount"),
+        "{line}"
+    );
+
+    let (code, stderr) = mount_cmd(&env, &["--umount"]).arg(&mountpoint).output();
+    assert_eq!(code, 7, "{stderr}");
+    let line = one_line(&stderr);
+    assert!(
+        line.contains("busy")
+            && line.contains(&format!("{} (sleep)", holder.id()))
+            && line.contains("--lazy"),
+        "{line}"
+    );
+    assert!(is_mounted(&mountpoint));
+
+    let (code, stderr) = mount_cmd(&env, &["--umount", "--lazy"])
+        .arg(&mountpoint)
+        .output();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!is_mounted(&mountpoint));
+
+    let (code, stderr) = mount_cmd(&env, &["--umount"]).arg(&mountpoint).output();
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        one_line(&stderr).contains("is not a mount point"),
+        "{stderr}"
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
