@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,8 +63,7 @@ fn sshfs_for(mountpoint: &Path) -> Vec<u32> {
         .filter(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            args.first().is_some_and(|a| a.ends_with(b"sshfs"))
-                && args.iter().any(|a| *a == needle.as_bytes())
+            args.first().is_some_and(|a| a.ends_with(b"sshfs")) && args.contains(&needle.as_bytes())
         })
         .collect()
 }
@@ -106,7 +105,8 @@ impl MountCmd<'_> {
         self.env.apply(&mut cmd);
         cmd.args(&self.pre).arg("mount");
         if self.env.host.is_some() && !self.args.iter().any(|a| a == "--umount") {
-            cmd.arg("--ssh-config").arg(self.env.ssh_config());
+            let config = self.config.clone().unwrap_or_else(|| self.env.ssh_config());
+            cmd.arg("--ssh-config").arg(config);
         }
         cmd.args(&self.args);
         cmd
@@ -118,6 +118,7 @@ struct MountCmd<'a> {
     env: &'a Env,
     pre: Vec<String>,
     args: Vec<String>,
+    config: Option<PathBuf>,
 }
 
 fn mount_cmd<'a>(env: &'a Env, args: &[&str]) -> MountCmd<'a> {
@@ -125,6 +126,7 @@ fn mount_cmd<'a>(env: &'a Env, args: &[&str]) -> MountCmd<'a> {
         env,
         pre: Vec::new(),
         args: args.iter().map(|a| a.to_string()).collect(),
+        config: None,
     }
 }
 
@@ -286,6 +288,15 @@ fn users_options_win_over_sshpyks_defaults_for_ssh_and_sshfs() {
     // The user's ssh option comes before sshpyk's, and OpenSSH keeps the first: ControlPath=none
     // makes sshfs's ssh log in by itself instead of riding the master.
     let (_, log) = mount_home(&["-o", "ControlPath=none"], "own-connection");
+    assert!(!log.contains("mux_client_request_session"), "{log}");
+    assert!(log.contains("Authenticated to"), "{log}");
+
+    // --direct: sshfs's own connection, no master opened or used.
+    let (_, log) = mount_home(&["--direct"], "direct");
+    assert!(
+        !log.contains("opened a ControlMaster") && !log.contains("reusing the ControlMaster"),
+        "{log}"
+    );
     assert!(!log.contains("mux_client_request_session"), "{log}");
     assert!(log.contains("Authenticated to"), "{log}");
 }
@@ -542,4 +553,242 @@ fn umount_removes_a_dead_mount_and_lazy_detaches_a_busy_one() {
     );
     holder.kill().unwrap();
     holder.wait().unwrap();
+}
+
+/// A directory of symlinks to just `programs`, to stand for a PATH that lacks the others.
+fn path_with(env: &Env, name: &str, programs: &[&str]) -> PathBuf {
+    let dir = env.path(name);
+    std::fs::create_dir(&dir).unwrap();
+    for program in programs {
+        let found = ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+            .iter()
+            .map(|d| Path::new(d).join(program))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{program} is installed"));
+        std::os::unix::fs::symlink(found, dir.join(program)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn each_error_is_one_line_with_its_exit_code_and_leaves_nothing() {
+    let env = Env::with_host();
+    let remote = remote_dir(&env);
+    let fresh = env.path("fresh");
+    let base = ["--ssh-host-alias", "remote", "--foreground"];
+    let check = |cmd: MountCmd, code: i32, needles: &[&str]| {
+        let (got, stderr) = cmd.output();
+        assert_eq!(got, code, "{stderr}");
+        let line = one_line(&stderr);
+        for needle in needles {
+            assert!(line.contains(needle), "{needle:?} not in {line}");
+        }
+        assert!(
+            !fresh.exists(),
+            "the mount point is not left behind: {line}"
+        );
+        assert!(sshfs_for(&fresh).is_empty());
+    };
+
+    check(
+        mount_cmd(&env, &["--foreground"]).arg(&fresh),
+        3,
+        &["--ssh-host-alias ALIAS or --kernel-name NAME"],
+    );
+    check(
+        mount_cmd(&env, &["--ssh-host-alias", "nowhere"]).arg(&fresh),
+        3,
+        &["'nowhere' is not defined in", "Host nowhere"],
+    );
+    let full = env.path("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("mine.txt"), "").unwrap();
+    let (code, stderr) = mount_cmd(&env, &base).arg(&full).output();
+    assert_eq!(code, 3, "{stderr}");
+    assert!(one_line(&stderr).contains("is not empty"), "{stderr}");
+    check(
+        mount_cmd(&env, &["--ssh-host-alias", "remote", "-r", "/no/such/dir"]).arg(&fresh),
+        5,
+        &[
+            "remote directory remote:/no/such/dir does not exist",
+            "-r/--remote-path",
+        ],
+    );
+    check(
+        mount_cmd(&env, &["--ssh-host-alias", "remote", "-r"])
+            .arg(remote.join("hello.txt"))
+            .arg(&fresh),
+        5,
+        &["is not a directory"],
+    );
+
+    // Authentication that needs a human: a key the server does not know.
+    let key = env.path("stranger_key");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let config = std::fs::read_to_string(env.ssh_config()).unwrap();
+    let stranger = env.path("stranger_config");
+    let config: String = config
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("IdentityFile") {
+                format!("    IdentityFile {}\n", key.display())
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&stranger, config).unwrap();
+    let mut cmd = mount_cmd(&env, &["--ssh-host-alias", "remote"]).arg(&fresh);
+    cmd.config = Some(stranger);
+    let mut command = cmd.command();
+    // No master to ride: the earlier cases opened one with the right key.
+    command
+        .env_remove("SSH_AUTH_SOCK")
+        .env("SSHPYK_RUNTIME_DIR", env.path("rt-stranger"));
+    let out = command.stdin(Stdio::null()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    let line = one_line(&stderr);
+    assert!(
+        line.contains("authentication to 'remote'") && line.contains("ControlMaster=yes"),
+        "{line}"
+    );
+    assert!(!fresh.exists());
+
+    // Missing tools and an unusable /dev/fuse, before anything is touched.
+    let no_sshfs = path_with(&env, "bin-no-sshfs", &["ssh", "fusermount3"]);
+    let mut cmd = mount_cmd(&env, &base).arg(&fresh).command();
+    cmd.env("PATH", &no_sshfs);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(one_line(&stderr).contains("apt install sshfs"), "{stderr}");
+
+    let no_fuse = path_with(&env, "bin-no-fuse", &["ssh", "sshfs"]);
+    let mut cmd = mount_cmd(&env, &base).arg(&fresh).command();
+    cmd.env("PATH", &no_fuse);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(one_line(&stderr).contains("apt install fuse3"), "{stderr}");
+
+    // /dev/fuse replaced by /dev/null in a mount namespace of its own.
+    let inner = mount_cmd(&env, &base).arg(&fresh).command();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind /dev/null /dev/fuse && exec "$0" "$@""#)
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    env.apply(&mut cmd);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(
+        one_line(&stderr).contains("/dev/fuse is missing or not the FUSE device"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn allow_other_refused_by_fuse_is_retried_without_it_for_a_non_root_user() {
+    let env = Env::with_host_as(TestUser::Chatty);
+    let user = nix::unistd::User::from_name(env.host().login_user())
+        .unwrap()
+        .unwrap();
+    // The local user's own private dir: key, known hosts, ssh config, runtime dir, binary.
+    let own = tempfile::Builder::new()
+        .prefix("sshpyk-nonroot-")
+        .tempdir()
+        .unwrap();
+    let dir = own.path();
+    let give = |path: &Path, mode: u32| {
+        nix::unistd::chown(path, Some(user.uid), Some(user.gid)).unwrap();
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    };
+    give(dir, 0o700);
+    let host_dir = env.host().dir();
+    for (from, to, mode) in [
+        (host_dir.join("id_ed25519"), "id", 0o600),
+        (host_dir.join("known_hosts"), "known_hosts", 0o644),
+        (PathBuf::from(env!("CARGO_BIN_EXE_sshpyk")), "sshpyk", 0o755),
+    ] {
+        std::fs::copy(&from, dir.join(to)).unwrap();
+        give(&dir.join(to), mode);
+    }
+    let config: String = std::fs::read_to_string(env.ssh_config())
+        .unwrap()
+        .lines()
+        .map(|l| match l.split_whitespace().next() {
+            Some("IdentityFile") => format!("    IdentityFile {}/id\n", dir.display()),
+            Some("UserKnownHostsFile") => {
+                format!("    UserKnownHostsFile {}/known_hosts\n", dir.display())
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(dir.join("config"), config).unwrap();
+    give(&dir.join("config"), 0o644);
+    let mountpoint = dir.join("mnt");
+    let log = env.path("nonroot.log");
+    let mut child = Command::new("runuser")
+        .args(["-u", &user.name, "--", "env", "-i", "PATH=/usr/bin:/bin"])
+        .arg(format!("HOME={}", dir.display()))
+        .arg(format!("SSHPYK_RUNTIME_DIR={}/rt", dir.display()))
+        .arg(dir.join("sshpyk"))
+        .args([
+            "mount",
+            "--foreground",
+            "--ssh-host-alias",
+            "remote",
+            "-o",
+            "allow_other",
+        ])
+        .arg("--ssh-config")
+        .arg(dir.join("config"))
+        .arg(&mountpoint)
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(30), || said().contains("is mounted on")
+            || child.try_wait().unwrap().is_some()),
+        "{}",
+        said()
+    );
+    let allowed = std::fs::read_to_string("/etc/fuse.conf")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.trim() == "user_allow_other");
+    let retried = said().contains("FUSE refused allow_other");
+    assert_eq!(retried, !allowed, "{}", said());
+    assert!(is_mounted(&mountpoint), "{}", said());
+    // Without allow_other only its owner sees into the mount, not even root.
+    let seen = Command::new("runuser")
+        .args(["-u", &user.name, "--", "test", "-e"])
+        .arg(mountpoint.join(".profile"))
+        .status()
+        .unwrap();
+    assert!(seen.success(), "the remote home is mounted");
+    // The retry is said in one line.
+    let lines = said().lines().filter(|l| l.contains("allow_other")).count();
+    assert_eq!(lines, usize::from(retried), "{}", said());
+    // sshpyk itself, not runuser (which would SIGKILL it after a SIGTERM).
+    let children = format!("/proc/{0}/task/{0}/children", child.id());
+    let sshpyk: i32 = std::fs::read_to_string(children)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    kill(Pid::from_raw(sshpyk), Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", said());
+    assert!(!is_mounted(&mountpoint));
+    assert!(!mountpoint.exists());
 }

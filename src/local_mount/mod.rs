@@ -194,7 +194,7 @@ fn check_fuse_device() -> Result<()> {
             "/dev/fuse is missing or not the FUSE device; {fix}"
         )));
     }
-    // Others go through the setuid fusermount3, which opens the device itself.
+    // Others go through the setuid fusermount3, which opens the device with their own rights.
     if nix::unistd::geteuid().is_root() {
         if let Err(e) = std::fs::OpenOptions::new()
             .read(true)
@@ -205,6 +205,15 @@ fn check_fuse_device() -> Result<()> {
                 "/dev/fuse cannot be opened ({e}); {fix}"
             )));
         }
+    } else if nix::unistd::access(
+        device,
+        nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK,
+    )
+    .is_err()
+    {
+        return Err(Error::Local(
+            "/dev/fuse is not readable and writable by you; make it mode 0666 (chmod 0666 /dev/fuse, as udev does on most systems)".into(),
+        ));
     }
     Ok(())
 }
@@ -338,6 +347,8 @@ fn mount_failure(request: &MountRequest, exited: &Exited) -> Error {
         Error::Remote(format!(
             "remote path {label} is not a directory; give a directory with -r/--remote-path"
         ))
+    } else if said("/dev/fuse") {
+        Error::Local(format!("FUSE is not usable here: {last}"))
     } else if said("Permission denied") || said("Host key verification failed") {
         Error::Ssh(format!(
             "ssh to '{alias}' failed for sshfs: {last}; connect once by hand with `{} -F {} {alias}` to check keys and host key",

@@ -77,25 +77,29 @@ impl Sshfs {
         })
     }
 
-    /// Waits until the mount is in place, sshfs exits, or `deadline` passes (`None`: sshfs's
-    /// ssh may be waiting for a password typed on the terminal).
+    /// Waits until the mount serves requests, sshfs exits, or `deadline` passes (`None`:
+    /// sshfs's ssh may be waiting for a password typed on the terminal).
     pub async fn mounted(&mut self, deadline: Option<Instant>) -> Result<(), Option<Exited>> {
+        let timeout = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(timeout);
         loop {
-            if table::find(&self.mountpoint).is_some() {
-                return Ok(());
+            tokio::select! {
+                status = self.child.wait() => {
+                    let status = status.unwrap_or_else(|_| {
+                        std::os::unix::process::ExitStatusExt::from_raw(libc::SIGKILL)
+                    });
+                    // Let the stderr reader take the last lines.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return Err(Some(Exited { status, stderr: self.stderr_tail() }));
+                }
+                () = &mut timeout => return Err(None),
+                serves = serves(&self.mountpoint) => if serves { return Ok(()) },
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                // Let the stderr reader take the last lines.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                return Err(Some(Exited {
-                    status,
-                    stderr: self.stderr_tail(),
-                }));
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(None);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -138,4 +142,20 @@ impl Sshfs {
             let _ = self.child.kill().await;
         }
     }
+}
+
+/// sshfs mounts first and logs in afterwards (leaving again when the remote directory is
+/// missing): the mount serves once a stat of its root gets an answer.
+async fn serves(mountpoint: &Path) -> bool {
+    while table::find(mountpoint).is_none() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let root = mountpoint.to_owned();
+    let answered = tokio::task::spawn_blocking(move || std::fs::metadata(root).is_ok())
+        .await
+        .unwrap_or(false);
+    if !answered {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    answered
 }
