@@ -5,7 +5,7 @@ fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     // One thread: children get PR_SET_PDEATHSIG from the thread that forks them, which must
-    // live as long as the process (see ssh::process).
+    // live as long as the process (see local_mount::sshfs).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -464,7 +464,6 @@ fn a_sigkilled_sshpyk_leaves_no_sshfs_and_no_mount() {
     let env = Env::with_host();
     let remote = remote_dir(&env);
     let mountpoint = env.path("mnt");
-    std::fs::create_dir(&mountpoint).unwrap();
     let mut mount = mount_cmd(&env, &["--ssh-host-alias", "remote", "--foreground", "-r"])
         .arg(&remote)
         .arg(&mountpoint)

@@ -5,7 +5,8 @@
 //! Flow: check the tools and the mount point → the master → sshfs (`-f`, our child, SIGTERM on
 //! our death, `auto_unmount`) → wait for the mount → hold (subshell or signals) → unmount,
 //! lazily when busy → end sshfs → remove what we created. A SIGKILLed sshpyk takes sshfs along
-//! and `auto_unmount` removes the mount; only a mount point sshpyk created may stay (empty).
+//! and `auto_unmount` removes the mount; a mount point it created stays (empty) until the next
+//! `sshpyk list` or `sshpyk mount` sweeps it.
 
 mod options;
 mod registry;
@@ -71,6 +72,8 @@ impl MountRequest {
 /// Returns the exit status: the subshell's, or 0 after Ctrl+C/SIGTERM in the foreground.
 pub async fn mount(request: MountRequest) -> Result<i32> {
     let mut signals = Signals::new()?;
+    // Sweeps what a SIGKILLed `sshpyk mount` left.
+    let _ = registry::active();
     check_tools()?;
     config::require_alias(&request.ssh_config, &request.alias)?;
     let (mountpoint, created) = prepare_mountpoint(&request.mountpoint)?;

@@ -48,8 +48,9 @@ fn record_path(dir: &Path, pid: u32) -> PathBuf {
     dir.join(format!("mount-{pid}.json"))
 }
 
-/// The mounts whose `sshpyk mount` still runs and whose mount is in place. Records of processes
-/// that died (SIGKILL) are removed on the way.
+/// The mounts whose `sshpyk mount` still runs and whose mount is in place. What processes that
+/// died (SIGKILL) left is removed on the way: their records, and the mount points they created
+/// once nothing is mounted there and they are empty.
 pub fn active() -> Vec<ActiveMount> {
     records()
         .into_iter()
@@ -57,6 +58,9 @@ pub fn active() -> Vec<ActiveMount> {
             let alive =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(mount.pid as i32), None).is_ok();
             if !alive {
+                if mount.created_mountpoint && table::find(&mount.mountpoint).is_none() {
+                    let _ = std::fs::remove_dir(&mount.mountpoint);
+                }
                 let _ = std::fs::remove_file(path);
                 return None;
             }
