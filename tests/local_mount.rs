@@ -791,3 +791,33 @@ fn allow_other_refused_by_fuse_is_retried_without_it_for_a_non_root_user() {
     assert!(!is_mounted(&mountpoint));
     assert!(!mountpoint.exists());
 }
+
+#[test]
+fn a_lost_connection_ends_a_foreground_mount_with_one_line_and_nothing_left() {
+    let env = Env::with_host();
+    let remote = remote_dir(&env);
+    let mountpoint = env.path("mnt");
+    let mut mount = mount_cmd(&env, &["--ssh-host-alias", "remote", "--foreground", "-r"])
+        .arg(&remote)
+        .arg(&mountpoint)
+        .spawn();
+    wait_mounted(&mut mount, &mountpoint);
+    assert!(env.host().kill_sshd_connections().unwrap() > 0);
+    // sshfs notices on its next request.
+    let _ = std::fs::metadata(mountpoint.join("hello.txt"));
+    assert_eq!(
+        mount.wait(Duration::from_secs(20)),
+        Some(4),
+        "{}",
+        mount.log()
+    );
+    let log = mount.log();
+    let last = log.lines().last().unwrap();
+    assert!(
+        last.contains("the mount of remote:") && last.contains("-o reconnect"),
+        "{log}"
+    );
+    assert!(!is_mounted(&mountpoint));
+    assert!(!mountpoint.exists());
+    assert!(sshfs_for(&mountpoint).is_empty());
+}
