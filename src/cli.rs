@@ -34,7 +34,7 @@ pub enum Command {
 
 /// Settings shared by `add` and `edit`; every one is optional so that `edit` changes only what
 /// is given.
-#[derive(Debug, Args, Default, Clone)]
+#[derive(Debug, Args, Default, Clone, PartialEq)]
 pub struct SpecArgs {
     /// Host alias declared in the ssh config file.
     #[arg(long)]
@@ -116,6 +116,10 @@ pub struct EditArgs {
     /// Remove every --mount-local-on-remote before adding the given ones.
     #[arg(long)]
     pub clear_mounts: bool,
+    /// Convert a kernelspec written by the Python sshpyk into an sshpyk one, keeping its alias,
+    /// remote python, remote kernel and display name.
+    #[arg(long)]
+    pub adopt: bool,
 }
 
 #[derive(Debug, Args)]
