@@ -36,6 +36,9 @@ pub struct Settings {
     pub remote_sshfs: Option<String>,
     #[serde(default)]
     pub ssh_host_alias_local_on_remote: Option<String>,
+    /// The launcher's verbosity (`--log-level`); `None`: info, or what `-v` asks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<crate::logs::LogLevel>,
 }
 
 impl Settings {

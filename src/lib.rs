@@ -8,6 +8,7 @@ pub mod jupyter;
 pub mod jupyter_paths;
 pub mod kernelspec;
 pub mod launcher;
+pub mod logs;
 pub mod mount;
 pub mod parent;
 pub mod ports;

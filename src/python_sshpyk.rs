@@ -133,20 +133,7 @@ mod tests {
     fn its_kernel_json_becomes_our_settings() {
         let spec: KernelJson = serde_json::from_str(KERNEL_JSON).unwrap();
         let theirs = settings_of(&spec).expect("recognised");
-        let defaults = Settings {
-            version: SETTINGS_VERSION,
-            ssh_host_alias: String::new(),
-            ssh_config: PathBuf::from("/unused"),
-            ssh: "ssh".into(),
-            remote_python: String::new(),
-            remote_kernel_name: String::new(),
-            launch_timeout: 30.0,
-            shutdown_timeout: 30.0,
-            orphan_timeout: 300.0,
-            mounts: Vec::new(),
-            remote_sshfs: None,
-            ssh_host_alias_local_on_remote: None,
-        };
+        let defaults = crate::cmd::settings::defaults().unwrap();
         let ours = theirs.to_settings(defaults).unwrap();
         assert_eq!(ours.ssh_host_alias, "gpu");
         assert_eq!(ours.remote_python, "/opt/env/bin/python");

@@ -546,7 +546,8 @@ fn print_human(reports: &[KernelReport], show_remote: bool, show_local: bool) {
     let color = std::io::stdout().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let mut out = String::new();
-    let groups: [(&str, fn(&KernelReport) -> bool, bool); 3] = [
+    type Member = fn(&KernelReport) -> bool;
+    let groups: [(&str, Member, bool); 3] = [
         ("sshpyk kernels", |r| r.sshpyk, show_remote),
         (
             "local kernels",

@@ -2,9 +2,11 @@
 
 mod add;
 mod delete;
+mod docs;
 mod edit;
 mod list;
-mod settings;
+mod logs;
+pub(crate) mod settings;
 
 use crate::cli::{Cli, Command};
 use crate::error::Result;
@@ -16,6 +18,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Edit(args) => edit::run(args).await.map(|()| 0),
         Command::Delete(args) => delete::run(args).map(|()| 0),
         Command::List(args) => list::run(args).await.map(|()| 0),
+        Command::Logs(args) => logs::run(args).await.map(|()| 0),
+        Command::Completions(args) => docs::completions(args.shell).map(|()| 0),
+        Command::Man => docs::man().map(|()| 0),
         Command::Launch(args) => {
             launcher::run(LaunchOptions {
                 kernelspec_dir: args.kernelspec,

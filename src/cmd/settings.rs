@@ -56,6 +56,7 @@ pub fn defaults() -> Result<Settings> {
         mounts: Vec::new(),
         remote_sshfs: None,
         ssh_host_alias_local_on_remote: None,
+        log_level: None,
     })
 }
 
@@ -118,6 +119,9 @@ pub fn apply(settings: &mut Settings, args: &SpecArgs, clear_mounts: bool) -> Re
     }
     if let Some(sshfs) = &args.remote_sshfs {
         settings.remote_sshfs = Some(sshfs.clone()).filter(|s| !s.is_empty());
+    }
+    if let Some(level) = args.log_level {
+        settings.log_level = Some(level).filter(|l| *l != crate::logs::LogLevel::Info);
     }
     if let Some(alias) = &args.ssh_host_alias_local_on_remote {
         settings.ssh_host_alias_local_on_remote = Some(alias.clone()).filter(|s| !s.is_empty());
