@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod coexistence;
 pub mod connection;
 pub mod error;
 pub mod jupyter;

@@ -227,6 +227,7 @@ fn launcher_checks(spec: &Kernelspec) -> Vec<Check> {
     let argv = &spec.spec.argv;
     let mut rows = Vec::new();
     match argv.first() {
+        Some(exe) if crate::coexistence::replaced_by_python_sshpyk(Path::new(exe)) => rows.push(check(Status::Error, "launcher", format!("{exe} is now the Python sshpyk's command (pip installed it over this sshpyk); reinstall sshpyk-rs there (pip install --force-reinstall sshpyk-rs), or run `sshpyk edit --kernel-name {}` with another installed sshpyk", spec.name))),
         Some(exe) if Path::new(exe).is_file() => {}
         Some(exe) => rows.push(check(Status::Error, "launcher", format!("{exe} does not exist; run `sshpyk edit --kernel-name {}` with the installed sshpyk", spec.name))),
         None => rows.push(check(Status::Error, "launcher", "kernel.json has an empty argv")),

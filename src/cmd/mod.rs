@@ -13,6 +13,13 @@ use crate::error::Result;
 use crate::launcher::{self, LaunchOptions};
 
 pub async fn run(cli: Cli) -> Result<i32> {
+    // Where the user manages kernels: not on Jupyter's stderr at every start, nor into a script.
+    if matches!(
+        cli.command,
+        Command::Add(_) | Command::Edit(_) | Command::Delete(_) | Command::List(_)
+    ) {
+        crate::coexistence::notice_python_sshpyk();
+    }
     match cli.command {
         Command::Add(args) => add::run(args).await.map(|()| 0),
         Command::Edit(args) => edit::run(args).await.map(|()| 0),
