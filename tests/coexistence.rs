@@ -73,6 +73,13 @@ async fn a_python_sshpyk_kernelspec_is_listed_then_adopted_and_runs() {
     assert_eq!(report["kernels"][0]["python_sshpyk"], true);
     assert_eq!(report["kernels"][0]["sshpyk"], false);
 
+    env.sshpyk()
+        .args(["delete", "ssh_remote_python3"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains(
+            "was written by the Python sshpyk; pass --force",
+        ));
     // Not edited behind its back.
     env.sshpyk()
         .args(["edit", "--kernel-name", "ssh_remote_python3", "--launch-timeout", "9"])
