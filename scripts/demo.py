@@ -1,4 +1,8 @@
-"""sshpyk demo: a remote kernel through a throwaway loopback sshd, driven by jupyter_client.
+"""sshpyk demo: a remote kernel through a throwaway sshd, driven by jupyter_client.
+
+As root the sshd runs in a network namespace of its own with its own address (a "remote" that
+visibly is one: the kernel reports a different network namespace and address than this
+machine's); otherwise on a loopback port.
 
 Run through scripts/demo (which installs and builds first). Nothing outside a temporary
 directory is touched, and nothing is left running.
@@ -16,8 +20,10 @@ TESTHOST = os.path.join(ROOT, "target", "debug", "sshpyk-testhost")
 VENV = sys.prefix
 
 CODE = """\
-import os, socket, sys
+import os, socket, subprocess, sys
 print(f"hello from pid {os.getpid()} on {socket.gethostname()}, python {sys.version.split()[0]}")
+addresses = subprocess.run(["ip", "-brief", "-4", "addr"], capture_output=True, text=True).stdout.split()
+print(f"network namespace {os.readlink('/proc/self/ns/net')}, IPv4 {' '.join(a for a in addresses if '/' in a)}")
 total = sum(i * i for i in range(10**6))
 total
 """
@@ -42,14 +48,18 @@ def main():
         remote_runtime = os.path.join(tmp, "remote-runtime")
         remote_home = os.path.join(tmp, "remote-home")
         os.makedirs(remote_home)
-        step("starting a throwaway sshd on loopback to play the remote host")
+        step("starting a throwaway sshd to play the remote host")
         host = subprocess.Popen(
-            [TESTHOST, "--mode", "loopback", "--alias", "demo", "--sshd-option", f"SetEnv HOME={remote_home} JUPYTER_RUNTIME_DIR={remote_runtime}"],
+            [TESTHOST, "--mode", "auto", "--alias", "demo", "--sshd-option", f"SetEnv HOME={remote_home} JUPYTER_RUNTIME_DIR={remote_runtime}"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         try:
             info = json.loads(host.stdout.readline())
             print(f"remote host 'demo' is {info['address']}:{info['port']} (ssh config {info['ssh_config']})")
+            if info.get("netns"):
+                print(f"it runs in network namespace '{info['netns']}'; this machine's is {os.readlink('/proc/self/ns/net')}")
+            else:
+                print("loopback mode (not root): the 'remote' shares this machine's network; run as root to give it its own")
             demo(info, env)
         finally:
             host.stdin.close()

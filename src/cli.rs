@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "sshpyk",
-    version,
+    version = env!("SSHPYK_VERSION"),
     about = "Run Jupyter kernels on remote machines over OpenSSH, as if they were local"
 )]
 pub struct Cli {
@@ -34,11 +34,17 @@ pub enum Command {
     /// command) runs.
     #[command(after_help = crate::local_mount::OPTIONS_HELP)]
     Mount(MountArgs),
+    /// Show the log of a kernel's latest launcher run.
+    Logs(LogsArgs),
+    /// Print a shell completion script (bash, zsh, fish) on stdout.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout: `sshpyk man | man -l -`.
+    Man,
 }
 
 /// Settings shared by `add` and `edit`; every one is optional so that `edit` changes only what
 /// is given.
-#[derive(Debug, Args, Default, Clone)]
+#[derive(Debug, Args, Default, Clone, PartialEq)]
 pub struct SpecArgs {
     /// Host alias declared in the ssh config file.
     #[arg(long)]
@@ -86,6 +92,9 @@ pub struct SpecArgs {
     /// Alias in the remote's own ssh config that reaches this machine (instead of sshpyk's ephemeral key).
     #[arg(long)]
     pub ssh_host_alias_local_on_remote: Option<String>,
+    /// How much the launcher logs (on Jupyter's stderr and in `sshpyk logs`) [default: info].
+    #[arg(long, value_enum)]
+    pub log_level: Option<crate::logs::LogLevel>,
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {
@@ -120,6 +129,10 @@ pub struct EditArgs {
     /// Remove every --mount-local-on-remote before adding the given ones.
     #[arg(long)]
     pub clear_mounts: bool,
+    /// Convert a kernelspec written by the Python sshpyk into an sshpyk one, keeping its alias,
+    /// remote python, remote kernel and display name.
+    #[arg(long)]
+    pub adopt: bool,
 }
 
 #[derive(Debug, Args)]
@@ -191,4 +204,22 @@ pub struct MountArgs {
     pub lazy: bool,
     /// Local directory to mount on (created when missing, and then removed afterwards).
     pub mountpoint: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The kernel's name (its kernelspec's).
+    pub name: String,
+    /// Keep printing what the run logs, as it logs it (Ctrl-C to stop).
+    #[arg(short, long, conflicts_with = "all")]
+    pub follow: bool,
+    /// List every run of the kernel that has a log, oldest first.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
 }

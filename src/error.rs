@@ -38,6 +38,9 @@ pub enum Error {
     /// The remote kernel is gone while the launcher was still responsible for it.
     #[error("{0}")]
     KernelLost(String),
+    /// `list` checked a kernel and found an error (its report is complete all the same).
+    #[error("{0}")]
+    ChecksFailed(String),
 }
 
 impl Error {
@@ -50,6 +53,7 @@ impl Error {
             Error::Timeout { .. } => 6,
             Error::Local(_) | Error::Io { .. } => 7,
             Error::KernelLost(_) => 8,
+            Error::ChecksFailed(_) => 9,
         }
     }
 

@@ -36,6 +36,9 @@ pub struct Settings {
     pub remote_sshfs: Option<String>,
     #[serde(default)]
     pub ssh_host_alias_local_on_remote: Option<String>,
+    /// The launcher's verbosity (`--log-level`); `None`: info, or what `-v` asks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<crate::logs::LogLevel>,
 }
 
 impl Settings {
@@ -175,24 +178,9 @@ pub fn user_data_dir() -> Result<PathBuf> {
     Ok(data_home.join("jupyter"))
 }
 
-/// The data dirs in Jupyter's search order: `$JUPYTER_PATH`, the user dir, the active
-/// environment's prefix, then the system dirs.
+/// The data dirs in Jupyter's search order (see [`crate::jupyter_paths`]).
 pub fn search_path() -> Result<Vec<PathBuf>> {
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    if let Some(path) = std::env::var_os("JUPYTER_PATH") {
-        dirs.extend(std::env::split_paths(&path).filter(|p| !p.as_os_str().is_empty()));
-    }
-    dirs.push(user_data_dir()?);
-    for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
-        if let Some(prefix) = std::env::var_os(var).filter(|p| !p.is_empty()) {
-            dirs.push(PathBuf::from(prefix).join("share/jupyter"));
-        }
-    }
-    dirs.push("/usr/local/share/jupyter".into());
-    dirs.push("/usr/share/jupyter".into());
-    let mut seen = std::collections::HashSet::new();
-    dirs.retain(|d| seen.insert(d.clone()));
-    Ok(dirs)
+    crate::jupyter_paths::data_dirs()
 }
 
 /// Every kernelspec Jupyter would see, the first of each name winning as in Jupyter.

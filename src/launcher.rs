@@ -18,6 +18,7 @@ use crate::connection::ConnectionInfo;
 use crate::error::{Error, Result};
 use crate::jupyter::KernelClient;
 use crate::kernelspec::{Kernelspec, Settings};
+use crate::logs::LogLevel;
 use crate::mount::Mounts;
 use crate::parent::Parent;
 use crate::ports::{Forwarder, Listeners};
@@ -110,11 +111,12 @@ pub async fn run(opts: LaunchOptions) -> Result<i32> {
         ))
     })??;
     let info = ConnectionInfo::read(&opts.connection_file)?;
+    let ssh_verbose = opts.ssh_verbose || settings.log_level == Some(LogLevel::Ssh);
     let mut signals = Signals::register()?;
     let parent = Parent::from_env();
 
     let mut running = tokio::select! {
-        r = start(&settings, info, opts.ssh_verbose) => r?,
+        r = start(&settings, info, ssh_verbose) => r?,
         name = signals.stop() => return Err(Error::Local(format!("stopped by {name} while starting; nothing was left running"))),
     };
     let outcome = running.supervise(&mut signals, &parent).await;

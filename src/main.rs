@@ -3,7 +3,7 @@ use sshpyk::cli::Cli;
 
 fn main() {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    sshpyk::logs::init(&cli);
     // One thread: children get PR_SET_PDEATHSIG from the thread that forks them, which must
     // live as long as the process (see local_mount::sshfs).
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -19,22 +19,4 @@ fn main() {
     };
     drop(runtime);
     std::process::exit(code);
-}
-
-/// Logs go to stderr: info by default (one line per launch phase), more with -v/-vv.
-fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => tracing::Level::INFO,
-        1 => tracing::Level::DEBUG,
-        _ => tracing::Level::TRACE,
-    };
-    let color = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(color)
-        .with_target(false)
-        .without_time()
-        .init();
 }

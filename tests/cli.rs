@@ -112,7 +112,10 @@ fn list_marks_a_healthy_kernel_ok_and_an_unreachable_one_with_the_reason() {
     let started = std::time::Instant::now();
     let out = env.sshpyk().arg("list").output().unwrap();
     assert!(started.elapsed() < std::time::Duration::from_secs(8));
-    assert!(out.status.success());
+    // The dead kernel's (x) rows: the documented exit code, after the complete listing.
+    assert_eq!(out.status.code(), Some(9));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("1 kernel(s) with errors (rows marked (x)): dead"));
     let text = String::from_utf8(out.stdout).unwrap();
     stable(&env).bind(|| insta::assert_snapshot!(text));
 
@@ -121,6 +124,7 @@ fn list_marks_a_healthy_kernel_ok_and_an_unreachable_one_with_the_reason() {
         .args(["list", "--json", "--remote"])
         .output()
         .unwrap();
+    assert_eq!(json.status.code(), Some(9));
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     let kernels = report["kernels"].as_array().unwrap();
     let healthy = kernels.iter().find(|k| k["name"] == "healthy").unwrap();

@@ -668,7 +668,8 @@ fn list_checks_each_mount() {
     );
     std::fs::remove_dir_all(&gone).unwrap();
     let out = env.sshpyk().args(["list", "--remote"]).output().unwrap();
-    assert!(out.status.success());
+    // "bad" has (x) rows: the documented exit code, after the complete listing.
+    assert_eq!(out.status.code(), Some(9));
     let text = String::from_utf8(out.stdout).unwrap();
     // A kernel's header line, then its indented rows.
     let section = |name: &str| -> String {

@@ -98,6 +98,42 @@ async fn a_login_shell_that_prints_cannot_reach_the_streams() {
     assert!(launcher.child.try_wait().unwrap().is_none());
 }
 
+/// sshd hands every command to the login shell: with csh-family and fish shells (whose quoting
+/// differs from sh's), `add`'s checks, `list`'s, the start and the re-attach all still work.
+async fn a_kernel_runs_with_the_login_shell_of(user: TestUser) {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the {user:?} test user needs root");
+        return;
+    }
+    let env = Env::with_host_as(user);
+    let (mut launcher, info) = env.start_kernel(&[]);
+    let pid = launcher.remote_pid();
+    let mut c = ready_client(&info).await;
+    let r = c.execute("x = 6 * 7; print(x)", STEP).await.unwrap();
+    assert_eq!(r.stdout, "42\n");
+    c.close();
+    env.sshpyk()
+        .args(["list", "-r"])
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("(v) remote kernel: 'python3'"));
+    env.close_master();
+    launcher.wait_for_log("reconnected after", Duration::from_secs(20));
+    assert_kept_state(&info, pid).await;
+    launcher.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(launcher.wait_timeout(Duration::from_secs(10)).is_some());
+}
+
+#[tokio::test]
+async fn a_tcsh_login_shell_runs_a_kernel() {
+    a_kernel_runs_with_the_login_shell_of(TestUser::Tcsh).await;
+}
+
+#[tokio::test]
+async fn a_fish_login_shell_runs_a_kernel() {
+    a_kernel_runs_with_the_login_shell_of(TestUser::Fish).await;
+}
+
 /// HPC login nodes often forbid forwarding: the streams ride the session, so nothing changes.
 #[tokio::test]
 async fn a_server_that_forbids_forwarding_still_carries_every_stream() {

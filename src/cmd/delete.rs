@@ -10,11 +10,21 @@ pub fn run(args: DeleteArgs) -> Result<()> {
     for name in &args.names {
         let spec = kernelspec::find(name)?;
         if spec.spec.settings().is_none() && !args.force {
-            return Err(Error::Invalid(format!(
-                "kernel '{}' ({}) was not written by sshpyk; pass --force to delete it anyway",
-                spec.name,
-                spec.dir.display()
-            )));
+            return Err(Error::Invalid(
+                if crate::python_sshpyk::settings_of(&spec.spec).is_some() {
+                    format!(
+                        "kernel '{0}' ({1}) was written by the Python sshpyk; pass --force to delete it anyway, or convert it with `sshpyk edit --kernel-name {0} --adopt`",
+                        spec.name,
+                        spec.dir.display()
+                    )
+                } else {
+                    format!(
+                        "kernel '{}' ({}) was not written by sshpyk; pass --force to delete it anyway",
+                        spec.name,
+                        spec.dir.display()
+                    )
+                },
+            ));
         }
         found.push(spec);
     }

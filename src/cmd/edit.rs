@@ -1,18 +1,26 @@
-//! `sshpyk edit`: change exactly the given settings of an sshpyk kernelspec, then re-validate.
+//! `sshpyk edit`: change exactly the given settings of an sshpyk kernelspec, then re-validate;
+//! `--adopt` converts a Python-sshpyk kernelspec into ours.
+
+use std::path::Path;
 
 use super::settings;
-use crate::cli::EditArgs;
+use crate::cli::{EditArgs, SpecArgs};
 use crate::error::{Error, Result};
-use crate::kernelspec;
+use crate::kernelspec::{self, Kernelspec, Settings};
+use crate::python_sshpyk;
 
 pub async fn run(args: EditArgs) -> Result<()> {
     let found = kernelspec::find(&args.kernel_name)?;
-    let old = found.spec.settings().ok_or_else(|| {
-        Error::Invalid(format!(
-            "kernel '{}' was not written by sshpyk; only sshpyk kernels can be edited",
+    let old = current_settings(&found, args.adopt)?;
+    let exe = std::env::current_exe().map_err(Error::io("cannot find the sshpyk binary's path"))?;
+    let no_flags = args.spec == SpecArgs::default() && !args.clear_mounts && !args.adopt;
+    if no_flags && runs(&found, &exe) {
+        println!(
+            "kernel '{}': nothing to change (give the settings to change; see `sshpyk edit --help`)",
             found.name
-        ))
-    })??;
+        );
+        return Ok(());
+    }
     let mut new = old.clone();
     settings::apply(&mut new, &args.spec, args.clear_mounts)?;
     settings::validate_local(&new)?;
@@ -42,11 +50,77 @@ pub async fn run(args: EditArgs) -> Result<()> {
     spec.argv = fresh.argv;
     spec.display_name = fresh.display_name;
     spec.language = fresh.language;
-    if remote.is_some() {
+    if remote.is_some() || args.adopt {
         spec.interrupt_mode = fresh.interrupt_mode;
+    }
+    if args.adopt {
+        python_sshpyk::forget(&mut spec);
     }
     spec.set_settings(&new);
     kernelspec::rewrite(&found.dir, &spec)?;
-    println!("updated kernel '{}' in {}", found.name, found.dir.display());
+    if args.adopt {
+        println!(
+            "adopted kernel '{}' (\"{}\") from the Python sshpyk in {}",
+            found.name,
+            spec.display_name,
+            found.dir.display()
+        );
+    } else {
+        println!("updated kernel '{}' in {}", found.name, found.dir.display());
+    }
+    if let Some(before) = found.spec.argv.first().filter(|b| Path::new(b) != exe) {
+        println!(
+            "kernel '{}' now runs this sshpyk, {} (it ran {before})",
+            found.name,
+            exe.display()
+        );
+    }
     Ok(())
+}
+
+/// The kernel's settings: ours, or with `adopt` the Python sshpyk's converted.
+fn current_settings(found: &Kernelspec, adopt: bool) -> Result<Settings> {
+    let theirs = python_sshpyk::settings_of(&found.spec);
+    match (found.spec.settings(), theirs, adopt) {
+        (Some(ours), _, false) => ours,
+        (Some(_), _, true) => Err(Error::Invalid(format!(
+            "kernel '{}' is already an sshpyk kernel; drop --adopt",
+            found.name
+        ))),
+        (None, Some(theirs), true) => {
+            let dropped = theirs.dropped();
+            if !dropped.is_empty() {
+                tracing::warn!(
+                    "not carried over (sshpyk has no such setting): {}",
+                    dropped.join(", ")
+                );
+            }
+            theirs.to_settings(settings::defaults()?).map_err(|missing| {
+                Error::Invalid(format!(
+                    "kernel '{}' ({}) lacks the Python sshpyk's {missing}; add it anew with `sshpyk add --replace`",
+                    found.name,
+                    found.dir.display()
+                ))
+            })
+        }
+        (None, Some(_), false) => Err(Error::Invalid(format!(
+            "kernel '{0}' was written by the Python sshpyk; convert it with `sshpyk edit --kernel-name {0} --adopt`",
+            found.name
+        ))),
+        (None, None, _) => Err(Error::Invalid(format!(
+            "kernel '{}' was not written by sshpyk; only sshpyk kernels can be edited",
+            found.name
+        ))),
+    }
+}
+
+/// Does kernel.json already start this binary's launcher for its own directory?
+fn runs(found: &Kernelspec, exe: &Path) -> bool {
+    let argv = &found.spec.argv;
+    argv.first().is_some_and(|first| Path::new(first) == exe)
+        && argv
+            .iter()
+            .position(|a| a == "--kernelspec")
+            .and_then(|i| argv.get(i + 1))
+            .is_some_and(|dir| Path::new(dir) == found.dir)
 }

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::cli::ListArgs;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kernelspec::{self, Kernelspec, Settings};
 use crate::local_mount::{self, ActiveMount};
 use crate::mount::{self, RemoteMountFacts};
+use crate::python_sshpyk;
 use crate::remote::probe::{self, PythonProbe, RemoteFacts};
 use crate::ssh::{config, Master};
 
@@ -69,6 +70,9 @@ struct KernelReport {
     language: String,
     dir: PathBuf,
     sshpyk: bool,
+    /// Written by the Python sshpyk (`sshpyk edit --adopt` converts it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    python_sshpyk: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     settings: Option<Settings>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -85,7 +89,9 @@ pub async fn run(args: ListArgs) -> Result<()> {
     for spec in kernelspec::find_all()? {
         let settings = spec.spec.settings();
         let is_sshpyk = settings.is_some();
-        if (is_sshpyk && !show_remote) || (!is_sshpyk && !show_local) {
+        let python_sshpyk = python_sshpyk::settings_of(&spec.spec).filter(|_| !is_sshpyk);
+        let remote = is_sshpyk || python_sshpyk.is_some();
+        if (remote && !show_remote) || (!remote && !show_local) {
             continue;
         }
         let mut report = KernelReport {
@@ -94,9 +100,21 @@ pub async fn run(args: ListArgs) -> Result<()> {
             language: spec.spec.language.clone(),
             dir: spec.dir.clone(),
             sshpyk: is_sshpyk,
+            python_sshpyk: python_sshpyk.is_some(),
             settings: None,
             checks: Vec::new(),
         };
+        if let Some(theirs) = &python_sshpyk {
+            report.checks.push(check(
+                Status::Info,
+                "python sshpyk",
+                format!(
+                    "written by the Python sshpyk ({}); convert it with `sshpyk edit --kernel-name {} --adopt`",
+                    theirs.summary(),
+                    spec.name
+                ),
+            ));
+        }
         match settings {
             Some(Ok(s)) => {
                 report.checks.extend(launcher_checks(&spec));
@@ -175,7 +193,20 @@ pub async fn run(args: ListArgs) -> Result<()> {
         print_human(&reports, show_remote, show_local);
         print_mounts(&mounts);
     }
-    Ok(())
+    let failed: Vec<&str> = reports
+        .iter()
+        .filter(|r| r.checks.iter().any(|c| c.status == Status::Error))
+        .map(|r| r.name.as_str())
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::ChecksFailed(format!(
+            "{} kernel(s) with errors (rows marked (x)): {}",
+            failed.len(),
+            failed.join(", ")
+        )))
+    }
 }
 
 /// Kernels that share a host alias (and client and config) share one connection and probe.
@@ -201,6 +232,7 @@ fn launcher_checks(spec: &Kernelspec) -> Vec<Check> {
     let argv = &spec.spec.argv;
     let mut rows = Vec::new();
     match argv.first() {
+        Some(exe) if crate::coexistence::replaced_by_python_sshpyk(Path::new(exe)) => rows.push(check(Status::Error, "launcher", format!("{exe} is now the Python sshpyk's command (pip installed it over this sshpyk); reinstall sshpyk-rs there (pip install --force-reinstall sshpyk-rs), or run `sshpyk edit --kernel-name {}` with another installed sshpyk", spec.name))),
         Some(exe) if Path::new(exe).is_file() => {}
         Some(exe) => rows.push(check(Status::Error, "launcher", format!("{exe} does not exist; run `sshpyk edit --kernel-name {}` with the installed sshpyk", spec.name))),
         None => rows.push(check(Status::Error, "launcher", "kernel.json has an empty argv")),
@@ -429,6 +461,13 @@ fn kernel_checks(settings: &Settings, facts: &RemoteFacts) -> Vec<Check> {
                 format!("{py} does not run: {out}"),
             )]
         }
+        Some(PythonProbe::Directory) => {
+            return vec![check(
+                Status::Error,
+                "remote python",
+                format!("{py} is a directory; for an environment use `sshpyk edit --remote-python-prefix {py}`"),
+            )]
+        }
         Some(PythonProbe::Missing) | None => {
             return vec![check(
                 Status::Error,
@@ -513,16 +552,24 @@ fn print_human(reports: &[KernelReport], show_remote: bool, show_local: bool) {
     let color = std::io::stdout().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let mut out = String::new();
-    for (title, sshpyk, shown) in [
-        ("sshpyk kernels", true, show_remote),
-        ("local kernels", false, show_local),
-    ] {
-        if !shown {
+    type Member = fn(&KernelReport) -> bool;
+    let groups: [(&str, Member, bool); 3] = [
+        ("sshpyk kernels", |r| r.sshpyk, show_remote),
+        (
+            "local kernels",
+            |r| !r.sshpyk && !r.python_sshpyk,
+            show_local,
+        ),
+        ("Python sshpyk kernels", |r| r.python_sshpyk, show_remote),
+    ];
+    for (title, member, shown) in groups {
+        let group: Vec<&KernelReport> = reports.iter().filter(|r| member(r)).collect();
+        // The Python sshpyk's group only when there is one: most users never had it.
+        if !shown || (group.is_empty() && title.starts_with("Python")) {
             continue;
         }
         out.push_str(title);
         out.push('\n');
-        let group: Vec<&KernelReport> = reports.iter().filter(|r| r.sshpyk == sshpyk).collect();
         if group.is_empty() {
             out.push_str("  (none)\n");
         }

@@ -2,22 +2,34 @@
 
 mod add;
 mod delete;
+mod docs;
 mod edit;
 mod list;
+mod logs;
 mod mount;
-mod settings;
+pub(crate) mod settings;
 
 use crate::cli::{Cli, Command};
 use crate::error::Result;
 use crate::launcher::{self, LaunchOptions};
 
 pub async fn run(cli: Cli) -> Result<i32> {
+    // Where the user manages kernels: not on Jupyter's stderr at every start, nor into a script.
+    if matches!(
+        cli.command,
+        Command::Add(_) | Command::Edit(_) | Command::Delete(_) | Command::List(_)
+    ) {
+        crate::coexistence::notice_python_sshpyk();
+    }
     match cli.command {
         Command::Add(args) => add::run(args).await.map(|()| 0),
         Command::Edit(args) => edit::run(args).await.map(|()| 0),
         Command::Delete(args) => delete::run(args).map(|()| 0),
         Command::List(args) => list::run(args).await.map(|()| 0),
         Command::Mount(args) => mount::run(args, cli.verbose >= 3).await,
+        Command::Logs(args) => logs::run(args).await.map(|()| 0),
+        Command::Completions(args) => docs::completions(args.shell).map(|()| 0),
+        Command::Man => docs::man().map(|()| 0),
         Command::Launch(args) => {
             launcher::run(LaunchOptions {
                 kernelspec_dir: args.kernelspec,

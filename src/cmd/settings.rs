@@ -33,21 +33,31 @@ pub fn new_settings(args: &SpecArgs) -> Result<Settings> {
         ));
     }
     let mut settings = Settings {
-        version: SETTINGS_VERSION,
         ssh_host_alias: alias,
+        remote_kernel_name: kernel,
+        ..defaults()?
+    };
+    apply(&mut settings, args, false)?;
+    Ok(settings)
+}
+
+/// Every setting at its default; alias, remote python and kernel empty.
+pub fn defaults() -> Result<Settings> {
+    Ok(Settings {
+        version: SETTINGS_VERSION,
+        ssh_host_alias: String::new(),
         ssh_config: default_ssh_config()?,
         ssh: "ssh".into(),
         remote_python: String::new(),
-        remote_kernel_name: kernel,
+        remote_kernel_name: String::new(),
         launch_timeout: DEFAULT_LAUNCH_TIMEOUT,
         shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         orphan_timeout: DEFAULT_ORPHAN_TIMEOUT,
         mounts: Vec::new(),
         remote_sshfs: None,
         ssh_host_alias_local_on_remote: None,
-    };
-    apply(&mut settings, args, false)?;
-    Ok(settings)
+        log_level: None,
+    })
 }
 
 fn missing(flag: &str) -> Error {
@@ -72,6 +82,7 @@ pub fn apply(settings: &mut Settings, args: &SpecArgs, clear_mounts: bool) -> Re
     }
     if let Some(prefix) = &args.remote_python_prefix {
         require_remote_absolute(prefix, "--remote-python-prefix")?;
+        refuse_interpreter_as_prefix(prefix)?;
         settings.remote_python = format!("{}/bin/python", prefix.trim_end_matches('/'));
     }
     if let Some(python) = &args.remote_python {
@@ -109,10 +120,33 @@ pub fn apply(settings: &mut Settings, args: &SpecArgs, clear_mounts: bool) -> Re
     if let Some(sshfs) = &args.remote_sshfs {
         settings.remote_sshfs = Some(sshfs.clone()).filter(|s| !s.is_empty());
     }
+    if let Some(level) = args.log_level {
+        settings.log_level = Some(level).filter(|l| *l != crate::logs::LogLevel::Info);
+    }
     if let Some(alias) = &args.ssh_host_alias_local_on_remote {
         settings.ssh_host_alias_local_on_remote = Some(alias.clone()).filter(|s| !s.is_empty());
     }
     Ok(())
+}
+
+/// `--remote-python-prefix /env/bin/python3` means `--remote-python /env/bin/python3`.
+fn refuse_interpreter_as_prefix(prefix: &str) -> Result<()> {
+    let path = Path::new(prefix.trim_end_matches('/'));
+    let is_interpreter = path
+        .file_name()
+        .is_some_and(|f| f.to_string_lossy().starts_with("python"))
+        && path.parent().and_then(Path::file_name) == Some("bin".as_ref());
+    if !is_interpreter {
+        return Ok(());
+    }
+    let env = path
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("/"));
+    Err(Error::Invalid(format!(
+        "--remote-python-prefix {prefix} is an interpreter, not an environment: pass --remote-python {prefix} (or --remote-python-prefix {})",
+        env.display()
+    )))
 }
 
 fn require_remote_absolute(path: &str, flag: &str) -> Result<()> {
@@ -195,6 +229,9 @@ pub async fn remote_kernelspec(settings: &Settings) -> Result<Option<RemoteKerne
             p.jupyter_client_error.as_deref().unwrap_or("unknown error")
         ))),
         Some(PythonProbe::Broken(out)) => Err(Error::Remote(format!("remote python {python} on '{alias}' does not run: {out}"))),
+        Some(PythonProbe::Directory) => Err(Error::Invalid(format!(
+            "remote python {python} is a directory on '{alias}': for an environment pass --remote-python-prefix {python} (--remote-python takes the interpreter itself)"
+        ))),
         Some(PythonProbe::Missing) | None => Err(Error::Remote(format!(
             "remote python {python} does not exist on '{alias}'; fix --remote-python-prefix or --remote-python"
         ))),

@@ -14,7 +14,8 @@ const SCRIPT: &str = r#"probe=$1; shift
 echo "sshpyk-uname $(uname -a)"
 for py in "$@"; do
   case $py in "~/"*) exe=$HOME/${py#"~/"};; *) exe=$py;; esac
-  if [ -x "$exe" ]; then out=$("$exe" -c "$probe" 2>&1 | tr '\n' ' '); else out=missing; fi
+  if [ -d "$exe" ]; then out=directory
+  elif [ -x "$exe" ]; then out=$("$exe" -c "$probe" 2>&1 | tr '\n' ' '); else out=missing; fi
   printf 'sshpyk-python\t%s\t%s\n' "$py" "$out"
 done"#;
 
@@ -29,6 +30,8 @@ pub struct RemoteFacts {
 #[derive(Debug, Clone)]
 pub enum PythonProbe {
     Missing,
+    /// A directory (an environment given where its interpreter was meant).
+    Directory,
     /// It exists but the probe did not run (the message says why).
     Broken(String),
     Found(PythonFacts),
@@ -36,8 +39,10 @@ pub enum PythonProbe {
 
 impl PythonProbe {
     fn parse(out: &str) -> Self {
-        if out == "missing" {
-            return PythonProbe::Missing;
+        match out {
+            "missing" => return PythonProbe::Missing,
+            "directory" => return PythonProbe::Directory,
+            _ => {}
         }
         let facts = out
             .split_once("SSHPYK-FACTS")

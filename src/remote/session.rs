@@ -5,7 +5,7 @@
 //! channel (so does the kernel for a SIGKILLed launcher): the supervisor sees the end of the
 //! session while the connection's sshd lives on, and ends the kernel.
 
-use std::os::fd::AsFd;
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -76,7 +76,7 @@ enum Opened {
 
 impl Session {
     /// One session over the master running `remote_command`, fed `preface` on stdin at once;
-    /// its stderr is ours (what login scripts print there reaches the launcher's log).
+    /// what it prints on stderr (login scripts, the kernel) goes to the launcher's log.
     async fn open(master: &Master, remote_command: &str, preface: &[u8]) -> Result<Opened> {
         let (stdin_remote, stdin_local) = crate::ssh::pipe()?;
         let (stdout_local, stdout_remote) = crate::ssh::pipe()?;
@@ -86,12 +86,7 @@ impl Session {
             #[cfg(target_os = "linux")]
             let _ = nix::fcntl::fcntl(end, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
         }
-        let stderr = match std::io::stderr().as_fd().try_clone_to_owned() {
-            Ok(fd) => fd,
-            Err(_) => std::fs::File::open("/dev/null")
-                .map_err(crate::ssh::setup_error)?
-                .into(),
-        };
+        let stderr = relay_stderr()?;
         let mut stdin =
             pipe::Sender::from_owned_fd(stdin_local).map_err(crate::ssh::setup_error)?;
         let stdout =
@@ -274,4 +269,25 @@ fn ended_early(alias: &str, status: Option<u32>) -> Error {
         Some(status) => format!("the remote side of '{alias}' ended before the kernel started (status {status}); see the messages above, or run with -vv for details"),
         None => format!("the ssh connection to '{alias}' was lost while starting the kernel"),
     })
+}
+
+/// The write end of a pipe whose lines are logged as the remote's, until the session closes it.
+fn relay_stderr() -> Result<OwnedFd> {
+    let (local, remote) = crate::ssh::pipe()?;
+    let local = pipe::Receiver::from_owned_fd(local).map_err(crate::ssh::setup_error)?;
+    tokio::spawn(async move {
+        // Bytes, not text: a line that is not UTF-8 must not stop the draining.
+        let mut from_remote = BufReader::new(local);
+        let mut line = Vec::new();
+        while from_remote
+            .read_until(b'\n', &mut line)
+            .await
+            .is_ok_and(|n| n > 0)
+        {
+            let text = String::from_utf8_lossy(&line);
+            tracing::info!("remote: {}", text.trim_end_matches(['\n', '\r']));
+            line.clear();
+        }
+    });
+    Ok(remote)
 }

@@ -23,6 +23,10 @@ pub const CHATTY_BASHRC_STDERR: &str = "sshpyk-chatty: ~/.bashrc says hello on s
 pub const CHATTY_PROFILE_STDOUT: &str = "sshpyk-chatty: ~/.profile says hello on stdout";
 /// Printed on stderr by the chatty user's `~/.profile`.
 pub const CHATTY_PROFILE_STDERR: &str = "sshpyk-chatty: ~/.profile says hello on stderr";
+/// The dedicated user of [`TestUser::Tcsh`].
+pub const TCSH_USER: &str = "sshpyk-tcsh";
+/// The dedicated user of [`TestUser::Fish`].
+pub const FISH_USER: &str = "sshpyk-fish";
 
 /// The Unix user the host's client configuration logs in as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -34,6 +38,19 @@ pub enum TestUser {
     /// `~/.profile` each print a line on stdout and one on stderr. Created once per machine by
     /// the first host that needs it (needs root); the developer's own dotfiles are never touched.
     Chatty,
+    /// [`TCSH_USER`], login shell /bin/tcsh, whose `~/.tcshrc` (read for every session) prints a
+    /// line on stdout: a login shell that does not read POSIX sh.
+    Tcsh,
+    /// [`FISH_USER`], login shell /usr/bin/fish, whose `config.fish` prints a line on stdout.
+    Fish,
+}
+
+/// A dedicated user: name, login shell, and start-up files (path in the home, contents).
+struct Dedicated {
+    name: &'static str,
+    shell: &'static str,
+    comment: &'static str,
+    files: Vec<(&'static str, String)>,
 }
 
 impl TestUser {
@@ -45,45 +62,98 @@ impl TestUser {
                 .map(|u| u.name)
                 .or_else(|| std::env::var("USER").ok())
                 .context("the current user has no name"),
-            TestUser::Chatty => Ok(CHATTY_USER.to_string()),
+            other => Ok(other.dedicated().expect("not Current").name.to_string()),
+        }
+    }
+
+    fn dedicated(self) -> Option<Dedicated> {
+        let talk = |stdout: &str, stderr: &str| {
+            format!(
+                "# Written by sshpyk-testhost: start-up output that sshpyk must cope with.\n\
+                 echo '{stdout}'\necho '{stderr}' >&2\n"
+            )
+        };
+        match self {
+            TestUser::Current => None,
+            TestUser::Chatty => Some(Dedicated {
+                name: CHATTY_USER,
+                shell: "/bin/bash",
+                comment: "sshpyk test user with talkative start-up files",
+                files: vec![
+                    (".bashrc", talk(CHATTY_BASHRC_STDOUT, CHATTY_BASHRC_STDERR)),
+                    (
+                        ".profile",
+                        talk(CHATTY_PROFILE_STDOUT, CHATTY_PROFILE_STDERR),
+                    ),
+                ],
+            }),
+            // csh has no `>&2`: its start-up file talks on stdout only.
+            TestUser::Tcsh => Some(Dedicated {
+                name: TCSH_USER,
+                shell: "/bin/tcsh",
+                comment: "sshpyk test user with tcsh as login shell",
+                files: vec![(
+                    ".tcshrc",
+                    "echo 'sshpyk-tcsh: ~/.tcshrc says hello'\n".into(),
+                )],
+            }),
+            TestUser::Fish => Some(Dedicated {
+                name: FISH_USER,
+                shell: "/usr/bin/fish",
+                comment: "sshpyk test user with fish as login shell",
+                files: vec![(
+                    ".config/fish/config.fish",
+                    "echo 'sshpyk-fish: config.fish says hello'\n".into(),
+                )],
+            }),
         }
     }
 
     /// Creates the user and its start-up files if missing. Parallel test processes serialise
     /// on the registry lock, so `useradd` runs once per machine.
     pub(crate) fn ensure_exists(self) -> Result<()> {
-        if self == TestUser::Current {
+        let Some(wanted) = self.dedicated() else {
             return Ok(());
-        }
+        };
         if !geteuid().is_root() {
-            bail!("the test user {CHATTY_USER} can only be created (and logged in as) by root");
+            bail!(
+                "the test user {} can only be created (and logged in as) by root",
+                wanted.name
+            );
+        }
+        if !Path::new(wanted.shell).exists() {
+            bail!(
+                "{} is missing: the test user {} needs it as login shell (run scripts/setup)",
+                wanted.shell,
+                wanted.name
+            );
         }
         let _lock = registry::lock()?;
-        if User::from_name(CHATTY_USER)?.is_none() {
+        if User::from_name(wanted.name)?.is_none() {
             // `-p '*'`: no password can match, yet the account is not locked ('!'), which sshd
             // (without PAM) would refuse even for key logins.
             run(Command::new("useradd").args([
                 "--create-home",
                 "--shell",
-                "/bin/bash",
+                wanted.shell,
                 "--password",
                 "*",
                 "--comment",
-                "sshpyk test user with talkative start-up files",
-                CHATTY_USER,
+                wanted.comment,
+                wanted.name,
             ]))?;
         }
-        let user = User::from_name(CHATTY_USER)?
-            .with_context(|| format!("{CHATTY_USER} missing right after useradd"))?;
-        for (file, stdout, stderr) in [
-            (".bashrc", CHATTY_BASHRC_STDOUT, CHATTY_BASHRC_STDERR),
-            (".profile", CHATTY_PROFILE_STDOUT, CHATTY_PROFILE_STDERR),
-        ] {
-            let contents = format!(
-                "# Written by sshpyk-testhost: start-up output that sshpyk must cope with.\n\
-                 echo '{stdout}'\necho '{stderr}' >&2\n"
-            );
-            write_owned(&user.dir.join(file), &contents, &user)?;
+        let user = User::from_name(wanted.name)?
+            .with_context(|| format!("{} missing right after useradd", wanted.name))?;
+        for (file, contents) in &wanted.files {
+            let path = user.dir.join(file);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+                chown(parent, Some(user.uid), Some(user.gid))
+                    .with_context(|| format!("giving {} to {}", parent.display(), user.name))?;
+            }
+            write_owned(&path, contents, &user)?;
         }
         Ok(())
     }
@@ -91,12 +161,12 @@ impl TestUser {
     /// Fails with an explanation when this user cannot import Jupyter from `venv` (say, a venv
     /// under /root, which other users cannot traverse).
     pub fn check_venv(self, venv: &Path) -> Result<()> {
-        if self == TestUser::Current {
+        let Some(user) = self.dedicated() else {
             return Ok(());
-        }
+        };
         let python = venv.join("bin/python");
         let out = Command::new("runuser")
-            .args(["-u", CHATTY_USER, "--"])
+            .args(["-u", user.name, "--"])
             .arg(&python)
             .args(["-c", "import jupyter_client, ipykernel"])
             .stdin(Stdio::null())
@@ -104,9 +174,10 @@ impl TestUser {
             .context("running runuser")?;
         if !out.status.success() {
             bail!(
-                "{CHATTY_USER} cannot use the test venv {}: the venv and the python it was \
+                "{} cannot use the test venv {}: the venv and the python it was \
                  made from must be reachable by other users (not under /root, say); delete it \
                  to have it rebuilt from /usr/bin/python3, or set SSHPYK_TEST_VENV: {}",
+                user.name,
                 venv.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
             );
