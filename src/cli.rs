@@ -45,7 +45,8 @@ pub struct SpecArgs {
     /// Remote environment whose bin/python has jupyter_client (absolute, or ~/ for the remote home).
     #[arg(long, conflicts_with = "remote_python")]
     pub remote_python_prefix: Option<String>,
-    /// Remote python interpreter itself (alternative to --remote-python-prefix).
+    /// Remote python interpreter itself (alternative to --remote-python-prefix): absolute, ~/,
+    /// or a command name looked up on the remote PATH after --remote-init.
     #[arg(long)]
     pub remote_python: Option<String>,
     /// Name shown in Jupyter's kernel picker [default: derived from the remote kernel].
@@ -82,6 +83,18 @@ pub struct SpecArgs {
     /// Alias in the remote's own ssh config that reaches this machine (instead of sshpyk's ephemeral key).
     #[arg(long)]
     pub ssh_host_alias_local_on_remote: Option<String>,
+    /// A variable for the remote kernel, KEY=VALUE, taken literally (no expansion); set after
+    /// --remote-init, so it wins. Stored in kernel.json: not for secrets. Repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub remote_env: Vec<String>,
+    /// The remote kernel's working directory (absolute, or ~/...) [default: the remote home];
+    /// "" resets it.
+    #[arg(long, value_name = "DIR")]
+    pub remote_cwd: Option<String>,
+    /// Shell code run in a login shell of the remote user's shell before the kernel starts
+    /// (`module load cuda/12`, `conda activate ml`); "" removes it.
+    #[arg(long, value_name = "SNIPPET")]
+    pub remote_init: Option<String>,
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {
@@ -116,6 +129,9 @@ pub struct EditArgs {
     /// Remove every --mount-local-on-remote before adding the given ones.
     #[arg(long)]
     pub clear_mounts: bool,
+    /// Remove every --remote-env before adding the given ones.
+    #[arg(long)]
+    pub clear_remote_env: bool,
 }
 
 #[derive(Debug, Args)]

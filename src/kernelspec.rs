@@ -1,6 +1,7 @@
 //! Jupyter kernelspecs: where Jupyter looks for them, the kernel.json model, and the sshpyk
 //! settings stored under one versioned key of its `metadata`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,15 @@ pub struct Settings {
     pub remote_sshfs: Option<String>,
     #[serde(default)]
     pub ssh_host_alias_local_on_remote: Option<String>,
+    /// Variables set for the kernel, literally, after the init snippet (so they win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub remote_env: BTreeMap<String, String>,
+    /// The kernel's working directory (absolute, or `~/`); the remote home when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_cwd: Option<String>,
+    /// Shell code run in a login shell of the remote user's shell before the remote python.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_init: Option<String>,
 }
 
 impl Settings {

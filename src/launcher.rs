@@ -163,6 +163,9 @@ async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> 
         tracing::info!("starting remote kernel '{}'", settings.remote_kernel_name);
         let request = StartRequest {
             remote_python: &settings.remote_python,
+            init: settings.remote_init.as_deref(),
+            env: &settings.remote_env,
+            cwd: settings.remote_cwd.as_deref(),
             kernel_name: &settings.remote_kernel_name,
             info: &info,
             orphan_timeout: settings.orphan_timeout,
@@ -346,7 +349,11 @@ impl Running {
     /// Reaches the supervisor again through `master`; `None` when it is gone.
     async fn attach(&self, master: Master, budget: Duration) -> Result<Option<(Master, Session)>> {
         let deadline = Instant::now() + budget;
-        let (python, dir) = (&self.settings.remote_python, &self.ready.run_dir);
+        let python = match self.ready.python.as_str() {
+            "" => &self.settings.remote_python,
+            own => own,
+        };
+        let dir = &self.ready.run_dir;
         let ping = ping_interval(&self.settings);
         let work = with_room(&master, deadline, |m| async move {
             Session::attach(&m, python, dir, ping).await

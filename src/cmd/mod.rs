@@ -3,6 +3,7 @@
 mod add;
 mod delete;
 mod edit;
+mod environment;
 mod list;
 mod settings;
 

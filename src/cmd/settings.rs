@@ -3,11 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::environment;
 use crate::cli::SpecArgs;
 use crate::error::{Error, Result};
 use crate::kernelspec::{KernelJson, Settings, SETTINGS_VERSION};
 use crate::mount::MountSpec;
-use crate::remote::probe::{self, PythonProbe, RemoteKernelspec};
+use crate::remote::probe::{self, ProbeTarget, PythonProbe, RemoteKernelspec};
 use crate::ssh::{config, Master};
 
 pub const DEFAULT_LAUNCH_TIMEOUT: f64 = 30.0;
@@ -45,8 +46,11 @@ pub fn new_settings(args: &SpecArgs) -> Result<Settings> {
         mounts: Vec::new(),
         remote_sshfs: None,
         ssh_host_alias_local_on_remote: None,
+        remote_env: Default::default(),
+        remote_cwd: None,
+        remote_init: None,
     };
-    apply(&mut settings, args, false)?;
+    apply(&mut settings, args, Clear::default())?;
     Ok(settings)
 }
 
@@ -62,8 +66,15 @@ fn default_ssh_config() -> Result<PathBuf> {
         })
 }
 
-/// Applies exactly the given flags; `clear_mounts` empties the mounts first.
-pub fn apply(settings: &mut Settings, args: &SpecArgs, clear_mounts: bool) -> Result<()> {
+/// What `edit` empties before it applies the flags.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Clear {
+    pub mounts: bool,
+    pub remote_env: bool,
+}
+
+/// Applies exactly the given flags, after emptying what `clear` says.
+pub fn apply(settings: &mut Settings, args: &SpecArgs, clear: Clear) -> Result<()> {
     if let Some(alias) = &args.ssh_host_alias {
         settings.ssh_host_alias = alias.clone();
     }
@@ -75,7 +86,15 @@ pub fn apply(settings: &mut Settings, args: &SpecArgs, clear_mounts: bool) -> Re
         settings.remote_python = format!("{}/bin/python", prefix.trim_end_matches('/'));
     }
     if let Some(python) = &args.remote_python {
-        require_remote_absolute(python, "--remote-python")?;
+        // A bare command name is looked up on the remote PATH (after --remote-init).
+        if python.contains('/') {
+            require_remote_absolute(python, "--remote-python")?;
+        } else if python.is_empty() {
+            return Err(Error::Invalid(
+                "--remote-python is empty; give the remote interpreter's path or command name"
+                    .into(),
+            ));
+        }
         settings.remote_python = python.clone();
     }
     if let Some(path) = &args.ssh_config {
@@ -97,7 +116,7 @@ pub fn apply(settings: &mut Settings, args: &SpecArgs, clear_mounts: bool) -> Re
     if let Some(t) = args.orphan_timeout {
         settings.orphan_timeout = t;
     }
-    if clear_mounts {
+    if clear.mounts {
         settings.mounts.clear();
     }
     for spec in &args.mount_local_on_remote {
@@ -112,10 +131,10 @@ pub fn apply(settings: &mut Settings, args: &SpecArgs, clear_mounts: bool) -> Re
     if let Some(alias) = &args.ssh_host_alias_local_on_remote {
         settings.ssh_host_alias_local_on_remote = Some(alias.clone()).filter(|s| !s.is_empty());
     }
-    Ok(())
+    environment::apply(settings, args, clear.remote_env)
 }
 
-fn require_remote_absolute(path: &str, flag: &str) -> Result<()> {
+pub(super) fn require_remote_absolute(path: &str, flag: &str) -> Result<()> {
     if path.starts_with('/') || path.starts_with("~/") {
         Ok(())
     } else {
@@ -157,14 +176,17 @@ pub async fn remote_kernelspec(settings: &Settings) -> Result<Option<RemoteKerne
         + PROBE_TIMEOUT.min(Duration::from_secs_f64(settings.launch_timeout));
     let reached = async {
         master.ensure(deadline).await?;
-        tokio::time::timeout_at(deadline, probe::probe(&master, &[&settings.remote_python]))
-            .await
-            .map_err(|_| {
-                Error::Ssh(format!(
-                    "'{}' did not answer the probe in time",
-                    settings.ssh_host_alias
-                ))
-            })?
+        tokio::time::timeout_at(
+            deadline,
+            probe::probe(&master, &[ProbeTarget::of(settings)]),
+        )
+        .await
+        .map_err(|_| {
+            Error::Ssh(format!(
+                "'{}' did not answer the probe in time",
+                settings.ssh_host_alias
+            ))
+        })?
     };
     let facts = match reached.await {
         Ok(facts) => facts,
@@ -177,7 +199,12 @@ pub async fn remote_kernelspec(settings: &Settings) -> Result<Option<RemoteKerne
     };
     let alias = &settings.ssh_host_alias;
     let python = &settings.remote_python;
-    match facts.pythons.get(python) {
+    match facts.python(settings) {
+        Some(PythonProbe::InitFailed(failure)) => Err(failure.error(alias)),
+        Some(PythonProbe::Found(p)) if p.cwd.is_some() && !p.cwd_exists => Err(Error::Remote(format!(
+            "remote working directory {} does not exist on '{alias}'; create it or fix --remote-cwd",
+            p.cwd.as_deref().unwrap_or_default()
+        ))),
         Some(PythonProbe::Found(p)) if p.jupyter_client.is_some() && !p.runtime_dir_writable => Err(Error::Remote(format!(
             "remote runtime dir {} on '{alias}' is not writable; fix its permissions or set JUPYTER_RUNTIME_DIR there",
             p.runtime_dir

@@ -5,6 +5,7 @@
 //! channel (so does the kernel for a SIGKILLed launcher): the supervisor sees the end of the
 //! session while the connection's sshd lives on, and ends the kernel.
 
+use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::init::{InitFailure, InitWatch};
 use super::link::{Link, LinkTasks};
 use super::protocol::{Exit, Ready, Report, Request, MARKER};
 use super::python_command;
@@ -42,6 +44,11 @@ pub enum Event {
 
 pub struct StartRequest<'a> {
     pub remote_python: &'a str,
+    /// The user's init snippet, run in a login shell before the python.
+    pub init: Option<&'a str>,
+    /// Variables for the kernel (literal, set last) and its working directory.
+    pub env: &'a BTreeMap<String, String>,
+    pub cwd: Option<&'a str>,
     pub kernel_name: &'a str,
     pub info: &'a ConnectionInfo,
     pub orphan_timeout: f64,
@@ -72,6 +79,8 @@ enum Opened {
     NoPython,
     /// It ended before the marker, with the remote command's exit status (if any).
     Ended(Option<u32>),
+    /// The user's init snippet failed.
+    InitFailed(InitFailure),
 }
 
 impl Session {
@@ -109,6 +118,7 @@ impl Session {
         // Whatever the login shell prints comes before the marker; none of it is ours.
         let mut from_remote = BufReader::with_capacity(256 * 1024, stdout);
         let mut line = Vec::new();
+        let mut init = InitWatch::default();
         loop {
             line.clear();
             if from_remote
@@ -118,10 +128,17 @@ impl Session {
                 == 0
             {
                 let status = channel.exit_status().await.ok().flatten();
-                return Ok(Opened::Ended(status));
+                return Ok(match init.ended(status) {
+                    Some(failure) => Opened::InitFailed(failure),
+                    None => Opened::Ended(status),
+                });
             }
             let text = String::from_utf8_lossy(&line);
-            match text.trim_end_matches(['\n', '\r']) {
+            let text = text.trim_end_matches(['\n', '\r']);
+            if let Some(failure) = init.line(text) {
+                return Ok(Opened::InitFailed(failure));
+            }
+            match text {
                 MARKER => break,
                 "sshpyk-no-python" => return Ok(Opened::NoPython),
                 "" => {}
@@ -149,10 +166,12 @@ impl Session {
             kernel_name: req.kernel_name.to_string(),
             orphan_timeout: req.orphan_timeout,
             ping_interval: req.ping_interval.as_secs_f64(),
+            env: req.env.clone(),
+            cwd: req.cwd.map(String::from),
         };
         super::protocol::Frame::Message(serde_json::to_vec(&start).expect("serialises"))
             .encode_into(&mut preface);
-        let command = python_command(req.remote_python, &["-u", "-c", LOADER]);
+        let command = python_command(req.remote_python, &["-u", "-c", LOADER], req.init);
         let mut session = match Session::open(master, &command, &preface).await? {
             Opened::Framed(session) => session,
             Opened::NoPython => {
@@ -162,6 +181,7 @@ impl Session {
                 )))
             }
             Opened::Ended(status) => return Err(ended_early(alias, status)),
+            Opened::InitFailed(failure) => return Err(failure.error(alias)),
         };
         loop {
             match session.reports.recv().await {
@@ -186,7 +206,8 @@ impl Session {
         }
     }
 
-    /// Re-attaches to the supervisor of a kernel started earlier (after the connection was lost).
+    /// Re-attaches to the supervisor of a kernel started earlier (after the connection was lost),
+    /// through `remote_python` (the supervisor's own interpreter: no init snippet needed).
     /// `Ok(None)`: the supervisor is gone, and with it the kernel.
     pub async fn attach(
         master: &Master,
@@ -195,7 +216,7 @@ impl Session {
         ping_interval: Duration,
     ) -> Result<Option<Session>> {
         let socket = format!("{run_dir}/supervisor.sock");
-        let command = python_command(remote_python, &["-S", "-c", ATTACH, &socket]);
+        let command = python_command(remote_python, &["-S", "-c", ATTACH, &socket], None);
         let unreachable = || {
             Error::Ssh(format!(
                 "could not reach the remote supervisor on '{}' again",
@@ -205,7 +226,9 @@ impl Session {
         let mut session = match Session::open(master, &command, b"").await? {
             Opened::Framed(session) => session,
             Opened::Ended(Some(GONE)) => return Ok(None),
-            Opened::Ended(_) | Opened::NoPython => return Err(unreachable()),
+            Opened::Ended(_) | Opened::NoPython | Opened::InitFailed(_) => {
+                return Err(unreachable())
+            }
         };
         match session.reports.recv().await {
             Some(Report::Attached { .. }) => {
