@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 
 use sshpyk::connection::ConnectionInfo;
 use sshpyk::jupyter::KernelClient;
-use sshpyk_testhost::{RemoteHost, TestUser};
+use sshpyk_testhost::{RemoteHost, RemoteHostBuilder, TestUser};
 use tempfile::TempDir;
 
 pub struct Env {
     pub dir: TempDir,
     pub host: Option<RemoteHost>,
+    /// The host's bastion, when it sits behind one (dropped after it).
+    pub bastion: Option<RemoteHost>,
     /// The venv the remote user runs (see [`sshpyk_testhost::python_venv_for`]).
     pub remote_venv: PathBuf,
 }
@@ -42,6 +44,7 @@ impl Env {
         Env {
             dir,
             host: None,
+            bastion: None,
             remote_venv: venv(),
         }
     }
@@ -59,6 +62,26 @@ impl Env {
     /// With a real sshd "remote host" whose sshd_config starts with `sshd_options` (they win
     /// over the defaults).
     pub fn with_host_configured(user: TestUser, sshd_options: &str) -> Self {
+        Self::with_host_built(user, sshd_options, |builder| builder)
+    }
+
+    /// With a real sshd "remote host" reachable only through another one, the bastion, as
+    /// `ProxyJump` in the ssh config says (network namespaces: needs root).
+    pub fn with_host_behind_bastion() -> Self {
+        let bastion = RemoteHost::builder()
+            .alias("bastion")
+            .start()
+            .expect("starting the bastion's sshd");
+        let mut env = Self::with_host_built(TestUser::Current, "", |b| b.behind(&bastion));
+        env.bastion = Some(bastion);
+        env
+    }
+
+    fn with_host_built(
+        user: TestUser,
+        sshd_options: &str,
+        build: impl FnOnce(RemoteHostBuilder) -> RemoteHostBuilder,
+    ) -> Self {
         let mut env = Self::local();
         // The remote side is this machine's filesystem: keep its Jupyter dirs in our temp dir,
         // and for the current user its home too, so that no developer's shell start-up files
@@ -73,12 +96,14 @@ impl Env {
             remote_env.push_str(&format!(" HOME={}", env.path("remote-home").display()));
         }
         // Starting the host creates the user.
-        let host = RemoteHost::builder()
-            .alias("remote")
-            .login_user(user)
-            .extra_sshd_config(&format!("{sshd_options}SetEnv {remote_env}\n"))
-            .start()
-            .expect("starting the test sshd");
+        let host = build(
+            RemoteHost::builder()
+                .alias("remote")
+                .login_user(user)
+                .extra_sshd_config(&format!("{sshd_options}SetEnv {remote_env}\n")),
+        )
+        .start()
+        .expect("starting the test sshd");
         env.remote_venv =
             sshpyk_testhost::python_venv_for(user).expect("a venv the test user can run");
         if user != TestUser::Current {
