@@ -30,6 +30,9 @@ pub enum Command {
     List(ListArgs),
     /// Start a remote kernel (what kernel.json runs; Jupyter passes the connection file).
     Launch(LaunchArgs),
+    /// Open a host's ssh connection interactively (password, OTP, FIDO touch) for kernels and
+    /// mounts to ride until ControlPersist ends it.
+    Connect(ConnectArgs),
 }
 
 /// Settings shared by `add` and `edit`; every one is optional so that `edit` changes only what
@@ -167,4 +170,29 @@ pub struct LaunchArgs {
     pub kernelspec: PathBuf,
     /// The connection file written by Jupyter.
     pub connection_file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Host alias declared in the ssh config file.
+    #[arg(
+        required_unless_present = "kernel_name",
+        conflicts_with = "kernel_name"
+    )]
+    pub alias: Option<String>,
+    /// The host of this sshpyk kernelspec (its alias, ssh config and ssh client).
+    #[arg(long, conflicts_with_all = ["ssh_config", "ssh"])]
+    pub kernel_name: Option<String>,
+    /// ssh config file that declares the alias [default: ~/.ssh/config].
+    #[arg(long)]
+    pub ssh_config: Option<PathBuf>,
+    /// ssh client to run [default: ssh on PATH].
+    #[arg(long)]
+    pub ssh: Option<String>,
+    /// Only say whether a connection is open (exit 0) or not (exit 4).
+    #[arg(long, conflicts_with = "exit")]
+    pub check: bool,
+    /// Close the connection.
+    #[arg(long)]
+    pub exit: bool,
 }

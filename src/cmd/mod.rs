@@ -1,6 +1,7 @@
 //! One file per subcommand; `run` dispatches and returns the process exit status.
 
 mod add;
+mod connect;
 mod delete;
 mod edit;
 mod environment;
@@ -17,6 +18,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Edit(args) => edit::run(args).await.map(|()| 0),
         Command::Delete(args) => delete::run(args).map(|()| 0),
         Command::List(args) => list::run(args).await.map(|()| 0),
+        Command::Connect(args) => connect::run(args, cli.verbose >= 3).await.map(|()| 0),
         Command::Launch(args) => {
             launcher::run(LaunchOptions {
                 kernelspec_dir: args.kernelspec,

@@ -58,7 +58,7 @@ fn missing(flag: &str) -> Error {
     Error::Invalid(format!("sshpyk add needs {flag}"))
 }
 
-fn default_ssh_config() -> Result<PathBuf> {
+pub(super) fn default_ssh_config() -> Result<PathBuf> {
     dirs::home_dir()
         .map(|h| h.join(".ssh/config"))
         .ok_or_else(|| {

@@ -27,7 +27,7 @@ use std::thread;
 pub use host::{Mode, RemoteHost, RemoteHostBuilder};
 pub use users::{
     TestUser, CHATTY_BASHRC_STDERR, CHATTY_BASHRC_STDOUT, CHATTY_PROFILE_STDERR,
-    CHATTY_PROFILE_STDOUT, CHATTY_USER,
+    CHATTY_PROFILE_STDOUT, CHATTY_USER, PASSWORD_USER, PASSWORD_USER_PASSWORD,
 };
 pub use venv::{python_venv, python_venv_for};
 

@@ -14,6 +14,9 @@ use crate::venv::run;
 
 /// The dedicated user of [`TestUser::Chatty`].
 pub const CHATTY_USER: &str = "sshpyk-chatty";
+/// The dedicated user of [`TestUser::Password`], and its password.
+pub const PASSWORD_USER: &str = "sshpyk-password";
+pub const PASSWORD_USER_PASSWORD: &str = "sshpyk test password 1";
 /// Printed on stdout by the chatty user's `~/.bashrc`, which Debian's bash reads for every ssh
 /// session with a command (sshd runs `$SHELL -c COMMAND`).
 pub const CHATTY_BASHRC_STDOUT: &str = "sshpyk-chatty: ~/.bashrc says hello on stdout";
@@ -34,6 +37,10 @@ pub enum TestUser {
     /// `~/.profile` each print a line on stdout and one on stderr. Created once per machine by
     /// the first host that needs it (needs root); the developer's own dotfiles are never touched.
     Chatty,
+    /// [`PASSWORD_USER`], login shell /bin/sh, whose password is [`PASSWORD_USER_PASSWORD`]:
+    /// for hosts that authenticate with a password (`PasswordAuthentication yes`). Created once
+    /// per machine (needs root).
+    Password,
 }
 
 impl TestUser {
@@ -46,6 +53,7 @@ impl TestUser {
                 .or_else(|| std::env::var("USER").ok())
                 .context("the current user has no name"),
             TestUser::Chatty => Ok(CHATTY_USER.to_string()),
+            TestUser::Password => Ok(PASSWORD_USER.to_string()),
         }
     }
 
@@ -55,10 +63,14 @@ impl TestUser {
         if self == TestUser::Current {
             return Ok(());
         }
+        let name = self.name()?;
         if !geteuid().is_root() {
-            bail!("the test user {CHATTY_USER} can only be created (and logged in as) by root");
+            bail!("the test user {name} can only be created (and logged in as) by root");
         }
         let _lock = registry::lock()?;
+        if self == TestUser::Password {
+            return ensure_password_user();
+        }
         if User::from_name(CHATTY_USER)?.is_none() {
             // `-p '*'`: no password can match, yet the account is not locked ('!'), which sshd
             // (without PAM) would refuse even for key logins.
@@ -95,8 +107,9 @@ impl TestUser {
             return Ok(());
         }
         let python = venv.join("bin/python");
+        let name = self.name()?;
         let out = Command::new("runuser")
-            .args(["-u", CHATTY_USER, "--"])
+            .args(["-u", &name, "--"])
             .arg(&python)
             .args(["-c", "import jupyter_client, ipykernel"])
             .stdin(Stdio::null())
@@ -104,7 +117,7 @@ impl TestUser {
             .context("running runuser")?;
         if !out.status.success() {
             bail!(
-                "{CHATTY_USER} cannot use the test venv {}: the venv and the python it was \
+                "{name} cannot use the test venv {}: the venv and the python it was \
                  made from must be reachable by other users (not under /root, say); delete it \
                  to have it rebuilt from /usr/bin/python3, or set SSHPYK_TEST_VENV: {}",
                 venv.display(),
@@ -113,6 +126,36 @@ impl TestUser {
         }
         Ok(())
     }
+}
+
+/// Creates [`PASSWORD_USER`] if missing and (re)sets its password. Under the registry lock.
+fn ensure_password_user() -> Result<()> {
+    if User::from_name(PASSWORD_USER)?.is_none() {
+        run(Command::new("useradd").args([
+            "--create-home",
+            "--shell",
+            "/bin/sh",
+            "--comment",
+            "sshpyk test user that logs in with a password",
+            PASSWORD_USER,
+        ]))?;
+    }
+    let mut chpasswd = Command::new("chpasswd")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("running chpasswd")?;
+    {
+        use std::io::Write;
+        let mut stdin = chpasswd.stdin.take().context("chpasswd's stdin")?;
+        writeln!(stdin, "{PASSWORD_USER}:{PASSWORD_USER_PASSWORD}")
+            .context("writing to chpasswd")?;
+    }
+    let status = chpasswd.wait().context("waiting for chpasswd")?;
+    if !status.success() {
+        bail!("chpasswd failed ({status}) setting the password of {PASSWORD_USER}");
+    }
+    Ok(())
 }
 
 /// Replaces `path` (atomically, for sessions reading it meanwhile) unless it already holds
