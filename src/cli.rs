@@ -98,6 +98,14 @@ pub struct SpecArgs {
     /// (`module load cuda/12`, `conda activate ml`); "" removes it.
     #[arg(long, value_name = "SNIPPET")]
     pub remote_init: Option<String>,
+    /// Run the kernel on a Slurm compute node: sbatch options for its allocation, split on
+    /// blanks ("--partition gpu --gres gpu:1 --time 04:00:00"); the alias is the login node;
+    /// "" turns it off.
+    #[arg(long, value_name = "OPTIONS", allow_hyphen_values = true)]
+    pub slurm: Option<String>,
+    /// Seconds the Slurm allocation outlives its kernel, for a restart to reuse it [default: 60].
+    #[arg(long, value_parser = positive_seconds)]
+    pub slurm_grace: Option<f64>,
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {

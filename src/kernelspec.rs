@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::mount::{MountSettings, MountSpec};
+use crate::slurm::SlurmSettings;
 
 /// The key under `metadata` that holds our settings; its `version` says how to read them.
 pub const METADATA_KEY: &str = "sshpyk";
@@ -46,6 +47,9 @@ pub struct Settings {
     /// Shell code run in a login shell of the remote user's shell before the remote python.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_init: Option<String>,
+    /// Run the kernel on a Slurm compute node allocated for it (the alias is the login node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmSettings>,
 }
 
 impl Settings {

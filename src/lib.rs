@@ -12,4 +12,5 @@ pub mod parent;
 pub mod ports;
 pub mod remote;
 pub mod runtime;
+pub mod slurm;
 pub mod ssh;

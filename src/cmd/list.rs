@@ -425,6 +425,16 @@ fn kernel_checks(settings: &Settings, facts: &RemoteFacts) -> Vec<Check> {
             format!("{} (set after the init snippet)", keys.join(", ")),
         ));
     }
+    if let Some(slurm) = &settings.slurm {
+        rows.push(check(
+            Status::Info,
+            "slurm",
+            format!(
+                "runs in a job on a compute node: sbatch {}; the allocation stays {} s after the kernel for a restart",
+                slurm.options, slurm.grace
+            ),
+        ));
+    }
     if settings.remote_init.is_some() {
         rows.push(match facts.python(settings) {
             Some(PythonProbe::InitFailed(failure)) => check(

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::kernelspec::{KernelJson, Settings, SETTINGS_VERSION};
 use crate::mount::MountSpec;
 use crate::remote::probe::{self, ProbeTarget, PythonProbe, RemoteKernelspec};
+use crate::slurm::{self, SlurmSettings};
 use crate::ssh::{config, Master};
 
 pub const DEFAULT_LAUNCH_TIMEOUT: f64 = 30.0;
@@ -49,6 +50,7 @@ pub fn new_settings(args: &SpecArgs) -> Result<Settings> {
         remote_env: Default::default(),
         remote_cwd: None,
         remote_init: None,
+        slurm: None,
     };
     apply(&mut settings, args, Clear::default())?;
     Ok(settings)
@@ -131,7 +133,34 @@ pub fn apply(settings: &mut Settings, args: &SpecArgs, clear: Clear) -> Result<(
     if let Some(alias) = &args.ssh_host_alias_local_on_remote {
         settings.ssh_host_alias_local_on_remote = Some(alias.clone()).filter(|s| !s.is_empty());
     }
-    environment::apply(settings, args, clear.remote_env)
+    environment::apply(settings, args, clear.remote_env)?;
+    apply_slurm(settings, args)
+}
+
+fn apply_slurm(settings: &mut Settings, args: &SpecArgs) -> Result<()> {
+    if let Some(options) = &args.slurm {
+        let grace = settings
+            .slurm
+            .as_ref()
+            .map_or(slurm::DEFAULT_GRACE, |s| s.grace);
+        settings.slurm = Some(options.trim())
+            .filter(|o| !o.is_empty())
+            .map(|options| SlurmSettings {
+                options: options.to_string(),
+                grace,
+            });
+    }
+    if let Some(grace) = args.slurm_grace {
+        match &mut settings.slurm {
+            Some(slurm) => slurm.grace = grace,
+            None => {
+                return Err(Error::Invalid(
+                    "--slurm-grace applies to Slurm kernels only; give --slurm OPTIONS too".into(),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn require_remote_absolute(path: &str, flag: &str) -> Result<()> {

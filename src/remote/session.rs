@@ -14,12 +14,13 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::init::{InitFailure, InitWatch};
+use super::init::InitWatch;
 use super::link::{Link, LinkTasks};
 use super::protocol::{Exit, Ready, Report, Request, MARKER};
 use super::python_command;
 use crate::connection::ConnectionInfo;
 use crate::error::{Error, Result};
+use crate::slurm::{self, Allocation};
 use crate::ssh::mux::MuxChannel;
 use crate::ssh::Master;
 
@@ -49,6 +50,8 @@ pub struct StartRequest<'a> {
     /// Variables for the kernel (literal, set last) and its working directory.
     pub env: &'a BTreeMap<String, String>,
     pub cwd: Option<&'a str>,
+    /// Run on a Slurm compute node: the allocation, reached through the login node.
+    pub slurm: Option<&'a Allocation>,
     pub kernel_name: &'a str,
     pub info: &'a ConnectionInfo,
     pub orphan_timeout: f64,
@@ -79,14 +82,19 @@ enum Opened {
     NoPython,
     /// It ended before the marker, with the remote command's exit status (if any).
     Ended(Option<u32>),
-    /// The user's init snippet failed.
-    InitFailed(InitFailure),
+    /// What ran before the supervisor failed (the init snippet, the Slurm allocation).
+    Failed(Error),
 }
 
 impl Session {
     /// One session over the master running `remote_command`, fed `preface` on stdin at once;
     /// its stderr is ours (what login scripts print there reaches the launcher's log).
-    async fn open(master: &Master, remote_command: &str, preface: &[u8]) -> Result<Opened> {
+    async fn open(
+        master: &Master,
+        remote_command: &str,
+        preface: &[u8],
+        mut slurm: Option<&mut slurm::Watch>,
+    ) -> Result<Opened> {
         let (stdin_remote, stdin_local) = crate::ssh::pipe()?;
         let (stdout_local, stdout_remote) = crate::ssh::pipe()?;
         for end in [&stdin_local, &stdout_local] {
@@ -129,14 +137,20 @@ impl Session {
             {
                 let status = channel.exit_status().await.ok().flatten();
                 return Ok(match init.ended(status) {
-                    Some(failure) => Opened::InitFailed(failure),
+                    Some(failure) => Opened::Failed(failure.error(master.alias())),
                     None => Opened::Ended(status),
                 });
             }
             let text = String::from_utf8_lossy(&line);
             let text = text.trim_end_matches(['\n', '\r']);
             if let Some(failure) = init.line(text) {
-                return Ok(Opened::InitFailed(failure));
+                return Ok(Opened::Failed(failure.error(master.alias())));
+            }
+            if let (Some(watch), Some(event)) = (slurm.as_deref_mut(), slurm::Event::parse(text)) {
+                if let Err(e) = watch.on(event, master.alias()) {
+                    return Ok(Opened::Failed(e));
+                }
+                continue;
             }
             match text {
                 MARKER => break,
@@ -155,8 +169,22 @@ impl Session {
         }))
     }
 
-    /// Starts the supervisor and the kernel: one round trip.
+    /// Starts the supervisor and the kernel: one round trip (on a Slurm node: once the job runs).
+    /// A Slurm job this start submitted is cancelled when it fails.
     pub async fn start(master: &Master, req: &StartRequest<'_>) -> Result<(Session, Ready)> {
+        let mut watch = slurm::Watch::default();
+        let started = Session::start_watched(master, req, &mut watch).await;
+        if let (Err(_), Some(job)) = (&started, &watch.submitted) {
+            slurm::cancel(master, job).await;
+        }
+        started
+    }
+
+    async fn start_watched(
+        master: &Master,
+        req: &StartRequest<'_>,
+        watch: &mut slurm::Watch,
+    ) -> Result<(Session, Ready)> {
         let alias = master.alias();
         let mut preface = format!("{:012}{SUPERVISOR}", SUPERVISOR.len()).into_bytes();
         // The key travels in this first frame, through stdin: never argv.
@@ -171,8 +199,12 @@ impl Session {
         };
         super::protocol::Frame::Message(serde_json::to_vec(&start).expect("serialises"))
             .encode_into(&mut preface);
-        let command = python_command(req.remote_python, &["-u", "-c", LOADER], req.init);
-        let mut session = match Session::open(master, &command, &preface).await? {
+        let mut command = python_command(req.remote_python, &["-u", "-c", LOADER], req.init);
+        if let Some(allocation) = req.slurm {
+            command = allocation.command(&command);
+        }
+        let watch = req.slurm.map(|_| watch);
+        let mut session = match Session::open(master, &command, &preface, watch).await? {
             Opened::Framed(session) => session,
             Opened::NoPython => {
                 return Err(Error::Remote(format!(
@@ -181,7 +213,7 @@ impl Session {
                 )))
             }
             Opened::Ended(status) => return Err(ended_early(alias, status)),
-            Opened::InitFailed(failure) => return Err(failure.error(alias)),
+            Opened::Failed(e) => return Err(e),
         };
         loop {
             match session.reports.recv().await {
@@ -223,12 +255,10 @@ impl Session {
                 master.alias()
             ))
         };
-        let mut session = match Session::open(master, &command, b"").await? {
+        let mut session = match Session::open(master, &command, b"", None).await? {
             Opened::Framed(session) => session,
             Opened::Ended(Some(GONE)) => return Ok(None),
-            Opened::Ended(_) | Opened::NoPython | Opened::InitFailed(_) => {
-                return Err(unreachable())
-            }
+            Opened::Ended(_) | Opened::NoPython | Opened::Failed(_) => return Err(unreachable()),
         };
         match session.reports.recv().await {
             Some(Report::Attached { .. }) => {

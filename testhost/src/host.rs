@@ -90,6 +90,7 @@ pub struct RemoteHostBuilder {
     extra_sshd_config: String,
     login_user: TestUser,
     bastion: Option<Bastion>,
+    slurm: Option<PathBuf>,
 }
 
 /// What a host behind a bastion needs to know of it.
@@ -109,6 +110,7 @@ impl Default for RemoteHostBuilder {
             extra_sshd_config: String::new(),
             login_user: TestUser::Current,
             bastion: None,
+            slurm: None,
         }
     }
 }
@@ -154,6 +156,14 @@ impl RemoteHostBuilder {
         self
     }
 
+    /// Runs a single-node Slurm cluster in the host's namespace (`Mode::Netns`), its files in
+    /// `dir`; sessions need `SLURM_CONF=<dir>/slurm.conf` (say with `SetEnv`).
+    pub fn slurm(mut self, dir: &Path) -> Self {
+        self.mode = Mode::Netns;
+        self.slurm = Some(dir.to_path_buf());
+        self
+    }
+
     /// The user the client configuration logs in as (`User` in the `Host` block).
     pub fn login_user(mut self, user: TestUser) -> Self {
         self.login_user = user;
@@ -193,6 +203,7 @@ impl RemoteHostBuilder {
             record: Record::new(dir)?,
             net: None,
             sshd: None,
+            daemons: Vec::new(),
             stopped: false,
         };
         // From here on, dropping `host` (on any error) tears down whatever exists so far.
@@ -208,6 +219,9 @@ impl RemoteHostBuilder {
             host.record.save()?;
         }
         host.setup(&self)?;
+        if let (Some(dir), Some(netns)) = (&self.slurm, host.record.netns.clone()) {
+            host.daemons = crate::slurm::start(dir, &netns, &host.address)?;
+        }
         Ok(host)
     }
 }
@@ -225,6 +239,8 @@ pub struct RemoteHost {
     record: Record,
     net: Option<Netns>,
     sshd: Option<Child>,
+    /// Daemons beside sshd (Slurm's), ended by the namespace's teardown and reaped then.
+    daemons: Vec<Child>,
     stopped: bool,
 }
 
@@ -353,6 +369,10 @@ impl RemoteHost {
             // Already killed by the teardown unless that failed; this reaps it.
             let _ = sshd.kill();
             let _ = sshd.wait();
+        }
+        for mut daemon in self.daemons.drain(..) {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
         }
         result.with_context(|| format!("tearing down the host in {}", self.dir().display()))
     }

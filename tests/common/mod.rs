@@ -62,7 +62,7 @@ impl Env {
     /// With a real sshd "remote host" whose sshd_config starts with `sshd_options` (they win
     /// over the defaults).
     pub fn with_host_configured(user: TestUser, sshd_options: &str) -> Self {
-        Self::with_host_built(user, sshd_options, |builder| builder)
+        Self::with_host_built(user, sshd_options, |_, builder| (builder, String::new()))
     }
 
     /// With a real sshd "remote host" reachable only through another one, the bastion, as
@@ -72,15 +72,28 @@ impl Env {
             .alias("bastion")
             .start()
             .expect("starting the bastion's sshd");
-        let mut env = Self::with_host_built(TestUser::Current, "", |b| b.behind(&bastion));
+        let mut env = Self::with_host_built(TestUser::Current, "", |_, b| {
+            (b.behind(&bastion), String::new())
+        });
         env.bastion = Some(bastion);
         env
     }
 
+    /// With a real sshd "remote host" that runs a single-node Slurm cluster too (network
+    /// namespaces and slurm-wlm: needs root); its sessions have `SLURM_CONF`.
+    pub fn with_slurm_host() -> Self {
+        Self::with_host_built(TestUser::Current, "", |env, builder| {
+            let dir = env.path("slurm");
+            let conf = format!(" SLURM_CONF={}", dir.join("slurm.conf").display());
+            (builder.slurm(&dir), conf)
+        })
+    }
+
+    /// `build` adds to the host's builder and returns more `SetEnv` assignments (" K=V").
     fn with_host_built(
         user: TestUser,
         sshd_options: &str,
-        build: impl FnOnce(RemoteHostBuilder) -> RemoteHostBuilder,
+        build: impl FnOnce(&Env, RemoteHostBuilder) -> (RemoteHostBuilder, String),
     ) -> Self {
         let mut env = Self::local();
         // The remote side is this machine's filesystem: keep its Jupyter dirs in our temp dir,
@@ -96,14 +109,14 @@ impl Env {
             remote_env.push_str(&format!(" HOME={}", env.path("remote-home").display()));
         }
         // Starting the host creates the user.
-        let host = build(
-            RemoteHost::builder()
-                .alias("remote")
-                .login_user(user)
-                .extra_sshd_config(&format!("{sshd_options}SetEnv {remote_env}\n")),
-        )
-        .start()
-        .expect("starting the test sshd");
+        let (builder, more_vars) = build(&env, RemoteHost::builder());
+        remote_env.push_str(&more_vars);
+        let host = builder
+            .alias("remote")
+            .login_user(user)
+            .extra_sshd_config(&format!("{sshd_options}SetEnv {remote_env}\n"))
+            .start()
+            .expect("starting the test sshd");
         env.remote_venv =
             sshpyk_testhost::python_venv_for(user).expect("a venv the test user can run");
         if user != TestUser::Current {
