@@ -56,6 +56,7 @@ fn connect_on_a_terminal(env: &Env, args: &[&str], passwords: &[&str]) -> (Optio
         });
     }
     let mut child = cmd.spawn().unwrap();
+    let _group = KillGroupOnDrop(child.id() as i32);
     drop(cmd);
     let shown = Arc::new(Mutex::new(String::new()));
     let mut reader = std::fs::File::from(controller.try_clone().unwrap());
@@ -94,6 +95,19 @@ fn connect_on_a_terminal(env: &Env, args: &[&str], passwords: &[&str]) -> (Optio
     drop(writer);
     let text = shown.lock().unwrap().clone();
     (status.unwrap().code(), text)
+}
+
+/// Ends a process group left behind by a failed check (ssh waiting at a prompt); nothing is
+/// left in it once `connect` returned (the master ssh daemonized into a session of its own).
+struct KillGroupOnDrop(i32);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
 #[tokio::test]
