@@ -40,6 +40,9 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page (roff) on stdout: `sshpyk man | man -l -`.
     Man,
+    /// Open a host's ssh connection interactively (password, OTP, FIDO touch) for kernels and
+    /// mounts to ride until ControlPersist ends it.
+    Connect(ConnectArgs),
 }
 
 /// Settings shared by `add` and `edit`; every one is optional so that `edit` changes only what
@@ -55,7 +58,8 @@ pub struct SpecArgs {
     /// Remote environment whose bin/python has jupyter_client (absolute, or ~/ for the remote home).
     #[arg(long, conflicts_with = "remote_python")]
     pub remote_python_prefix: Option<String>,
-    /// Remote python interpreter itself (alternative to --remote-python-prefix).
+    /// Remote python interpreter itself (alternative to --remote-python-prefix): absolute, ~/,
+    /// or a command name looked up on the remote PATH after --remote-init.
     #[arg(long)]
     pub remote_python: Option<String>,
     /// Name shown in Jupyter's kernel picker [default: derived from the remote kernel].
@@ -95,6 +99,26 @@ pub struct SpecArgs {
     /// How much the launcher logs (on Jupyter's stderr and in `sshpyk logs`) [default: info].
     #[arg(long, value_enum)]
     pub log_level: Option<crate::logs::LogLevel>,
+    /// A variable for the remote kernel, KEY=VALUE, taken literally (no expansion); set after
+    /// --remote-init, so it wins. Stored in kernel.json: not for secrets. Repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub remote_env: Vec<String>,
+    /// The remote kernel's working directory (absolute, or ~/...) [default: the remote home];
+    /// "" resets it.
+    #[arg(long, value_name = "DIR")]
+    pub remote_cwd: Option<String>,
+    /// Shell code run in a login shell of the remote user's shell before the kernel starts
+    /// (`module load cuda/12`, `conda activate ml`); "" removes it.
+    #[arg(long, value_name = "SNIPPET")]
+    pub remote_init: Option<String>,
+    /// Run the kernel on a Slurm compute node: sbatch options for its allocation, split on
+    /// blanks ("--partition gpu --gres gpu:1 --time 04:00:00"); the alias is the login node;
+    /// "" turns it off.
+    #[arg(long, value_name = "OPTIONS", allow_hyphen_values = true)]
+    pub slurm: Option<String>,
+    /// Seconds the Slurm allocation outlives its kernel, for a restart to reuse it [default: 60].
+    #[arg(long, value_parser = positive_seconds)]
+    pub slurm_grace: Option<f64>,
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {
@@ -133,6 +157,9 @@ pub struct EditArgs {
     /// remote python, remote kernel and display name.
     #[arg(long)]
     pub adopt: bool,
+    /// Remove every --remote-env before adding the given ones.
+    #[arg(long)]
+    pub clear_remote_env: bool,
 }
 
 #[derive(Debug, Args)]
@@ -222,4 +249,29 @@ pub struct LogsArgs {
 pub struct CompletionsArgs {
     /// The shell.
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Host alias declared in the ssh config file.
+    #[arg(
+        required_unless_present = "kernel_name",
+        conflicts_with = "kernel_name"
+    )]
+    pub alias: Option<String>,
+    /// The host of this sshpyk kernelspec (its alias, ssh config and ssh client).
+    #[arg(long, conflicts_with_all = ["ssh_config", "ssh"])]
+    pub kernel_name: Option<String>,
+    /// ssh config file that declares the alias [default: ~/.ssh/config].
+    #[arg(long)]
+    pub ssh_config: Option<PathBuf>,
+    /// ssh client to run [default: ssh on PATH].
+    #[arg(long)]
+    pub ssh: Option<String>,
+    /// Only say whether a connection is open (exit 0) or not (exit 4).
+    #[arg(long, conflicts_with = "exit")]
+    pub check: bool,
+    /// Close the connection.
+    #[arg(long)]
+    pub exit: bool,
 }

@@ -1,6 +1,7 @@
 //! Jupyter kernelspecs: where Jupyter looks for them, the kernel.json model, and the sshpyk
 //! settings stored under one versioned key of its `metadata`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -8,6 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::mount::{MountSettings, MountSpec};
+use crate::slurm::SlurmSettings;
 
 /// The key under `metadata` that holds our settings; its `version` says how to read them.
 pub const METADATA_KEY: &str = "sshpyk";
@@ -39,6 +41,18 @@ pub struct Settings {
     /// The launcher's verbosity (`--log-level`); `None`: info, or what `-v` asks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_level: Option<crate::logs::LogLevel>,
+    /// Variables set for the kernel, literally, after the init snippet (so they win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub remote_env: BTreeMap<String, String>,
+    /// The kernel's working directory (absolute, or `~/`); the remote home when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_cwd: Option<String>,
+    /// Shell code run in a login shell of the remote user's shell before the remote python.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_init: Option<String>,
+    /// Run the kernel on a Slurm compute node allocated for it (the alias is the login node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmSettings>,
 }
 
 impl Settings {

@@ -24,6 +24,7 @@ use crate::parent::Parent;
 use crate::ports::{Forwarder, Listeners};
 use crate::remote::protocol::Request;
 use crate::remote::{EndReason, Event, Exit, InterruptMode, Link, Ready, Session, StartRequest};
+use crate::slurm::Allocation;
 use crate::ssh::master::with_room;
 use crate::ssh::Master;
 
@@ -112,11 +113,15 @@ pub async fn run(opts: LaunchOptions) -> Result<i32> {
     })??;
     let info = ConnectionInfo::read(&opts.connection_file)?;
     let ssh_verbose = opts.ssh_verbose || settings.log_level == Some(LogLevel::Ssh);
+    let allocation = settings
+        .slurm
+        .as_ref()
+        .map(|slurm| Allocation::for_kernel(slurm, &opts.connection_file));
     let mut signals = Signals::register()?;
     let parent = Parent::from_env();
 
     let mut running = tokio::select! {
-        r = start(&settings, info, ssh_verbose) => r?,
+        r = start(&settings, info, allocation.as_ref(), ssh_verbose) => r?,
         name = signals.stop() => return Err(Error::Local(format!("stopped by {name} while starting; nothing was left running"))),
     };
     let outcome = running.supervise(&mut signals, &parent).await;
@@ -130,6 +135,9 @@ pub async fn run(opts: LaunchOptions) -> Result<i32> {
         }
         Outcome::Lost => Err(Error::KernelLost(format!(
             "lost the connection to '{alias}' while stopping remote kernel {pid}; the remote guard ends it after the orphan timeout"
+        ))),
+        Outcome::Gone if running.settings.slurm.is_some() => Err(Error::KernelLost(format!(
+            "lost the ssh session of remote kernel {pid} on '{alias}': a Slurm kernel's job step ends with it; Jupyter will start a new one"
         ))),
         Outcome::Gone => Err(Error::KernelLost(format!(
             "remote kernel {pid} on '{alias}' is gone (ended while the connection was down, after the orphan timeout of {} s); Jupyter will start a new one",
@@ -151,7 +159,12 @@ fn ping_interval(settings: &Settings) -> Duration {
 /// Connect, start the remote kernel, forward: all within `launch_timeout`. On failure every
 /// piece already made is dropped, which ends it (ports, session; the unarmed supervisor then
 /// kills the kernel and removes its files at once).
-async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> Result<Running> {
+async fn start(
+    settings: &Settings,
+    info: ConnectionInfo,
+    slurm: Option<&Allocation>,
+    ssh_verbose: bool,
+) -> Result<Running> {
     let timeout = Duration::from_secs_f64(settings.launch_timeout);
     let deadline = Instant::now() + timeout;
     let listeners = Listeners::bind(&info)?;
@@ -165,6 +178,10 @@ async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> 
         tracing::info!("starting remote kernel '{}'", settings.remote_kernel_name);
         let request = StartRequest {
             remote_python: &settings.remote_python,
+            init: settings.remote_init.as_deref(),
+            env: &settings.remote_env,
+            cwd: settings.remote_cwd.as_deref(),
+            slurm,
             kernel_name: &settings.remote_kernel_name,
             info: &info,
             orphan_timeout: settings.orphan_timeout,
@@ -189,7 +206,11 @@ async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> 
         tokio::time::timeout_at(deadline, work).await.map_err(|_| Error::Timeout {
             what: format!("starting the kernel on '{alias}'"),
             secs: settings.launch_timeout,
-            hint: "check that the host answers (`sshpyk list`) or raise --launch-timeout with `sshpyk edit`".into(),
+            hint: if slurm.is_some() {
+                "a Slurm job still queued was cancelled; raise --launch-timeout with `sshpyk edit` for long queues, or check the host with `sshpyk list`".into()
+            } else {
+                "check that the host answers (`sshpyk list`) or raise --launch-timeout with `sshpyk edit`".into()
+            },
         })??;
     tracing::info!(
         "ready: kernel pid {} on {} ('{alias}')",
@@ -264,6 +285,11 @@ impl Running {
                     );
                     return self.stop_gracefully(signals, &why).await;
                 }
+                // A Slurm kernel's session is its job step, which ends with the session: there
+                // is nothing to reattach to (the supervisor ends the kernel when its step's
+                // stdin closes); a silent one may still answer.
+                Trouble::Lost if self.settings.slurm.is_some() => return Outcome::Gone,
+                Trouble::Silent if self.settings.slurm.is_some() => continue,
                 Trouble::Lost | Trouble::Silent => {}
             }
             let still_open = matches!(trouble, Trouble::Silent);
@@ -348,7 +374,11 @@ impl Running {
     /// Reaches the supervisor again through `master`; `None` when it is gone.
     async fn attach(&self, master: Master, budget: Duration) -> Result<Option<(Master, Session)>> {
         let deadline = Instant::now() + budget;
-        let (python, dir) = (&self.settings.remote_python, &self.ready.run_dir);
+        let python = match self.ready.python.as_str() {
+            "" => &self.settings.remote_python,
+            own => own,
+        };
+        let dir = &self.ready.run_dir;
         let ping = ping_interval(&self.settings);
         let work = with_room(&master, deadline, |m| async move {
             Session::attach(&m, python, dir, ping).await

@@ -17,4 +17,5 @@ pub mod ports;
 pub mod python_sshpyk;
 pub mod remote;
 pub mod runtime;
+pub mod slurm;
 pub mod ssh;

@@ -88,7 +88,10 @@ fn launch_failures_are_clear_and_leave_nothing() {
     assert_eq!(code, Some(4));
     assert!(
         line.contains("authentication to 'remote'")
-            && line.contains("open the connection once by hand"),
+            && line.contains(&format!(
+                "run `sshpyk connect remote --ssh-config {}` once",
+                bad_auth.display()
+            )),
         "{line}"
     );
 

@@ -654,7 +654,7 @@ fn each_error_is_one_line_with_its_exit_code_and_leaves_nothing() {
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     let line = one_line(&stderr);
     assert!(
-        line.contains("authentication to 'remote'") && line.contains("ControlMaster=yes"),
+        line.contains("authentication to 'remote'") && line.contains("sshpyk connect"),
         "{line}"
     );
     assert!(!fresh.exists());

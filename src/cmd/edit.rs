@@ -22,7 +22,11 @@ pub async fn run(args: EditArgs) -> Result<()> {
         return Ok(());
     }
     let mut new = old.clone();
-    settings::apply(&mut new, &args.spec, args.clear_mounts)?;
+    let clear = settings::Clear {
+        mounts: args.clear_mounts,
+        remote_env: args.clear_remote_env,
+    };
+    settings::apply(&mut new, &args.spec, clear)?;
     settings::validate_local(&new)?;
     let remote = settings::remote_kernelspec(&new).await?;
 

@@ -16,7 +16,7 @@ use crate::kernelspec::{self, Kernelspec, Settings};
 use crate::local_mount::{self, ActiveMount};
 use crate::mount::{self, RemoteMountFacts};
 use crate::python_sshpyk;
-use crate::remote::probe::{self, PythonProbe, RemoteFacts};
+use crate::remote::probe::{self, ProbeTarget, PythonProbe, RemoteFacts};
 use crate::ssh::{config, Master};
 
 /// Budget for opening a connection, and for the probe once connected.
@@ -135,11 +135,13 @@ pub async fn run(args: ListArgs) -> Result<()> {
     if !args.no_check {
         let mut tasks = tokio::task::JoinSet::new();
         for (host, members) in hosts {
-            let pythons: Vec<String> = members
+            let mut pythons: Vec<ProbeTarget> = members
                 .iter()
                 .filter_map(|&i| reports[i].settings.as_ref())
-                .map(|s| s.remote_python.clone())
+                .map(ProbeTarget::of)
                 .collect();
+            pythons.sort();
+            pythons.dedup();
             let mut sshfs: Vec<String> = members
                 .iter()
                 .filter_map(|&i| reports[i].settings.as_ref())
@@ -250,7 +252,7 @@ fn launcher_checks(spec: &Kernelspec) -> Vec<Check> {
 /// Local, effective-config and connection checks for one host, then the remote probe.
 async fn check_host(
     host: &HostKey,
-    pythons: &[String],
+    pythons: &[ProbeTarget],
     sshfs: &[String],
 ) -> (Vec<Check>, Option<RemoteFacts>, Option<RemoteMountFacts>) {
     let mut rows = Vec::new();
@@ -305,7 +307,6 @@ async fn check_host(
         rows.push(check(Status::Error, "connection", e.to_string()));
         return (rows, None, None);
     }
-    let refs: Vec<&str> = pythons.iter().map(String::as_str).collect();
     // The mounts' remote checks (FUSE, sshfs) run alongside, only for hosts with mounts.
     let mounts = async {
         if sshfs.is_empty() {
@@ -320,7 +321,7 @@ async fn check_host(
         )
     };
     let (probed, mount_facts) = tokio::join!(
-        tokio::time::timeout(PROBE_TIMEOUT, probe::probe(&master, &refs)),
+        tokio::time::timeout(PROBE_TIMEOUT, probe::probe(&master, pythons)),
         mounts
     );
     match probed {
@@ -452,45 +453,99 @@ fn expand_home(path: &str) -> String {
 /// Rows about this kernel's remote python and remote kernelspec.
 fn kernel_checks(settings: &Settings, facts: &RemoteFacts) -> Vec<Check> {
     let py = &settings.remote_python;
-    let p = match facts.pythons.get(py) {
+    let mut rows = Vec::new();
+    if !settings.remote_env.is_empty() {
+        let keys: Vec<&str> = settings.remote_env.keys().map(String::as_str).collect();
+        rows.push(check(
+            Status::Info,
+            "remote env",
+            format!("{} (set after the init snippet)", keys.join(", ")),
+        ));
+    }
+    if let Some(slurm) = &settings.slurm {
+        rows.push(check(
+            Status::Info,
+            "slurm",
+            format!(
+                "runs in a job on a compute node: sbatch {}; the allocation stays {} s after the kernel for a restart",
+                slurm.options, slurm.grace
+            ),
+        ));
+    }
+    if settings.remote_init.is_some() {
+        rows.push(match facts.python(settings) {
+            Some(PythonProbe::InitFailed(failure)) => check(
+                Status::Error,
+                "remote init",
+                format!(
+                    "{}; fix it with `sshpyk edit --remote-init`",
+                    failure.describe()
+                ),
+            ),
+            _ => check(
+                Status::Ok,
+                "remote init",
+                "the init snippet succeeds in a login shell",
+            ),
+        });
+    }
+    let p = match facts.python(settings) {
         Some(PythonProbe::Found(p)) => p,
+        Some(PythonProbe::InitFailed(_)) => return rows,
         Some(PythonProbe::Broken(out)) => {
-            return vec![check(
+            rows.push(check(
                 Status::Error,
                 "remote python",
                 format!("{py} does not run: {out}"),
-            )]
+            ));
+            return rows;
         }
         Some(PythonProbe::Directory) => {
-            return vec![check(
+            rows.push(check(
                 Status::Error,
                 "remote python",
                 format!("{py} is a directory; for an environment use `sshpyk edit --remote-python-prefix {py}`"),
-            )]
+            ));
+            return rows;
         }
         Some(PythonProbe::Missing) | None => {
-            return vec![check(
+            rows.push(check(
                 Status::Error,
                 "remote python",
                 format!("{py} does not exist; fix it with `sshpyk edit --remote-python-prefix`"),
-            )]
+            ));
+            return rows;
         }
     };
+    if let Some(cwd) = &p.cwd {
+        rows.push(if p.cwd_exists {
+            check(Status::Ok, "remote cwd", format!("{cwd} exists"))
+        } else {
+            check(
+                Status::Error,
+                "remote cwd",
+                format!(
+                    "{cwd} does not exist; create it or fix it with `sshpyk edit --remote-cwd`"
+                ),
+            )
+        });
+    }
     let Some(jc) = &p.jupyter_client else {
-        return vec![check(
+        rows.push(check(
             Status::Error,
             "remote python",
             format!(
                 "{py} cannot import jupyter_client ({}); install it there",
                 p.jupyter_client_error.as_deref().unwrap_or("?")
             ),
-        )];
+        ));
+        return rows;
     };
-    let mut rows = vec![check(
+    rows.push(check(
         Status::Ok,
         "remote python",
         format!("{py} (Python {}, jupyter_client {jc})", p.version),
-    )];
+    ));
     match p.kernel(&settings.remote_kernel_name) {
         Some(k) => rows.push(check(
             Status::Ok,

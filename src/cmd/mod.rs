@@ -1,9 +1,11 @@
 //! One file per subcommand; `run` dispatches and returns the process exit status.
 
 mod add;
+mod connect;
 mod delete;
 mod docs;
 mod edit;
+mod environment;
 mod list;
 mod logs;
 mod mount;
@@ -30,6 +32,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Logs(args) => logs::run(args).await.map(|()| 0),
         Command::Completions(args) => docs::completions(args.shell).map(|()| 0),
         Command::Man => docs::man().map(|()| 0),
+        Command::Connect(args) => connect::run(args, cli.verbose >= 3).await.map(|()| 0),
         Command::Launch(args) => {
             launcher::run(LaunchOptions {
                 kernelspec_dir: args.kernelspec,

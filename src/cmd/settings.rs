@@ -3,11 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::environment;
 use crate::cli::SpecArgs;
 use crate::error::{Error, Result};
 use crate::kernelspec::{KernelJson, Settings, SETTINGS_VERSION};
 use crate::mount::MountSpec;
-use crate::remote::probe::{self, PythonProbe, RemoteKernelspec};
+use crate::remote::probe::{self, ProbeTarget, PythonProbe, RemoteKernelspec};
+use crate::slurm::{self, SlurmSettings};
 use crate::ssh::{config, Master};
 
 pub const DEFAULT_LAUNCH_TIMEOUT: f64 = 30.0;
@@ -37,7 +39,7 @@ pub fn new_settings(args: &SpecArgs) -> Result<Settings> {
         remote_kernel_name: kernel,
         ..defaults()?
     };
-    apply(&mut settings, args, false)?;
+    apply(&mut settings, args, Clear::default())?;
     Ok(settings)
 }
 
@@ -57,6 +59,10 @@ pub fn defaults() -> Result<Settings> {
         remote_sshfs: None,
         ssh_host_alias_local_on_remote: None,
         log_level: None,
+        remote_env: Default::default(),
+        remote_cwd: None,
+        remote_init: None,
+        slurm: None,
     })
 }
 
@@ -64,7 +70,7 @@ fn missing(flag: &str) -> Error {
     Error::Invalid(format!("sshpyk add needs {flag}"))
 }
 
-fn default_ssh_config() -> Result<PathBuf> {
+pub(super) fn default_ssh_config() -> Result<PathBuf> {
     dirs::home_dir()
         .map(|h| h.join(".ssh/config"))
         .ok_or_else(|| {
@@ -72,8 +78,15 @@ fn default_ssh_config() -> Result<PathBuf> {
         })
 }
 
-/// Applies exactly the given flags; `clear_mounts` empties the mounts first.
-pub fn apply(settings: &mut Settings, args: &SpecArgs, clear_mounts: bool) -> Result<()> {
+/// What `edit` empties before it applies the flags.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Clear {
+    pub mounts: bool,
+    pub remote_env: bool,
+}
+
+/// Applies exactly the given flags, after emptying what `clear` says.
+pub fn apply(settings: &mut Settings, args: &SpecArgs, clear: Clear) -> Result<()> {
     if let Some(alias) = &args.ssh_host_alias {
         settings.ssh_host_alias = alias.clone();
     }
@@ -86,7 +99,15 @@ pub fn apply(settings: &mut Settings, args: &SpecArgs, clear_mounts: bool) -> Re
         settings.remote_python = format!("{}/bin/python", prefix.trim_end_matches('/'));
     }
     if let Some(python) = &args.remote_python {
-        require_remote_absolute(python, "--remote-python")?;
+        // A bare command name is looked up on the remote PATH (after --remote-init).
+        if python.contains('/') {
+            require_remote_absolute(python, "--remote-python")?;
+        } else if python.is_empty() {
+            return Err(Error::Invalid(
+                "--remote-python is empty; give the remote interpreter's path or command name"
+                    .into(),
+            ));
+        }
         settings.remote_python = python.clone();
     }
     if let Some(path) = &args.ssh_config {
@@ -108,7 +129,7 @@ pub fn apply(settings: &mut Settings, args: &SpecArgs, clear_mounts: bool) -> Re
     if let Some(t) = args.orphan_timeout {
         settings.orphan_timeout = t;
     }
-    if clear_mounts {
+    if clear.mounts {
         settings.mounts.clear();
     }
     for spec in &args.mount_local_on_remote {
@@ -125,6 +146,33 @@ pub fn apply(settings: &mut Settings, args: &SpecArgs, clear_mounts: bool) -> Re
     }
     if let Some(alias) = &args.ssh_host_alias_local_on_remote {
         settings.ssh_host_alias_local_on_remote = Some(alias.clone()).filter(|s| !s.is_empty());
+    }
+    environment::apply(settings, args, clear.remote_env)?;
+    apply_slurm(settings, args)
+}
+
+fn apply_slurm(settings: &mut Settings, args: &SpecArgs) -> Result<()> {
+    if let Some(options) = &args.slurm {
+        let grace = settings
+            .slurm
+            .as_ref()
+            .map_or(slurm::DEFAULT_GRACE, |s| s.grace);
+        settings.slurm = Some(options.trim())
+            .filter(|o| !o.is_empty())
+            .map(|options| SlurmSettings {
+                options: options.to_string(),
+                grace,
+            });
+    }
+    if let Some(grace) = args.slurm_grace {
+        match &mut settings.slurm {
+            Some(slurm) => slurm.grace = grace,
+            None => {
+                return Err(Error::Invalid(
+                    "--slurm-grace applies to Slurm kernels only; give --slurm OPTIONS too".into(),
+                ))
+            }
+        }
     }
     Ok(())
 }
@@ -149,7 +197,7 @@ fn refuse_interpreter_as_prefix(prefix: &str) -> Result<()> {
     )))
 }
 
-fn require_remote_absolute(path: &str, flag: &str) -> Result<()> {
+pub(super) fn require_remote_absolute(path: &str, flag: &str) -> Result<()> {
     if path.starts_with('/') || path.starts_with("~/") {
         Ok(())
     } else {
@@ -191,14 +239,17 @@ pub async fn remote_kernelspec(settings: &Settings) -> Result<Option<RemoteKerne
         + PROBE_TIMEOUT.min(Duration::from_secs_f64(settings.launch_timeout));
     let reached = async {
         master.ensure(deadline).await?;
-        tokio::time::timeout_at(deadline, probe::probe(&master, &[&settings.remote_python]))
-            .await
-            .map_err(|_| {
-                Error::Ssh(format!(
-                    "'{}' did not answer the probe in time",
-                    settings.ssh_host_alias
-                ))
-            })?
+        tokio::time::timeout_at(
+            deadline,
+            probe::probe(&master, &[ProbeTarget::of(settings)]),
+        )
+        .await
+        .map_err(|_| {
+            Error::Ssh(format!(
+                "'{}' did not answer the probe in time",
+                settings.ssh_host_alias
+            ))
+        })?
     };
     let facts = match reached.await {
         Ok(facts) => facts,
@@ -211,7 +262,12 @@ pub async fn remote_kernelspec(settings: &Settings) -> Result<Option<RemoteKerne
     };
     let alias = &settings.ssh_host_alias;
     let python = &settings.remote_python;
-    match facts.pythons.get(python) {
+    match facts.python(settings) {
+        Some(PythonProbe::InitFailed(failure)) => Err(failure.error(alias)),
+        Some(PythonProbe::Found(p)) if p.cwd.is_some() && !p.cwd_exists => Err(Error::Remote(format!(
+            "remote working directory {} does not exist on '{alias}'; create it or fix --remote-cwd",
+            p.cwd.as_deref().unwrap_or_default()
+        ))),
         Some(PythonProbe::Found(p)) if p.jupyter_client.is_some() && !p.runtime_dir_writable => Err(Error::Remote(format!(
             "remote runtime dir {} on '{alias}' is not writable; fix its permissions or set JUPYTER_RUNTIME_DIR there",
             p.runtime_dir

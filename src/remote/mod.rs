@@ -8,6 +8,7 @@ use tokio::net::unix::pipe;
 use crate::error::{Error, Result};
 use crate::ssh::Master;
 
+pub mod init;
 mod link;
 pub mod probe;
 pub mod protocol;
@@ -21,16 +22,21 @@ pub use session::{Event, Session, StartRequest};
 /// nothing secret goes there, only the interpreter path and code. (The supervisor cannot be piped
 /// to `sh -s` instead: dash reads its script in blocks, so it would swallow the supervisor and
 /// key meant for python, and handing them over costs one more round trip.)
+/// A python without a `/` is a command name, looked up on the PATH (after the init snippet).
 const RUN_PYTHON: &str = r#"py=$1; shift
-case $py in "~/"*) py=$HOME/${py#"~/"};; esac
-if [ ! -x "$py" ]; then echo sshpyk-no-python; exit 0; fi
+case $py in "~/"*) py=$HOME/${py#"~/"};; */*) ;; *) py=$(command -v "$py") || py=;; esac
+if [ -z "$py" ] || [ ! -x "$py" ]; then echo sshpyk-no-python; exit 0; fi
 exec "$py" "$@""#;
 
-/// The remote command line that runs `python args...`.
-fn python_command(python: &str, args: &[&str]) -> String {
+/// The remote command line that runs `python args...`, after the user's init snippet (in a
+/// login shell, see [`init`]) when there is one.
+fn python_command(python: &str, args: &[&str], init: Option<&str>) -> String {
     let mut words = vec![python];
     words.extend_from_slice(args);
-    sh_command(RUN_PYTHON, &words)
+    match init {
+        None => sh_command(RUN_PYTHON, &words),
+        Some(snippet) => init::command(snippet, RUN_PYTHON, &words),
+    }
 }
 
 /// What a remote command printed, and its exit status (`None`: killed, or the connection lost).
@@ -49,18 +55,18 @@ impl Output {
 /// Runs a POSIX sh `script` with `args` on the remote in a session of the master, and collects
 /// its output.
 pub async fn run_sh(master: &Master, script: &str, args: &[&str]) -> Result<Output> {
+    run_command(master, &sh_command(script, args)).await
+}
+
+/// Runs a remote command line in a session of the master, and collects its output.
+async fn run_command(master: &Master, command: &str) -> Result<Output> {
     let (stdout, stdout_remote) = crate::ssh::pipe()?;
     let (stderr, stderr_remote) = crate::ssh::pipe()?;
     let stdin = std::fs::File::open("/dev/null")
         .map_err(crate::ssh::setup_error)?
         .into();
     let mut channel = master
-        .open_session(
-            &sh_command(script, args),
-            stdin,
-            stdout_remote,
-            stderr_remote,
-        )
+        .open_session(command, stdin, stdout_remote, stderr_remote)
         .await?;
     let mut stdout = pipe::Receiver::from_owned_fd(stdout).map_err(crate::ssh::setup_error)?;
     let mut stderr = pipe::Receiver::from_owned_fd(stderr).map_err(crate::ssh::setup_error)?;
@@ -128,7 +134,7 @@ fn any_shell_command(line: &str) -> String {
 }
 
 /// Quotes one word for a POSIX shell.
-fn shell_quote(word: &str) -> String {
+pub fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r#"'\''"#))
 }
 

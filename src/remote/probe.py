@@ -2,6 +2,10 @@
 import json, os, sys
 
 facts = {"python": sys.executable, "version": sys.version.split()[0]}
+# The kernel's working directory, when one is set (the only argument).
+if len(sys.argv) > 1 and sys.argv[1]:
+    facts["cwd"] = os.path.expanduser(sys.argv[1])
+    facts["cwd_exists"] = os.path.isdir(facts["cwd"])
 try:
     import jupyter_client
     from jupyter_client.kernelspec import KernelSpecManager

@@ -1,29 +1,60 @@
 //! One ssh round trip that learns what `list` and `add` check on the remote: the system, and for
-//! each remote python whether it has jupyter_client and which kernelspecs it sees.
+//! each remote python whether it has jupyter_client, which kernelspecs it sees, and whether the
+//! kernel's working directory exists. A python behind an init snippet is probed through that
+//! snippet (one more session each), as the launcher will start it.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::init::{InitFailure, InitWatch};
 use crate::error::{Error, Result};
+use crate::kernelspec::Settings;
 use crate::ssh::Master;
 
 const PROBE: &str = include_str!("probe.py");
 
+/// Arguments: the probe, then pairs of python and working directory ("" for none).
 const SCRIPT: &str = r#"probe=$1; shift
 echo "sshpyk-uname $(uname -a)"
-for py in "$@"; do
-  case $py in "~/"*) exe=$HOME/${py#"~/"};; *) exe=$py;; esac
-  if [ -d "$exe" ]; then out=directory
-  elif [ -x "$exe" ]; then out=$("$exe" -c "$probe" 2>&1 | tr '\n' ' '); else out=missing; fi
-  printf 'sshpyk-python\t%s\t%s\n' "$py" "$out"
+while [ $# -ge 2 ]; do
+  py=$1; cwd=$2; shift 2
+  case $py in "~/"*) exe=$HOME/${py#"~/"};; */*) exe=$py;; *) exe=$(command -v "$py") || exe=;; esac
+  if [ -n "$exe" ] && [ -d "$exe" ]; then out=directory
+  elif [ -n "$exe" ] && [ -x "$exe" ]; then out=$("$exe" -c "$probe" "$cwd" 2>&1 | tr '\n' ' '); else out=missing; fi
+  printf 'sshpyk-python\t%s\t%s\t%s\n' "$py" "$cwd" "$out"
 done"#;
+
+/// One way a kernelspec starts its remote python: the python, the init snippet before it, and
+/// the kernel's working directory.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ProbeTarget {
+    pub python: String,
+    pub init: Option<String>,
+    pub cwd: Option<String>,
+}
+
+impl ProbeTarget {
+    pub fn of(settings: &Settings) -> Self {
+        ProbeTarget {
+            python: settings.remote_python.clone(),
+            init: settings.remote_init.clone(),
+            cwd: settings.remote_cwd.clone(),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct RemoteFacts {
     pub uname: String,
-    /// Keyed by the python path as configured.
-    pub pythons: BTreeMap<String, PythonProbe>,
+    pub pythons: BTreeMap<ProbeTarget, PythonProbe>,
+}
+
+impl RemoteFacts {
+    /// What the python of these settings turned out to be.
+    pub fn python(&self, settings: &Settings) -> Option<&PythonProbe> {
+        self.pythons.get(&ProbeTarget::of(settings))
+    }
 }
 
 /// What one configured remote python turned out to be.
@@ -34,6 +65,8 @@ pub enum PythonProbe {
     Directory,
     /// It exists but the probe did not run (the message says why).
     Broken(String),
+    /// The init snippet before it failed.
+    InitFailed(InitFailure),
     Found(PythonFacts),
 }
 
@@ -69,6 +102,11 @@ pub struct PythonFacts {
     pub runtime_dir: String,
     #[serde(default)]
     pub runtime_dir_writable: bool,
+    /// The working directory asked for (`~` expanded), and whether it is a directory.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub cwd_exists: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,10 +133,16 @@ impl PythonFacts {
     }
 }
 
-/// Runs the probe for `pythons` over the (already open) master.
-pub async fn probe(master: &Master, pythons: &[&str]) -> Result<RemoteFacts> {
+/// Runs the probe for `targets` over the (already open) master: those without an init snippet
+/// in one session, the others one session each, one after the other (sshd's stock limit of 10
+/// sessions per connection is shared with kernels that run).
+pub async fn probe(master: &Master, targets: &[ProbeTarget]) -> Result<RemoteFacts> {
+    let plain: Vec<&ProbeTarget> = targets.iter().filter(|t| t.init.is_none()).collect();
     let mut args = vec![PROBE];
-    args.extend_from_slice(pythons);
+    for target in &plain {
+        args.push(&target.python);
+        args.push(target.cwd.as_deref().unwrap_or(""));
+    }
     let output = super::run_sh(master, SCRIPT, &args).await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.success() && !stdout.contains("sshpyk-uname") {
@@ -113,13 +157,53 @@ pub async fn probe(master: &Master, pythons: &[&str]) -> Result<RemoteFacts> {
         if let Some(uname) = line.strip_prefix("sshpyk-uname ") {
             facts.uname = uname.to_string();
         } else if let Some(rest) = line.strip_prefix("sshpyk-python\t") {
-            let Some((py, out)) = rest.split_once('\t') else {
+            let mut fields = rest.splitn(3, '\t');
+            let (Some(py), Some(cwd), Some(out)) = (fields.next(), fields.next(), fields.next())
+            else {
                 continue;
             };
-            facts
-                .pythons
-                .insert(py.to_string(), PythonProbe::parse(out.trim()));
+            let target = ProbeTarget {
+                python: py.to_string(),
+                init: None,
+                cwd: Some(cwd.to_string()).filter(|c| !c.is_empty()),
+            };
+            facts.pythons.insert(target, PythonProbe::parse(out.trim()));
         }
     }
+    for target in targets.iter().filter(|t| t.init.is_some()) {
+        let found = probe_after_init(master, target).await?;
+        facts.pythons.insert(target.clone(), found);
+    }
     Ok(facts)
+}
+
+/// Probes `target`'s python as the launcher starts it: after its init snippet, in a login shell.
+async fn probe_after_init(master: &Master, target: &ProbeTarget) -> Result<PythonProbe> {
+    let cwd = target.cwd.as_deref().unwrap_or("");
+    let command =
+        super::python_command(&target.python, &["-c", PROBE, cwd], target.init.as_deref());
+    let output = super::run_command(master, &command).await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut watch = InitWatch::default();
+    for line in stdout.lines() {
+        if let Some(failure) = watch.line(line) {
+            return Ok(PythonProbe::InitFailed(failure));
+        }
+        if line == "sshpyk-no-python" {
+            return Ok(PythonProbe::Missing);
+        }
+    }
+    if let Some(failure) = watch.ended(output.status) {
+        return Ok(PythonProbe::InitFailed(failure));
+    }
+    let facts = stdout.lines().find(|l| l.contains("SSHPYK-FACTS"));
+    Ok(match facts {
+        Some(line) => PythonProbe::parse(line),
+        None => PythonProbe::Broken(
+            crate::ssh::config::last_message(&String::from_utf8_lossy(&output.stderr))
+                .chars()
+                .take(300)
+                .collect(),
+        ),
+    })
 }

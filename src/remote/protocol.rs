@@ -34,7 +34,7 @@
 //! and conda notices): the supervisor first writes [`MARKER`] on a line of its own and the
 //! launcher ignores everything before it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -159,6 +159,10 @@ pub enum Request {
         orphan_timeout: f64,
         /// How often the launcher pings; the lease lasts `orphan_timeout` plus this.
         ping_interval: f64,
+        /// Set for the kernel as given (no expansion), after everything else.
+        env: BTreeMap<String, String>,
+        /// The kernel's working directory (`~` expanded there); `None`: the remote home.
+        cwd: Option<String>,
     },
     /// Answered with [`Report::Pong`]; like every frame, it renews the lease.
     Ping,
@@ -210,6 +214,9 @@ pub struct Ready {
     pub transport: String,
     pub endpoints: HashMap<Channel, Endpoint>,
     pub run_dir: String,
+    /// The supervisor's interpreter, absolute: what a reconnection runs (no init snippet).
+    #[serde(default)]
+    pub python: String,
     pub interrupt_mode: InterruptMode,
     #[serde(default)]
     pub language: String,

@@ -5,6 +5,7 @@
 //! channel (so does the kernel for a SIGKILLed launcher): the supervisor sees the end of the
 //! session while the connection's sshd lives on, and ends the kernel.
 
+use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
@@ -13,11 +14,13 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::init::InitWatch;
 use super::link::{Link, LinkTasks};
 use super::protocol::{Exit, Ready, Report, Request, MARKER};
 use super::python_command;
 use crate::connection::ConnectionInfo;
 use crate::error::{Error, Result};
+use crate::slurm::{self, Allocation};
 use crate::ssh::mux::MuxChannel;
 use crate::ssh::Master;
 
@@ -42,6 +45,13 @@ pub enum Event {
 
 pub struct StartRequest<'a> {
     pub remote_python: &'a str,
+    /// The user's init snippet, run in a login shell before the python.
+    pub init: Option<&'a str>,
+    /// Variables for the kernel (literal, set last) and its working directory.
+    pub env: &'a BTreeMap<String, String>,
+    pub cwd: Option<&'a str>,
+    /// Run on a Slurm compute node: the allocation, reached through the login node.
+    pub slurm: Option<&'a Allocation>,
     pub kernel_name: &'a str,
     pub info: &'a ConnectionInfo,
     pub orphan_timeout: f64,
@@ -72,12 +82,19 @@ enum Opened {
     NoPython,
     /// It ended before the marker, with the remote command's exit status (if any).
     Ended(Option<u32>),
+    /// What ran before the supervisor failed (the init snippet, the Slurm allocation).
+    Failed(Error),
 }
 
 impl Session {
     /// One session over the master running `remote_command`, fed `preface` on stdin at once;
     /// what it prints on stderr (login scripts, the kernel) goes to the launcher's log.
-    async fn open(master: &Master, remote_command: &str, preface: &[u8]) -> Result<Opened> {
+    async fn open(
+        master: &Master,
+        remote_command: &str,
+        preface: &[u8],
+        mut slurm: Option<&mut slurm::Watch>,
+    ) -> Result<Opened> {
         let (stdin_remote, stdin_local) = crate::ssh::pipe()?;
         let (stdout_local, stdout_remote) = crate::ssh::pipe()?;
         for end in [&stdin_local, &stdout_local] {
@@ -104,6 +121,7 @@ impl Session {
         // Whatever the login shell prints comes before the marker; none of it is ours.
         let mut from_remote = BufReader::with_capacity(256 * 1024, stdout);
         let mut line = Vec::new();
+        let mut init = InitWatch::default();
         loop {
             line.clear();
             if from_remote
@@ -113,10 +131,23 @@ impl Session {
                 == 0
             {
                 let status = channel.exit_status().await.ok().flatten();
-                return Ok(Opened::Ended(status));
+                return Ok(match init.ended(status) {
+                    Some(failure) => Opened::Failed(failure.error(master.alias())),
+                    None => Opened::Ended(status),
+                });
             }
             let text = String::from_utf8_lossy(&line);
-            match text.trim_end_matches(['\n', '\r']) {
+            let text = text.trim_end_matches(['\n', '\r']);
+            if let Some(failure) = init.line(text) {
+                return Ok(Opened::Failed(failure.error(master.alias())));
+            }
+            if let (Some(watch), Some(event)) = (slurm.as_deref_mut(), slurm::Event::parse(text)) {
+                if let Err(e) = watch.on(event, master.alias()) {
+                    return Ok(Opened::Failed(e));
+                }
+                continue;
+            }
+            match text {
                 MARKER => break,
                 "sshpyk-no-python" => return Ok(Opened::NoPython),
                 "" => {}
@@ -133,8 +164,22 @@ impl Session {
         }))
     }
 
-    /// Starts the supervisor and the kernel: one round trip.
+    /// Starts the supervisor and the kernel: one round trip (on a Slurm node: once the job runs).
+    /// A Slurm job this start submitted is cancelled when it fails.
     pub async fn start(master: &Master, req: &StartRequest<'_>) -> Result<(Session, Ready)> {
+        let mut watch = slurm::Watch::default();
+        let started = Session::start_watched(master, req, &mut watch).await;
+        if let (Err(_), Some(job)) = (&started, &watch.submitted) {
+            slurm::cancel(master, job).await;
+        }
+        started
+    }
+
+    async fn start_watched(
+        master: &Master,
+        req: &StartRequest<'_>,
+        watch: &mut slurm::Watch,
+    ) -> Result<(Session, Ready)> {
         let alias = master.alias();
         let mut preface = format!("{:012}{SUPERVISOR}", SUPERVISOR.len()).into_bytes();
         // The key travels in this first frame, through stdin: never argv.
@@ -144,11 +189,17 @@ impl Session {
             kernel_name: req.kernel_name.to_string(),
             orphan_timeout: req.orphan_timeout,
             ping_interval: req.ping_interval.as_secs_f64(),
+            env: req.env.clone(),
+            cwd: req.cwd.map(String::from),
         };
         super::protocol::Frame::Message(serde_json::to_vec(&start).expect("serialises"))
             .encode_into(&mut preface);
-        let command = python_command(req.remote_python, &["-u", "-c", LOADER]);
-        let mut session = match Session::open(master, &command, &preface).await? {
+        let mut command = python_command(req.remote_python, &["-u", "-c", LOADER], req.init);
+        if let Some(allocation) = req.slurm {
+            command = allocation.command(&command);
+        }
+        let watch = req.slurm.map(|_| watch);
+        let mut session = match Session::open(master, &command, &preface, watch).await? {
             Opened::Framed(session) => session,
             Opened::NoPython => {
                 return Err(Error::Remote(format!(
@@ -157,6 +208,7 @@ impl Session {
                 )))
             }
             Opened::Ended(status) => return Err(ended_early(alias, status)),
+            Opened::Failed(e) => return Err(e),
         };
         loop {
             match session.reports.recv().await {
@@ -181,7 +233,8 @@ impl Session {
         }
     }
 
-    /// Re-attaches to the supervisor of a kernel started earlier (after the connection was lost).
+    /// Re-attaches to the supervisor of a kernel started earlier (after the connection was lost),
+    /// through `remote_python` (the supervisor's own interpreter: no init snippet needed).
     /// `Ok(None)`: the supervisor is gone, and with it the kernel.
     pub async fn attach(
         master: &Master,
@@ -190,17 +243,17 @@ impl Session {
         ping_interval: Duration,
     ) -> Result<Option<Session>> {
         let socket = format!("{run_dir}/supervisor.sock");
-        let command = python_command(remote_python, &["-S", "-c", ATTACH, &socket]);
+        let command = python_command(remote_python, &["-S", "-c", ATTACH, &socket], None);
         let unreachable = || {
             Error::Ssh(format!(
                 "could not reach the remote supervisor on '{}' again",
                 master.alias()
             ))
         };
-        let mut session = match Session::open(master, &command, b"").await? {
+        let mut session = match Session::open(master, &command, b"", None).await? {
             Opened::Framed(session) => session,
             Opened::Ended(Some(GONE)) => return Ok(None),
-            Opened::Ended(_) | Opened::NoPython => return Err(unreachable()),
+            Opened::Ended(_) | Opened::NoPython | Opened::Failed(_) => return Err(unreachable()),
         };
         match session.reports.recv().await {
             Some(Report::Attached { .. }) => {

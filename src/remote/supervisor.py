@@ -319,6 +319,14 @@ def have_module(name):
     return importlib.util.find_spec(name) is not None
 
 
+def kernel_cwd(cwd):
+    """The kernel's working directory: `cwd` (`~` expanded) or the home directory."""
+    path = os.path.expanduser(cwd or "~")
+    if not os.path.isdir(path):
+        raise Fatal("no_cwd", "remote working directory %s does not exist; create it or fix --remote-cwd with `sshpyk edit`" % path)
+    return path
+
+
 def make_run_dir():
     from jupyter_core.paths import jupyter_runtime_dir
 
@@ -441,6 +449,7 @@ class Supervisor:
         if not have_module("jupyter_client"):
             raise Fatal("no_jupyter_client", "remote python %s cannot import jupyter_client; install it there (pip install jupyter_client ipykernel)" % sys.executable)
         spec = find_kernelspec(self.start_request["kernel_name"])
+        cwd = kernel_cwd(self.start_request.get("cwd"))
         self.run_dir = make_run_dir()
         transport = pick_transport(kernel_argv(spec, ""))
         connection_file, self.endpoints = write_connection_file(self.run_dir, self.start_request, transport)
@@ -448,6 +457,8 @@ class Supervisor:
         env = dict(os.environ)
         env.update({k: string.Template(v).safe_substitute(os.environ) for k, v in spec.get("env", {}).items()})
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        # The user's variables win over everything but our own (taken literally: no expansion).
+        env.update(self.start_request.get("env") or {})
         # ipykernel then watches its parent (us) and exits if we vanish.
         env["JPY_PARENT_PID"] = str(os.getpid())
         # Orphans of the kernel's tree (double-forked daemons) come back to us, so that we can
@@ -456,7 +467,7 @@ class Supervisor:
         try:
             self.kernel = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                start_new_session=True, env=env, cwd=os.path.expanduser("~"), preexec_fn=prepare_kernel,
+                start_new_session=True, env=env, cwd=cwd, preexec_fn=prepare_kernel,
             )
         except OSError as e:
             raise Fatal("kernel_start", "cannot start remote kernel %s: %s" % (argv[0], e.strerror))
@@ -465,7 +476,7 @@ class Supervisor:
         self.wait_listening(self.endpoints.values())
         return {
             "pid": self.kernel.pid, "hostname": socket.gethostname(), "transport": transport,
-            "endpoints": self.endpoints, "run_dir": self.run_dir,
+            "endpoints": self.endpoints, "run_dir": self.run_dir, "python": sys.executable,
             "interrupt_mode": "message" if spec.get("interrupt_mode") == "message" else "signal",
             "language": spec.get("language", ""),
         }

@@ -93,6 +93,11 @@ impl Master {
         &self.alias
     }
 
+    /// The ssh client this master is opened with.
+    pub fn ssh_program(&self) -> &str {
+        &self.ssh
+    }
+
     /// The master's control socket, for channels opened with the mux protocol ([`super::mux`]).
     pub fn control_socket(&self) -> &Path {
         &self.control_socket
@@ -234,9 +239,7 @@ impl Master {
             .suffix(".log")
             .tempfile_in(&self.runtime_dir)
             .map_err(Error::io("cannot create a log file in the runtime dir"))?;
-        let mut cmd = Command::new(&self.ssh);
-        cmd.arg("-F").arg(&self.config);
-        cmd.args(self.open_options());
+        let mut cmd = self.open_command(false);
         // The master outlives us on purpose; its output goes to a file so that it never holds
         // our stderr (a parent reading it would wait for the master to exit).
         cmd.arg("-E")
@@ -275,7 +278,7 @@ impl Master {
     /// A socket file left by a master that died (SIGKILL, crash, reboot) makes ssh refuse to
     /// create a new one (it would background a plain connection instead): remove it when nothing
     /// listens there. `false` when something does listen.
-    fn remove_stale_socket(&self) -> Result<bool> {
+    pub(super) fn remove_stale_socket(&self) -> Result<bool> {
         match std::os::unix::net::UnixStream::connect(&self.control_socket) {
             Ok(_) => Ok(false),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
@@ -291,6 +294,24 @@ impl Master {
             }
             Err(_) => Ok(true),
         }
+    }
+
+    /// The `ssh` command that opens this master (`-N -f`: it backgrounds once authenticated).
+    /// `interactive`: it may prompt on the terminal (BatchMode off, whatever the config says).
+    pub(super) fn open_command(&self, interactive: bool) -> Command {
+        let mut cmd = Command::new(&self.ssh);
+        cmd.arg("-F").arg(&self.config);
+        if interactive {
+            // The first value of an option wins: this one beats the BatchMode=yes below.
+            cmd.args(["-o", "BatchMode=no"]);
+        }
+        cmd.args(self.open_options());
+        cmd
+    }
+
+    /// The ControlPersist this master is opened with.
+    pub fn persist(&self) -> &str {
+        &self.persist
     }
 
     fn open_options(&self) -> Vec<String> {
@@ -317,16 +338,9 @@ impl Master {
             .collect()
     }
 
-    /// The command a user runs once by hand to open the connection (password, OTP, host key).
-    pub fn open_by_hand_hint(&self) -> String {
-        format!(
-            "{} -F {} -o ControlMaster=yes -o 'ControlPath={}' -o ControlPersist={} -N -f {}",
-            self.ssh,
-            self.config.display(),
-            self.control_path,
-            self.persist,
-            self.alias
-        )
+    /// The command a user runs once to open the connection by hand (password, OTP, FIDO touch).
+    pub fn connect_hint(&self) -> String {
+        super::connect_hint(&self.alias, &self.config, &self.ssh)
     }
 
     fn timeout_error(&self, budget: Duration) -> Error {
@@ -351,8 +365,8 @@ impl Master {
         let reason = last_message(log);
         if log.contains("Permission denied") || log.contains("Too many authentication failures") {
             Error::Ssh(format!(
-                "authentication to '{alias}' ({where_}) failed: {reason}; sshpyk never prompts: open the connection once by hand with `{}`, then try again",
-                self.open_by_hand_hint()
+                "authentication to '{alias}' ({where_}) failed: {reason}; if it needs a human (password, OTP, FIDO touch), run `{}` once, then start again",
+                self.connect_hint()
             ))
         } else if log.contains("Host key verification failed") {
             Error::Ssh(format!(

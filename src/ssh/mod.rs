@@ -1,10 +1,12 @@
 //! Everything that talks to OpenSSH: the ssh config, the ControlMaster and its mux protocol.
 
 pub mod config;
+mod interactive;
 pub mod master;
 pub mod mux;
 
 pub use config::{declared_aliases, EffectiveConfig};
+pub use interactive::connect_hint;
 pub use master::Master;
 
 /// A close-on-exec pipe (read end, write end) for a session's stdio.

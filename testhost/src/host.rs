@@ -89,6 +89,16 @@ pub struct RemoteHostBuilder {
     control_master: bool,
     extra_sshd_config: String,
     login_user: TestUser,
+    bastion: Option<Bastion>,
+    slurm: Option<PathBuf>,
+}
+
+/// What a host behind a bastion needs to know of it.
+#[derive(Debug, Clone)]
+struct Bastion {
+    alias: String,
+    netns: String,
+    ssh_config: PathBuf,
 }
 
 impl Default for RemoteHostBuilder {
@@ -99,6 +109,8 @@ impl Default for RemoteHostBuilder {
             control_master: false,
             extra_sshd_config: String::new(),
             login_user: TestUser::Current,
+            bastion: None,
+            slurm: None,
         }
     }
 }
@@ -130,6 +142,28 @@ impl RemoteHostBuilder {
         self
     }
 
+    /// Puts the host behind `bastion` (both in `Mode::Netns`): its network namespace is linked
+    /// to the bastion's only, so this machine reaches it only through the bastion, and its
+    /// client configuration says `ProxyJump <bastion alias>` and holds the bastion's `Host`
+    /// block too. The bastion must outlive this host.
+    pub fn behind(mut self, bastion: &RemoteHost) -> Self {
+        self.mode = Mode::Netns;
+        self.bastion = Some(Bastion {
+            alias: bastion.alias.clone(),
+            netns: bastion.netns().unwrap_or_default().to_string(),
+            ssh_config: bastion.ssh_config.clone(),
+        });
+        self
+    }
+
+    /// Runs a single-node Slurm cluster in the host's namespace (`Mode::Netns`), its files in
+    /// `dir`; sessions need `SLURM_CONF=<dir>/slurm.conf` (say with `SetEnv`).
+    pub fn slurm(mut self, dir: &Path) -> Self {
+        self.mode = Mode::Netns;
+        self.slurm = Some(dir.to_path_buf());
+        self
+    }
+
     /// The user the client configuration logs in as (`User` in the `Host` block).
     pub fn login_user(mut self, user: TestUser) -> Self {
         self.login_user = user;
@@ -138,6 +172,11 @@ impl RemoteHostBuilder {
 
     pub fn start(self) -> Result<RemoteHost> {
         let mode = self.mode.resolve();
+        if let Some(bastion) = &self.bastion {
+            if mode != Mode::Netns || bastion.netns.is_empty() {
+                bail!("a host behind a bastion needs network namespaces (root), for both hosts");
+            }
+        }
         ensure_privsep_dir()?;
         self.login_user.ensure_exists()?;
         let tmp = tempfile::Builder::new()
@@ -164,6 +203,7 @@ impl RemoteHostBuilder {
             record: Record::new(dir)?,
             net: None,
             sshd: None,
+            daemons: Vec::new(),
             stopped: false,
         };
         // From here on, dropping `host` (on any error) tears down whatever exists so far.
@@ -179,6 +219,9 @@ impl RemoteHostBuilder {
             host.record.save()?;
         }
         host.setup(&self)?;
+        if let (Some(dir), Some(netns)) = (&self.slurm, host.record.netns.clone()) {
+            host.daemons = crate::slurm::start(dir, &netns, &host.address)?;
+        }
         Ok(host)
     }
 }
@@ -196,6 +239,8 @@ pub struct RemoteHost {
     record: Record,
     net: Option<Netns>,
     sshd: Option<Child>,
+    /// Daemons beside sshd (Slurm's), ended by the namespace's teardown and reaped then.
+    daemons: Vec<Child>,
     stopped: bool,
 }
 
@@ -325,6 +370,10 @@ impl RemoteHost {
             let _ = sshd.kill();
             let _ = sshd.wait();
         }
+        for mut daemon in self.daemons.drain(..) {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
         result.with_context(|| format!("tearing down the host in {}", self.dir().display()))
     }
 
@@ -351,7 +400,7 @@ impl RemoteHost {
             .with_context(|| format!("making {} readable", authorized_keys.display()))?;
         match &self.net {
             Some(net) => {
-                net.configure()?;
+                net.configure(options.bastion.as_ref().map(|b| b.netns.as_str()))?;
                 self.address = net.remote_address();
             }
             None => self.address = "127.0.0.1".to_string(),
@@ -365,7 +414,7 @@ impl RemoteHost {
             self.port = if self.net.is_some() { 22 } else { free_port() };
             self.write_configs(options)?;
             self.spawn_sshd()?;
-            match self.wait_ready()? {
+            match self.wait_ready(options.bastion.is_none())? {
                 Ready::Listening => return Ok(()),
                 Ready::PortTaken => {
                     if let Some(mut sshd) = self.sshd.take() {
@@ -397,19 +446,28 @@ impl RemoteHost {
             "Host {alias}\n    HostName {address}\n    Port {port}\n    User {user}\n    \
              IdentityFile {identity}\n    IdentitiesOnly yes\n    \
              UserKnownHostsFile {known_hosts}\n    StrictHostKeyChecking yes\n    \
-             BatchMode yes\n    ConnectTimeout 5\n",
+             BatchMode yes\n    ConnectTimeout 5\n{jump}",
             alias = self.alias,
             address = self.address,
             port = self.port,
             user = self.login_user,
             identity = quoted(&self.identity_file()),
             known_hosts = quoted(&dir.join("known_hosts")),
+            jump = match &options.bastion {
+                Some(bastion) => format!("    ProxyJump {}\n", bastion.alias),
+                None => String::new(),
+            },
         );
         if options.control_master {
             client.push_str(&format!(
                 "    ControlMaster auto\n    ControlPath {}\n    ControlPersist 60\n",
                 quoted(&dir.join("cm-%C"))
             ));
+        }
+        if let Some(bastion) = &options.bastion {
+            let text = fs::read_to_string(&bastion.ssh_config)
+                .with_context(|| format!("reading {}", bastion.ssh_config.display()))?;
+            client.push_str(&text);
         }
         write(&self.ssh_config, &client)
     }
@@ -447,7 +505,8 @@ impl RemoteHost {
         self.record.save()
     }
 
-    fn wait_ready(&mut self) -> Result<Ready> {
+    /// `reachable_here`: whether this machine can connect to it (not behind a bastion).
+    fn wait_ready(&mut self, reachable_here: bool) -> Result<Ready> {
         let log_path = self.sshd_log();
         let listening = format!("Server listening on {} port {}.", self.address, self.port);
         let addr: SocketAddr = format!("{}:{}", self.address, self.port).parse()?;
@@ -467,7 +526,8 @@ impl RemoteHost {
             // The log line proves the listener is this sshd; the connection, that it is
             // reachable from here.
             if log.contains(&listening)
-                && TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+                && (!reachable_here
+                    || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok())
             {
                 return Ok(Ready::Listening);
             }

@@ -15,6 +15,7 @@ mod host;
 mod net;
 mod procs;
 mod registry;
+mod slurm;
 mod users;
 mod venv;
 
@@ -25,9 +26,11 @@ use std::sync::OnceLock;
 use std::thread;
 
 pub use host::{Mode, RemoteHost, RemoteHostBuilder};
+pub use slurm::{slurm_installed, SLURM_NODE, SLURM_PARTITION};
 pub use users::{
     TestUser, CHATTY_BASHRC_STDERR, CHATTY_BASHRC_STDOUT, CHATTY_PROFILE_STDERR,
-    CHATTY_PROFILE_STDOUT, CHATTY_USER, FISH_USER, TCSH_USER,
+    CHATTY_PROFILE_STDOUT, CHATTY_USER, FISH_USER, PASSWORD_USER, PASSWORD_USER_PASSWORD,
+    TCSH_USER,
 };
 pub use venv::{python_venv, python_venv_for};
 

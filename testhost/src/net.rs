@@ -62,8 +62,11 @@ impl Netns {
         bail!("no free network namespace name: sshpyk-0 to sshpyk-255 all exist")
     }
 
-    /// Creates the veth pair and addresses. Needs the namespace from `create`.
-    pub fn configure(&self) -> Result<()> {
+    /// Creates the veth pair and addresses. Needs the namespace from `create`. With `behind`,
+    /// the pair's other end lives in that namespace instead of on this machine: the host is
+    /// reachable only from there (through a bastion), and the guard route makes this machine
+    /// fail at once to reach it directly.
+    pub fn configure(&self, behind: Option<&str>) -> Result<()> {
         // A host-side veth left over by a run killed before it moved the peer away.
         if Path::new("/sys/class/net").join(&self.veth_host).exists() {
             ip(&["link", "del", &self.veth_host])?;
@@ -73,14 +76,14 @@ impl Netns {
         ip(&[
             "link", "add", host, "type", "veth", "peer", "name", remote, "netns", ns,
         ])?;
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", self.host_address()),
-            "dev",
-            host,
-        ])?;
-        ip(&["link", "set", host, "up"])?;
+        let mut near = vec![];
+        if let Some(bastion) = behind {
+            ip(&["link", "set", host, "netns", bastion])?;
+            near = vec!["-n", bastion];
+        }
+        let host_cidr = format!("{}/24", self.host_address());
+        ip(&[&near[..], &["addr", "add", &host_cidr, "dev", host]].concat())?;
+        ip(&[&near[..], &["link", "set", host, "up"]].concat())?;
         let remote_cidr = format!("{}/24", self.remote_address());
         ip(&["-n", ns, "addr", "add", &remote_cidr, "dev", remote])?;
         ip(&["-n", ns, "link", "set", remote, "up"])?;

@@ -27,6 +27,9 @@ pub const CHATTY_PROFILE_STDERR: &str = "sshpyk-chatty: ~/.profile says hello on
 pub const TCSH_USER: &str = "sshpyk-tcsh";
 /// The dedicated user of [`TestUser::Fish`].
 pub const FISH_USER: &str = "sshpyk-fish";
+/// The dedicated user of [`TestUser::Password`], and its password.
+pub const PASSWORD_USER: &str = "sshpyk-password";
+pub const PASSWORD_USER_PASSWORD: &str = "sshpyk test password 1";
 
 /// The Unix user the host's client configuration logs in as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -43,6 +46,9 @@ pub enum TestUser {
     Tcsh,
     /// [`FISH_USER`], login shell /usr/bin/fish, whose `config.fish` prints a line on stdout.
     Fish,
+    /// [`PASSWORD_USER`], login shell /bin/sh, whose password is [`PASSWORD_USER_PASSWORD`]:
+    /// for hosts that authenticate with a password (`PasswordAuthentication yes`).
+    Password,
 }
 
 /// A dedicated user: name, login shell, and start-up files (path in the home, contents).
@@ -51,6 +57,8 @@ struct Dedicated {
     shell: &'static str,
     comment: &'static str,
     files: Vec<(&'static str, String)>,
+    /// Set with chpasswd; otherwise no password can match.
+    password: Option<&'static str>,
 }
 
 impl TestUser {
@@ -86,6 +94,7 @@ impl TestUser {
                         talk(CHATTY_PROFILE_STDOUT, CHATTY_PROFILE_STDERR),
                     ),
                 ],
+                password: None,
             }),
             // csh has no `>&2`: its start-up file talks on stdout only.
             TestUser::Tcsh => Some(Dedicated {
@@ -96,6 +105,7 @@ impl TestUser {
                     ".tcshrc",
                     "echo 'sshpyk-tcsh: ~/.tcshrc says hello'\n".into(),
                 )],
+                password: None,
             }),
             TestUser::Fish => Some(Dedicated {
                 name: FISH_USER,
@@ -105,6 +115,14 @@ impl TestUser {
                     ".config/fish/config.fish",
                     "echo 'sshpyk-fish: config.fish says hello'\n".into(),
                 )],
+                password: None,
+            }),
+            TestUser::Password => Some(Dedicated {
+                name: PASSWORD_USER,
+                shell: "/bin/sh",
+                comment: "sshpyk test user that logs in with a password",
+                files: Vec::new(),
+                password: Some(PASSWORD_USER_PASSWORD),
             }),
         }
     }
@@ -155,6 +173,9 @@ impl TestUser {
             }
             write_owned(&path, contents, &user)?;
         }
+        if let Some(password) = wanted.password {
+            set_password(wanted.name, password)?;
+        }
         Ok(())
     }
 
@@ -184,6 +205,24 @@ impl TestUser {
         }
         Ok(())
     }
+}
+
+fn set_password(name: &str, password: &str) -> Result<()> {
+    let mut chpasswd = Command::new("chpasswd")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("running chpasswd")?;
+    {
+        use std::io::Write;
+        let mut stdin = chpasswd.stdin.take().context("chpasswd's stdin")?;
+        writeln!(stdin, "{name}:{password}").context("writing to chpasswd")?;
+    }
+    let status = chpasswd.wait().context("waiting for chpasswd")?;
+    if !status.success() {
+        bail!("chpasswd failed ({status}) setting the password of {name}");
+    }
+    Ok(())
 }
 
 /// Replaces `path` (atomically, for sessions reading it meanwhile) unless it already holds

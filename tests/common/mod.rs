@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 
 use sshpyk::connection::ConnectionInfo;
 use sshpyk::jupyter::KernelClient;
-use sshpyk_testhost::{RemoteHost, TestUser};
+use sshpyk_testhost::{RemoteHost, RemoteHostBuilder, TestUser};
 use tempfile::TempDir;
 
 pub struct Env {
     pub dir: TempDir,
     pub host: Option<RemoteHost>,
+    /// The host's bastion, when it sits behind one (dropped after it).
+    pub bastion: Option<RemoteHost>,
     /// The venv the remote user runs (see [`sshpyk_testhost::python_venv_for`]).
     pub remote_venv: PathBuf,
 }
@@ -42,6 +44,7 @@ impl Env {
         Env {
             dir,
             host: None,
+            bastion: None,
             remote_venv: venv(),
         }
     }
@@ -59,6 +62,39 @@ impl Env {
     /// With a real sshd "remote host" whose sshd_config starts with `sshd_options` (they win
     /// over the defaults).
     pub fn with_host_configured(user: TestUser, sshd_options: &str) -> Self {
+        Self::with_host_built(user, sshd_options, |_, builder| (builder, String::new()))
+    }
+
+    /// With a real sshd "remote host" reachable only through another one, the bastion, as
+    /// `ProxyJump` in the ssh config says (network namespaces: needs root).
+    pub fn with_host_behind_bastion() -> Self {
+        let bastion = RemoteHost::builder()
+            .alias("bastion")
+            .start()
+            .expect("starting the bastion's sshd");
+        let mut env = Self::with_host_built(TestUser::Current, "", |_, b| {
+            (b.behind(&bastion), String::new())
+        });
+        env.bastion = Some(bastion);
+        env
+    }
+
+    /// With a real sshd "remote host" that runs a single-node Slurm cluster too (network
+    /// namespaces and slurm-wlm: needs root); its sessions have `SLURM_CONF`.
+    pub fn with_slurm_host() -> Self {
+        Self::with_host_built(TestUser::Current, "", |env, builder| {
+            let dir = env.path("slurm");
+            let conf = format!(" SLURM_CONF={}", dir.join("slurm.conf").display());
+            (builder.slurm(&dir), conf)
+        })
+    }
+
+    /// `build` adds to the host's builder and returns more `SetEnv` assignments (" K=V").
+    fn with_host_built(
+        user: TestUser,
+        sshd_options: &str,
+        build: impl FnOnce(&Env, RemoteHostBuilder) -> (RemoteHostBuilder, String),
+    ) -> Self {
         let mut env = Self::local();
         // The remote side is this machine's filesystem: keep its Jupyter dirs in our temp dir,
         // and for the current user its home too, so that no developer's shell start-up files
@@ -73,7 +109,9 @@ impl Env {
             remote_env.push_str(&format!(" HOME={}", env.path("remote-home").display()));
         }
         // Starting the host creates the user.
-        let host = RemoteHost::builder()
+        let (builder, more_vars) = build(&env, RemoteHost::builder());
+        remote_env.push_str(&more_vars);
+        let host = builder
             .alias("remote")
             .login_user(user)
             .extra_sshd_config(&format!("{sshd_options}SetEnv {remote_env}\n"))

@@ -1,0 +1,219 @@
+//! Kernels on Slurm compute nodes, through the login node (the ssh alias).
+//!
+//! One session on the login node runs `slurm.sh`: it adopts the running allocation named
+//! `sshpyk-<kernel id>` (a restart of the same kernel), or submits one (`sbatch` with the user's
+//! options, its batch script the keeper below), reports the job's phases as lines before the
+//! supervisor's marker, then `exec`s `srun --overlap --unbuffered` into the job with the usual
+//! remote python command. So the supervisor runs on the node with the step's stdio as its
+//! session: the frames (key included) travel over srun's pipes through the login node, the node
+//! opens no port, and no `pam_slurm_adopt` is needed.
+//!
+//! Lifetime: the kernel ends with its step (a launcher gone closes the session, srun passes the
+//! end of stdin on, the supervisor ends the kernel); the allocation is ended by its own batch
+//! script once no kernel step has run for the grace (`slurm_keeper.sh`), so a restart within the
+//! grace does not queue again and nothing depends on the launcher still being there. A start
+//! that fails after submitting cancels the job at once; a launcher that gives up while the job
+//! is queued closes the session, and the script cancels the job. The job's `--time` is the
+//! last backstop.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::remote::{run_sh, sh_command};
+use crate::ssh::Master;
+
+const SCRIPT: &str = include_str!("remote/slurm.sh");
+const KEEPER: &str = include_str!("remote/slurm_keeper.sh");
+pub const DEFAULT_GRACE: f64 = 60.0;
+
+/// The `--slurm` settings of a kernelspec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlurmSettings {
+    /// sbatch options, split on blanks (`--partition gpu --gres gpu:1 --time 04:00:00`).
+    pub options: String,
+    /// Seconds the allocation outlives its last kernel, for a restart to adopt it.
+    pub grace: f64,
+}
+
+/// The allocation one kernel start asks for.
+#[derive(Debug, Clone)]
+pub struct Allocation {
+    pub job_name: String,
+    pub settings: SlurmSettings,
+}
+
+impl Allocation {
+    /// Named after the kernel: Jupyter's kernel id, from its connection file
+    /// (`kernel-<id>.json`), which a restart keeps.
+    pub fn for_kernel(settings: &SlurmSettings, connection_file: &Path) -> Self {
+        Allocation {
+            job_name: format!("sshpyk-{}", kernel_id(connection_file)),
+            settings: settings.clone(),
+        }
+    }
+
+    /// The login node's command line: allocate or adopt, then run `command` (a remote command
+    /// line for a POSIX sh) as a job step.
+    pub fn command(&self, command: &str) -> String {
+        let grace = self.settings.grace.ceil().max(1.0) as u64;
+        let keeper = KEEPER.replace("@GRACE@", &grace.to_string());
+        sh_command(
+            SCRIPT,
+            &[&self.job_name, &self.settings.options, &keeper, command],
+        )
+    }
+}
+
+fn kernel_id(connection_file: &Path) -> String {
+    let stem = connection_file
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy();
+    let id = stem.strip_prefix("kernel-").unwrap_or(&stem);
+    let clean: String = id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .collect();
+    if clean.is_empty() {
+        "kernel".into()
+    } else {
+        clean
+    }
+}
+
+/// A line `slurm.sh` printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Submitted { job: String },
+    Adopted { job: String },
+    Pending { job: String, reason: String },
+    Waiting,
+    Running { job: String, node: String },
+    Refused { message: String },
+    Ended { job: String, state: String },
+}
+
+impl Event {
+    pub fn parse(line: &str) -> Option<Event> {
+        let rest = line.strip_prefix("sshpyk-slurm ")?;
+        let mut words = rest.splitn(3, ' ');
+        let kind = words.next()?;
+        let job = words.next().unwrap_or_default().to_string();
+        let more = words.next().unwrap_or_default().trim().to_string();
+        Some(match kind {
+            "submitted" => Event::Submitted { job },
+            "adopted" => Event::Adopted { job },
+            "pending" => Event::Pending { job, reason: more },
+            "waiting" => Event::Waiting,
+            "running" => Event::Running { job, node: more },
+            "refused" => Event::Refused {
+                message: rest["refused".len()..]
+                    .trim()
+                    .trim_end_matches('|')
+                    .replace('|', "; "),
+            },
+            "ended" => Event::Ended { job, state: more },
+            _ => return None,
+        })
+    }
+}
+
+/// Follows a start's Slurm lines: logs the phases, turns failures into errors, and remembers a
+/// job this start submitted (to cancel it if the start fails).
+#[derive(Debug, Default)]
+pub struct Watch {
+    pub submitted: Option<String>,
+}
+
+impl Watch {
+    /// `Err` when the allocation failed.
+    pub fn on(&mut self, event: Event, alias: &str) -> Result<()> {
+        match event {
+            Event::Submitted { job } => {
+                tracing::info!("slurm job {job} submitted on '{alias}'");
+                self.submitted = Some(job);
+            }
+            Event::Adopted { job } => {
+                tracing::info!("adopting slurm job {job}, kept from this kernel's last start")
+            }
+            Event::Pending { job, reason } => {
+                tracing::info!("slurm job {job} queued ({reason})")
+            }
+            Event::Waiting => {}
+            Event::Running { job, node } => {
+                tracing::info!("slurm job {job} running on node {node}")
+            }
+            Event::Refused { message } => {
+                return Err(Error::Remote(format!(
+                    "slurm on '{alias}' refused the job: {message}; fix --slurm with `sshpyk edit`"
+                )))
+            }
+            Event::Ended { job, state } => {
+                return Err(Error::Remote(format!(
+                    "slurm job {job} on '{alias}' ended before the kernel started ({}); see `sacct -j {job}` there",
+                    if state.is_empty() { "gone" } else { &state }
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Cancels `job` (a start failed after submitting it); best effort, bounded.
+pub async fn cancel(master: &Master, job: &str) {
+    let args = [job];
+    let cancel = run_sh(master, r#"scancel "$1""#, &args);
+    match tokio::time::timeout(std::time::Duration::from_secs(5), cancel).await {
+        Ok(Ok(out)) if out.success() => tracing::info!("cancelled slurm job {job}"),
+        _ => tracing::warn!(
+            "could not cancel slurm job {job}; its batch script ends it after the grace"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_are_named_after_jupyters_kernel_id() {
+        let a = Allocation::for_kernel(
+            &SlurmSettings {
+                options: String::new(),
+                grace: 60.0,
+            },
+            Path::new("/run/jupyter/kernel-1f2e-3d.json"),
+        );
+        assert_eq!(a.job_name, "sshpyk-1f2e-3d");
+        assert_eq!(kernel_id(Path::new("/x/we ird$.json")), "weird");
+    }
+
+    #[test]
+    fn script_lines_parse_into_events() {
+        assert_eq!(
+            Event::parse("sshpyk-slurm pending 12 Resources"),
+            Some(Event::Pending {
+                job: "12".into(),
+                reason: "Resources".into()
+            })
+        );
+        assert_eq!(
+            Event::parse("sshpyk-slurm running 12 node-1"),
+            Some(Event::Running {
+                job: "12".into(),
+                node: "node-1".into()
+            })
+        );
+        assert_eq!(
+            Event::parse(
+                "sshpyk-slurm refused invalid partition specified: x|Batch job submission failed|"
+            ),
+            Some(Event::Refused {
+                message: "invalid partition specified: x; Batch job submission failed".into()
+            })
+        );
+        assert_eq!(Event::parse("banner"), None);
+    }
+}

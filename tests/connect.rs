@@ -1,0 +1,201 @@
+//! `sshpyk connect` end to end: a test sshd that takes only a password, the prompt answered
+//! through a pseudo-terminal, then kernels that start without any prompt over that connection.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{eventually, ready_client, Env};
+use sshpyk_testhost::{TestUser, PASSWORD_USER, PASSWORD_USER_PASSWORD};
+
+const STEP: Duration = Duration::from_secs(20);
+
+/// A pseudo-terminal: (controller, terminal).
+fn pty() -> (OwnedFd, OwnedFd) {
+    let (mut controller, mut terminal) = (0, 0);
+    let rc = unsafe {
+        libc::openpty(
+            &mut controller,
+            &mut terminal,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    unsafe {
+        (
+            OwnedFd::from_raw_fd(controller),
+            OwnedFd::from_raw_fd(terminal),
+        )
+    }
+}
+
+/// Runs `sshpyk connect ...` on a terminal of its own, typing one of `passwords` at each
+/// prompt; returns its exit code and what the terminal showed.
+fn connect_on_a_terminal(env: &Env, args: &[&str], passwords: &[&str]) -> (Option<i32>, String) {
+    let (controller, terminal) = pty();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sshpyk"));
+    env.apply(&mut cmd);
+    cmd.arg("connect").args(args);
+    cmd.stdin(Stdio::from(terminal.try_clone().unwrap()))
+        .stdout(Stdio::from(terminal.try_clone().unwrap()))
+        .stderr(Stdio::from(terminal));
+    // A session of its own whose controlling terminal is the pty: ssh reads /dev/tty.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let _group = KillGroupOnDrop(child.id() as i32);
+    drop(cmd);
+    let shown = Arc::new(Mutex::new(String::new()));
+    let mut reader = std::fs::File::from(controller.try_clone().unwrap());
+    let sink = shown.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        // Ends with EIO once nothing holds the terminal any more.
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let mut writer = std::fs::File::from(controller);
+    for (n, password) in passwords.iter().enumerate() {
+        let prompted = eventually(STEP, || {
+            shown.lock().unwrap().matches("password:").count() > n
+        });
+        assert!(prompted, "no password prompt: {}", shown.lock().unwrap());
+        writer
+            .write_all(format!("{password}\n").as_bytes())
+            .unwrap();
+    }
+    let mut status = None;
+    assert!(
+        eventually(STEP, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        }),
+        "connect did not return: {}",
+        shown.lock().unwrap()
+    );
+    drop(writer);
+    let text = shown.lock().unwrap().clone();
+    (status.unwrap().code(), text)
+}
+
+/// Ends a process group left behind by a failed check (ssh waiting at a prompt); nothing is
+/// left in it once `connect` returned (the master ssh daemonized into a session of its own).
+struct KillGroupOnDrop(i32);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_password_typed_once_in_connect_lets_kernels_start_without_a_prompt() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the password test user needs root");
+        return;
+    }
+    let env = Env::with_host_configured(
+        TestUser::Password,
+        "PubkeyAuthentication no\nPasswordAuthentication yes\n",
+    );
+    let config = env.ssh_config();
+    let config = config.to_str().unwrap();
+    let hint = format!("sshpyk connect remote --ssh-config {config}");
+
+    // Without a connection: `add` warns, the launch fails in one line, `list` says the same,
+    // and each names the command to run.
+    let added = env
+        .add_command("python3", &["--kernel-name", "k"])
+        .output()
+        .unwrap();
+    assert!(added.status.success());
+    assert!(String::from_utf8_lossy(&added.stderr).contains(&hint));
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch("k", &conn);
+    let status = launcher
+        .wait_timeout(Duration::from_secs(30))
+        .expect("gave up");
+    let log = launcher.log();
+    assert_eq!(status.code(), Some(4), "{log}");
+    let last = log.lines().last().unwrap();
+    assert!(
+        last.starts_with("sshpyk: error: authentication to 'remote'") && last.contains(&hint),
+        "{log}"
+    );
+    let list = env.sshpyk().args(["list", "-r"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        listed.contains("(x) connection: authentication") && listed.contains(&hint),
+        "{listed}"
+    );
+    let check = env
+        .sshpyk()
+        .args(["connect", "remote", "--ssh-config", config, "--check"])
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(4));
+
+    // A wrong password: ssh says so on the terminal, and connect fails.
+    let (code, shown) =
+        connect_on_a_terminal(&env, &["remote", "--ssh-config", config], &["wrong"; 3]);
+    assert_ne!(code, Some(0), "{shown}");
+    // The right one, through the kernelspec's settings this time.
+    let (code, shown) =
+        connect_on_a_terminal(&env, &["--kernel-name", "k"], &[PASSWORD_USER_PASSWORD]);
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("'remote': connected;"), "{shown}");
+    env.sshpyk()
+        .args(["connect", "remote", "--ssh-config", config, "--check"])
+        .assert()
+        .success();
+
+    // The kernel starts without any prompt (no terminal at all) over that connection.
+    let mut launcher = env.launch("k", &conn);
+    launcher.wait_ready(Duration::from_secs(60));
+    let mut c = ready_client(&info).await;
+    let r = c
+        .execute("import getpass; print(getpass.getuser())", STEP)
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, format!("{PASSWORD_USER}\n"));
+    c.close();
+    launcher.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(launcher.wait_timeout(Duration::from_secs(10)).is_some());
+
+    // --exit closes it; then nothing is open.
+    let closed = env
+        .sshpyk()
+        .args(["connect", "remote", "--ssh-config", config, "--exit"])
+        .output()
+        .unwrap();
+    assert!(closed.status.success());
+    assert!(String::from_utf8_lossy(&closed.stdout).contains("connection closed"));
+    let check = env
+        .sshpyk()
+        .args(["connect", "--kernel-name", "k", "--check"])
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(4));
+}

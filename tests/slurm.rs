@@ -1,0 +1,203 @@
+//! Kernels on a Slurm compute node, through the login node, on a real single-node Slurm
+//! (slurm-wlm + munge from Debian, its daemons in the test host's network namespace).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{eventually, ready_client, Env};
+use nix::sys::signal::Signal;
+use sshpyk_testhost::{SLURM_NODE, SLURM_PARTITION};
+
+const STEP: Duration = Duration::from_secs(20);
+const GRACE: u64 = 4;
+
+fn slurm_env() -> Option<Env> {
+    if !nix::unistd::geteuid().is_root() || !sshpyk_testhost::slurm_installed() {
+        eprintln!("skipped: Slurm tests need root and slurm-wlm + munge (scripts/setup)");
+        return None;
+    }
+    Some(Env::with_slurm_host())
+}
+
+/// `squeue` on the login node: "id name state" per job.
+fn jobs(env: &Env) -> Vec<String> {
+    let out = env
+        .host()
+        .remote_command("squeue", ["-h", "-o", "%i %j %T"])
+        .env("SLURM_CONF", env.path("slurm/slurm.conf"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn add_slurm_kernel(env: &Env, options: &str, extra: &[&str]) {
+    let mut args = vec!["--slurm", options, "--slurm-grace", "4"];
+    args.extend_from_slice(extra);
+    env.add_kernel("k", &args);
+}
+
+#[tokio::test]
+async fn a_kernel_runs_in_a_job_step_restarts_into_the_same_job_and_the_job_ends_after_the_grace() {
+    let Some(env) = slurm_env() else { return };
+    add_slurm_kernel(
+        &env,
+        &format!("--partition {SLURM_PARTITION} --time 10"),
+        &[],
+    );
+    let (conn, info) = env.connection_file("slurmk");
+    let mut launcher = env.launch("k", &conn);
+    launcher.wait_ready(Duration::from_secs(60));
+    let log = launcher.log();
+    assert!(
+        log.contains(&format!("running on node {SLURM_NODE}")),
+        "{log}"
+    );
+    let job = log
+        .split("slurm job ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a job id in the log")
+        .to_string();
+    assert_eq!(jobs(&env), [format!("{job} sshpyk-slurmk RUNNING")]);
+
+    // The kernel runs inside a job step on the node.
+    let mut c = ready_client(&info).await;
+    let r = c
+        .execute(
+            "import os; print(os.environ['SLURMD_NODENAME'], os.environ['SLURM_JOB_ID'], os.environ.get('SLURM_STEP_ID'))",
+            STEP,
+        )
+        .await
+        .unwrap();
+    let fields: Vec<&str> = r.stdout.split_whitespace().collect();
+    assert_eq!(&fields[..2], [SLURM_NODE, job.as_str()], "{}", r.stdout);
+    assert_ne!(fields[2], "batch");
+
+    // Interrupt.
+    let mut other = ready_client(&info).await;
+    let busy = tokio::spawn(async move {
+        c.execute("import time; time.sleep(60)", Duration::from_secs(30))
+            .await
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    launcher.signal(Signal::SIGINT);
+    let r = busy
+        .await
+        .unwrap()
+        .expect("execute returns after the interrupt");
+    assert_eq!(
+        r.error.as_ref().map(|e| e.0.as_str()),
+        Some("KeyboardInterrupt")
+    );
+    let r = other.execute("print(1 + 1)", STEP).await.unwrap();
+    assert_eq!(r.stdout, "2\n");
+    other.close();
+
+    // Restart (Jupyter: SIGTERM, then the same connection file): the same job, no queueing.
+    launcher.signal(Signal::SIGTERM);
+    assert!(launcher.wait_timeout(Duration::from_secs(5)).is_some());
+    let mut launcher = env.launch("k", &conn);
+    launcher.wait_ready(Duration::from_secs(60));
+    let log = launcher.log();
+    assert!(log.contains(&format!("adopting slurm job {job}")), "{log}");
+    assert!(!log.contains("submitted"), "{log}");
+    let mut c = ready_client(&info).await;
+    let r = c.execute("print(1 + 1)", STEP).await.unwrap();
+    assert_eq!(r.stdout, "2\n");
+    c.close();
+
+    // Jupyter's SIGKILL: the kernel is gone at once, the job after the grace.
+    launcher.child.kill().unwrap();
+    launcher.child.wait().unwrap();
+    let killed = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || env
+            .remote_processes("ipykernel")
+            .is_empty()),
+        "the kernel outlived its launcher"
+    );
+    assert_eq!(jobs(&env).len(), 1, "the job must wait for the grace");
+    assert!(
+        eventually(Duration::from_secs(GRACE + 15), || jobs(&env).is_empty()),
+        "job still there: {:?}",
+        jobs(&env)
+    );
+    assert!(killed.elapsed() >= Duration::from_secs(GRACE - 1));
+}
+
+#[test]
+fn a_partition_that_does_not_exist_is_one_clear_line_and_nothing_is_queued() {
+    let Some(env) = slurm_env() else { return };
+    add_slurm_kernel(
+        &env,
+        "--partition nosuchpartition",
+        &["--launch-timeout", "20"],
+    );
+    let (conn, _info) = env.connection_file("nopart");
+    let mut launcher = env.launch("k", &conn);
+    let status = launcher
+        .wait_timeout(Duration::from_secs(20))
+        .expect("gave up in time");
+    let log = launcher.log();
+    assert_eq!(status.code(), Some(5), "{log}");
+    let last = log.lines().last().unwrap();
+    assert!(
+        last.starts_with("sshpyk: error: slurm on 'remote' refused the job: invalid partition specified: nosuchpartition"),
+        "{log}"
+    );
+    assert!(jobs(&env).is_empty());
+
+    // A start that fails once its job runs (no such remote kernel) cancels the job at once.
+    let kernel_json = env.kernel_dir("k").join("kernel.json");
+    let mut spec = env.read_kernel_json("k");
+    spec["metadata"]["sshpyk"]["slurm"]["options"] =
+        format!("--partition {SLURM_PARTITION}").into();
+    spec["metadata"]["sshpyk"]["remote_kernel_name"] = "nosuchkernel".into();
+    std::fs::write(&kernel_json, spec.to_string()).unwrap();
+    let mut launcher = env.launch("k", &conn);
+    let status = launcher
+        .wait_timeout(Duration::from_secs(20))
+        .expect("gave up in time");
+    let log = launcher.log();
+    assert_eq!(status.code(), Some(5), "{log}");
+    assert!(
+        log.contains("remote kernel 'nosuchkernel' not found"),
+        "{log}"
+    );
+    assert!(log.contains("cancelled slurm job"), "{log}");
+    // Well before the grace (4 s) would have ended it.
+    assert!(
+        eventually(Duration::from_secs(2), || jobs(&env).is_empty()),
+        "{:?}",
+        jobs(&env)
+    );
+}
+
+#[test]
+fn a_job_still_queued_when_the_launch_timeout_runs_out_is_cancelled() {
+    let Some(env) = slurm_env() else { return };
+    // More CPUs than the node has: queued for good.
+    add_slurm_kernel(&env, "--cpus-per-task 8", &["--launch-timeout", "4"]);
+    let (conn, _info) = env.connection_file("queued");
+    let mut launcher = env.launch("k", &conn);
+    let status = launcher
+        .wait_timeout(Duration::from_secs(20))
+        .expect("gave up in time");
+    let log = launcher.log();
+    assert_eq!(status.code(), Some(6), "{log}");
+    assert!(log.contains("queued ("), "{log}");
+    assert!(
+        eventually(Duration::from_secs(5), || jobs(&env).is_empty()),
+        "still queued: {:?}",
+        jobs(&env)
+    );
+}
