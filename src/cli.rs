@@ -206,8 +206,8 @@ pub struct MountArgs {
     /// Take the alias, ssh config and ssh client of this sshpyk kernelspec.
     #[arg(long, conflicts_with = "umount")]
     pub kernel_name: Option<String>,
-    /// ssh config file that declares the alias [default: ~/.ssh/config, or the kernelspec's].
-    #[arg(long, conflicts_with = "umount")]
+    /// ssh config file that declares the alias [default: ~/.ssh/config].
+    #[arg(long, conflicts_with_all = ["umount", "kernel_name"])]
     pub ssh_config: Option<PathBuf>,
     /// Remote directory to mount [default: the remote home directory].
     #[arg(short, long, conflicts_with = "umount")]

@@ -15,15 +15,45 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sshpyk_testhost::TestUser;
 
-/// A running `sshpyk mount`, its stderr in a file; killed when dropped.
+/// A child process, killed when dropped.
+struct Running(Child);
+
+impl Running {
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.0.id() as i32)
+    }
+
+    fn exited(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_some()
+    }
+
+    /// Its exit code (-1 when killed by a signal), if it exits within `timeout`.
+    fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let mut status = None;
+        eventually(timeout, || {
+            status = self.0.try_wait().unwrap();
+            status.is_some()
+        });
+        status.map(|s| s.code().unwrap_or(-1))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running `sshpyk mount`, its stderr in a file.
 struct Mount {
-    child: Child,
+    child: Running,
     log: PathBuf,
 }
 
 impl Mount {
     fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
+        self.child.pid()
     }
 
     fn log(&self) -> String {
@@ -31,19 +61,7 @@ impl Mount {
     }
 
     fn wait(&mut self, timeout: Duration) -> Option<i32> {
-        let mut status = None;
-        eventually(timeout, || {
-            status = self.child.try_wait().unwrap();
-            status.is_some()
-        });
-        status.map(|s| s.code().unwrap_or(-1))
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.wait(timeout)
     }
 }
 
@@ -86,7 +104,7 @@ impl MountCmd<'_> {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         Mount {
-            child: cmd.spawn().expect("sshpyk mount starts"),
+            child: Running(cmd.spawn().expect("sshpyk mount starts")),
             log,
         }
     }
@@ -133,7 +151,7 @@ fn mount_cmd<'a>(env: &'a Env, args: &[&str]) -> MountCmd<'a> {
 /// Waits until sshpyk says the mount is there (it holds it from then on).
 fn wait_mounted(mount: &mut Mount, mountpoint: &Path) {
     let ok = eventually(Duration::from_secs(30), || {
-        mount.log().contains("is mounted on") || mount.child.try_wait().unwrap().is_some()
+        mount.log().contains("is mounted on") || mount.child.exited()
     });
     assert!(
         ok && is_mounted(mountpoint),
@@ -306,7 +324,7 @@ fn users_options_win_over_sshpyks_defaults_for_ssh_and_sshfs() {
 struct Terminal {
     input: std::fs::File,
     output: std::sync::Arc<std::sync::Mutex<String>>,
-    child: Child,
+    child: Running,
 }
 
 impl Terminal {
@@ -351,7 +369,7 @@ impl Terminal {
         Terminal {
             input: master,
             output,
-            child,
+            child: Running(child),
         }
     }
 
@@ -374,19 +392,7 @@ impl Terminal {
     }
 
     fn wait(&mut self, timeout: Duration) -> Option<i32> {
-        let mut status = None;
-        eventually(timeout, || {
-            status = self.child.try_wait().unwrap();
-            status.is_some()
-        });
-        status.map(|s| s.code().unwrap_or(-1))
-    }
-}
-
-impl Drop for Terminal {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.wait(timeout)
     }
 }
 
@@ -446,7 +452,7 @@ fn a_closed_terminal_hangs_up_the_subshell_and_unmounts() {
     let env = Env::with_host();
     let mountpoint = env.path("mnt");
     let mut terminal = subshell_on_terminal(&env, &mountpoint);
-    kill(Pid::from_raw(terminal.child.id() as i32), Signal::SIGHUP).unwrap();
+    kill(terminal.child.pid(), Signal::SIGHUP).unwrap();
     // bash ended by SIGHUP: 128 + 1.
     assert_eq!(
         terminal.wait(Duration::from_secs(20)),

@@ -1,15 +1,25 @@
 //! `sshpyk connect`: open, check or close a host's ssh connection by hand.
 
-use std::path::PathBuf;
-
-use super::settings::default_ssh_config;
+use super::host::Host;
 use crate::cli::ConnectArgs;
 use crate::error::{Error, Result};
-use crate::kernelspec;
 use crate::ssh::{config, Master};
 
 pub async fn run(args: ConnectArgs, ssh_verbose: bool) -> Result<()> {
-    let (ssh, ssh_config, alias) = host(&args)?;
+    let Host {
+        ssh,
+        ssh_config,
+        alias,
+    } = match (&args.kernel_name, &args.alias) {
+        (Some(name), _) => Host::of_kernel(name)?,
+        (None, alias) => Host::given(
+            alias
+                .as_deref()
+                .expect("clap requires an alias or --kernel-name"),
+            args.ssh_config.as_deref(),
+            args.ssh.as_deref(),
+        )?,
+    };
     config::require_alias(&ssh_config, &alias)?;
     let master = Master::for_alias(&ssh, &ssh_config, &alias, ssh_verbose).await?;
     if args.check {
@@ -43,32 +53,4 @@ pub async fn run(args: ConnectArgs, ssh_verbose: bool) -> Result<()> {
         println!("'{alias}': a connection is already open");
     }
     Ok(())
-}
-
-/// ssh client, config file and alias: given, or those of a kernelspec.
-fn host(args: &ConnectArgs) -> Result<(String, PathBuf, String)> {
-    if let Some(name) = &args.kernel_name {
-        let found = kernelspec::find(name)?;
-        let settings = found.spec.settings().ok_or_else(|| {
-            Error::Invalid(format!(
-                "kernel '{}' was not written by sshpyk; pass the host alias instead",
-                found.name
-            ))
-        })??;
-        return Ok((settings.ssh, settings.ssh_config, settings.ssh_host_alias));
-    }
-    let alias = args
-        .alias
-        .clone()
-        .expect("clap requires an alias or --kernel-name");
-    let ssh_config = match &args.ssh_config {
-        Some(path) => std::path::absolute(path)
-            .map_err(Error::io(format!("cannot resolve {}", path.display())))?,
-        None => default_ssh_config()?,
-    };
-    Ok((
-        args.ssh.clone().unwrap_or_else(|| "ssh".into()),
-        ssh_config,
-        alias,
-    ))
 }

@@ -6,6 +6,7 @@ mod delete;
 mod docs;
 mod edit;
 mod environment;
+mod host;
 mod list;
 mod logs;
 mod mount;
