@@ -36,6 +36,9 @@ pub struct Settings {
     pub remote_sshfs: Option<String>,
     #[serde(default)]
     pub ssh_host_alias_local_on_remote: Option<String>,
+    /// Cloud storage on the remote (`sshpyk mounts add --backend`); secrets are elsewhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cloud_mounts: Vec<crate::cloud::CloudMount>,
 }
 
 impl Settings {

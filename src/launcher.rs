@@ -6,6 +6,8 @@
 //! States: starting → running ⇄ reconnecting → stopping. Fatal errors (bad input, the kernel
 //! gone) end it; a lost connection is retried.
 
+mod live;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -98,6 +100,8 @@ struct Running {
     ready: Ready,
     info: ConnectionInfo,
     settings: Settings,
+    /// The control socket and live mount changes ([`live`]).
+    live: live::Live,
 }
 
 /// Runs one kernel to its end; returns the exit status for the process.
@@ -114,7 +118,7 @@ pub async fn run(opts: LaunchOptions) -> Result<i32> {
     let parent = Parent::from_env();
 
     let mut running = tokio::select! {
-        r = start(&settings, info, opts.ssh_verbose) => r?,
+        r = start(&settings, info, &opts) => r?,
         name = signals.stop() => return Err(Error::Local(format!("stopped by {name} while starting; nothing was left running"))),
     };
     let outcome = running.supervise(&mut signals, &parent).await;
@@ -149,10 +153,16 @@ fn ping_interval(settings: &Settings) -> Duration {
 /// Connect, start the remote kernel, forward: all within `launch_timeout`. On failure every
 /// piece already made is dropped, which ends it (ports, session; the unarmed supervisor then
 /// kills the kernel and removes its files at once).
-async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> Result<Running> {
+async fn start(settings: &Settings, info: ConnectionInfo, opts: &LaunchOptions) -> Result<Running> {
     let timeout = Duration::from_secs_f64(settings.launch_timeout);
     let deadline = Instant::now() + timeout;
     let listeners = Listeners::bind(&info)?;
+    let cloud_mounts = settings
+        .cloud_mounts
+        .iter()
+        .map(live::cloud_request)
+        .collect::<Result<Vec<_>>>()?;
+    let ssh_verbose = opts.ssh_verbose;
     let alias = &settings.ssh_host_alias;
     let work = async {
         tracing::info!("connecting to '{alias}'");
@@ -167,6 +177,7 @@ async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> 
             info: &info,
             orphan_timeout: settings.orphan_timeout,
             ping_interval: ping_interval(settings),
+            cloud_mounts: &cloud_mounts,
         };
         let request = &request;
         let (master, (mut session, ready)) = with_room(&master, deadline, move |m| async move {
@@ -194,6 +205,9 @@ async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> 
         ready.pid,
         ready.hostname
     );
+    let live = live::Live::new(opts.kernelspec_dir.clone(), settings.cloud_mounts.clone());
+    let mut session = session;
+    session.forward_cloud_reports(live.reports_sink());
     Ok(Running {
         master,
         session,
@@ -203,6 +217,7 @@ async fn start(settings: &Settings, info: ConnectionInfo, ssh_verbose: bool) -> 
         ready,
         info,
         settings: settings.clone(),
+        live,
     })
 }
 
@@ -248,6 +263,10 @@ impl Running {
                 _ = signals.interrupt.recv() => Trouble::Interrupt,
                 _ = signals.terminate.recv() => Trouble::Stop("SIGTERM"),
                 _ = signals.hangup.recv() => Trouble::Stop("SIGHUP"),
+                heard = self.live.next() => {
+                    self.heard(heard).await;
+                    continue;
+                }
             };
             match trouble {
                 Trouble::Interrupt => {
@@ -339,6 +358,7 @@ impl Running {
                 }
                 _ = tokio::time::sleep_until(give_up) => return Some(Outcome::Gone),
                 name = signals.stop() => return Some(Outcome::Abandoned(name)),
+                heard = self.live.next() => self.heard(heard).await,
             }
         }
     }
@@ -359,8 +379,10 @@ impl Running {
 
     /// The new connection and session replace the old ones (dropping the old session asks its
     /// master to close the channel); clients reconnect over the new one; mounts come back.
-    async fn adopt(&mut self, master: Master, session: Session, since: Instant) {
+    async fn adopt(&mut self, master: Master, mut session: Session, since: Instant) {
         self.master = master;
+        session.forward_cloud_reports(self.live.reports_sink());
+        self.live.forget_pending();
         self.session = session;
         self.link.send_replace(Some(self.session.link()));
         tracing::info!(

@@ -4,6 +4,8 @@ mod add;
 mod delete;
 mod edit;
 mod list;
+mod mounts;
+mod ps;
 mod settings;
 
 use crate::cli::{Cli, Command};
@@ -16,6 +18,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Edit(args) => edit::run(args).await.map(|()| 0),
         Command::Delete(args) => delete::run(args).map(|()| 0),
         Command::List(args) => list::run(args).await.map(|()| 0),
+        Command::Mounts(command) => mounts::run(command).await.map(|()| 0),
+        Command::Ps(args) => ps::run(args).await.map(|()| 0),
         Command::Launch(args) => {
             launcher::run(LaunchOptions {
                 kernelspec_dir: args.kernelspec,

@@ -45,6 +45,7 @@ pub fn new_settings(args: &SpecArgs) -> Result<Settings> {
         mounts: Vec::new(),
         remote_sshfs: None,
         ssh_host_alias_local_on_remote: None,
+        cloud_mounts: Vec::new(),
     };
     apply(&mut settings, args, false)?;
     Ok(settings)
@@ -99,6 +100,7 @@ pub fn apply(settings: &mut Settings, args: &SpecArgs, clear_mounts: bool) -> Re
     }
     if clear_mounts {
         settings.mounts.clear();
+        settings.cloud_mounts.clear();
     }
     for spec in &args.mount_local_on_remote {
         let mount = MountSpec::parse(spec)?;
