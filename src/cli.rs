@@ -55,10 +55,19 @@ pub struct MountsAddArgs {
     #[arg(long)]
     pub kernel_name: String,
     /// The storage backend (or --rclone-config for any other).
-    #[arg(long, value_enum, required_unless_present = "rclone_config", conflicts_with = "rclone_config")]
+    #[arg(
+        long,
+        value_enum,
+        required_unless_present = "rclone_config",
+        conflicts_with = "rclone_config"
+    )]
     pub backend: Option<crate::cloud::Backend>,
     /// A non-secret rclone config field of the backend (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE", conflicts_with = "rclone_config")]
+    #[arg(
+        long = "set",
+        value_name = "KEY=VALUE",
+        conflicts_with = "rclone_config"
+    )]
     pub settings: Vec<String>,
     /// Secrets: a JSON object of config fields, from FILE or `-` (stdin).
     #[arg(long, value_name = "FILE|-", conflicts_with = "rclone_config")]

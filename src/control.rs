@@ -195,7 +195,9 @@ async fn serve(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Result
             }
         }
         Err(e) => Reply::Failed {
-            message: format!("not a request this sshpyk knows ({e}); is the launcher of another version?"),
+            message: format!(
+                "not a request this sshpyk knows ({e}); is the launcher of another version?"
+            ),
         },
     };
     let mut text = serde_json::to_string(&reply).expect("replies serialize");

@@ -339,7 +339,10 @@ pub fn check_rclone_flag(flag: &str) -> Result<()> {
             "--rclone-flag '{flag}' is not a long rclone flag; write it as --rclone-flag=--name=value"
         )));
     }
-    if OURS.iter().any(|o| flag == *o || flag.starts_with(&format!("{o}="))) {
+    if OURS
+        .iter()
+        .any(|o| flag == *o || flag.starts_with(&format!("{o}=")))
+    {
         return Err(Error::Invalid(format!(
             "--rclone-flag '{flag}' is set by sshpyk itself; leave it out"
         )));
@@ -379,7 +382,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("s3 has no key 'bucket'"), "{err}");
-        assert!(err.contains("secret_access_key, session_token, region"), "{err}");
+        assert!(
+            err.contains("secret_access_key, session_token, region"),
+            "{err}"
+        );
         let err = CloudMount::check_settings(Backend::S3, &map(&[("secret_access_key", "x")]))
             .unwrap_err()
             .to_string();
@@ -390,7 +396,10 @@ mod tests {
     fn s3_renders_with_aws_by_default_and_read_only() {
         let m = mount(Backend::S3, &[("region", "eu-west-1")]);
         let r = m
-            .render(&map(&[("access_key_id", "AK"), ("secret_access_key", "SK")]))
+            .render(&map(&[
+                ("access_key_id", "AK"),
+                ("secret_access_key", "SK"),
+            ]))
             .unwrap();
         assert_eq!(
             r.config,
@@ -399,7 +408,10 @@ mod tests {
         assert_eq!(r.source, "sshpyk:bucket/dir");
         assert_eq!(r.flags, ["--read-only"]);
         let err = m.render(&map(&[])).err().unwrap().to_string();
-        assert!(err.contains("s3 needs access_key_id + secret_access_key"), "{err}");
+        assert!(
+            err.contains("s3 needs access_key_id + secret_access_key"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -412,7 +424,10 @@ mod tests {
         assert!(!r.config.contains("hunter2"));
         assert_eq!(r.flags, ["--vfs-cache-mode", "writes"]);
         m.rclone_flags = vec!["--vfs-cache-mode=full".into()];
-        assert_eq!(m.render(&map(&[("pass", "p")])).unwrap().flags, ["--vfs-cache-mode=full"]);
+        assert_eq!(
+            m.render(&map(&[("pass", "p")])).unwrap().flags,
+            ["--vfs-cache-mode=full"]
+        );
     }
 
     #[test]
@@ -420,13 +435,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("id");
         std::fs::write(&key, "-----BEGIN KEY-----\nabc\n-----END KEY-----\n").unwrap();
-        let creds = CloudMount::read_creds(
-            Backend::Sftp,
-            map(&[("key_file", key.to_str().unwrap())]),
-        )
-        .unwrap();
+        let creds =
+            CloudMount::read_creds(Backend::Sftp, map(&[("key_file", key.to_str().unwrap())]))
+                .unwrap();
         assert_eq!(creds.keys().collect::<Vec<_>>(), ["key_pem"]);
-        let r = mount(Backend::Sftp, &[("host", "h")]).render(&creds).unwrap();
+        let r = mount(Backend::Sftp, &[("host", "h")])
+            .render(&creds)
+            .unwrap();
         assert!(r
             .config
             .contains("key_pem = -----BEGIN KEY-----\\nabc\\n-----END KEY-----\n"));

@@ -64,9 +64,7 @@ fn parse_settings(pairs: &[String]) -> Result<BTreeMap<String, String>> {
         .map(|pair| {
             pair.split_once('=')
                 .map(|(k, v)| (k.trim().to_string(), v.to_string()))
-                .ok_or_else(|| {
-                    Error::Invalid(format!("--set '{pair}' is not KEY=VALUE"))
-                })
+                .ok_or_else(|| Error::Invalid(format!("--set '{pair}' is not KEY=VALUE")))
         })
         .collect()
 }
@@ -85,20 +83,25 @@ fn mount_from(args: &MountsAddArgs) -> Result<(CloudMount, BTreeMap<String, Stri
     let (backend, settings, secrets) = match (&args.rclone_config, args.backend) {
         (Some(path), _) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                Error::Invalid(format!("cannot read --rclone-config {}: {e}", path.display()))
+                Error::Invalid(format!(
+                    "cannot read --rclone-config {}: {e}",
+                    path.display()
+                ))
             })?;
             let sections = backend::config_sections(&text);
             let section = args.source.split_once(':').map(|(s, _)| s);
             match section {
                 Some(s) if sections.iter().any(|n| n == s) => {}
-                _ => {
-                    return Err(Error::Invalid(format!(
-                        "--source '{}' must be REMOTE:PATH with REMOTE a section of {} (it has: {})",
-                        args.source,
-                        path.display(),
-                        if sections.is_empty() { "none".into() } else { sections.join(", ") }
-                    )))
-                }
+                _ => return Err(Error::Invalid(format!(
+                    "--source '{}' must be REMOTE:PATH with REMOTE a section of {} (it has: {})",
+                    args.source,
+                    path.display(),
+                    if sections.is_empty() {
+                        "none".into()
+                    } else {
+                        sections.join(", ")
+                    }
+                ))),
             }
             let secrets = BTreeMap::from([(RAW_CONFIG.to_string(), text)]);
             (Backend::Rclone, BTreeMap::new(), secrets)
@@ -210,7 +213,8 @@ async fn remove(args: MountsRemoveArgs) -> Result<()> {
         .filter(|m| &m.remote == remote)
         .map(|m| m.secrets.clone())
         .collect();
-    let configured = settings.mounts.iter().any(|m| &m.remote == remote) || !gone_secrets.is_empty();
+    let configured =
+        settings.mounts.iter().any(|m| &m.remote == remote) || !gone_secrets.is_empty();
     let mut live = 0;
     for (launcher, status) in running_of(&found).await? {
         if !status.mounts.iter().any(|m| &m.remote == remote) {

@@ -33,14 +33,21 @@ pub async fn run(args: PsArgs) -> Result<()> {
         })
         .collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows).expect("serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).expect("serializes")
+        );
         return Ok(());
     }
     if rows.is_empty() {
         println!("no running sshpyk kernels");
         return Ok(());
     }
-    for Row { status, uptime_secs } in &rows {
+    for Row {
+        status,
+        uptime_secs,
+    } in &rows
+    {
         println!(
             "{}  {} ({})  remote pid {}  up {}  {}  launcher pid {}",
             status.kernel_name,

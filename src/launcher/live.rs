@@ -153,7 +153,11 @@ impl Running {
             }
             Request::Describe => {
                 let id = self.live.id();
-                self.send(id, SupervisorRequest::CloudStatus { id }, Pending::Describe(reply));
+                self.send(
+                    id,
+                    SupervisorRequest::CloudStatus { id },
+                    Pending::Describe(reply),
+                );
             }
             Request::AddCloudMount { mount } => self.add(mount, reply),
             Request::RemoveMount { remote } => self.remove(remote, reply).await,
@@ -177,7 +181,11 @@ impl Running {
 
     fn add(&mut self, mount: CloudMount, reply: oneshot::Sender<Reply>) {
         if self.live.cloud.iter().any(|m| m.remote == mount.remote)
-            || self.settings.mounts.iter().any(|m| m.remote == mount.remote)
+            || self
+                .settings
+                .mounts
+                .iter()
+                .any(|m| m.remote == mount.remote)
         {
             let _ = reply.send(Reply::Failed {
                 message: format!(
@@ -196,7 +204,11 @@ impl Running {
                 return;
             }
         };
-        tracing::info!("mounting {} at {} (asked while running)", mount.describe(), mount.remote);
+        tracing::info!(
+            "mounting {} at {} (asked while running)",
+            mount.describe(),
+            mount.remote
+        );
         let id = self.live.id();
         self.send(
             id,

@@ -156,11 +156,12 @@ class CloudMounts:
             fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(spec["config"])
-            self.preflight(rclone, config, spec["source"])
+            self.preflight(rclone, config, spec["source"], label)
             self.start_rclone(rclone, config, spec, mount)
         except BaseException:
             self.unmount(remote)
             raise
+        return mount.proc
 
     def prepare_mount_point(self, mount):
         path = mount.remote
@@ -181,7 +182,7 @@ class CloudMounts:
             raise CloudError("mkdir", "cannot create mount point %s: %s" % (path, e.strerror))
         mount.created_top = top
 
-    def preflight(self, rclone, config, source):
+    def preflight(self, rclone, config, source, label):
         argv = [rclone, "lsf", "--config", config, "--max-depth", "1", "--low-level-retries", "1", "--retries", "1",
                 "--contimeout", "10s", "--timeout", "20s", source]
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=rclone_child)
@@ -192,12 +193,12 @@ class CloudMounts:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-            raise CloudError("preflight", "rclone could not list %s within %d s; check the endpoint and the network" % (source, PREFLIGHT_TIMEOUT))
+            raise CloudError("preflight", "rclone could not list %s within %d s; check the endpoint and the network" % (label, PREFLIGHT_TIMEOUT))
         finally:
             with self.lock:
                 self.children.discard(proc.pid)
         if proc.returncode != 0:
-            raise CloudError(*classify(source, err.decode(errors="replace")))
+            raise CloudError(*classify(label, err.decode(errors="replace")))
 
     def start_rclone(self, rclone, config, spec, mount):
         cache = os.path.join(self.cache_root, "rclone-cache", os.path.basename(mount.dir))
@@ -256,7 +257,8 @@ class CloudMounts:
         return True
 
     def unmount_all(self):
-        for remote in list(self.mounts):
+        # Last made first: a mount point may sit in a directory made for an earlier one.
+        for remote in reversed(list(self.mounts)):
             self.unmount(remote)
 
     # -------------------------------------------------------------- for the supervisor's loop
@@ -273,10 +275,10 @@ class CloudMounts:
         """Runs `mount(arg)` or `unmount(arg)` on a thread; the result comes out of `results`."""
 
         def run():
-            error = None
+            error = rclone = None
             try:
                 if op == "mount":
-                    self.mount(arg)
+                    rclone = self.mount(arg)
                 elif not self.unmount(arg):
                     error = {"kind": "no-mount", "message": "no cloud mount at %s" % arg}
             except CloudError as e:
@@ -285,6 +287,10 @@ class CloudMounts:
                 error = {"kind": "internal", "message": "%s: %s" % (type(e).__name__, e)}
             self.done.put((request_id, error))
             os.write(self.wake_w, b".")
+            if rclone is not None:
+                # rclone's death signal goes with the thread that started it: this one lives
+                # as long as rclone.
+                rclone.wait()
 
         threading.Thread(target=run, daemon=True).start()
 
