@@ -225,10 +225,8 @@ async fn an_s3_bucket_is_read_through_the_kernel_read_only_unless_rw_and_secrets
             .contains(&secret));
     }
     assert!(!remote_command_lines(&env).contains(&secret));
-    for pid in [launcher.pid() as u32] {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-        assert!(!String::from_utf8_lossy(&cmdline).contains(&secret));
-    }
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", launcher.pid())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(&secret));
 
     // `ps` and `mounts list` see the kernel and its mounts, live.
     let ps = json_of(env.sshpyk().args(["ps", "--json"]));
@@ -524,4 +522,229 @@ fn bad_input_is_refused_before_anything_is_written() {
     assert!(secret_files(&env).is_empty());
     let spec = std::fs::read_to_string(spec_dir.join("kernel.json")).unwrap();
     assert!(!spec.contains("cloud_mounts"));
+}
+
+#[tokio::test]
+async fn webdav_with_a_password_and_sftp_with_a_key_file_mount_through_the_kernel() {
+    let env = Env::with_host();
+    let dav = env.path("dav");
+    std::fs::create_dir_all(&dav).unwrap();
+    std::fs::write(dav.join("hello.txt"), "over webdav\n").unwrap();
+    let _webdav = support::webdav_server(&env, &dav, "dav-user", "dav-pass-123");
+    let served = env.path("sftp-served");
+    std::fs::create_dir_all(&served).unwrap();
+    std::fs::write(served.join("hello.txt"), "over sftp\n").unwrap();
+    let kernel = env.add_kernel("k", &[]);
+    let (dav_mnt, sftp_mnt) = (env.path("remote-dav"), env.path("remote-sftp"));
+    let dav_creds = write_private(&env, "dav.json", r#"{"pass": "dav-pass-123"}"#);
+    env.sshpyk()
+        .args([
+            "mounts",
+            "add",
+            "--kernel-name",
+            &kernel,
+            "--backend",
+            "webdav",
+        ])
+        .arg("--set")
+        .arg(format!("url=http://127.0.0.1:{}/", _webdav.port))
+        .args([
+            "--set",
+            "vendor=other",
+            "--set",
+            "user=dav-user",
+            "--rw",
+            "--creds",
+        ])
+        .arg(&dav_creds)
+        .arg(&dav_mnt)
+        .assert()
+        .success();
+    // The key file is a local path: sshpyk reads it here and ships its content.
+    let key = env.host().identity_file();
+    let sftp_creds = write_private(
+        &env,
+        "sftp.json",
+        &serde_json::json!({ "key_file": key }).to_string(),
+    );
+    env.sshpyk()
+        .args([
+            "mounts",
+            "add",
+            "--kernel-name",
+            &kernel,
+            "--backend",
+            "sftp",
+        ])
+        .arg("--set")
+        .arg(format!("host={}", env.host().address()))
+        .arg("--set")
+        .arg(format!("port={}", env.host().port()))
+        .arg("--set")
+        .arg(format!("user={}", env.host().login_user()))
+        .arg("--creds")
+        .arg(&sftp_creds)
+        .arg("--source")
+        .arg(&served)
+        .arg(&sftp_mnt)
+        .assert()
+        .success();
+    let spec = std::fs::read_to_string(env.kernel_dir(&kernel).join("kernel.json")).unwrap();
+    assert!(
+        !spec.contains("dav-pass-123") && !spec.contains("PRIVATE KEY"),
+        "{spec}"
+    );
+
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    let mut c = ready_client(&info).await;
+    let read = |dir: &Path| format!("print(open('{}/hello.txt').read(), end='')", dir.display());
+    assert_eq!(
+        run(&mut c, &read(&dav_mnt)).await,
+        Ok("over webdav\n".into())
+    );
+    assert_eq!(
+        run(&mut c, &read(&sftp_mnt)).await,
+        Ok("over sftp\n".into())
+    );
+    run(
+        &mut c,
+        &format!(
+            "with open('{}/back.txt', 'w') as f: f.write('written over webdav')",
+            dav_mnt.display()
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || std::fs::read_to_string(
+            dav.join("back.txt")
+        )
+        .is_ok_and(|t| t == "written over webdav")),
+        "the write never reached the WebDAV server"
+    );
+    // The password is obscured in the remote config (as rclone keeps it), and in no command line.
+    for (_, config) in rclone_mounts(&env) {
+        let text = std::fs::read_to_string(&config).unwrap();
+        assert!(!text.contains("dav-pass-123"));
+    }
+    // (Only the test's own WebDAV server has it on its command line.)
+    assert!(!remote_command_lines(&env)
+        .lines()
+        .any(|l| l.contains("dav-pass-123") && !l.contains("serve webdav")));
+    c.shutdown(false, STEP).await.unwrap();
+    assert!(launcher
+        .wait_timeout(Duration::from_secs(20))
+        .expect("exits")
+        .success());
+    assert_clean(&env, &[&dav_mnt, &sftp_mnt], &[], &[&dav_mnt, &sftp_mnt]);
+}
+
+/// gcs and dropbox have no server here: their rendered configs are checked with rclone itself,
+/// and a start against the real service fails in one clear line.
+#[tokio::test]
+async fn gcs_and_dropbox_render_as_rclone_reads_them_and_fail_in_one_line() {
+    use sshpyk::cloud::{Backend, CloudMount};
+    let env = Env::with_host();
+    let sa = serde_json::json!({
+        "type": "service_account", "project_id": "p", "private_key_id": "1",
+        "private_key": "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n",
+        "client_email": "sa@p.iam.gserviceaccount.com", "client_id": "1",
+        "token_uri": "https://oauth2.googleapis.com/token"
+    });
+    let sa_file = write_private(&env, "sa.json", &serde_json::to_string_pretty(&sa).unwrap());
+    let token = r#"{"access_token":"sl.x","token_type":"bearer","expiry":"0001-01-01T00:00:00Z"}"#;
+    let cases = [
+        (
+            Backend::Gcs,
+            serde_json::json!({ "service_account_file": sa_file }),
+            vec![("project_number", "12345")],
+        ),
+        (
+            Backend::Dropbox,
+            serde_json::json!({ "token": token }),
+            vec![],
+        ),
+    ];
+    for (backend, creds, settings) in cases {
+        let creds = serde_json::from_value(creds).unwrap();
+        let secrets = CloudMount::read_creds(backend, creds).unwrap();
+        let mount = CloudMount {
+            remote: "/mnt/x".into(),
+            backend,
+            source: "bucket".into(),
+            settings: settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            rw: false,
+            rclone_flags: vec![],
+            secrets: String::new(),
+        };
+        let rendered = mount.render(&secrets).unwrap();
+        let file = write_private(&env, "render.conf", &rendered.config);
+        let shown = support::run_ok(
+            std::process::Command::new("rclone")
+                .args(["config", "show", "--config"])
+                .arg(&file)
+                .arg("sshpyk"),
+        );
+        match backend {
+            Backend::Gcs => {
+                assert!(
+                    shown.contains("type = google cloud storage") || shown.contains("type = gcs"),
+                    "{shown}"
+                );
+                assert!(shown.contains("project_number = 12345"), "{shown}");
+                let line = shown
+                    .lines()
+                    .find_map(|l| l.strip_prefix("service_account_credentials = "))
+                    .unwrap_or_else(|| panic!("{shown}"));
+                let back: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(back, sa);
+            }
+            _ => {
+                assert!(shown.contains("type = dropbox"), "{shown}");
+                assert!(shown.contains(&format!("token = {token}")), "{shown}");
+            }
+        }
+    }
+
+    // A start against the service (unreachable from the test host): one line, nothing left.
+    let kernel = env.add_kernel("k", &[]);
+    let creds = write_private(
+        &env,
+        "dropbox.json",
+        &serde_json::json!({ "token": token }).to_string(),
+    );
+    let mnt = env.path("remote-dropbox");
+    env.sshpyk()
+        .args([
+            "mounts",
+            "add",
+            "--kernel-name",
+            &kernel,
+            "--backend",
+            "dropbox",
+            "--creds",
+        ])
+        .arg(&creds)
+        .arg(&mnt)
+        .assert()
+        .success();
+    let (conn, _) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    let status = launcher.wait_timeout(START).expect("launcher exits");
+    assert_eq!(status.code(), Some(5), "{}", launcher.log());
+    let log = launcher.log();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("sshpyk: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(errors[0].contains("cannot mount dropbox: at"), "{log}");
+    eprintln!("the live dropbox attempt: {}", errors[0]);
+    assert!(!log.contains("sl.x"), "{log}");
+    assert_clean(&env, &[&mnt], &[], &[&mnt]);
 }

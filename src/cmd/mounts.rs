@@ -92,7 +92,8 @@ fn mount_from(args: &MountsAddArgs) -> Result<(CloudMount, BTreeMap<String, Stri
             let section = args.source.split_once(':').map(|(s, _)| s);
             match section {
                 Some(s) if sections.iter().any(|n| n == s) => {}
-                _ => return Err(Error::Invalid(format!(
+                _ => {
+                    return Err(Error::Invalid(format!(
                     "--source '{}' must be REMOTE:PATH with REMOTE a section of {} (it has: {})",
                     args.source,
                     path.display(),
@@ -101,7 +102,8 @@ fn mount_from(args: &MountsAddArgs) -> Result<(CloudMount, BTreeMap<String, Stri
                     } else {
                         sections.join(", ")
                     }
-                ))),
+                )))
+                }
             }
             let secrets = BTreeMap::from([(RAW_CONFIG.to_string(), text)]);
             (Backend::Rclone, BTreeMap::new(), secrets)

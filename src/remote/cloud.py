@@ -82,7 +82,7 @@ def classify(source, text):
         return "auth", "the backend refused the credentials for %s (%s); fix them: `sshpyk mounts remove`, then `sshpyk mounts add` with new --creds" % (source, line)
     if any(w in text for w in MISSING_WORDS):
         return "missing", "%s does not exist (%s); create it or fix --source" % (source, line)
-    return "preflight", "rclone cannot list %s: %s" % (source, line)
+    return "preflight", "rclone cannot list %s (%s); check the endpoint, the network and the credentials" % (source, line)
 
 
 def rclone_child():
