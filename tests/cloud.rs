@@ -748,3 +748,55 @@ async fn gcs_and_dropbox_render_as_rclone_reads_them_and_fail_in_one_line() {
     assert!(!log.contains("sl.x"), "{log}");
     assert_clean(&env, &[&mnt], &[], &[&mnt]);
 }
+
+#[tokio::test]
+async fn local_dirs_on_the_remote_are_listed_and_removed_live_too() {
+    let env = Env::with_host();
+    let local = env.path("project");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::write(local.join("data.txt"), "local\n").unwrap();
+    let remote = env.path("remote-project");
+    let spec = format!("{}:{}", local.display(), remote.display());
+    let (launcher, info) = env.start_kernel(&["--mount-local-on-remote", &spec]);
+    let mut c = ready_client(&info).await;
+    let list = json_of(env.sshpyk().args(["mounts", "list", "--json"]));
+    let kernel = &list["kernels"][0];
+    assert_eq!(kernel["kernel_name"], "k");
+    assert_eq!(kernel["configured"][0]["kind"], "local-on-remote");
+    assert_eq!(kernel["configured"][0]["state"], "configured");
+    let live = &kernel["running"][0];
+    assert_eq!(live["remote_pid"], launcher.remote_pid());
+    assert_eq!(live["mounts"][0]["state"], "mounted");
+    assert_eq!(live["mounts"][0]["source"], local.to_str().unwrap());
+
+    env.sshpyk()
+        .args(["mounts", "remove", "--kernel-name", "k"])
+        .arg(&remote)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("unmounted"));
+    assert_eq!(
+        run(
+            &mut c,
+            &format!("import os; print(os.path.ismount('{}'))", remote.display())
+        )
+        .await,
+        Ok("False\n".into())
+    );
+    assert!(env.remote_processes("sshfs").is_empty());
+    assert!(env.read_kernel_json("k")["metadata"]["sshpyk"]["mounts"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let ps = json_of(env.sshpyk().args(["ps", "--json"]));
+    assert!(ps[0]["mounts"].as_array().unwrap().is_empty(), "{ps}");
+    // Nothing left to remove: one clear line.
+    let out = env
+        .sshpyk()
+        .args(["mounts", "remove", "--kernel-name", "k"])
+        .arg(&remote)
+        .assert()
+        .code(3);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("has no mount at"), "{err}");
+}

@@ -111,3 +111,12 @@ pub fn read_creds_arg(arg: &str) -> Result<BTreeMap<String, String>> {
         ))
     })
 }
+
+/// Removes the secrets of the mounts in `old` that `new` no longer has.
+pub fn remove_dropped(old: &[super::CloudMount], new: &[super::CloudMount]) {
+    for mount in old {
+        if !new.iter().any(|m| m.secrets == mount.secrets) {
+            remove(&mount.secrets);
+        }
+    }
+}

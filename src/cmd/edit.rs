@@ -47,6 +47,7 @@ pub async fn run(args: EditArgs) -> Result<()> {
     }
     spec.set_settings(&new);
     kernelspec::rewrite(&found.dir, &spec)?;
+    crate::cloud::secrets::remove_dropped(&old.cloud_mounts, &new.cloud_mounts);
     println!("updated kernel '{}' in {}", found.name, found.dir.display());
     Ok(())
 }
