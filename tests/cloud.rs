@@ -800,3 +800,67 @@ async fn local_dirs_on_the_remote_are_listed_and_removed_live_too() {
     let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
     assert!(err.contains("has no mount at"), "{err}");
 }
+
+#[tokio::test]
+async fn an_azure_container_on_azurite_is_read_through_the_kernel_and_a_bad_signature_refused() {
+    let env = Env::with_host();
+    let (server, sas_url) = support::azurite(&env);
+    let config = env.path("azure-test.conf");
+    std::fs::write(
+        &config,
+        format!("[az]\ntype = azureblob\nsas_url = {sas_url}\n"),
+    )
+    .unwrap();
+    rclone(&env, &config, &["mkdir", "az:cont"]);
+    put(&env, &config, "az:cont/data.txt", "from azure\n");
+    let creds = write_private(
+        &env,
+        "az.json",
+        &serde_json::json!({ "sas_url": sas_url }).to_string(),
+    );
+    let (launcher, info) = env.start_kernel(&[]);
+    let mut c = ready_client(&info).await;
+    let mnt = env.path("remote-azure");
+    let add = |creds: &Path, mnt: &Path| {
+        let mut cmd = env.sshpyk();
+        cmd.args([
+            "mounts",
+            "add",
+            "--kernel-name",
+            "k",
+            "--backend",
+            "azureblob",
+            "--source",
+            "cont",
+            "--creds",
+        ])
+        .arg(creds)
+        .arg(mnt);
+        cmd
+    };
+    add(&creds, &mnt).assert().success();
+    assert_eq!(
+        run(
+            &mut c,
+            &format!("print(open('{}/data.txt').read(), end='')", mnt.display())
+        )
+        .await,
+        Ok("from azure\n".into())
+    );
+    let bad = write_private(
+        &env,
+        "az-bad.json",
+        &serde_json::json!({ "sas_url": support::azure_sas(server.port, true) }).to_string(),
+    );
+    let other = env.path("remote-azure-bad");
+    let out = add(&bad, &other).assert().code(5);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("refused the credentials for azureblob:cont"),
+        "{err}"
+    );
+    assert!(err.contains("403"), "{err}");
+    assert!(!other.exists());
+    drop(launcher);
+}

@@ -24,9 +24,10 @@ PREFLIGHT_TIMEOUT = 60.0
 MOUNT_TIMEOUT = 30.0
 RCLONE_EXIT_WAIT = 3.0
 INSTALL_HINT = "install it there (Debian/Ubuntu: `apt install rclone fuse3`)"
-AUTH_WORDS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "Unauthorized", "401", "403",
-              "AuthenticationFailed", "unable to authenticate", "invalid_grant", "invalid_access_token", "expired_access_token")
-MISSING_WORDS = ("NoSuchBucket", "directory not found", "ContainerNotFound", "not found", "404")
+# How backends say it, most specific first; a bare HTTP status only when no word matched.
+AUTH_WORDS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "AuthorizationFailure", "AuthenticationFailed",
+              "unable to authenticate", "invalid_grant", "invalid_access_token", "expired_access_token", "Unauthorized", "Forbidden")
+MISSING_WORDS = ("NoSuchBucket", "ContainerNotFound", "directory not found", "not found")
 
 
 class CloudError(Exception):
@@ -69,18 +70,23 @@ LOG_PREFIX = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (?:[A-Z]+ *: )?")
 
 
 def error_line(text):
-    """rclone's last error line, without its timestamp and level."""
+    """rclone's last error line, without its timestamp and level, and the HTTP status of a
+    multi-line service error (Azure's) when there is one."""
     lines = [l.strip() for l in text.splitlines() if l.strip()]
     errors = [l for l in lines if " ERROR " in l or " CRITICAL" in l or "Failed to" in l or "Fatal error" in l]
-    return LOG_PREFIX.sub("", (errors or lines or ["no output"])[-1])[:400]
+    line = LOG_PREFIX.sub("", (errors or lines or ["no output"])[-1])
+    status = [l for l in lines if l.startswith("RESPONSE Status:")]
+    if status:
+        line = "%s: %s" % (line.split(": -> ")[0], status[-1])
+    return line[:400]
 
 
 def classify(source, text):
     """(kind, message) for a failed `rclone lsf`."""
     line = error_line(text)
-    if any(w in text for w in AUTH_WORDS):
+    if any(w in text for w in AUTH_WORDS) or (not any(w in text for w in MISSING_WORDS) and re.search(r"\b(401|403)\b", text)):
         return "auth", "the backend refused the credentials for %s (%s); fix them: `sshpyk mounts remove`, then `sshpyk mounts add` with new --creds" % (source, line)
-    if any(w in text for w in MISSING_WORDS):
+    if any(w in text for w in MISSING_WORDS) or re.search(r"\b404\b", text):
         return "missing", "%s does not exist (%s); create it or fix --source" % (source, line)
     return "preflight", "rclone cannot list %s (%s); check the endpoint, the network and the credentials" % (source, line)
 

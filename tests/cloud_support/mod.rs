@@ -12,12 +12,22 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::common::{eventually, Env};
 
-/// The venv with moto's server, made once under a lock (scripts/setup makes it too).
+/// What the cloud venv has (scripts/setup installs the same).
+const CLOUD_PACKAGES: [&str; 2] = ["moto[server]", "azure-storage-blob"];
+
+/// The venv with moto's server and Azure's SDK, made once under a lock (scripts/setup makes it
+/// too).
 pub fn cloud_venv() -> PathBuf {
     let venv = std::env::var_os("SSHPYK_CLOUD_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/cloud-venv"));
-    let ready = |v: &Path| v.join("bin/moto_server").exists();
+    let ready = |v: &Path| {
+        Command::new(v.join("bin/python"))
+            .args(["-c", "import moto.server, azure.storage.blob"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
     if !ready(&venv) {
         let lock = File::create(venv.with_extension("lock")).unwrap();
         let _lock = Flock::lock(lock, FlockArg::LockExclusive)
@@ -29,12 +39,11 @@ pub fn cloud_venv() -> PathBuf {
                     .args(["-m", "venv"])
                     .arg(&venv),
             );
-            run_ok(Command::new(venv.join("bin/pip")).args([
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                "moto[server]",
-            ]));
+            run_ok(
+                Command::new(venv.join("bin/pip"))
+                    .args(["install", "-q", "--disable-pip-version-check"])
+                    .args(CLOUD_PACKAGES),
+            );
         }
     }
     venv
@@ -217,4 +226,62 @@ pub fn remote_command_lines(env: &Env) -> String {
         .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Azurite (the Azure Storage emulator, from npm) serving blobs; returns it and an account SAS
+/// URL for it. scripts/setup installs it in target/azurite.
+pub fn azurite(env: &Env) -> (Server, String) {
+    let prefix = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/azurite");
+    let azurite = prefix.join("node_modules/.bin/azurite-blob");
+    if !azurite.exists() {
+        let lock = File::create(prefix.with_extension("lock")).unwrap();
+        let _lock = Flock::lock(lock, FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        if !azurite.exists() {
+            run_ok(
+                Command::new("npm")
+                    .args(["install", "--no-audit", "--no-fund", "--prefix"])
+                    .arg(&prefix)
+                    .arg("azurite"),
+            );
+        }
+    }
+    let port = sshpyk_testhost::free_port();
+    let data = env.path("azurite");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut cmd = env.host().remote_command(
+        &azurite,
+        [
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            &port.to_string(),
+            "--skipApiVersionCheck",
+            "--loose",
+            "--disableTelemetry",
+            "--location",
+        ],
+    );
+    cmd.arg(&data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(env.path("azurite.log")).unwrap());
+    let server = Server {
+        child: cmd.spawn().unwrap(),
+        port,
+    };
+    wait_listening(env, port, "azurite");
+    (server, azure_sas(port, false))
+}
+
+/// An account SAS URL for Azurite at `port`; `bad`: with a wrong signature.
+pub fn azure_sas(port: u16, bad: bool) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cloud_support/azure_sas.py");
+    let mut cmd = Command::new(cloud_venv().join("bin/python"));
+    cmd.arg(script).arg(format!("http://127.0.0.1:{port}"));
+    if bad {
+        cmd.arg("bad");
+    }
+    run_ok(&mut cmd).trim().to_string()
 }
