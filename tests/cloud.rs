@@ -320,6 +320,25 @@ async fn mounts_change_on_a_running_kernel_and_go_with_a_sigkilled_launcher() {
         Ok("live data\n".into())
     );
 
+    // A mount whose rclone dies is reported failing, with rclone's last words.
+    let (rclone_pid, _) = rclone_mounts(&env)[0].clone();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(rclone_pid as i32),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    let ps = json_of(env.sshpyk().args(["ps", "--json"]));
+    assert_eq!(ps[0]["mounts"][0]["state"], "failing", "{ps}");
+    env.sshpyk()
+        .args(["mounts", "remove", "--kernel-name", "k"])
+        .arg(&mnt)
+        .assert()
+        .success();
+    assert!(!is_mounted(&env, &mnt));
+    add_s3(&env, "k", server.port, &creds_file, "live", &mnt, false)
+        .assert()
+        .success();
+
     // Refused credentials: one line, exit 5, the kernelspec and the secrets as they were.
     let before = std::fs::read_to_string(env.kernel_dir("k").join("kernel.json")).unwrap();
     let other = env.path("remote-live/other");

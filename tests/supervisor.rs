@@ -45,7 +45,7 @@ fn cloud_mounts_refuse_bad_mount_points_before_running_anything() {
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok:")).count(),
-        11,
+        12,
         "{stdout}"
     );
 }

@@ -44,6 +44,8 @@ check(kind == "not-empty" and full in message, "a non-empty mount point is refus
 check(os.listdir(full) == ["keep"], "and left as it was")
 kind, _ = refused(cloud, dict(spec, remote="relative/path"))
 check(kind == "not-dir", "a relative mount point is refused")
+kind, message = refused(cloud, dict(spec, remote="/proc"))
+check(kind == "busy" and "already a mount point" in message, "a mount point that is already a mount is refused")
 check(cloud.mounts == {} and cloud.pids() == set(), "no mount recorded after refusals")
 
 mine = private_dir()
