@@ -194,7 +194,7 @@ async fn start(settings: &Settings, info: ConnectionInfo, opts: &LaunchOptions) 
         session.arm(ping_interval(settings))?;
         Ok::<_, Error>((master, session, forwarder, mounts, link, ready))
     };
-    let (master, session, forwarder, mounts, link, ready) =
+    let (master, mut session, forwarder, mounts, link, ready) =
         tokio::time::timeout_at(deadline, work).await.map_err(|_| Error::Timeout {
             what: format!("starting the kernel on '{alias}'"),
             secs: settings.launch_timeout,
@@ -206,7 +206,6 @@ async fn start(settings: &Settings, info: ConnectionInfo, opts: &LaunchOptions) 
         ready.hostname
     );
     let live = live::Live::new(opts.kernelspec_dir.clone(), settings.cloud_mounts.clone());
-    let mut session = session;
     session.forward_cloud_reports(live.reports_sink());
     Ok(Running {
         master,

@@ -883,3 +883,50 @@ async fn an_azure_container_on_azurite_is_read_through_the_kernel_and_a_bad_sign
     assert!(!other.exists());
     drop(launcher);
 }
+
+#[tokio::test]
+async fn a_cloud_mount_rides_out_a_link_cut_and_ps_says_reconnecting_meanwhile() {
+    let env = Env::with_host();
+    if env.host().netns().is_none() {
+        eprintln!("skipped: cutting the link needs the network namespace (root)");
+        return;
+    }
+    let (server, creds) = support::s3_server(&env);
+    let config = support::s3_config(&env, server.port, &creds);
+    rclone(&env, &config, &["mkdir", "s3:cut"]);
+    put(&env, &config, "s3:cut/data.txt", "kept\n");
+    let creds_file = write_private(&env, "creds.json", &creds);
+    env.add_kernel("k", &[]);
+    let mnt = env.path("remote-cut");
+    add_s3(&env, "k", server.port, &creds_file, "cut", &mnt, false)
+        .assert()
+        .success();
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch("k", &conn);
+    launcher.wait_ready(START);
+    let rclone_before = rclone_mounts(&env);
+    let read = format!("print(open('{}/data.txt').read(), end='')", mnt.display());
+
+    env.host().link_down().unwrap();
+    launcher.wait_for_log("connection lost, reconnecting", Duration::from_secs(30));
+    let ps = json_of(env.sshpyk().args(["ps", "--json"]));
+    assert_eq!(ps[0]["state"], "reconnecting", "{ps}");
+    assert_eq!(ps[0]["mounts"][0]["state"], "unknown", "{ps}");
+    env.host().link_up().unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let log = launcher.log();
+            log.contains("reconnected after") || log.contains("answers again after")
+        }),
+        "{}",
+        launcher.log()
+    );
+
+    // The supervisor kept the mount: the same rclone, still serving the kernel.
+    assert_eq!(rclone_mounts(&env), rclone_before);
+    let mut c = ready_client(&info).await;
+    assert_eq!(run(&mut c, &read).await, Ok("kept\n".into()));
+    let ps = json_of(env.sshpyk().args(["ps", "--json"]));
+    assert_eq!(ps[0]["state"], "running", "{ps}");
+    assert_eq!(ps[0]["mounts"][0]["state"], "mounted", "{ps}");
+}
