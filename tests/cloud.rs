@@ -541,6 +541,37 @@ fn bad_input_is_refused_before_anything_is_written() {
     assert!(secret_files(&env).is_empty());
     let spec = std::fs::read_to_string(spec_dir.join("kernel.json")).unwrap();
     assert!(!spec.contains("cloud_mounts"));
+
+    // Secrets from stdin; with no kernel running, only the kernelspec changes.
+    env.sshpyk()
+        .args([
+            "mounts",
+            "add",
+            "--kernel-name",
+            "k",
+            "--backend",
+            "dropbox",
+            "--creds",
+            "-",
+            "/mnt/box",
+        ])
+        .write_stdin(r#"{"token": "tok-from-stdin"}"#)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("it is mounted at every start"));
+    let spec = std::fs::read_to_string(spec_dir.join("kernel.json")).unwrap();
+    assert!(
+        spec.contains("/mnt/box") && !spec.contains("tok-from-stdin"),
+        "{spec}"
+    );
+    let files = secret_files(&env);
+    assert_eq!(files.len(), 1);
+    assert!(std::fs::read_to_string(&files[0])
+        .unwrap()
+        .contains("tok-from-stdin"));
+    // `delete` takes the secrets along.
+    env.sshpyk().args(["delete", "k"]).assert().success();
+    assert!(secret_files(&env).is_empty());
 }
 
 #[tokio::test]
@@ -885,7 +916,7 @@ async fn an_azure_container_on_azurite_is_read_through_the_kernel_and_a_bad_sign
 }
 
 #[tokio::test]
-async fn a_cloud_mount_rides_out_a_link_cut_and_ps_says_reconnecting_meanwhile() {
+async fn a_raw_rclone_config_mount_rides_out_a_link_cut_and_ps_says_reconnecting_meanwhile() {
     let env = Env::with_host();
     if env.host().netns().is_none() {
         eprintln!("skipped: cutting the link needs the network namespace (root)");
@@ -895,10 +926,14 @@ async fn a_cloud_mount_rides_out_a_link_cut_and_ps_says_reconnecting_meanwhile()
     let config = support::s3_config(&env, server.port, &creds);
     rclone(&env, &config, &["mkdir", "s3:cut"]);
     put(&env, &config, "s3:cut/data.txt", "kept\n");
-    let creds_file = write_private(&env, "creds.json", &creds);
     env.add_kernel("k", &[]);
     let mnt = env.path("remote-cut");
-    add_s3(&env, "k", server.port, &creds_file, "cut", &mnt, false)
+    // A raw rclone config this time (any backend): the test's own.
+    env.sshpyk()
+        .args(["mounts", "add", "--kernel-name", "k", "--rclone-config"])
+        .arg(&config)
+        .args(["--source", "s3:cut"])
+        .arg(&mnt)
         .assert()
         .success();
     let (conn, info) = env.connection_file("a");
