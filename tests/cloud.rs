@@ -965,3 +965,77 @@ async fn a_raw_rclone_config_mount_rides_out_a_link_cut_and_ps_says_reconnecting
     assert_eq!(ps[0]["state"], "running", "{ps}");
     assert_eq!(ps[0]["mounts"][0]["state"], "mounted", "{ps}");
 }
+
+/// Another user, without root: rclone mounts through the setuid fusermount3, its private
+/// directory on /dev/shm is that user's own.
+#[tokio::test]
+async fn a_user_without_root_mounts_and_writes_back() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the second test user needs root");
+        return;
+    }
+    let env = Env::with_host_as(sshpyk_testhost::TestUser::Chatty);
+    let (server, creds) = support::s3_server(&env);
+    let config = support::s3_config(&env, server.port, &creds);
+    rclone(&env, &config, &["mkdir", "s3:user"]);
+    put(&env, &config, "s3:user/data.txt", "for the user\n");
+    let creds_file = write_private(&env, "creds.json", &creds);
+    env.add_kernel("k", &[]);
+    // Somewhere that user may create a directory.
+    let top = PathBuf::from(format!("/tmp/sshpyk-cloud-test-{}", uuid::Uuid::new_v4()));
+    let mnt = top.join("bucket");
+    add_s3(&env, "k", server.port, &creds_file, "user", &mnt, true)
+        .assert()
+        .success();
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch("k", &conn);
+    launcher.wait_ready(START);
+    let mut c = ready_client(&info).await;
+    let m = mnt.display();
+    assert_eq!(
+        run(
+            &mut c,
+            &format!("print(open('{m}/data.txt').read(), end='')")
+        )
+        .await,
+        Ok("for the user\n".into())
+    );
+    run(
+        &mut c,
+        &format!("with open('{m}/data.txt', 'a') as f: f.write('appended\\n')"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let mut cmd = env.host().remote_command("rclone", ["--config"]);
+            cmd.arg(&config).args(["cat", "s3:user/data.txt"]);
+            support::clean_env(&mut cmd)
+                .output()
+                .is_ok_and(|o| o.stdout == b"for the user\nappended\n")
+        }),
+        "the append never reached the bucket"
+    );
+    let user = nix::unistd::User::from_name(env.host().login_user())
+        .unwrap()
+        .unwrap();
+    let mounts = rclone_mounts(&env);
+    assert_eq!(mounts.len(), 1);
+    let private = mounts[0].1.parent().unwrap().parent().unwrap().to_owned();
+    assert_eq!(
+        private,
+        PathBuf::from(format!("/dev/shm/sshpyk-{}", user.uid))
+    );
+    let meta = std::fs::metadata(&private).unwrap();
+    assert_eq!(
+        (std::os::unix::fs::MetadataExt::uid(&meta), mode(&private)),
+        (user.uid.as_raw(), 0o700)
+    );
+    c.shutdown(false, STEP).await.unwrap();
+    assert!(launcher
+        .wait_timeout(Duration::from_secs(20))
+        .expect("exits")
+        .success());
+    let configs: Vec<PathBuf> = mounts.into_iter().map(|(_, c)| c).collect();
+    assert_clean(&env, &[&mnt], &configs, &[&top]);
+}
