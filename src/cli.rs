@@ -43,6 +43,88 @@ pub enum Command {
     /// Open a host's ssh connection interactively (password, OTP, FIDO touch) for kernels and
     /// mounts to ride until ControlPersist ends it.
     Connect(ConnectArgs),
+    /// Add, list and remove a kernel's mounts (cloud storage on the remote, local dirs), also
+    /// on running kernels.
+    #[command(subcommand)]
+    Mounts(MountsCommand),
+    /// List running kernels: kernelspec, host, remote pid, uptime, state, mounts.
+    Ps(PsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MountsCommand {
+    /// Mount cloud storage on the remote for the kernel's life (read-only unless --rw); running
+    /// kernels of that kernelspec get it at once.
+    Add(MountsAddArgs),
+    /// Every mount of every kind, with its state (live for running kernels).
+    List(MountsListArgs),
+    /// Remove the mounts (any kind) at a remote path, from the kernelspec and running kernels.
+    Remove(MountsRemoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MountsAddArgs {
+    /// The sshpyk kernelspec.
+    #[arg(long)]
+    pub kernel_name: String,
+    /// The storage backend (or --rclone-config for any other).
+    #[arg(
+        long,
+        value_enum,
+        required_unless_present = "rclone_config",
+        conflicts_with = "rclone_config"
+    )]
+    pub backend: Option<crate::cloud::Backend>,
+    /// A non-secret rclone config field of the backend (repeatable).
+    #[arg(
+        long = "set",
+        value_name = "KEY=VALUE",
+        conflicts_with = "rclone_config"
+    )]
+    pub settings: Vec<String>,
+    /// Secrets: a JSON object of config fields, from FILE or `-` (stdin).
+    #[arg(long, value_name = "FILE|-", conflicts_with = "rclone_config")]
+    pub creds: Option<String>,
+    /// A raw rclone config (any backend); --source names its section: REMOTE:PATH.
+    #[arg(long, value_name = "FILE")]
+    pub rclone_config: Option<PathBuf>,
+    /// The path inside the backend (bucket/prefix), or REMOTE:PATH with --rclone-config.
+    #[arg(long, default_value = "")]
+    pub source: String,
+    /// Mount read-write (default: read-only).
+    #[arg(long)]
+    pub rw: bool,
+    /// An extra `rclone mount` flag, e.g. --rclone-flag=--dir-cache-time=10s (repeatable).
+    #[arg(long = "rclone-flag", value_name = "FLAG", allow_hyphen_values = true)]
+    pub rclone_flags: Vec<String>,
+    /// The mount point on the remote (absolute).
+    pub remote_path: String,
+}
+
+#[derive(Debug, Args)]
+pub struct MountsListArgs {
+    /// Only this kernelspec.
+    #[arg(long)]
+    pub kernel_name: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MountsRemoveArgs {
+    /// The sshpyk kernelspec.
+    #[arg(long)]
+    pub kernel_name: String,
+    /// The mount point on the remote.
+    pub remote_path: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Settings shared by `add` and `edit`; every one is optional so that `edit` changes only what
@@ -150,7 +232,7 @@ pub struct EditArgs {
     pub kernel_name: String,
     #[command(flatten)]
     pub spec: SpecArgs,
-    /// Remove every --mount-local-on-remote before adding the given ones.
+    /// Remove every mount (local dirs and cloud storage) before adding the given ones.
     #[arg(long)]
     pub clear_mounts: bool,
     /// Convert a kernelspec written by the Python sshpyk into an sshpyk one, keeping its alias,

@@ -53,6 +53,9 @@ pub struct Settings {
     /// Run the kernel on a Slurm compute node allocated for it (the alias is the login node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slurm: Option<SlurmSettings>,
+    /// Cloud storage on the remote (`sshpyk mounts add --backend`); secrets are elsewhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cloud_mounts: Vec<crate::cloud::CloudMount>,
 }
 
 impl Settings {

@@ -6,7 +6,9 @@
 //! States: starting → running ⇄ reconnecting → stopping. Fatal errors (bad input, the kernel
 //! gone) end it; a lost connection is retried.
 
-use std::path::PathBuf;
+mod live;
+
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -100,6 +102,8 @@ struct Running {
     ready: Ready,
     info: ConnectionInfo,
     settings: Settings,
+    /// The control socket and live mount changes ([`live`]).
+    live: live::Live,
 }
 
 /// Runs one kernel to its end; returns the exit status for the process.
@@ -121,7 +125,7 @@ pub async fn run(opts: LaunchOptions) -> Result<i32> {
     let parent = Parent::from_env();
 
     let mut running = tokio::select! {
-        r = start(&settings, info, allocation.as_ref(), ssh_verbose) => r?,
+        r = start(&settings, info, allocation.as_ref(), ssh_verbose, &opts.kernelspec_dir) => r?,
         name = signals.stop() => return Err(Error::Local(format!("stopped by {name} while starting; nothing was left running"))),
     };
     let outcome = running.supervise(&mut signals, &parent).await;
@@ -164,10 +168,16 @@ async fn start(
     info: ConnectionInfo,
     slurm: Option<&Allocation>,
     ssh_verbose: bool,
+    kernelspec_dir: &Path,
 ) -> Result<Running> {
     let timeout = Duration::from_secs_f64(settings.launch_timeout);
     let deadline = Instant::now() + timeout;
     let listeners = Listeners::bind(&info)?;
+    let cloud_mounts = settings
+        .cloud_mounts
+        .iter()
+        .map(live::cloud_request)
+        .collect::<Result<Vec<_>>>()?;
     let alias = &settings.ssh_host_alias;
     let work = async {
         tracing::info!("connecting to '{alias}'");
@@ -186,6 +196,7 @@ async fn start(
             info: &info,
             orphan_timeout: settings.orphan_timeout,
             ping_interval: ping_interval(settings),
+            cloud_mounts: &cloud_mounts,
         };
         let request = &request;
         let (master, (mut session, ready)) = with_room(&master, deadline, move |m| async move {
@@ -202,7 +213,7 @@ async fn start(
         session.arm(ping_interval(settings))?;
         Ok::<_, Error>((master, session, forwarder, mounts, link, ready))
     };
-    let (master, session, forwarder, mounts, link, ready) =
+    let (master, mut session, forwarder, mounts, link, ready) =
         tokio::time::timeout_at(deadline, work).await.map_err(|_| Error::Timeout {
             what: format!("starting the kernel on '{alias}'"),
             secs: settings.launch_timeout,
@@ -217,6 +228,8 @@ async fn start(
         ready.pid,
         ready.hostname
     );
+    let live = live::Live::new(kernelspec_dir.to_owned(), settings.cloud_mounts.clone());
+    session.forward_cloud_reports(live.reports_sink());
     Ok(Running {
         master,
         session,
@@ -226,6 +239,7 @@ async fn start(
         ready,
         info,
         settings: settings.clone(),
+        live,
     })
 }
 
@@ -271,6 +285,10 @@ impl Running {
                 _ = signals.interrupt.recv() => Trouble::Interrupt,
                 _ = signals.terminate.recv() => Trouble::Stop("SIGTERM"),
                 _ = signals.hangup.recv() => Trouble::Stop("SIGHUP"),
+                heard = self.live.next() => {
+                    self.heard(heard).await;
+                    continue;
+                }
             };
             match trouble {
                 Trouble::Interrupt => {
@@ -367,6 +385,7 @@ impl Running {
                 }
                 _ = tokio::time::sleep_until(give_up) => return Some(Outcome::Gone),
                 name = signals.stop() => return Some(Outcome::Abandoned(name)),
+                heard = self.live.next() => self.heard(heard).await,
             }
         }
     }
@@ -391,8 +410,10 @@ impl Running {
 
     /// The new connection and session replace the old ones (dropping the old session asks its
     /// master to close the channel); clients reconnect over the new one; mounts come back.
-    async fn adopt(&mut self, master: Master, session: Session, since: Instant) {
+    async fn adopt(&mut self, master: Master, mut session: Session, since: Instant) {
         self.master = master;
+        session.forward_cloud_reports(self.live.reports_sink());
+        self.live.forget_pending();
         self.session = session;
         self.link.send_replace(Some(self.session.link()));
         tracing::info!(

@@ -1,9 +1,11 @@
 //! sshpyk: run Jupyter kernels on remote machines over OpenSSH, as if they were local.
 
 pub mod cli;
+pub mod cloud;
 pub mod cmd;
 pub mod coexistence;
 pub mod connection;
+pub mod control;
 pub mod error;
 pub mod jupyter;
 pub mod jupyter_paths;

@@ -31,6 +31,9 @@ pub fn run(args: DeleteArgs) -> Result<()> {
     for spec in found {
         std::fs::remove_dir_all(&spec.dir)
             .map_err(Error::io(format!("cannot remove {}", spec.dir.display())))?;
+        if let Some(Ok(settings)) = spec.spec.settings() {
+            crate::cloud::secrets::remove_dropped(&settings.cloud_mounts, &[]);
+        }
         println!("deleted kernel '{}' ({})", spec.name, spec.dir.display());
     }
     Ok(())

@@ -62,6 +62,7 @@ pub async fn run(args: EditArgs) -> Result<()> {
     }
     spec.set_settings(&new);
     kernelspec::rewrite(&found.dir, &spec)?;
+    crate::cloud::secrets::remove_dropped(&old.cloud_mounts, &new.cloud_mounts);
     if args.adopt {
         println!(
             "adopted kernel '{}' (\"{}\") from the Python sshpyk in {}",

@@ -662,14 +662,7 @@ fn print_mounts(mounts: &[ActiveMount]) {
     }
     println!("sshpyk mounts (remote directories mounted here)");
     for m in mounts {
-        println!(
-            "  {}:{} on {}  ({}, pid {})",
-            m.alias,
-            m.remote_path,
-            m.mountpoint.display(),
-            m.mode,
-            m.pid
-        );
+        println!("  {}", m.describe());
     }
 }
 

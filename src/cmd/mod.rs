@@ -10,6 +10,8 @@ mod host;
 mod list;
 mod logs;
 mod mount;
+mod mounts;
+mod ps;
 pub(crate) mod settings;
 
 use crate::cli::{Cli, Command};
@@ -34,6 +36,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Completions(args) => docs::completions(args.shell).map(|()| 0),
         Command::Man => docs::man().map(|()| 0),
         Command::Connect(args) => connect::run(args, cli.verbose >= 3).await.map(|()| 0),
+        Command::Mounts(command) => mounts::run(command).await.map(|()| 0),
+        Command::Ps(args) => ps::run(args).await.map(|()| 0),
         Command::Launch(args) => {
             launcher::run(LaunchOptions {
                 kernelspec_dir: args.kernelspec,

@@ -63,6 +63,7 @@ pub fn defaults() -> Result<Settings> {
         remote_cwd: None,
         remote_init: None,
         slurm: None,
+        cloud_mounts: Vec::new(),
     })
 }
 
@@ -131,6 +132,7 @@ pub fn apply(settings: &mut Settings, args: &SpecArgs, clear: Clear) -> Result<(
     }
     if clear.mounts {
         settings.mounts.clear();
+        settings.cloud_mounts.clear();
     }
     for spec in &args.mount_local_on_remote {
         let mount = MountSpec::parse(spec)?;

@@ -22,6 +22,20 @@ pub struct ActiveMount {
     pub mode: String,
 }
 
+impl ActiveMount {
+    /// One line for people: `alias:path on MOUNTPOINT (mode, pid N)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}:{} on {}  ({}, pid {})",
+            self.alias,
+            self.remote_path,
+            self.mountpoint.display(),
+            self.mode,
+            self.pid
+        )
+    }
+}
+
 /// The record of a running mount; removed when dropped.
 #[derive(Debug)]
 pub struct Record {

@@ -165,6 +165,34 @@ impl Mounts {
         Ok(())
     }
 
+    /// Each planned mount, and whether it is mounted now (made since the last connection, its
+    /// session still open).
+    pub fn states(&self) -> Vec<(&MountSpec, bool)> {
+        self.planned
+            .iter()
+            .map(|p| {
+                let up = self
+                    .active
+                    .iter()
+                    .any(|a| a.spec.remote == p.spec.remote && !a.events.is_closed());
+                (&p.spec, up)
+            })
+            .collect()
+    }
+
+    /// Ends the mount at `remote` for good (`sshpyk mounts remove` on a running kernel);
+    /// whether there was one.
+    pub async fn remove(&mut self, remote: &str) -> bool {
+        let before = self.planned.len();
+        self.planned.retain(|p| p.spec.remote != remote);
+        let (gone, kept) = std::mem::take(&mut self.active)
+            .into_iter()
+            .partition(|a| a.spec.remote == remote);
+        self.active = kept;
+        stop_all(gone).await;
+        self.planned.len() != before
+    }
+
     /// Unmounts everything and waits (briefly) until the remote confirms.
     pub async fn stop(self) {
         stop_all(self.active).await;

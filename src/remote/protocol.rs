@@ -163,6 +163,9 @@ pub enum Request {
         env: BTreeMap<String, String>,
         /// The kernel's working directory (`~` expanded there); `None`: the remote home.
         cwd: Option<String>,
+        /// Mounted before the kernel starts; a failure fails the start.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        cloud_mounts: Vec<CloudMountRequest>,
     },
     /// Answered with [`Report::Pong`]; like every frame, it renews the lease.
     Ping,
@@ -172,6 +175,72 @@ pub enum Request {
     Signal { signal: String },
     /// End the kernel and everything it started: SIGTERM, then SIGKILL after `grace` seconds.
     Stop { grace: f64 },
+    /// Mount cloud storage on a running kernel; answered with [`Report::Cloud`] of the same id.
+    MountCloud { id: u64, mount: CloudMountRequest },
+    /// Unmount the cloud mount at `remote`; answered with [`Report::Cloud`].
+    UnmountCloud { id: u64, remote: String },
+    /// The state of every cloud mount; answered with [`Report::Cloud`].
+    CloudStatus { id: u64 },
+}
+
+/// One cloud mount for the supervisor (src/remote/cloud.py). `config` holds the credentials:
+/// it only ever travels in a frame of the session, and `Debug` never shows it.
+#[derive(Clone, Serialize)]
+pub struct CloudMountRequest {
+    /// The mount point on the remote.
+    pub remote: String,
+    /// `section:path` in `config`.
+    pub source: String,
+    /// The rclone config file's text.
+    pub config: String,
+    /// `rclone mount` flags.
+    pub flags: Vec<String>,
+    /// How messages name the mount (`s3:bucket/dir`).
+    pub label: String,
+}
+
+impl std::fmt::Debug for CloudMountRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloudMountRequest")
+            .field("remote", &self.remote)
+            .field("source", &self.source)
+            .field("flags", &self.flags)
+            .field("label", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The supervisor's answer to a cloud request: its error, if any, and every mount's state.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CloudReport {
+    pub id: u64,
+    pub error: Option<CloudError>,
+    pub mounts: Vec<CloudMountState>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CloudError {
+    /// A stable name (`auth`, `missing`, `busy`, `no-rclone`...).
+    pub kind: String,
+    /// One line that says what to fix.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CloudMountState {
+    pub remote: String,
+    pub state: CloudState,
+    /// rclone's last error line, when failing.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudState {
+    Mounted,
+    /// rclone ended, or the mount is gone.
+    Failing,
 }
 
 /// What the supervisor tells the launcher.
@@ -194,6 +263,7 @@ pub enum Report {
     Attached {
         pid: u32,
     },
+    Cloud(CloudReport),
 }
 
 /// Where a kernel channel listens on the remote host.
@@ -342,6 +412,35 @@ mod tests {
             Report::Exited(exit) => {
                 assert_eq!(exit.code(), 137);
                 assert_eq!(exit.reason, Some(EndReason::LauncherGone));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cloud_requests_are_tagged_and_never_show_their_config() {
+        let mount = CloudMountRequest {
+            remote: "/mnt/b".into(),
+            source: "sshpyk:b".into(),
+            config: "[sshpyk]\nsecret_access_key = S3CR3T\n".into(),
+            flags: vec!["--read-only".into()],
+            label: "s3:b".into(),
+        };
+        let json = serde_json::to_value(Request::MountCloud {
+            id: 7,
+            mount: mount.clone(),
+        })
+        .unwrap();
+        assert_eq!(json["op"], "mount_cloud");
+        assert_eq!(json["mount"]["config"], mount.config);
+        assert!(!format!("{mount:?}").contains("S3CR3T"));
+        let report: Report = serde_json::from_str(
+            r#"{"event": "cloud", "id": 7, "error": null, "mounts": [{"remote": "/mnt/b", "state": "failing", "error": "gone"}]}"#,
+        )
+        .unwrap();
+        match report {
+            Report::Cloud(r) => {
+                assert_eq!((r.id, r.mounts[0].state), (7, CloudState::Failing));
             }
             other => panic!("{other:?}"),
         }

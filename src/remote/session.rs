@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::init::InitWatch;
 use super::link::{Link, LinkTasks};
-use super::protocol::{Exit, Ready, Report, Request, MARKER};
+use super::protocol::{CloudMountRequest, CloudReport, Exit, Ready, Report, Request, MARKER};
 use super::python_command;
 use crate::connection::ConnectionInfo;
 use crate::error::{Error, Result};
@@ -24,7 +24,8 @@ use crate::slurm::{self, Allocation};
 use crate::ssh::mux::MuxChannel;
 use crate::ssh::Master;
 
-const SUPERVISOR: &str = include_str!("supervisor.py");
+/// The supervisor's source: its cloud mounts first (definitions only), then the supervisor.
+const SUPERVISOR: &str = concat!(include_str!("cloud.py"), include_str!("supervisor.py"));
 #[cfg(target_os = "linux")]
 const PIPE_SIZE: i32 = 1 << 20;
 
@@ -57,6 +58,8 @@ pub struct StartRequest<'a> {
     pub orphan_timeout: f64,
     /// How often the launcher renews the lease.
     pub ping_interval: Duration,
+    /// Mounted by the supervisor before the kernel starts.
+    pub cloud_mounts: &'a [CloudMountRequest],
 }
 
 pub struct Session {
@@ -65,6 +68,8 @@ pub struct Session {
     reports: mpsc::UnboundedReceiver<Report>,
     _tasks: LinkTasks,
     pinger: Option<JoinHandle<()>>,
+    /// Where answers to cloud requests go ([`Session::forward_cloud_reports`]).
+    cloud_reports: Option<mpsc::UnboundedSender<CloudReport>>,
 }
 
 impl Drop for Session {
@@ -161,6 +166,7 @@ impl Session {
             reports,
             _tasks: tasks,
             pinger: None,
+            cloud_reports: None,
         }))
     }
 
@@ -191,6 +197,7 @@ impl Session {
             ping_interval: req.ping_interval.as_secs_f64(),
             env: req.env.clone(),
             cwd: req.cwd.map(String::from),
+            cloud_mounts: req.cloud_mounts.to_vec(),
         };
         super::protocol::Frame::Message(serde_json::to_vec(&start).expect("serialises"))
             .encode_into(&mut preface);
@@ -306,11 +313,23 @@ impl Session {
         }
     }
 
+    /// Answers to cloud requests go to `to` from now on (they arrive while [`Session::next_event`]
+    /// waits).
+    pub fn forward_cloud_reports(&mut self, to: mpsc::UnboundedSender<CloudReport>) {
+        self.cloud_reports = Some(to);
+    }
+
     /// Waits for the kernel's exit or the end of the session. Cancel-safe.
     pub async fn next_event(&mut self) -> Event {
         while let Some(report) = self.reports.recv().await {
-            if let Report::Exited(exit) = report {
-                return Event::Exited(exit);
+            match report {
+                Report::Exited(exit) => return Event::Exited(exit),
+                Report::Cloud(report) => {
+                    if let Some(to) = &self.cloud_reports {
+                        let _ = to.send(report);
+                    }
+                }
+                _ => {}
             }
         }
         Event::Lost

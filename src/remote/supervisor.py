@@ -442,6 +442,8 @@ class Supervisor:
         self.recv_buffer = memoryview(bytearray(CHUNK))
         self.sel = selectors.DefaultSelector()
         self.exit_r, self.exit_w = os.pipe()
+        # Cloud mounts (cloud.py, sent ahead of this file); made once the run dir exists.
+        self.cloud = None
 
     # ------------------------------------------------------------------ start
 
@@ -451,6 +453,13 @@ class Supervisor:
         spec = find_kernelspec(self.start_request["kernel_name"])
         cwd = kernel_cwd(self.start_request.get("cwd"))
         self.run_dir = make_run_dir()
+        self.cloud = CloudMounts(self.run_dir)
+        # Before the kernel, so that its first cell sees them.
+        for mount in self.start_request.get("cloud_mounts", []):
+            try:
+                self.cloud.mount(mount)
+            except CloudError as e:
+                raise Fatal("cloud_" + e.kind, "cannot mount %s at %s: %s" % (mount.get("label", mount["source"]), mount["remote"], e))
         transport = pick_transport(kernel_argv(spec, ""))
         connection_file, self.endpoints = write_connection_file(self.run_dir, self.start_request, transport)
         argv = kernel_argv(spec, connection_file)
@@ -498,14 +507,20 @@ class Supervisor:
     # ------------------------------------------------------------------ the kernel's end
 
     def signal_all(self, sig):
-        """`sig` to the kernel's process group and every process it started."""
+        """`sig` to the kernel's process group and every process it started (not our rclone
+        mounts: they are unmounted in order once the kernel is gone)."""
         if not self.kernel:
             return
         try:
             os.killpg(self.kernel.pid, sig)
         except OSError:
             pass
+        spared = self.cloud.pids() if self.cloud else set()
+        for root in list(spared):
+            spared.update(descendants(root))
         for pid in descendants(os.getpid()):
+            if pid in spared:
+                continue
             try:
                 os.kill(pid, sig)
             except OSError:
@@ -522,8 +537,9 @@ class Supervisor:
 
     def reap_adopted(self):
         """Collects orphans that came back to us and exited (never the kernel: its waiter does)."""
+        ours = self.cloud.pids() if self.cloud else set()
         for pid, ppid in parent_map().items():
-            if ppid == os.getpid() and pid != self.kernel.pid and not process_alive(pid):
+            if ppid == os.getpid() and pid != self.kernel.pid and pid not in ours and not process_alive(pid):
                 try:
                     os.waitpid(pid, os.WNOHANG)
                 except OSError:
@@ -536,6 +552,8 @@ class Supervisor:
             if self.kernel.poll() is None:
                 self.kernel.wait()
             self.reap_adopted()
+        if self.cloud:
+            self.cloud.unmount_all()
         if self.run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -678,6 +696,16 @@ class Supervisor:
                 pass
         elif op == "stop":
             self.stop_kernel("stopped", float(request.get("grace", 0)))
+        elif op == "mount_cloud":
+            self.cloud.submit(request["id"], "mount", request["mount"])
+        elif op == "unmount_cloud":
+            self.cloud.submit(request["id"], "unmount", request["remote"])
+        elif op == "cloud_status":
+            self.report_cloud(request["id"], None)
+
+    def report_cloud(self, request_id, error):
+        if self.link:
+            self.link.report(event="cloud", id=request_id, error=error, mounts=self.cloud.states())
 
     def attach(self, listener):
         """A relay hands over the stdio of a new session (after a reconnection)."""
@@ -738,6 +766,7 @@ class Supervisor:
         self.sel.register(self.exit_r, selectors.EVENT_READ, "exit")
         self.sel.register(self.kernel.stdout, selectors.EVENT_READ, "output")
         self.sel.register(self.link, selectors.EVENT_READ, "link")
+        self.sel.register(self.cloud.wake_r, selectors.EVENT_READ, "cloud")
         # The launcher pings every `ping_interval`; a silent or closed session is a lost launcher
         # (a dead link never shows as EOF here). One interval of grace, so that a drop shorter
         # than the orphan timeout never ends the kernel.
@@ -765,6 +794,11 @@ class Supervisor:
                         self.sel.unregister(self.kernel.stdout)
                 elif what == "attach":
                     self.attach(listener)
+                elif what == "cloud":
+                    for request_id, error in self.cloud.results():
+                        self.report_cloud(request_id, error)
+                    if self.link:
+                        self.link.flush()
                 elif what == "link-out":
                     if self.link:
                         self.link.flush()

@@ -13,7 +13,8 @@ import tempfile
 import time
 
 src = sys.argv[1]
-SUPERVISOR = open(os.path.join(src, "supervisor.py"), "rb").read()
+# As the launcher sends it: the cloud mounts ahead of the supervisor.
+SUPERVISOR = open(os.path.join(src, "cloud.py"), "rb").read() + open(os.path.join(src, "supervisor.py"), "rb").read()
 LOADER = open(os.path.join(src, "loader.py")).read()
 ATTACH = open(os.path.join(src, "attach.py")).read()
 MARKER = b"sshpyk-frames-1\n"

@@ -1,0 +1,381 @@
+//! `sshpyk mounts add|list|remove`: a kernel's mounts in its kernelspec (so later starts have
+//! them) and, at once, on every running launcher of that kernelspec (over their control sockets).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::cli::{MountsAddArgs, MountsCommand, MountsListArgs, MountsRemoveArgs};
+use crate::cloud::backend::{self, RAW_CONFIG};
+use crate::cloud::{secrets, Backend, CloudMount};
+use crate::control::{self, KernelStatus, MountKind, MountState, MountStatus, Reply, Request};
+use crate::error::{Error, Result};
+use crate::kernelspec::{self, Kernelspec, Settings};
+use crate::local_mount::{self, ActiveMount};
+
+/// How long a running launcher gets to say what it is.
+const DESCRIBE_WAIT: Duration = Duration::from_secs(5);
+/// How long a live mount may take: rclone's pre-flight listing and the mount itself.
+const CHANGE_WAIT: Duration = Duration::from_secs(120);
+
+pub async fn run(command: MountsCommand) -> Result<()> {
+    match command {
+        MountsCommand::Add(args) => add(args).await,
+        MountsCommand::List(args) => list(args).await,
+        MountsCommand::Remove(args) => remove(args).await,
+    }
+}
+
+fn sshpyk_kernel(name: &str) -> Result<(Kernelspec, Settings)> {
+    let found = kernelspec::find(name)?;
+    let settings = found.spec.settings().ok_or_else(|| {
+        Error::Invalid(format!(
+            "kernel '{}' was not written by sshpyk; only sshpyk kernels have mounts",
+            found.name
+        ))
+    })??;
+    Ok((found, settings))
+}
+
+fn save(found: &Kernelspec, settings: &Settings) -> Result<()> {
+    let mut spec = found.spec.clone();
+    spec.set_settings(settings);
+    kernelspec::rewrite(&found.dir, &spec)
+}
+
+/// The running launchers of this kernelspec.
+async fn running_of(found: &Kernelspec) -> Result<Vec<(control::Launcher, KernelStatus)>> {
+    let dir = canonical(&found.dir);
+    Ok(control::running(DESCRIBE_WAIT)
+        .await?
+        .into_iter()
+        .filter(|(_, status)| canonical(&status.kernelspec_dir) == dir)
+        .collect())
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
+}
+
+fn parse_settings(pairs: &[String]) -> Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                .ok_or_else(|| Error::Invalid(format!("--set '{pair}' is not KEY=VALUE")))
+        })
+        .collect()
+}
+
+/// The mount and its secrets from the flags; nothing is written yet.
+fn mount_from(args: &MountsAddArgs) -> Result<(CloudMount, BTreeMap<String, String>)> {
+    let remote = &args.remote_path;
+    if !(remote.starts_with('/') || remote.starts_with("~/")) || remote == "/" {
+        return Err(Error::Invalid(format!(
+            "remote path '{remote}' must be absolute (or start with ~/) and not /"
+        )));
+    }
+    for flag in &args.rclone_flags {
+        backend::check_rclone_flag(flag)?;
+    }
+    let (backend, settings, secrets) = match (&args.rclone_config, args.backend) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::Invalid(format!(
+                    "cannot read --rclone-config {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let sections = backend::config_sections(&text);
+            let section = args.source.split_once(':').map(|(s, _)| s);
+            match section {
+                Some(s) if sections.iter().any(|n| n == s) => {}
+                _ => {
+                    return Err(Error::Invalid(format!(
+                    "--source '{}' must be REMOTE:PATH with REMOTE a section of {} (it has: {})",
+                    args.source,
+                    path.display(),
+                    if sections.is_empty() {
+                        "none".into()
+                    } else {
+                        sections.join(", ")
+                    }
+                )))
+                }
+            }
+            let secrets = BTreeMap::from([(RAW_CONFIG.to_string(), text)]);
+            (Backend::Rclone, BTreeMap::new(), secrets)
+        }
+        (None, Some(backend)) => {
+            let settings = parse_settings(&args.settings)?;
+            CloudMount::check_settings(backend, &settings)?;
+            let creds = match &args.creds {
+                Some(arg) => secrets::read_creds_arg(arg)?,
+                None => BTreeMap::new(),
+            };
+            (backend, settings, CloudMount::read_creds(backend, creds)?)
+        }
+        (None, None) => {
+            return Err(Error::Invalid(
+                "mounts add needs --backend or --rclone-config".into(),
+            ))
+        }
+    };
+    let mount = CloudMount {
+        remote: remote.clone(),
+        backend,
+        source: args.source.clone(),
+        settings,
+        rw: args.rw,
+        rclone_flags: args.rclone_flags.clone(),
+        secrets: String::new(),
+    };
+    // Rendered once now, so that missing keys are refused before anything is written.
+    mount.render(&secrets)?;
+    Ok((mount, secrets))
+}
+
+async fn add(args: MountsAddArgs) -> Result<()> {
+    let (found, mut settings) = sshpyk_kernel(&args.kernel_name)?;
+    let name = &found.name;
+    let (mut mount, secrets_map) = mount_from(&args)?;
+    let remote = &mount.remote;
+    if settings.mounts.iter().any(|m| &m.remote == remote)
+        || settings.cloud_mounts.iter().any(|m| &m.remote == remote)
+    {
+        return Err(Error::Invalid(format!(
+            "kernel '{name}' already has a mount at {remote}; remove it first (`sshpyk mounts remove --kernel-name {name} {remote}`)"
+        )));
+    }
+    mount.secrets = secrets::store(name, &secrets_map)?;
+    let before = settings.clone();
+    settings.cloud_mounts.push(mount.clone());
+    if let Err(e) = save(&found, &settings) {
+        secrets::remove(&mount.secrets);
+        return Err(e);
+    }
+    let mut done = Vec::new();
+    let mut failures = Vec::new();
+    let running = match running_of(&found).await {
+        Ok(running) => running,
+        Err(e) => {
+            failures.push(e.to_string());
+            Vec::new()
+        }
+    };
+    for (launcher, _) in &running {
+        let request = Request::AddCloudMount {
+            mount: mount.clone(),
+        };
+        match control::ask(&launcher.path, &request, CHANGE_WAIT).await {
+            Ok(Reply::Done { message }) => {
+                println!("{message}");
+                done.push(launcher);
+            }
+            Ok(Reply::Failed { message }) => failures.push(message),
+            Ok(Reply::Status(_)) => failures.push(format!(
+                "launcher {} answered with its status",
+                launcher.pid
+            )),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    if !failures.is_empty() {
+        // All or nothing: the kernelspec and the kernels that took it go back as they were.
+        for launcher in done {
+            let request = Request::RemoveMount {
+                remote: remote.clone(),
+            };
+            let _ = control::ask(&launcher.path, &request, CHANGE_WAIT).await;
+        }
+        save(&found, &before)?;
+        secrets::remove(&mount.secrets);
+        return Err(Error::Remote(failures.join("; ")));
+    }
+    println!(
+        "added {} at {remote} ({}) to kernel '{name}'; {}",
+        mount.describe(),
+        if mount.rw { "read-write" } else { "read-only" },
+        match running.len() {
+            0 => "it is mounted at every start".to_string(),
+            n => format!("mounted now on {n} running kernel(s) and at every start"),
+        }
+    );
+    Ok(())
+}
+
+async fn remove(args: MountsRemoveArgs) -> Result<()> {
+    let (found, mut settings) = sshpyk_kernel(&args.kernel_name)?;
+    let (name, remote) = (&found.name, &args.remote_path);
+    let gone_secrets: Vec<String> = settings
+        .cloud_mounts
+        .iter()
+        .filter(|m| &m.remote == remote)
+        .map(|m| m.secrets.clone())
+        .collect();
+    let configured =
+        settings.mounts.iter().any(|m| &m.remote == remote) || !gone_secrets.is_empty();
+    let mut live = 0;
+    for (launcher, status) in running_of(&found).await? {
+        if !status.mounts.iter().any(|m| &m.remote == remote) {
+            continue;
+        }
+        let request = Request::RemoveMount {
+            remote: remote.clone(),
+        };
+        match control::ask(&launcher.path, &request, CHANGE_WAIT).await {
+            Ok(Reply::Done { message }) => {
+                println!("{message}");
+                live += 1;
+            }
+            Ok(Reply::Failed { message }) => tracing::warn!("{message}"),
+            Ok(Reply::Status(_)) => {}
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    if !configured && live == 0 {
+        return Err(Error::Invalid(format!(
+            "kernel '{name}' has no mount at {remote}; `sshpyk mounts list --kernel-name {name}` shows its mounts"
+        )));
+    }
+    settings.mounts.retain(|m| &m.remote != remote);
+    settings.cloud_mounts.retain(|m| &m.remote != remote);
+    save(&found, &settings)?;
+    for file in gone_secrets {
+        secrets::remove(&file);
+    }
+    println!("removed the mount at {remote} from kernel '{name}'");
+    Ok(())
+}
+
+/// One kernelspec's mounts: as configured, and as each running kernel has them.
+#[derive(Debug, Serialize)]
+struct KernelMounts {
+    kernel_name: String,
+    kernelspec_dir: PathBuf,
+    configured: Vec<MountStatus>,
+    running: Vec<RunningMounts>,
+}
+
+#[derive(Debug, Serialize)]
+struct RunningMounts {
+    launcher_pid: u32,
+    remote_pid: u32,
+    mounts: Vec<MountStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct MountsList {
+    kernels: Vec<KernelMounts>,
+    /// Remote directories mounted on this machine (`sshpyk mount`).
+    remote_on_local: Vec<ActiveMount>,
+}
+
+fn configured(settings: &Settings) -> Vec<MountStatus> {
+    let local = settings.mounts.iter().map(|m| MountStatus {
+        remote: m.remote.clone(),
+        kind: MountKind::LocalOnRemote,
+        source: m.local.clone(),
+        read_only: m.read_only(),
+        state: MountState::Configured,
+        error: None,
+    });
+    let cloud = settings.cloud_mounts.iter().map(|m| MountStatus {
+        remote: m.remote.clone(),
+        kind: MountKind::Cloud,
+        source: m.describe(),
+        read_only: !m.rw,
+        state: MountState::Configured,
+        error: None,
+    });
+    local.chain(cloud).collect()
+}
+
+async fn list(args: MountsListArgs) -> Result<()> {
+    let kernels: Vec<(Kernelspec, Settings)> = match &args.kernel_name {
+        Some(name) => vec![sshpyk_kernel(name)?],
+        None => kernelspec::find_all()?
+            .into_iter()
+            .filter_map(|k| match k.spec.settings() {
+                Some(Ok(settings)) => Some((k, settings)),
+                _ => None,
+            })
+            .collect(),
+    };
+    let running = control::running(DESCRIBE_WAIT).await?;
+    let mut out = MountsList {
+        kernels: Vec::new(),
+        remote_on_local: local_mount::active(),
+    };
+    for (found, settings) in kernels {
+        let dir = canonical(&found.dir);
+        let running = running
+            .iter()
+            .filter(|(_, s)| canonical(&s.kernelspec_dir) == dir)
+            .map(|(_, s)| RunningMounts {
+                launcher_pid: s.launcher_pid,
+                remote_pid: s.remote_pid,
+                mounts: s.mounts.clone(),
+            })
+            .collect();
+        out.kernels.push(KernelMounts {
+            kernel_name: found.name.clone(),
+            kernelspec_dir: found.dir.clone(),
+            configured: configured(&settings),
+            running,
+        });
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).expect("serializes")
+        );
+        return Ok(());
+    }
+    for kernel in &out.kernels {
+        println!("{}", kernel.kernel_name);
+        if kernel.configured.is_empty() {
+            println!("  (no mounts)");
+        }
+        for mount in &kernel.configured {
+            println!("  {}", mount_line(mount));
+        }
+        for run in &kernel.running {
+            println!(
+                "  running kernel {} (launcher {}):",
+                run.remote_pid, run.launcher_pid
+            );
+            for mount in &run.mounts {
+                println!("    {}", mount_line(mount));
+            }
+        }
+    }
+    if !out.remote_on_local.is_empty() {
+        println!("remote dirs on this machine");
+        for mount in &out.remote_on_local {
+            println!("  {}", mount.describe());
+        }
+    }
+    Ok(())
+}
+
+pub fn mount_line(mount: &MountStatus) -> String {
+    let kind = match mount.kind {
+        MountKind::LocalOnRemote => "local dir",
+        MountKind::Cloud => "cloud",
+    };
+    let mut line = format!(
+        "{}  {kind}  {}  {}  {}",
+        mount.remote,
+        mount.source,
+        if mount.read_only { "ro" } else { "rw" },
+        mount.state
+    );
+    if let Some(error) = &mount.error {
+        line.push_str(&format!(" ({error})"));
+    }
+    line
+}

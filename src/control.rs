@@ -1,0 +1,280 @@
+//! Running kernels are addressable: each launcher owns a control socket in sshpyk's private
+//! runtime dir (0700, [`crate::runtime`]), `launch-<pid>.sock`, that answers "what are you"
+//! (`sshpyk ps`, `sshpyk mounts list`) and takes live mount requests (`sshpyk mounts add` and
+//! `remove`), so that a running kernel changes without a restart.
+//!
+//! One request per connection: a JSON line each way ([`Request`], [`Reply`]). Only our own uid
+//! reaches the socket (the directory is 0700; the peer's credentials are checked too). A socket
+//! left by a SIGKILLed launcher is found dead (nothing accepts) and removed by the next reader.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::cloud::CloudMount;
+use crate::error::{Error, Result};
+
+const PREFIX: &str = "launch-";
+const SUFFIX: &str = ".sock";
+/// The longest request line accepted (a mount spec is small).
+const MAX_LINE: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Answered with [`Reply::Status`].
+    Describe,
+    /// Mount `mount` now (its secrets are read from sshpyk's secrets dir by the launcher).
+    AddCloudMount { mount: CloudMount },
+    /// Unmount every mount (of any kind) at the remote path.
+    RemoveMount { remote: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Status(KernelStatus),
+    Done { message: String },
+    Failed { message: String },
+}
+
+/// What a running launcher says about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KernelStatus {
+    /// The kernelspec's name.
+    pub kernel_name: String,
+    pub kernelspec_dir: PathBuf,
+    pub ssh_host_alias: String,
+    /// The remote's hostname.
+    pub hostname: String,
+    pub remote_pid: u32,
+    pub launcher_pid: u32,
+    /// Seconds since the Unix epoch when the kernel became ready.
+    pub started: u64,
+    pub state: KernelState,
+    pub mounts: Vec<MountStatus>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelState {
+    Running,
+    Reconnecting,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MountStatus {
+    pub remote: String,
+    pub kind: MountKind,
+    /// The local directory, or `backend:path`.
+    pub source: String,
+    pub read_only: bool,
+    pub state: MountState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MountKind {
+    /// A local directory on the remote (`--mount-local-on-remote`).
+    LocalOnRemote,
+    /// Cloud storage on the remote (`mounts add --backend`).
+    Cloud,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountState {
+    /// In the kernelspec; no running kernel to ask.
+    Configured,
+    Mounted,
+    Failing,
+    /// The launcher is reconnecting and cannot ask the remote now.
+    Unknown,
+}
+
+impl std::fmt::Display for MountState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MountState::Configured => "configured",
+            MountState::Mounted => "mounted",
+            MountState::Failing => "failing",
+            MountState::Unknown => "unknown",
+        })
+    }
+}
+
+impl std::fmt::Display for KernelState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KernelState::Running => "running",
+            KernelState::Reconnecting => "reconnecting",
+        })
+    }
+}
+
+/// A request taken from the socket, and where its reply goes.
+pub struct Call {
+    pub request: Request,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// The launcher's end: the socket, removed when dropped.
+pub struct Server {
+    path: PathBuf,
+    task: JoinHandle<()>,
+    calls: mpsc::Receiver<Call>,
+}
+
+impl Server {
+    /// Listens on `launch-<our pid>.sock` in the runtime dir. A failure is not fatal to the
+    /// kernel: it only makes it invisible to `ps` and live mounts, which the caller logs.
+    pub fn bind() -> Result<Server> {
+        let path = crate::runtime::dir()?.join(format!("{PREFIX}{}{SUFFIX}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)
+            .map_err(Error::io(format!("cannot listen on {}", path.display())))?;
+        let (tx, calls) = mpsc::channel(8);
+        let task = tokio::spawn(accept(listener, tx));
+        Ok(Server { path, task, calls })
+    }
+
+    /// The next request. Cancel-safe.
+    pub async fn next(&mut self) -> Option<Call> {
+        self.calls.recv().await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn accept(listener: UnixListener, calls: mpsc::Sender<Call>) {
+    let me = nix::unistd::getuid().as_raw();
+    while let Ok((stream, _)) = listener.accept().await {
+        if stream.peer_cred().map(|c| c.uid()).ok() != Some(me) {
+            continue;
+        }
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve(stream, calls).await {
+                tracing::debug!("control request: {e}");
+            }
+        });
+    }
+}
+
+async fn serve(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    tokio::io::AsyncReadExt::take(BufReader::new(read), MAX_LINE)
+        .read_line(&mut line)
+        .await?;
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => {
+            let (tx, rx) = oneshot::channel();
+            if calls.send(Call { request, reply: tx }).await.is_err() {
+                return Ok(());
+            }
+            match rx.await {
+                Ok(reply) => reply,
+                Err(_) => Reply::Failed {
+                    message: "the launcher is stopping".into(),
+                },
+            }
+        }
+        Err(e) => Reply::Failed {
+            message: format!(
+                "not a request this sshpyk knows ({e}); is the launcher of another version?"
+            ),
+        },
+    };
+    let mut text = serde_json::to_string(&reply).expect("replies serialize");
+    text.push('\n');
+    write.write_all(text.as_bytes()).await
+}
+
+/// A running launcher's socket, by its pid.
+pub struct Launcher {
+    pub pid: u32,
+    pub path: PathBuf,
+}
+
+/// Every launcher socket in the runtime dir, sockets of dead launchers removed.
+pub fn launchers() -> Result<Vec<Launcher>> {
+    let dir = crate::runtime::dir()?;
+    let mut found = Vec::new();
+    let entries =
+        std::fs::read_dir(&dir).map_err(Error::io(format!("cannot read {}", dir.display())))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|n| n.strip_suffix(SUFFIX))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        if std::os::unix::net::UnixStream::connect(&path).is_err() {
+            // Nothing accepts: its launcher is gone (SIGKILL leaves the file).
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        found.push(Launcher { pid, path });
+    }
+    found.sort_by_key(|l| l.pid);
+    Ok(found)
+}
+
+/// Sends one request and waits up to `wait` for the reply.
+pub async fn ask(socket: &Path, request: &Request, wait: Duration) -> Result<Reply> {
+    let talk = async {
+        let stream = UnixStream::connect(socket).await?;
+        let (read, mut write) = stream.into_split();
+        let mut text = serde_json::to_string(request).expect("requests serialize");
+        text.push('\n');
+        write.write_all(text.as_bytes()).await?;
+        let mut line = String::new();
+        BufReader::new(read).read_line(&mut line).await?;
+        Ok::<_, std::io::Error>(line)
+    };
+    let line = tokio::time::timeout(wait, talk)
+        .await
+        .map_err(|_| {
+            Error::Local(format!(
+                "the launcher at {} did not answer within {} s",
+                socket.display(),
+                wait.as_secs()
+            ))
+        })?
+        .map_err(Error::io(format!("cannot talk to {}", socket.display())))?;
+    serde_json::from_str(&line).map_err(|e| {
+        Error::Local(format!(
+            "the launcher at {} answered what this sshpyk cannot read ({e})",
+            socket.display()
+        ))
+    })
+}
+
+/// The status of every running launcher (those that answer within `wait`).
+pub async fn running(wait: Duration) -> Result<Vec<(Launcher, KernelStatus)>> {
+    let mut out = Vec::new();
+    for launcher in launchers()? {
+        match ask(&launcher.path, &Request::Describe, wait).await {
+            Ok(Reply::Status(status)) => out.push((launcher, status)),
+            Ok(other) => tracing::warn!("launcher {}: unexpected reply {other:?}", launcher.pid),
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    Ok(out)
+}

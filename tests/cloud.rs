@@ -1,0 +1,1041 @@
+//! Cloud storage on the remote, end to end: a real sshd "remote host", real S3 (moto, with IAM
+//! authentication) and WebDAV servers beside it, the real rclone and FUSE there, a real
+//! ipykernel reading and writing through the mount; `sshpyk mounts`, `sshpyk ps` and the
+//! launchers' control sockets.
+
+mod common;
+#[path = "cloud_support/mod.rs"]
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{eventually, ready_client, Env};
+use nix::sys::signal::Signal;
+use sshpyk::jupyter::KernelClient;
+use support::{is_mounted, put, rclone, rclone_mounts, remote_command_lines};
+
+const START: Duration = Duration::from_secs(90);
+const STEP: Duration = Duration::from_secs(30);
+const CLEANUP: Duration = Duration::from_secs(10);
+
+/// Runs `code` in the remote kernel; its stdout, or the error's name and value.
+async fn run(c: &mut KernelClient, code: &str) -> Result<String, String> {
+    let r = c.execute(code, STEP).await.expect("execute");
+    match r.status.as_str() {
+        "ok" => Ok(r.stdout),
+        _ => Err(format!("{:?}", r.error)),
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn write_private(env: &Env, name: &str, text: &str) -> PathBuf {
+    let path = env.path(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// `sshpyk mounts add` of an S3 source on the test server.
+fn add_s3(
+    env: &Env,
+    kernel: &str,
+    port: u16,
+    creds: &Path,
+    source: &str,
+    remote: &Path,
+    rw: bool,
+) -> assert_cmd::Command {
+    let mut cmd = env.sshpyk();
+    cmd.args(["mounts", "add", "--kernel-name", kernel, "--backend", "s3"])
+        .args(["--set", "provider=Other"])
+        .arg("--set")
+        .arg(format!("endpoint=http://127.0.0.1:{port}"))
+        .arg("--creds")
+        .arg(creds)
+        .args(["--source", source]);
+    if rw {
+        cmd.arg("--rw");
+    }
+    cmd.arg(remote);
+    cmd
+}
+
+fn secrets_dir(env: &Env) -> PathBuf {
+    env.path("home/.config/sshpyk/secrets")
+}
+
+fn secret_files(env: &Env) -> Vec<PathBuf> {
+    std::fs::read_dir(secrets_dir(env))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+fn json_of(cmd: &mut assert_cmd::Command) -> serde_json::Value {
+    let out = cmd.assert().success().get_output().stdout.clone();
+    serde_json::from_slice(&out).unwrap()
+}
+
+/// Nothing of a cloud mount is left on the remote: no rclone, no mount, no config directory,
+/// no mount point we created.
+fn assert_clean(env: &Env, mount_points: &[&Path], configs: &[PathBuf], created: &[&Path]) {
+    assert!(
+        eventually(CLEANUP, || rclone_mounts(env).is_empty()),
+        "rclone left running: {:?}",
+        rclone_mounts(env)
+    );
+    for mp in mount_points {
+        assert!(
+            eventually(CLEANUP, || !is_mounted(env, mp)),
+            "{} is still mounted",
+            mp.display()
+        );
+    }
+    for config in configs {
+        let dir = config.parent().unwrap();
+        assert!(
+            eventually(CLEANUP, || !dir.exists()),
+            "{} is still there",
+            dir.display()
+        );
+    }
+    for dir in created {
+        assert!(
+            eventually(CLEANUP, || !dir.exists()),
+            "{} was created and is still there",
+            dir.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_s3_bucket_is_read_through_the_kernel_read_only_unless_rw_and_secrets_stay_private() {
+    let env = Env::with_host();
+    let (server, creds) = support::s3_server(&env);
+    let secret = serde_json::from_str::<serde_json::Value>(&creds).unwrap()["secret_access_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let config = support::s3_config(&env, server.port, &creds);
+    rclone(&env, &config, &["mkdir", "s3:data"]);
+    put(&env, &config, "s3:data/in/data.txt", "from s3\n");
+    let creds_file = write_private(&env, "creds.json", &creds);
+    let kernel = env.add_kernel("k", &[]);
+    let top = env.path("remote-mnt");
+    let (ro, rw) = (top.join("ro"), top.join("rw"));
+    add_s3(
+        &env,
+        &kernel,
+        server.port,
+        &creds_file,
+        "data/in",
+        &ro,
+        false,
+    )
+    .assert()
+    .success()
+    .stdout(predicates::str::contains("(read-only)"));
+    add_s3(
+        &env,
+        &kernel,
+        server.port,
+        &creds_file,
+        "data/out",
+        &rw,
+        true,
+    )
+    .assert()
+    .success();
+
+    // The kernelspec names the mounts but holds no secret; the secrets are 0600 in a 0700 dir.
+    let spec = std::fs::read_to_string(env.kernel_dir(&kernel).join("kernel.json")).unwrap();
+    assert!(spec.contains("\"cloud_mounts\""), "{spec}");
+    assert!(!spec.contains(&secret), "{spec}");
+    assert_eq!(mode(&secrets_dir(&env)), 0o700);
+    let files = secret_files(&env);
+    assert_eq!(files.len(), 2);
+    for file in &files {
+        assert_eq!(mode(file), 0o600);
+    }
+
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    let mut c = ready_client(&info).await;
+    // Mounted before the kernel started.
+    assert_eq!(
+        run(
+            &mut c,
+            &format!("print(open('{}/data.txt').read(), end='')", ro.display())
+        )
+        .await,
+        Ok("from s3\n".into())
+    );
+    // Read-only: the kernel's write is refused.
+    let refused = run(
+        &mut c,
+        &format!("open('{}/new.txt', 'w').write('x')", ro.display()),
+    )
+    .await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("Read-only file system")),
+        "{refused:?}"
+    );
+    // Read-write: written back to the bucket.
+    run(
+        &mut c,
+        &format!(
+            "with open('{}/result.txt', 'w') as f: f.write('from the kernel')",
+            rw.display()
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let mut cmd = env.host().remote_command("rclone", ["--config"]);
+            cmd.arg(&config).args(["cat", "s3:data/out/result.txt"]);
+            support::clean_env(&mut cmd)
+                .output()
+                .is_ok_and(|o| o.stdout == b"from the kernel")
+        }),
+        "the write never reached the bucket"
+    );
+
+    // Credentials: in no command line (here or there), no log; the remote config is 0600 in
+    // a 0700 directory of its own.
+    let mounts = rclone_mounts(&env);
+    assert_eq!(mounts.len(), 2, "{mounts:?}");
+    for (_, remote_config) in &mounts {
+        assert!(
+            remote_config.starts_with("/dev/shm"),
+            "{}",
+            remote_config.display()
+        );
+        assert_eq!(mode(remote_config), 0o600);
+        assert_eq!(mode(remote_config.parent().unwrap()), 0o700);
+        assert!(std::fs::read_to_string(remote_config)
+            .unwrap()
+            .contains(&secret));
+    }
+    assert!(!remote_command_lines(&env).contains(&secret));
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", launcher.pid())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(&secret));
+
+    // `ps` and `mounts list` see the kernel and its mounts, live.
+    let ps = json_of(env.sshpyk().args(["ps", "--json"]));
+    let row = &ps.as_array().unwrap()[0];
+    assert_eq!(row["kernel_name"], "k");
+    assert_eq!(row["remote_pid"], launcher.remote_pid());
+    assert_eq!(row["state"], "running");
+    let states: Vec<(String, String)> = row["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["source"].as_str().unwrap().to_string(),
+                m["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("s3:data/in".to_string(), "mounted".to_string()),
+            ("s3:data/out".into(), "mounted".into())
+        ]
+    );
+    let list = env
+        .sshpyk()
+        .args(["mounts", "list", "--kernel-name", "k"])
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&list.get_output().stdout).into_owned();
+    assert!(
+        text.contains(&format!(
+            "{}  cloud  s3:data/in  ro  configured",
+            ro.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{}  cloud  s3:data/out  rw  mounted",
+            rw.display()
+        )),
+        "{text}"
+    );
+
+    // A normal shutdown unmounts and removes everything there.
+    c.shutdown(false, STEP).await.unwrap();
+    let status = launcher
+        .wait_timeout(Duration::from_secs(20))
+        .expect("launcher exits");
+    assert!(status.success(), "{status}: {}", launcher.log());
+    let configs: Vec<PathBuf> = mounts.iter().map(|(_, c)| c.clone()).collect();
+    assert_clean(&env, &[&ro, &rw], &configs, &[&top]);
+    assert!(!launcher.log().contains(&secret));
+    let ps = env.sshpyk().args(["ps"]).assert().success();
+    assert!(String::from_utf8_lossy(&ps.get_output().stdout).contains("no running sshpyk kernels"));
+}
+
+#[tokio::test]
+async fn mounts_change_on_a_running_kernel_and_go_with_a_sigkilled_launcher() {
+    let env = Env::with_host();
+    let (server, creds) = support::s3_server(&env);
+    let config = support::s3_config(&env, server.port, &creds);
+    rclone(&env, &config, &["mkdir", "s3:live"]);
+    put(&env, &config, "s3:live/data.txt", "live data\n");
+    let creds_file = write_private(&env, "creds.json", &creds);
+    let mut wrong: serde_json::Value = serde_json::from_str(&creds).unwrap();
+    wrong["secret_access_key"] = "not-the-key".into();
+    let wrong_file = write_private(&env, "wrong.json", &wrong.to_string());
+    let (mut launcher, info) = env.start_kernel(&[]);
+    let mut c = ready_client(&info).await;
+    let mnt = env.path("remote-live/bucket");
+
+    // Added while the kernel runs: it sees the bucket at once, no restart.
+    let added = add_s3(&env, "k", server.port, &creds_file, "live", &mnt, false)
+        .assert()
+        .success();
+    let out = String::from_utf8_lossy(&added.get_output().stdout).into_owned();
+    assert!(
+        out.contains(&format!("for kernel {}", launcher.remote_pid())),
+        "{out}"
+    );
+    assert!(out.contains("mounted now on 1 running kernel(s)"), "{out}");
+    assert_eq!(
+        run(
+            &mut c,
+            &format!("print(open('{}/data.txt').read(), end='')", mnt.display())
+        )
+        .await,
+        Ok("live data\n".into())
+    );
+
+    // A mount whose rclone dies is reported failing, with rclone's last words.
+    let (rclone_pid, _) = rclone_mounts(&env)[0].clone();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(rclone_pid as i32),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    let ps = json_of(env.sshpyk().args(["ps", "--json"]));
+    assert_eq!(ps[0]["mounts"][0]["state"], "failing", "{ps}");
+    env.sshpyk()
+        .args(["mounts", "remove", "--kernel-name", "k"])
+        .arg(&mnt)
+        .assert()
+        .success();
+    assert!(!is_mounted(&env, &mnt));
+    add_s3(&env, "k", server.port, &creds_file, "live", &mnt, false)
+        .assert()
+        .success();
+
+    // Refused credentials: one line, exit 5, the kernelspec and the secrets as they were.
+    let before = std::fs::read_to_string(env.kernel_dir("k").join("kernel.json")).unwrap();
+    let other = env.path("remote-live/other");
+    let failed = add_s3(&env, "k", server.port, &wrong_file, "live", &other, false)
+        .assert()
+        .code(5);
+    let err = String::from_utf8_lossy(&failed.get_output().stderr).into_owned();
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("refused the credentials"), "{err}");
+    assert!(err.contains("SignatureDoesNotMatch"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(env.kernel_dir("k").join("kernel.json")).unwrap(),
+        before
+    );
+    assert_eq!(secret_files(&env).len(), 1);
+    assert!(!other.exists());
+    // A missing bucket, the same way.
+    let failed = add_s3(
+        &env,
+        "k",
+        server.port,
+        &creds_file,
+        "nobucket",
+        &other,
+        false,
+    )
+    .assert()
+    .code(5);
+    let err = String::from_utf8_lossy(&failed.get_output().stderr).into_owned();
+    assert!(err.contains("s3:nobucket does not exist"), "{err}");
+    assert_eq!(rclone_mounts(&env).len(), 1);
+
+    // Removed while the kernel runs: gone there at once, and from the kernelspec.
+    env.sshpyk()
+        .args(["mounts", "remove", "--kernel-name", "k"])
+        .arg(&mnt)
+        .assert()
+        .success();
+    assert_eq!(
+        run(
+            &mut c,
+            &format!("import os; print(os.path.exists('{}'))", mnt.display())
+        )
+        .await,
+        Ok("False\n".into())
+    );
+    assert!(rclone_mounts(&env).is_empty());
+    assert!(secret_files(&env).is_empty());
+    assert!(
+        !std::fs::read_to_string(env.kernel_dir("k").join("kernel.json"))
+            .unwrap()
+            .contains("cloud_mounts")
+    );
+
+    // Added again, then the launcher is SIGKILLed: the remote cleans up by itself.
+    add_s3(&env, "k", server.port, &creds_file, "live", &mnt, true)
+        .assert()
+        .success();
+    let mounts = rclone_mounts(&env);
+    assert_eq!(mounts.len(), 1);
+    c.close();
+    launcher.signal(Signal::SIGKILL);
+    launcher
+        .wait_timeout(Duration::from_secs(5))
+        .expect("killed");
+    let configs: Vec<PathBuf> = mounts.into_iter().map(|(_, c)| c).collect();
+    assert_clean(&env, &[&mnt], &configs, &[&env.path("remote-live")]);
+    // Its control socket is found dead and removed by the next reader.
+    let socket = env.path(&format!("rt/launch-{}.sock", launcher.pid()));
+    assert!(socket.exists());
+    let ps = env.sshpyk().arg("ps").assert().success();
+    assert!(String::from_utf8_lossy(&ps.get_output().stdout).contains("no running sshpyk kernels"));
+    assert!(!socket.exists());
+}
+
+#[tokio::test]
+async fn a_bad_cloud_mount_fails_the_start_in_one_line_and_leaves_nothing() {
+    let env = Env::with_host();
+    let (server, creds) = support::s3_server(&env);
+    let creds_file = write_private(&env, "creds.json", &creds);
+    let kernel = env.add_kernel("k", &[]);
+    let mnt = env.path("remote-bad/x");
+    add_s3(
+        &env,
+        &kernel,
+        server.port,
+        &creds_file,
+        "nobucket",
+        &mnt,
+        false,
+    )
+    .assert()
+    .success();
+    let (conn, _) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    let status = launcher.wait_timeout(START).expect("launcher exits");
+    assert_eq!(status.code(), Some(5), "{}", launcher.log());
+    let log = launcher.log();
+    let error: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("sshpyk: error:"))
+        .collect();
+    assert_eq!(error.len(), 1, "{log}");
+    assert!(error[0].contains("cannot mount s3:nobucket at"), "{log}");
+    assert!(error[0].contains("does not exist"), "{log}");
+    assert_clean(&env, &[&mnt], &[], &[&env.path("remote-bad")]);
+    assert!(env.remote_processes("ipykernel").is_empty());
+
+    // A mount point that is a non-empty directory is refused, the directory left as it was.
+    let full = env.path("remote-full");
+    std::fs::create_dir_all(&full).unwrap();
+    std::fs::write(full.join("keep"), "x").unwrap();
+    env.sshpyk()
+        .args(["mounts", "remove", "--kernel-name", "k"])
+        .arg(&mnt)
+        .assert()
+        .success();
+    let config = support::s3_config(&env, server.port, &creds);
+    rclone(&env, &config, &["mkdir", "s3:there"]);
+    add_s3(
+        &env,
+        &kernel,
+        server.port,
+        &creds_file,
+        "there",
+        &full,
+        false,
+    )
+    .assert()
+    .success();
+    let (conn, _) = env.connection_file("b");
+    let mut launcher = env.launch(&kernel, &conn);
+    let status = launcher.wait_timeout(START).expect("launcher exits");
+    assert_eq!(status.code(), Some(5), "{}", launcher.log());
+    assert!(
+        launcher.log().contains("is a non-empty directory"),
+        "{}",
+        launcher.log()
+    );
+    assert_eq!(std::fs::read_to_string(full.join("keep")).unwrap(), "x");
+    assert!(rclone_mounts(&env).is_empty());
+}
+
+#[test]
+fn bad_input_is_refused_before_anything_is_written() {
+    let env = Env::local();
+    let spec_dir = env.kernel_dir("k");
+    std::fs::create_dir_all(&spec_dir).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("kernelspecs/ssh_gpu_python3/kernel.json"),
+        spec_dir.join("kernel.json"),
+    )
+    .unwrap();
+    let refused = |args: &[&str], message: &str| {
+        let out = env
+            .sshpyk()
+            .args(["mounts", "add", "--kernel-name", "k"])
+            .args(args)
+            .assert()
+            .code(3);
+        let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+        assert!(err.contains(message), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    };
+    refused(
+        &["--backend", "s3", "--set", "bucket=x", "/mnt/x"],
+        "s3 has no key 'bucket'; known keys: access_key_id",
+    );
+    refused(
+        &["--backend", "s3", "--set", "secret_access_key=x", "/mnt/x"],
+        "is a secret",
+    );
+    refused(
+        &["--backend", "s3", "/mnt/x"],
+        "s3 needs access_key_id + secret_access_key",
+    );
+    refused(&["--backend", "s3", "relative"], "must be absolute");
+    let raw = write_private(&env, "raw.conf", "[mine]\ntype = s3\n");
+    refused(
+        &[
+            "--rclone-config",
+            raw.to_str().unwrap(),
+            "--source",
+            "other:b",
+            "/mnt/x",
+        ],
+        "a section of",
+    );
+    refused(
+        &[
+            "--backend",
+            "webdav",
+            "--set",
+            "url=http://h",
+            "--rclone-flag=--config=/x",
+            "/mnt/x",
+        ],
+        "set by sshpyk itself",
+    );
+    assert!(secret_files(&env).is_empty());
+    let spec = std::fs::read_to_string(spec_dir.join("kernel.json")).unwrap();
+    assert!(!spec.contains("cloud_mounts"));
+
+    // Secrets from stdin; with no kernel running, only the kernelspec changes.
+    env.sshpyk()
+        .args([
+            "mounts",
+            "add",
+            "--kernel-name",
+            "k",
+            "--backend",
+            "dropbox",
+            "--creds",
+            "-",
+            "/mnt/box",
+        ])
+        .write_stdin(r#"{"token": "tok-from-stdin"}"#)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("it is mounted at every start"));
+    let spec = std::fs::read_to_string(spec_dir.join("kernel.json")).unwrap();
+    assert!(
+        spec.contains("/mnt/box") && !spec.contains("tok-from-stdin"),
+        "{spec}"
+    );
+    let files = secret_files(&env);
+    assert_eq!(files.len(), 1);
+    assert!(std::fs::read_to_string(&files[0])
+        .unwrap()
+        .contains("tok-from-stdin"));
+    // `delete` takes the secrets along.
+    env.sshpyk().args(["delete", "k"]).assert().success();
+    assert!(secret_files(&env).is_empty());
+}
+
+#[tokio::test]
+async fn webdav_with_a_password_and_sftp_with_a_key_file_mount_through_the_kernel() {
+    let env = Env::with_host();
+    let dav = env.path("dav");
+    std::fs::create_dir_all(&dav).unwrap();
+    std::fs::write(dav.join("hello.txt"), "over webdav\n").unwrap();
+    let _webdav = support::webdav_server(&env, &dav, "dav-user", "dav-pass-123");
+    let served = env.path("sftp-served");
+    std::fs::create_dir_all(&served).unwrap();
+    std::fs::write(served.join("hello.txt"), "over sftp\n").unwrap();
+    let kernel = env.add_kernel("k", &[]);
+    let (dav_mnt, sftp_mnt) = (env.path("remote-dav"), env.path("remote-sftp"));
+    let dav_creds = write_private(&env, "dav.json", r#"{"pass": "dav-pass-123"}"#);
+    env.sshpyk()
+        .args([
+            "mounts",
+            "add",
+            "--kernel-name",
+            &kernel,
+            "--backend",
+            "webdav",
+        ])
+        .arg("--set")
+        .arg(format!("url=http://127.0.0.1:{}/", _webdav.port))
+        .args([
+            "--set",
+            "vendor=other",
+            "--set",
+            "user=dav-user",
+            "--rw",
+            "--creds",
+        ])
+        .arg(&dav_creds)
+        .arg(&dav_mnt)
+        .assert()
+        .success();
+    // The key file is a local path: sshpyk reads it here and ships its content.
+    let key = env.host().identity_file();
+    let sftp_creds = write_private(
+        &env,
+        "sftp.json",
+        &serde_json::json!({ "key_file": key }).to_string(),
+    );
+    env.sshpyk()
+        .args([
+            "mounts",
+            "add",
+            "--kernel-name",
+            &kernel,
+            "--backend",
+            "sftp",
+        ])
+        .arg("--set")
+        .arg(format!("host={}", env.host().address()))
+        .arg("--set")
+        .arg(format!("port={}", env.host().port()))
+        .arg("--set")
+        .arg(format!("user={}", env.host().login_user()))
+        .arg("--creds")
+        .arg(&sftp_creds)
+        .arg("--source")
+        .arg(&served)
+        .arg(&sftp_mnt)
+        .assert()
+        .success();
+    let spec = std::fs::read_to_string(env.kernel_dir(&kernel).join("kernel.json")).unwrap();
+    assert!(
+        !spec.contains("dav-pass-123") && !spec.contains("PRIVATE KEY"),
+        "{spec}"
+    );
+
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    let mut c = ready_client(&info).await;
+    let read = |dir: &Path| format!("print(open('{}/hello.txt').read(), end='')", dir.display());
+    assert_eq!(
+        run(&mut c, &read(&dav_mnt)).await,
+        Ok("over webdav\n".into())
+    );
+    assert_eq!(
+        run(&mut c, &read(&sftp_mnt)).await,
+        Ok("over sftp\n".into())
+    );
+    run(
+        &mut c,
+        &format!(
+            "with open('{}/back.txt', 'w') as f: f.write('written over webdav')",
+            dav_mnt.display()
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || std::fs::read_to_string(
+            dav.join("back.txt")
+        )
+        .is_ok_and(|t| t == "written over webdav")),
+        "the write never reached the WebDAV server"
+    );
+    // The password is obscured in the remote config (as rclone keeps it), and in no command line.
+    for (_, config) in rclone_mounts(&env) {
+        let text = std::fs::read_to_string(&config).unwrap();
+        assert!(!text.contains("dav-pass-123"));
+    }
+    // (Only the test's own WebDAV server has it on its command line.)
+    assert!(!remote_command_lines(&env)
+        .lines()
+        .any(|l| l.contains("dav-pass-123") && !l.contains("serve webdav")));
+    c.shutdown(false, STEP).await.unwrap();
+    assert!(launcher
+        .wait_timeout(Duration::from_secs(20))
+        .expect("exits")
+        .success());
+    assert_clean(&env, &[&dav_mnt, &sftp_mnt], &[], &[&dav_mnt, &sftp_mnt]);
+}
+
+/// gcs and dropbox have no server here: their rendered configs are checked with rclone itself,
+/// and a start against the real service fails in one clear line.
+#[tokio::test]
+async fn gcs_and_dropbox_render_as_rclone_reads_them_and_fail_in_one_line() {
+    use sshpyk::cloud::{Backend, CloudMount};
+    let env = Env::with_host();
+    let sa = serde_json::json!({
+        "type": "service_account", "project_id": "p", "private_key_id": "1",
+        "private_key": "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n",
+        "client_email": "sa@p.iam.gserviceaccount.com", "client_id": "1",
+        "token_uri": "https://oauth2.googleapis.com/token"
+    });
+    let sa_file = write_private(&env, "sa.json", &serde_json::to_string_pretty(&sa).unwrap());
+    let token = r#"{"access_token":"sl.x","token_type":"bearer","expiry":"0001-01-01T00:00:00Z"}"#;
+    let cases = [
+        (
+            Backend::Gcs,
+            serde_json::json!({ "service_account_file": sa_file }),
+            vec![("project_number", "12345")],
+        ),
+        (
+            Backend::Dropbox,
+            serde_json::json!({ "token": token }),
+            vec![],
+        ),
+    ];
+    for (backend, creds, settings) in cases {
+        let creds = serde_json::from_value(creds).unwrap();
+        let secrets = CloudMount::read_creds(backend, creds).unwrap();
+        let mount = CloudMount {
+            remote: "/mnt/x".into(),
+            backend,
+            source: "bucket".into(),
+            settings: settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            rw: false,
+            rclone_flags: vec![],
+            secrets: String::new(),
+        };
+        let rendered = mount.render(&secrets).unwrap();
+        let file = write_private(&env, "render.conf", &rendered.config);
+        let shown = support::run_ok(
+            std::process::Command::new("rclone")
+                .args(["config", "show", "--config"])
+                .arg(&file)
+                .arg("sshpyk"),
+        );
+        match backend {
+            Backend::Gcs => {
+                assert!(
+                    shown.contains("type = google cloud storage") || shown.contains("type = gcs"),
+                    "{shown}"
+                );
+                assert!(shown.contains("project_number = 12345"), "{shown}");
+                let line = shown
+                    .lines()
+                    .find_map(|l| l.strip_prefix("service_account_credentials = "))
+                    .unwrap_or_else(|| panic!("{shown}"));
+                let back: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(back, sa);
+            }
+            _ => {
+                assert!(shown.contains("type = dropbox"), "{shown}");
+                assert!(shown.contains(&format!("token = {token}")), "{shown}");
+            }
+        }
+    }
+
+    // A start against the service (unreachable from the test host): one line, nothing left.
+    let kernel = env.add_kernel("k", &[]);
+    let creds = write_private(
+        &env,
+        "dropbox.json",
+        &serde_json::json!({ "token": token }).to_string(),
+    );
+    let mnt = env.path("remote-dropbox");
+    env.sshpyk()
+        .args([
+            "mounts",
+            "add",
+            "--kernel-name",
+            &kernel,
+            "--backend",
+            "dropbox",
+            "--creds",
+        ])
+        .arg(&creds)
+        .arg(&mnt)
+        .assert()
+        .success();
+    let (conn, _) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    let status = launcher.wait_timeout(START).expect("launcher exits");
+    assert_eq!(status.code(), Some(5), "{}", launcher.log());
+    let log = launcher.log();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("sshpyk: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(errors[0].contains("cannot mount dropbox: at"), "{log}");
+    eprintln!("the live dropbox attempt: {}", errors[0]);
+    assert!(!log.contains("sl.x"), "{log}");
+    assert_clean(&env, &[&mnt], &[], &[&mnt]);
+}
+
+#[tokio::test]
+async fn local_dirs_on_the_remote_are_listed_and_removed_live_too() {
+    let env = Env::with_host();
+    let local = env.path("project");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::write(local.join("data.txt"), "local\n").unwrap();
+    let remote = env.path("remote-project");
+    let spec = format!("{}:{}", local.display(), remote.display());
+    let (launcher, info) = env.start_kernel(&["--mount-local-on-remote", &spec]);
+    let mut c = ready_client(&info).await;
+    let list = json_of(env.sshpyk().args(["mounts", "list", "--json"]));
+    let kernel = &list["kernels"][0];
+    assert_eq!(kernel["kernel_name"], "k");
+    assert_eq!(kernel["configured"][0]["kind"], "local-on-remote");
+    assert_eq!(kernel["configured"][0]["state"], "configured");
+    let live = &kernel["running"][0];
+    assert_eq!(live["remote_pid"], launcher.remote_pid());
+    assert_eq!(live["mounts"][0]["state"], "mounted");
+    assert_eq!(live["mounts"][0]["source"], local.to_str().unwrap());
+
+    env.sshpyk()
+        .args(["mounts", "remove", "--kernel-name", "k"])
+        .arg(&remote)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("unmounted"));
+    assert_eq!(
+        run(
+            &mut c,
+            &format!("import os; print(os.path.ismount('{}'))", remote.display())
+        )
+        .await,
+        Ok("False\n".into())
+    );
+    assert!(env.remote_processes("sshfs").is_empty());
+    assert!(env.read_kernel_json("k")["metadata"]["sshpyk"]["mounts"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let ps = json_of(env.sshpyk().args(["ps", "--json"]));
+    assert!(ps[0]["mounts"].as_array().unwrap().is_empty(), "{ps}");
+    // Nothing left to remove: one clear line.
+    let out = env
+        .sshpyk()
+        .args(["mounts", "remove", "--kernel-name", "k"])
+        .arg(&remote)
+        .assert()
+        .code(3);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("has no mount at"), "{err}");
+}
+
+#[tokio::test]
+async fn an_azure_container_on_azurite_is_read_through_the_kernel_and_a_bad_signature_refused() {
+    let env = Env::with_host();
+    let (server, sas_url) = support::azurite(&env);
+    let config = env.path("azure-test.conf");
+    std::fs::write(
+        &config,
+        format!("[az]\ntype = azureblob\nsas_url = {sas_url}\n"),
+    )
+    .unwrap();
+    rclone(&env, &config, &["mkdir", "az:cont"]);
+    put(&env, &config, "az:cont/data.txt", "from azure\n");
+    let creds = write_private(
+        &env,
+        "az.json",
+        &serde_json::json!({ "sas_url": sas_url }).to_string(),
+    );
+    let (launcher, info) = env.start_kernel(&[]);
+    let mut c = ready_client(&info).await;
+    let mnt = env.path("remote-azure");
+    let add = |creds: &Path, mnt: &Path| {
+        let mut cmd = env.sshpyk();
+        cmd.args([
+            "mounts",
+            "add",
+            "--kernel-name",
+            "k",
+            "--backend",
+            "azureblob",
+            "--source",
+            "cont",
+            "--creds",
+        ])
+        .arg(creds)
+        .arg(mnt);
+        cmd
+    };
+    add(&creds, &mnt).assert().success();
+    assert_eq!(
+        run(
+            &mut c,
+            &format!("print(open('{}/data.txt').read(), end='')", mnt.display())
+        )
+        .await,
+        Ok("from azure\n".into())
+    );
+    let bad = write_private(
+        &env,
+        "az-bad.json",
+        &serde_json::json!({ "sas_url": support::azure_sas(server.port, true) }).to_string(),
+    );
+    let other = env.path("remote-azure-bad");
+    let out = add(&bad, &other).assert().code(5);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("refused the credentials for azureblob:cont"),
+        "{err}"
+    );
+    assert!(err.contains("403"), "{err}");
+    assert!(!other.exists());
+    drop(launcher);
+}
+
+#[tokio::test]
+async fn a_raw_rclone_config_mount_rides_out_a_link_cut_and_ps_says_reconnecting_meanwhile() {
+    let env = Env::with_host();
+    if env.host().netns().is_none() {
+        eprintln!("skipped: cutting the link needs the network namespace (root)");
+        return;
+    }
+    let (server, creds) = support::s3_server(&env);
+    let config = support::s3_config(&env, server.port, &creds);
+    rclone(&env, &config, &["mkdir", "s3:cut"]);
+    put(&env, &config, "s3:cut/data.txt", "kept\n");
+    env.add_kernel("k", &[]);
+    let mnt = env.path("remote-cut");
+    // A raw rclone config this time (any backend): the test's own.
+    env.sshpyk()
+        .args(["mounts", "add", "--kernel-name", "k", "--rclone-config"])
+        .arg(&config)
+        .args(["--source", "s3:cut"])
+        .arg(&mnt)
+        .assert()
+        .success();
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch("k", &conn);
+    launcher.wait_ready(START);
+    let rclone_before = rclone_mounts(&env);
+    let read = format!("print(open('{}/data.txt').read(), end='')", mnt.display());
+
+    env.host().link_down().unwrap();
+    launcher.wait_for_log("connection lost, reconnecting", Duration::from_secs(30));
+    let ps = json_of(env.sshpyk().args(["ps", "--json"]));
+    assert_eq!(ps[0]["state"], "reconnecting", "{ps}");
+    assert_eq!(ps[0]["mounts"][0]["state"], "unknown", "{ps}");
+    env.host().link_up().unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let log = launcher.log();
+            log.contains("reconnected after") || log.contains("answers again after")
+        }),
+        "{}",
+        launcher.log()
+    );
+
+    // The supervisor kept the mount: the same rclone, still serving the kernel.
+    assert_eq!(rclone_mounts(&env), rclone_before);
+    let mut c = ready_client(&info).await;
+    assert_eq!(run(&mut c, &read).await, Ok("kept\n".into()));
+    let ps = json_of(env.sshpyk().args(["ps", "--json"]));
+    assert_eq!(ps[0]["state"], "running", "{ps}");
+    assert_eq!(ps[0]["mounts"][0]["state"], "mounted", "{ps}");
+}
+
+/// Another user, without root: rclone mounts through the setuid fusermount3, its private
+/// directory on /dev/shm is that user's own.
+#[tokio::test]
+async fn a_user_without_root_mounts_and_writes_back() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the second test user needs root");
+        return;
+    }
+    let env = Env::with_host_as(sshpyk_testhost::TestUser::Chatty);
+    let (server, creds) = support::s3_server(&env);
+    let config = support::s3_config(&env, server.port, &creds);
+    rclone(&env, &config, &["mkdir", "s3:user"]);
+    put(&env, &config, "s3:user/data.txt", "for the user\n");
+    let creds_file = write_private(&env, "creds.json", &creds);
+    env.add_kernel("k", &[]);
+    // Somewhere that user may create a directory.
+    let top = PathBuf::from(format!("/tmp/sshpyk-cloud-test-{}", uuid::Uuid::new_v4()));
+    let mnt = top.join("bucket");
+    add_s3(&env, "k", server.port, &creds_file, "user", &mnt, true)
+        .assert()
+        .success();
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch("k", &conn);
+    launcher.wait_ready(START);
+    let mut c = ready_client(&info).await;
+    let m = mnt.display();
+    assert_eq!(
+        run(
+            &mut c,
+            &format!("print(open('{m}/data.txt').read(), end='')")
+        )
+        .await,
+        Ok("for the user\n".into())
+    );
+    run(
+        &mut c,
+        &format!("with open('{m}/data.txt', 'a') as f: f.write('appended\\n')"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let mut cmd = env.host().remote_command("rclone", ["--config"]);
+            cmd.arg(&config).args(["cat", "s3:user/data.txt"]);
+            support::clean_env(&mut cmd)
+                .output()
+                .is_ok_and(|o| o.stdout == b"for the user\nappended\n")
+        }),
+        "the append never reached the bucket"
+    );
+    let user = nix::unistd::User::from_name(env.host().login_user())
+        .unwrap()
+        .unwrap();
+    let mounts = rclone_mounts(&env);
+    assert_eq!(mounts.len(), 1);
+    let private = mounts[0].1.parent().unwrap().parent().unwrap().to_owned();
+    assert_eq!(
+        private,
+        PathBuf::from(format!("/dev/shm/sshpyk-{}", user.uid))
+    );
+    let meta = std::fs::metadata(&private).unwrap();
+    assert_eq!(
+        (std::os::unix::fs::MetadataExt::uid(&meta), mode(&private)),
+        (user.uid.as_raw(), 0o700)
+    );
+    c.shutdown(false, STEP).await.unwrap();
+    assert!(launcher
+        .wait_timeout(Duration::from_secs(20))
+        .expect("exits")
+        .success());
+    let configs: Vec<PathBuf> = mounts.into_iter().map(|(_, c)| c).collect();
+    assert_clean(&env, &[&mnt], &configs, &[&top]);
+}

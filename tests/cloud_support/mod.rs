@@ -1,0 +1,287 @@
+//! Real storage servers on the test host's side of the network (inside its namespace, on its
+//! loopback, where the remote's rclone reaches them): S3 from `moto` in server mode (with IAM
+//! authentication on, so that wrong credentials are refused), WebDAV from `rclone serve webdav`.
+//! And what the tests look at on the remote: rclone processes, mounts, config files.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::common::{eventually, Env};
+
+/// What the cloud venv has (scripts/setup installs the same).
+const CLOUD_PACKAGES: [&str; 2] = ["moto[server]", "azure-storage-blob"];
+
+/// The venv with moto's server and Azure's SDK, made once under a lock (scripts/setup makes it
+/// too).
+pub fn cloud_venv() -> PathBuf {
+    let venv = std::env::var_os("SSHPYK_CLOUD_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/cloud-venv"));
+    let ready = |v: &Path| {
+        Command::new(v.join("bin/python"))
+            .args(["-c", "import moto.server, azure.storage.blob"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ready(&venv) {
+        let lock = File::create(venv.with_extension("lock")).unwrap();
+        let _lock = Flock::lock(lock, FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        if !ready(&venv) {
+            run_ok(
+                Command::new("/usr/bin/python3")
+                    .args(["-m", "venv"])
+                    .arg(&venv),
+            );
+            run_ok(
+                Command::new(venv.join("bin/pip"))
+                    .args(["install", "-q", "--disable-pip-version-check"])
+                    .args(CLOUD_PACKAGES),
+            );
+        }
+    }
+    venv
+}
+
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = clean_env(cmd).stdin(Stdio::null()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Without this machine's CA bundle settings (rclone 1.60 fails on AWS_CA_BUNDLE with a custom
+/// transport), as on a plain remote.
+pub fn clean_env(cmd: &mut Command) -> &mut Command {
+    for var in ["AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// A server process on the remote's side; killed on drop.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// S3 (moto) with IAM on: the first three calls (made here) create a user, its key and a
+/// policy; from then on only that key works. Returns the server and the key as `--creds` JSON.
+pub fn s3_server(env: &Env) -> (Server, String) {
+    let venv = cloud_venv();
+    let port = sshpyk_testhost::free_port();
+    let mut cmd = env.host().remote_command(
+        venv.join("bin/moto_server"),
+        ["-H", "127.0.0.1", "-p", &port.to_string()],
+    );
+    clean_env(&mut cmd)
+        .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(env.path("moto.log")).unwrap());
+    let server = Server {
+        child: cmd.spawn().unwrap(),
+        port,
+    };
+    wait_listening(env, port, "moto_server");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cloud_support/s3_user.py");
+    let mut cmd = env.host().remote_command(
+        venv.join("bin/python"),
+        [
+            script.as_os_str(),
+            format!("http://127.0.0.1:{port}").as_ref(),
+        ],
+    );
+    let creds = run_ok(&mut cmd);
+    (server, creds.trim().to_string())
+}
+
+fn wait_listening(env: &Env, port: u16, what: &str) {
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let out = env
+                .host()
+                .remote_command("ss", ["-ltnH", &format!("sport = :{port}")])
+                .output()
+                .unwrap();
+            !out.stdout.is_empty()
+        }),
+        "{what} did not listen on port {port}"
+    );
+}
+
+/// `rclone serve webdav` of `dir` with a user and password.
+pub fn webdav_server(env: &Env, dir: &Path, user: &str, pass: &str) -> Server {
+    let port = sshpyk_testhost::free_port();
+    let mut cmd = env.host().remote_command(
+        "rclone",
+        [
+            "serve",
+            "webdav",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--user",
+            user,
+            "--pass",
+            pass,
+        ],
+    );
+    cmd.arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(env.path("webdav.log")).unwrap());
+    let server = Server {
+        child: cmd.spawn().unwrap(),
+        port,
+    };
+    wait_listening(env, port, "rclone serve webdav");
+    server
+}
+
+/// An rclone config for the tests' own access to the S3 server (`s3:` remote).
+pub fn s3_config(env: &Env, port: u16, creds: &str) -> PathBuf {
+    let creds: serde_json::Value = serde_json::from_str(creds).unwrap();
+    let path = env.path("test-rclone.conf");
+    std::fs::write(
+        &path,
+        format!(
+            "[s3]\ntype = s3\nprovider = Other\nendpoint = http://127.0.0.1:{port}\naccess_key_id = {}\nsecret_access_key = {}\n",
+            creds["access_key_id"].as_str().unwrap(),
+            creds["secret_access_key"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `rclone` on the remote's side with the tests' own config.
+pub fn rclone(env: &Env, config: &Path, args: &[&str]) -> String {
+    let mut cmd = env.host().remote_command("rclone", ["--config"]);
+    cmd.arg(config).args(args);
+    run_ok(&mut cmd)
+}
+
+/// `rclone rcat`: `text` into `path` of the store.
+pub fn put(env: &Env, config: &Path, path: &str, text: &str) {
+    let mut cmd = env.host().remote_command("rclone", ["--config"]);
+    cmd.arg(config).args(["rcat", path]);
+    let mut child = clean_env(&mut cmd).stdin(Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+}
+
+/// `rclone mount` processes on the remote: (pid, its config file).
+pub fn rclone_mounts(env: &Env) -> Vec<(u32, PathBuf)> {
+    env.host()
+        .remote_pids()
+        .into_iter()
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if !args.iter().any(|a| a == "mount") || !args[0].ends_with("rclone") {
+                return None;
+            }
+            let config = args.iter().position(|a| a == "--config")?;
+            Some((pid, PathBuf::from(&args[config + 1])))
+        })
+        .collect()
+}
+
+/// Mount points as the remote sees them (sshd's mount namespace).
+pub fn is_mounted(env: &Env, path: &Path) -> bool {
+    let pid = env.host().sshd_pid().expect("sshd pid");
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|p| Path::new(p) == path)
+}
+
+/// Every command line of the remote's processes, joined.
+pub fn remote_command_lines(env: &Env) -> String {
+    env.host()
+        .remote_pids()
+        .into_iter()
+        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Azurite (the Azure Storage emulator, from npm) serving blobs; returns it and an account SAS
+/// URL for it. scripts/setup installs it in target/azurite.
+pub fn azurite(env: &Env) -> (Server, String) {
+    let prefix = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/azurite");
+    let azurite = prefix.join("node_modules/.bin/azurite-blob");
+    if !azurite.exists() {
+        let lock = File::create(prefix.with_extension("lock")).unwrap();
+        let _lock = Flock::lock(lock, FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        if !azurite.exists() {
+            run_ok(
+                Command::new("npm")
+                    .args(["install", "--no-audit", "--no-fund", "--prefix"])
+                    .arg(&prefix)
+                    .arg("azurite"),
+            );
+        }
+    }
+    let port = sshpyk_testhost::free_port();
+    let data = env.path("azurite");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut cmd = env.host().remote_command(
+        &azurite,
+        [
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            &port.to_string(),
+            "--skipApiVersionCheck",
+            "--loose",
+            "--disableTelemetry",
+            "--location",
+        ],
+    );
+    cmd.arg(&data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(env.path("azurite.log")).unwrap());
+    let server = Server {
+        child: cmd.spawn().unwrap(),
+        port,
+    };
+    wait_listening(env, port, "azurite");
+    (server, azure_sas(port, false))
+}
+
+/// An account SAS URL for Azurite at `port`; `bad`: with a wrong signature.
+pub fn azure_sas(port: u16, bad: bool) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cloud_support/azure_sas.py");
+    let mut cmd = Command::new(cloud_venv().join("bin/python"));
+    cmd.arg(script).arg(format!("http://127.0.0.1:{port}"));
+    if bad {
+        cmd.arg("bad");
+    }
+    run_ok(&mut cmd).trim().to_string()
+}
