@@ -65,6 +65,22 @@ fn add_s3(
     cmd
 }
 
+/// Whether any file under `dir` contains `secret`.
+fn files_containing(dir: &Path, secret: &str) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                files_containing(&path, secret)
+            } else {
+                std::fs::read(&path).is_ok_and(|b| String::from_utf8_lossy(&b).contains(secret))
+            }
+        })
+}
+
 fn secrets_dir(env: &Env) -> PathBuf {
     env.path("home/.config/sshpyk/secrets")
 }
@@ -124,7 +140,8 @@ async fn an_s3_bucket_is_read_through_the_kernel_read_only_unless_rw_and_secrets
     rclone(&env, &config, &["mkdir", "s3:data"]);
     put(&env, &config, "s3:data/in/data.txt", "from s3\n");
     let creds_file = write_private(&env, "creds.json", &creds);
-    let kernel = env.add_kernel("k", &[]);
+    // The highest verbosity: trace, and ssh's own debug output.
+    let kernel = env.add_kernel("k", &["--log-level", "ssh"]);
     let top = env.path("remote-mnt");
     let (ro, rw) = (top.join("ro"), top.join("rw"));
     add_s3(
@@ -281,7 +298,21 @@ async fn an_s3_bucket_is_read_through_the_kernel_read_only_unless_rw_and_secrets
     assert!(status.success(), "{status}: {}", launcher.log());
     let configs: Vec<PathBuf> = mounts.iter().map(|(_, c)| c.clone()).collect();
     assert_clean(&env, &[&ro, &rw], &configs, &[&top]);
-    assert!(!launcher.log().contains(&secret));
+    let log = launcher.log();
+    assert!(
+        log.contains("DEBUG") && log.contains("debug1:"),
+        "logged verbosely:\n{log}"
+    );
+    assert!(!log.contains(&secret));
+    // Nor in the kernel's run logs, nor anywhere sshpyk writes here, nor in what `-vv` prints.
+    assert!(!files_containing(&env.path("rt"), &secret));
+    let listed = env
+        .sshpyk()
+        .args(["-vv", "mounts", "list"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains(&secret));
+    assert!(!String::from_utf8_lossy(&listed.stderr).contains(&secret));
     let ps = env.sshpyk().args(["ps"]).assert().success();
     assert!(String::from_utf8_lossy(&ps.get_output().stdout).contains("no running sshpyk kernels"));
 }
