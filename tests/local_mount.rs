@@ -409,12 +409,18 @@ impl Terminal {
 
 /// `sshpyk mount --kernel-name k` of a subshell in bash, with a ~/.bashrc of the user's own.
 fn subshell_on_terminal(env: &Env, mountpoint: &Path) -> Terminal {
+    subshell_of(env, mountpoint, "/bin/bash", ".bashrc")
+}
+
+/// `sshpyk mount --kernel-name k` of a subshell in `shell`, whose start-up file `rc` in the
+/// user's home sets `FROM_USER_RC`.
+fn subshell_of(env: &Env, mountpoint: &Path, shell: &str, rc: &str) -> Terminal {
     let remote = remote_dir(env);
     env.add_kernel("k", &[]);
-    std::fs::write(env.path("home/.bashrc"), "export FROM_USER_BASHRC=yes\n").unwrap();
+    std::fs::write(env.path("home").join(rc), "export FROM_USER_RC=yes\n").unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sshpyk"));
     env.apply(&mut cmd);
-    cmd.env("SHELL", "/bin/bash")
+    cmd.env("SHELL", shell)
         .env("TERM", "dumb")
         .args(["mount", "--kernel-name", "k", "-r"])
         .arg(&remote)
@@ -429,7 +435,7 @@ fn subshell_holds_the_mount_and_its_exit_status_becomes_ours() {
     let env = Env::with_host();
     let mountpoint = env.path("mnt");
     let mut terminal = subshell_on_terminal(&env, &mountpoint);
-    terminal.type_line(r#"echo "rc=$FROM_USER_BASHRC"; cat "$SSHPYK_MOUNT/hello.txt""#);
+    terminal.type_line(r#"echo "rc=$FROM_USER_RC"; cat "$SSHPYK_MOUNT/hello.txt""#);
     terminal.wait_for("rc=yes");
     terminal.wait_for("hello from the remote");
     // Something still in the mount when the shell exits: named, then detached lazily.
@@ -456,6 +462,24 @@ fn subshell_holds_the_mount_and_its_exit_status_becomes_ours() {
     let _ = kill(Pid::from_raw(holder), Signal::SIGKILL);
     assert!(!is_mounted(&mountpoint));
     assert!(sshfs_for(&mountpoint).is_empty());
+}
+
+#[test]
+fn zsh_shows_the_mount_in_its_prompt_after_the_users_zshrc() {
+    let env = Env::with_host();
+    let mountpoint = env.path("mnt");
+    let mut terminal = subshell_of(&env, &mountpoint, "/usr/bin/zsh", ".zshrc");
+    terminal.type_line(r#"echo "rc=$FROM_USER_RC"; cat "$SSHPYK_MOUNT/hello.txt"; exit 3"#);
+    terminal.wait_for("rc=yes");
+    terminal.wait_for("hello from the remote");
+    assert_eq!(
+        terminal.wait(Duration::from_secs(20)),
+        Some(3),
+        "{}",
+        terminal.output()
+    );
+    assert!(!is_mounted(&mountpoint));
+    assert!(!mountpoint.exists());
 }
 
 #[test]
