@@ -120,11 +120,19 @@ impl Event {
     }
 }
 
+/// Where a Slurm kernel runs: its job and the node (`sshpyk ps` shows them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub job_id: String,
+    pub node: String,
+}
+
 /// Follows a start's Slurm lines: logs the phases, turns failures into errors, and remembers a
-/// job this start submitted (to cancel it if the start fails).
+/// job this start submitted (to cancel it if the start fails) and where the job runs.
 #[derive(Debug, Default)]
 pub struct Watch {
     pub submitted: Option<String>,
+    pub placement: Option<Placement>,
 }
 
 impl Watch {
@@ -143,7 +151,8 @@ impl Watch {
             }
             Event::Waiting => {}
             Event::Running { job, node } => {
-                tracing::info!("slurm job {job} running on node {node}")
+                tracing::info!("slurm job {job} running on node {node}");
+                self.placement = Some(Placement { job_id: job, node });
             }
             Event::Refused { message } => {
                 return Err(Error::Remote(format!(

@@ -39,6 +39,25 @@ fn jobs(env: &Env) -> Vec<String> {
         .collect()
 }
 
+/// `sshpyk ps`, human and JSON, shows the one running kernel in `job` on the node.
+fn assert_ps_shows(env: &Env, job: &str) {
+    let out = env.sshpyk().args(["ps", "--json"]).assert().success();
+    let rows: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        rows[0]["slurm"],
+        serde_json::json!({"job_id": job, "node": SLURM_NODE}),
+        "{rows:?}"
+    );
+    let out = env.sshpyk().arg("ps").assert().success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(
+        text.contains(&format!("\n  slurm job {job} on node {SLURM_NODE}\n")),
+        "{text}"
+    );
+}
+
 fn add_slurm_kernel(env: &Env, options: &str, extra: &[&str]) {
     let mut args = vec!["--slurm", options, "--slurm-grace", "4"];
     args.extend_from_slice(extra);
@@ -68,6 +87,7 @@ async fn a_kernel_runs_in_a_job_step_restarts_into_the_same_job_and_the_job_ends
         .expect("a job id in the log")
         .to_string();
     assert_eq!(jobs(&env), [format!("{job} sshpyk-slurmk RUNNING")]);
+    assert_ps_shows(&env, &job);
 
     // The kernel runs inside a job step on the node.
     let mut c = ready_client(&info).await;
@@ -110,6 +130,7 @@ async fn a_kernel_runs_in_a_job_step_restarts_into_the_same_job_and_the_job_ends
     let log = launcher.log();
     assert!(log.contains(&format!("adopting slurm job {job}")), "{log}");
     assert!(!log.contains("submitted"), "{log}");
+    assert_ps_shows(&env, &job);
     let mut c = ready_client(&info).await;
     let r = c.execute("print(1 + 1)", STEP).await.unwrap();
     assert_eq!(r.stdout, "2\n");
