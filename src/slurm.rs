@@ -26,6 +26,9 @@ use crate::ssh::Master;
 
 const SCRIPT: &str = include_str!("remote/slurm.sh");
 const KEEPER: &str = include_str!("remote/slurm_keeper.sh");
+const COMMANDS_CHECK: &str = include_str!("remote/slurm_commands.sh");
+/// The Slurm commands sshpyk runs on the login node.
+pub const COMMANDS: [&str; 4] = ["sbatch", "srun", "squeue", "scancel"];
 pub const DEFAULT_GRACE: f64 = 60.0;
 
 /// The `--slurm` settings of a kernelspec.
@@ -182,6 +185,38 @@ pub async fn cancel(master: &Master, job: &str) {
     }
 }
 
+/// Each of [`COMMANDS`] and where the login node has it (`None`: not on the PATH that a
+/// kernel's start has there).
+pub type LoginNodeCommands = Vec<(&'static str, Option<String>)>;
+
+/// Looks for [`COMMANDS`] on the login node, in a session like the one that starts kernels.
+pub async fn login_node_commands(master: &Master) -> Result<LoginNodeCommands> {
+    let out = run_sh(master, COMMANDS_CHECK, &COMMANDS).await?;
+    parse_commands(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| {
+        Error::Remote(format!(
+            "the check for Slurm's commands did not run on '{}': {}",
+            master.alias(),
+            crate::ssh::config::last_message(&String::from_utf8_lossy(&out.stderr))
+        ))
+    })
+}
+
+/// `None` unless every command has its line.
+fn parse_commands(out: &str) -> Option<LoginNodeCommands> {
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .filter_map(|line| line.strip_prefix("sshpyk-slurm-command "))
+        .map(|rest| rest.splitn(2, ' ').collect())
+        .collect();
+    COMMANDS
+        .iter()
+        .map(|&name| {
+            let words = lines.iter().find(|words| words[0] == name)?;
+            Some((name, words.get(1).map(|path| path.to_string())))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +259,34 @@ mod tests {
             })
         );
         assert_eq!(Event::parse("banner"), None);
+    }
+
+    /// The check script run by a real sh, on a PATH with only some of the commands.
+    #[test]
+    fn the_commands_check_finds_what_is_on_the_path_and_names_what_is_not() {
+        let bin = tempfile::tempdir().unwrap();
+        for name in ["srun", "scancel"] {
+            std::os::unix::fs::symlink("/bin/true", bin.path().join(name)).unwrap();
+        }
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(COMMANDS_CHECK)
+            .arg("sh")
+            .args(COMMANDS)
+            .env("PATH", bin.path())
+            .output()
+            .unwrap();
+        let found = parse_commands(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        let at = |name: &str| Some(bin.path().join(name).display().to_string());
+        assert_eq!(
+            found,
+            [
+                ("sbatch", None),
+                ("srun", at("srun")),
+                ("squeue", None),
+                ("scancel", at("scancel"))
+            ]
+        );
+        assert_eq!(parse_commands("sshpyk-slurm-command sbatch /x\n"), None);
     }
 }

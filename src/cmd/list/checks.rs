@@ -8,6 +8,7 @@ use super::{check, Check, HostKey, Status};
 use crate::kernelspec::{Kernelspec, Settings};
 use crate::mount::{self, RemoteMountFacts};
 use crate::remote::probe::{self, ProbeTarget, PythonFacts, PythonProbe, RemoteFacts};
+use crate::slurm::{self, LoginNodeCommands};
 use crate::ssh::{config, Master};
 
 /// Budget for opening a connection, and for the probe once connected.
@@ -39,6 +40,8 @@ pub(super) struct HostQuery {
     pythons: Vec<ProbeTarget>,
     /// The configured sshfs of kernels with mounts ("" = on PATH); none: no mount checks.
     sshfs: Vec<String>,
+    /// Some kernel runs on Slurm: the login node needs its commands.
+    slurm: bool,
 }
 
 impl HostQuery {
@@ -46,9 +49,11 @@ impl HostQuery {
         let mut query = HostQuery {
             pythons: Vec::new(),
             sshfs: Vec::new(),
+            slurm: false,
         };
         for settings in kernels {
             query.pythons.push(ProbeTarget::of(settings));
+            query.slurm |= settings.slurm.is_some();
             if !settings.mounts.is_empty() {
                 query
                     .sshfs
@@ -69,6 +74,8 @@ pub(super) struct HostFacts {
     rows: Vec<Check>,
     remote: Option<RemoteFacts>,
     mounts: Option<RemoteMountFacts>,
+    /// Slurm's commands on the login node, or why they could not be checked.
+    slurm: Option<std::result::Result<LoginNodeCommands, String>>,
 }
 
 impl HostFacts {
@@ -77,6 +84,7 @@ impl HostFacts {
             rows,
             remote: None,
             mounts: None,
+            slurm: None,
         }
     }
 }
@@ -151,9 +159,10 @@ async fn probe_host(
         rows.push(check(Status::Error, "connection", e.to_string()));
         return HostFacts::unreached(rows);
     }
-    let (probed, mounts) = tokio::join!(
+    let (probed, mounts, slurm) = tokio::join!(
         tokio::time::timeout(PROBE_TIMEOUT, probe::probe(master, &query.pythons)),
-        probe_mounts(master, &query.sshfs)
+        probe_mounts(master, &query.sshfs),
+        probe_slurm(master, query.slurm)
     );
     match probed {
         Ok(Ok(facts)) => {
@@ -167,6 +176,7 @@ async fn probe_host(
                 rows,
                 remote: Some(facts),
                 mounts,
+                slurm,
             }
         }
         Ok(Err(e)) => {
@@ -198,6 +208,22 @@ async fn probe_mounts(master: &Master, sshfs: &[String]) -> Option<RemoteMountFa
             Ok(Ok(facts)) => facts,
             Ok(Err(e)) => RemoteMountFacts::unknown(e.to_string()),
             Err(_) => RemoteMountFacts::unknown("the remote did not answer in time".into()),
+        },
+    )
+}
+
+/// Slurm's commands on the login node, only for hosts with Slurm kernels.
+async fn probe_slurm(
+    master: &Master,
+    wanted: bool,
+) -> Option<std::result::Result<LoginNodeCommands, String>> {
+    if !wanted {
+        return None;
+    }
+    Some(
+        match tokio::time::timeout(PROBE_TIMEOUT, slurm::login_node_commands(master)).await {
+            Ok(found) => found.map_err(|e| e.to_string()),
+            Err(_) => Err("the login node did not answer in time".into()),
         },
     )
 }
@@ -312,7 +338,7 @@ fn expand_home(path: &str) -> String {
 pub(super) fn kernel(settings: &Settings, host: &HostFacts, mut own: Vec<Check>) -> Vec<Check> {
     let mut rows = host.rows.clone();
     if let Some(facts) = &host.remote {
-        rows.extend(environment_checks(settings, facts));
+        rows.extend(environment_checks(settings, host, facts));
         rows.extend(python_checks(settings, facts));
     }
     rows.append(&mut own);
@@ -329,7 +355,7 @@ pub(super) fn kernel(settings: &Settings, host: &HostFacts, mut own: Vec<Check>)
 }
 
 /// What runs around the kernel: its variables, its Slurm allocation, its init snippet.
-fn environment_checks(settings: &Settings, facts: &RemoteFacts) -> Vec<Check> {
+fn environment_checks(settings: &Settings, host: &HostFacts, facts: &RemoteFacts) -> Vec<Check> {
     let mut rows = Vec::new();
     if !settings.remote_env.is_empty() {
         let keys: Vec<&str> = settings.remote_env.keys().map(String::as_str).collect();
@@ -348,6 +374,11 @@ fn environment_checks(settings: &Settings, facts: &RemoteFacts) -> Vec<Check> {
                 slurm.options, slurm.grace
             ),
         ));
+        rows.extend(
+            host.slurm
+                .as_ref()
+                .map(|found| slurm_commands_check(settings, found)),
+        );
     }
     if settings.remote_init.is_some() {
         rows.push(match facts.python(settings) {
@@ -367,6 +398,41 @@ fn environment_checks(settings: &Settings, facts: &RemoteFacts) -> Vec<Check> {
         });
     }
     rows
+}
+
+/// Slurm's commands on the login node, which every start of a Slurm kernel runs there.
+fn slurm_commands_check(
+    settings: &Settings,
+    found: &std::result::Result<LoginNodeCommands, String>,
+) -> Check {
+    let found = match found {
+        Ok(found) => found,
+        Err(why) => {
+            return check(
+                Status::Warning,
+                "slurm commands",
+                format!("could not check: {why}"),
+            )
+        }
+    };
+    let missing: Vec<&str> = found
+        .iter()
+        .filter(|(_, path)| path.is_none())
+        .map(|(name, _)| *name)
+        .collect();
+    if missing.is_empty() {
+        let paths: Vec<&str> = found.iter().filter_map(|(_, p)| p.as_deref()).collect();
+        return check(Status::Ok, "slurm commands", paths.join(", "));
+    }
+    check(
+        Status::Error,
+        "slurm commands",
+        format!(
+            "{} not found on the login node '{}' (the PATH of a plain ssh session, where sshpyk runs them); set --ssh-host-alias to the cluster's login node with `sshpyk edit`, or put Slurm's commands on that PATH",
+            missing.join(", "),
+            settings.ssh_host_alias
+        ),
+    )
 }
 
 /// Rows about this kernel's remote python and remote kernelspec.
