@@ -89,13 +89,32 @@ fn kernel_id(connection_file: &Path) -> String {
 /// A line `slurm.sh` printed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Submitted { job: String },
-    Adopted { job: String },
-    Pending { job: String, reason: String },
+    Submitted {
+        job: String,
+    },
+    Adopted {
+        job: String,
+    },
+    Pending {
+        job: String,
+        reason: String,
+    },
     Waiting,
-    Running { job: String, node: String },
-    Refused { message: String },
-    Ended { job: String, state: String },
+    Running {
+        job: String,
+        node: String,
+    },
+    Refused {
+        message: String,
+    },
+    /// Slurm's commands not on the login node's PATH.
+    Missing {
+        commands: String,
+    },
+    Ended {
+        job: String,
+        state: String,
+    },
 }
 
 impl Event {
@@ -118,6 +137,9 @@ impl Event {
                     .replace('|', "; "),
             },
             "ended" => Event::Ended { job, state: more },
+            "missing" => Event::Missing {
+                commands: rest["missing".len()..].trim().replace(' ', ", "),
+            },
             _ => return None,
         })
     }
@@ -160,6 +182,11 @@ impl Watch {
             Event::Refused { message } => {
                 return Err(Error::Remote(format!(
                     "slurm on '{alias}' refused the job: {message}; fix --slurm with `sshpyk edit`"
+                )))
+            }
+            Event::Missing { commands } => {
+                return Err(Error::Remote(format!(
+                    "{commands} not found on the login node '{alias}'; see `sshpyk list` for the fix"
                 )))
             }
             Event::Ended { job, state } => {
@@ -256,6 +283,12 @@ mod tests {
             ),
             Some(Event::Refused {
                 message: "invalid partition specified: x; Batch job submission failed".into()
+            })
+        );
+        assert_eq!(
+            Event::parse("sshpyk-slurm missing squeue scancel"),
+            Some(Event::Missing {
+                commands: "squeue, scancel".into()
             })
         );
         assert_eq!(Event::parse("banner"), None);

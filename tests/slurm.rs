@@ -212,6 +212,21 @@ fn list_names_the_slurm_commands_missing_on_the_login_node() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // A start there fails at once in one line, and queues nothing (no squeue to ask here: no
+    // Slurm runs for this host).
+    let (conn, _info) = env.connection_file("nocommands");
+    let mut launcher = env.launch("k", &conn);
+    let status = launcher
+        .wait_timeout(Duration::from_secs(20))
+        .expect("gave up in time");
+    let log = launcher.log();
+    assert_eq!(status.code(), Some(5), "{log}");
+    assert_eq!(
+        log.lines().last().unwrap(),
+        "sshpyk: error: squeue, scancel not found on the login node 'remote'; see `sshpyk list` for the fix",
+        "{log}"
+    );
 }
 
 #[test]
