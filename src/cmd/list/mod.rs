@@ -2,10 +2,11 @@
 //!
 //! [`run`] gathers the kernelspecs, checks them, and prints them. Checks of different kernels run
 //! concurrently, one connection and one probe per host, each bounded by a short timeout so that a
-//! dead host never hangs the listing. The rows come from [`checks`], the human output from
-//! [`print`].
+//! dead host never hangs the listing. The rows come from [`checks`] (mounts' from [`mounts`]), the
+//! human output from [`print`].
 
 mod checks;
+mod mounts;
 mod print;
 
 use std::collections::BTreeMap;
