@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::cloud::CloudMount;
 use crate::error::{Error, Result};
+use crate::slurm::Placement;
 
 const PREFIX: &str = "launch-";
 const SUFFIX: &str = ".sock";
@@ -57,6 +58,9 @@ pub struct KernelStatus {
     /// Seconds since the Unix epoch when the kernel became ready.
     pub started: u64,
     pub state: KernelState,
+    /// The Slurm job and node of a Slurm kernel; `None` (null) for others.
+    #[serde(default)]
+    pub slurm: Option<Placement>,
     pub mounts: Vec<MountStatus>,
 }
 

@@ -26,6 +26,9 @@ use crate::ssh::Master;
 
 const SCRIPT: &str = include_str!("remote/slurm.sh");
 const KEEPER: &str = include_str!("remote/slurm_keeper.sh");
+const COMMANDS_CHECK: &str = include_str!("remote/slurm_commands.sh");
+/// The Slurm commands sshpyk runs on the login node.
+pub const COMMANDS: [&str; 4] = ["sbatch", "srun", "squeue", "scancel"];
 pub const DEFAULT_GRACE: f64 = 60.0;
 
 /// The `--slurm` settings of a kernelspec.
@@ -86,13 +89,32 @@ fn kernel_id(connection_file: &Path) -> String {
 /// A line `slurm.sh` printed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Submitted { job: String },
-    Adopted { job: String },
-    Pending { job: String, reason: String },
+    Submitted {
+        job: String,
+    },
+    Adopted {
+        job: String,
+    },
+    Pending {
+        job: String,
+        reason: String,
+    },
     Waiting,
-    Running { job: String, node: String },
-    Refused { message: String },
-    Ended { job: String, state: String },
+    Running {
+        job: String,
+        node: String,
+    },
+    Refused {
+        message: String,
+    },
+    /// Slurm's commands not on the login node's PATH.
+    Missing {
+        commands: String,
+    },
+    Ended {
+        job: String,
+        state: String,
+    },
 }
 
 impl Event {
@@ -115,16 +137,27 @@ impl Event {
                     .replace('|', "; "),
             },
             "ended" => Event::Ended { job, state: more },
+            "missing" => Event::Missing {
+                commands: rest["missing".len()..].trim().replace(' ', ", "),
+            },
             _ => return None,
         })
     }
 }
 
+/// Where a Slurm kernel runs: its job and the node (`sshpyk ps` shows them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub job_id: String,
+    pub node: String,
+}
+
 /// Follows a start's Slurm lines: logs the phases, turns failures into errors, and remembers a
-/// job this start submitted (to cancel it if the start fails).
+/// job this start submitted (to cancel it if the start fails) and where the job runs.
 #[derive(Debug, Default)]
 pub struct Watch {
     pub submitted: Option<String>,
+    pub placement: Option<Placement>,
 }
 
 impl Watch {
@@ -143,11 +176,17 @@ impl Watch {
             }
             Event::Waiting => {}
             Event::Running { job, node } => {
-                tracing::info!("slurm job {job} running on node {node}")
+                tracing::info!("slurm job {job} running on node {node}");
+                self.placement = Some(Placement { job_id: job, node });
             }
             Event::Refused { message } => {
                 return Err(Error::Remote(format!(
                     "slurm on '{alias}' refused the job: {message}; fix --slurm with `sshpyk edit`"
+                )))
+            }
+            Event::Missing { commands } => {
+                return Err(Error::Remote(format!(
+                    "{commands} not found on the login node '{alias}'; see `sshpyk list` for the fix"
                 )))
             }
             Event::Ended { job, state } => {
@@ -171,6 +210,38 @@ pub async fn cancel(master: &Master, job: &str) {
             "could not cancel slurm job {job}; its batch script ends it after the grace"
         ),
     }
+}
+
+/// Each of [`COMMANDS`] and where the login node has it (`None`: not on the PATH that a
+/// kernel's start has there).
+pub type LoginNodeCommands = Vec<(&'static str, Option<String>)>;
+
+/// Looks for [`COMMANDS`] on the login node, in a session like the one that starts kernels.
+pub async fn login_node_commands(master: &Master) -> Result<LoginNodeCommands> {
+    let out = run_sh(master, COMMANDS_CHECK, &COMMANDS).await?;
+    parse_commands(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| {
+        Error::Remote(format!(
+            "the check for Slurm's commands did not run on '{}': {}",
+            master.alias(),
+            crate::ssh::config::last_message(&String::from_utf8_lossy(&out.stderr))
+        ))
+    })
+}
+
+/// `None` unless every command has its line.
+fn parse_commands(out: &str) -> Option<LoginNodeCommands> {
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .filter_map(|line| line.strip_prefix("sshpyk-slurm-command "))
+        .map(|rest| rest.splitn(2, ' ').collect())
+        .collect();
+    COMMANDS
+        .iter()
+        .map(|&name| {
+            let words = lines.iter().find(|words| words[0] == name)?;
+            Some((name, words.get(1).map(|path| path.to_string())))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -214,6 +285,41 @@ mod tests {
                 message: "invalid partition specified: x; Batch job submission failed".into()
             })
         );
+        assert_eq!(
+            Event::parse("sshpyk-slurm missing squeue scancel"),
+            Some(Event::Missing {
+                commands: "squeue, scancel".into()
+            })
+        );
         assert_eq!(Event::parse("banner"), None);
+    }
+
+    /// The check script run by a real sh, on a PATH with only some of the commands.
+    #[test]
+    fn the_commands_check_finds_what_is_on_the_path_and_names_what_is_not() {
+        let bin = tempfile::tempdir().unwrap();
+        for name in ["srun", "scancel"] {
+            std::os::unix::fs::symlink("/bin/true", bin.path().join(name)).unwrap();
+        }
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(COMMANDS_CHECK)
+            .arg("sh")
+            .args(COMMANDS)
+            .env("PATH", bin.path())
+            .output()
+            .unwrap();
+        let found = parse_commands(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        let at = |name: &str| Some(bin.path().join(name).display().to_string());
+        assert_eq!(
+            found,
+            [
+                ("sbatch", None),
+                ("srun", at("srun")),
+                ("squeue", None),
+                ("scancel", at("scancel"))
+            ]
+        );
+        assert_eq!(parse_commands("sshpyk-slurm-command sbatch /x\n"), None);
     }
 }

@@ -251,6 +251,7 @@ async fn an_s3_bucket_is_read_through_the_kernel_read_only_unless_rw_and_secrets
     assert_eq!(row["kernel_name"], "k");
     assert_eq!(row["remote_pid"], launcher.remote_pid());
     assert_eq!(row["state"], "running");
+    assert_eq!(row.get("slurm"), Some(&serde_json::Value::Null), "{row}");
     let states: Vec<(String, String)> = row["mounts"]
         .as_array()
         .unwrap()

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{eventually, ready_client, Env};
@@ -39,6 +40,25 @@ fn jobs(env: &Env) -> Vec<String> {
         .collect()
 }
 
+/// `sshpyk ps`, human and JSON, shows the one running kernel in `job` on the node.
+fn assert_ps_shows(env: &Env, job: &str) {
+    let out = env.sshpyk().args(["ps", "--json"]).assert().success();
+    let rows: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        rows[0]["slurm"],
+        serde_json::json!({"job_id": job, "node": SLURM_NODE}),
+        "{rows:?}"
+    );
+    let out = env.sshpyk().arg("ps").assert().success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(
+        text.contains(&format!("\n  slurm job {job} on node {SLURM_NODE}\n")),
+        "{text}"
+    );
+}
+
 fn add_slurm_kernel(env: &Env, options: &str, extra: &[&str]) {
     let mut args = vec!["--slurm", options, "--slurm-grace", "4"];
     args.extend_from_slice(extra);
@@ -53,6 +73,21 @@ async fn a_kernel_runs_in_a_job_step_restarts_into_the_same_job_and_the_job_ends
         &format!("--partition {SLURM_PARTITION} --time 10"),
         &[],
     );
+    // `list` finds Slurm's commands on the login node.
+    let list = env.sshpyk().arg("list").assert().success();
+    let text = String::from_utf8_lossy(&list.get_output().stdout).into_owned();
+    let row = text
+        .lines()
+        .find_map(|l| l.strip_prefix("    (v) slurm commands: "))
+        .unwrap_or_else(|| panic!("no slurm commands row: {text}"));
+    let paths: Vec<&str> = row.split(", ").collect();
+    assert_eq!(paths.len(), 4, "{row}");
+    for (path, name) in paths.iter().zip(["sbatch", "srun", "squeue", "scancel"]) {
+        assert!(
+            path.ends_with(&format!("/{name}")) && Path::new(path).is_file(),
+            "{row}"
+        );
+    }
     let (conn, info) = env.connection_file("slurmk");
     let mut launcher = env.launch("k", &conn);
     launcher.wait_ready(Duration::from_secs(60));
@@ -68,6 +103,7 @@ async fn a_kernel_runs_in_a_job_step_restarts_into_the_same_job_and_the_job_ends
         .expect("a job id in the log")
         .to_string();
     assert_eq!(jobs(&env), [format!("{job} sshpyk-slurmk RUNNING")]);
+    assert_ps_shows(&env, &job);
 
     // The kernel runs inside a job step on the node.
     let mut c = ready_client(&info).await;
@@ -110,6 +146,7 @@ async fn a_kernel_runs_in_a_job_step_restarts_into_the_same_job_and_the_job_ends
     let log = launcher.log();
     assert!(log.contains(&format!("adopting slurm job {job}")), "{log}");
     assert!(!log.contains("submitted"), "{log}");
+    assert_ps_shows(&env, &job);
     let mut c = ready_client(&info).await;
     let r = c.execute("print(1 + 1)", STEP).await.unwrap();
     assert_eq!(r.stdout, "2\n");
@@ -132,6 +169,64 @@ async fn a_kernel_runs_in_a_job_step_restarts_into_the_same_job_and_the_job_ends
         jobs(&env)
     );
     assert!(killed.elapsed() >= Duration::from_secs(GRACE - 1));
+}
+
+/// `list` on a login node whose sessions' PATH lacks some of Slurm's commands: a directory with
+/// everything in /usr/bin but squeue and scancel (no daemons needed).
+#[test]
+fn list_names_the_slurm_commands_missing_on_the_login_node() {
+    if !sshpyk_testhost::slurm_installed() {
+        eprintln!("skipped: needs slurm-wlm's commands (scripts/setup)");
+        return;
+    }
+    let env = Env::with_host_session_env(|env| {
+        let bin = env.path("login-bin");
+        std::fs::create_dir(&bin).unwrap();
+        for entry in std::fs::read_dir("/usr/bin").unwrap() {
+            let name = entry.unwrap().file_name();
+            if name != "squeue" && name != "scancel" {
+                std::os::unix::fs::symlink(Path::new("/usr/bin").join(&name), bin.join(&name))
+                    .unwrap();
+            }
+        }
+        format!(" PATH={}", bin.display())
+    });
+    add_slurm_kernel(&env, "--partition debug", &[]);
+    env.add_kernel("plain", &[]);
+    let list = env.sshpyk().arg("list").assert().code(9);
+    let out = list.get_output();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("slurm commands:"))
+        .collect();
+    assert_eq!(
+        rows,
+        ["    (x) slurm commands: squeue, scancel not found on the login node 'remote' (the PATH of a plain ssh session, where sshpyk runs them); set --ssh-host-alias to the cluster's login node with `sshpyk edit`, or put Slurm's commands on that PATH"],
+        "{text}"
+    );
+    // The plain kernel on the same host has no such row, and only the Slurm kernel failed.
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("1 kernel(s) with errors (rows marked (x)): k"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A start there fails at once in one line, and queues nothing (no squeue to ask here: no
+    // Slurm runs for this host).
+    let (conn, _info) = env.connection_file("nocommands");
+    let mut launcher = env.launch("k", &conn);
+    let status = launcher
+        .wait_timeout(Duration::from_secs(20))
+        .expect("gave up in time");
+    let log = launcher.log();
+    assert_eq!(status.code(), Some(5), "{log}");
+    assert_eq!(
+        log.lines().last().unwrap(),
+        "sshpyk: error: squeue, scancel not found on the login node 'remote'; see `sshpyk list` for the fix",
+        "{log}"
+    );
 }
 
 #[test]

@@ -58,6 +58,9 @@ pub async fn run(args: PsArgs) -> Result<()> {
             status.state,
             status.launcher_pid
         );
+        if let Some(slurm) = &status.slurm {
+            println!("  slurm job {} on node {}", slurm.job_id, slurm.node);
+        }
         for mount in &status.mounts {
             println!("  {}", mount_line(mount));
         }

@@ -349,6 +349,7 @@ impl Running {
             } else {
                 KernelState::Running
             },
+            slurm: self.session.slurm().cloned(),
             mounts,
         }
     }

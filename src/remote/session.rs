@@ -70,6 +70,8 @@ pub struct Session {
     pinger: Option<JoinHandle<()>>,
     /// Where answers to cloud requests go ([`Session::forward_cloud_reports`]).
     cloud_reports: Option<mpsc::UnboundedSender<CloudReport>>,
+    /// The Slurm job and node the supervisor runs in (a Slurm kernel's session is its step).
+    slurm: Option<slurm::Placement>,
 }
 
 impl Drop for Session {
@@ -167,6 +169,7 @@ impl Session {
             _tasks: tasks,
             pinger: None,
             cloud_reports: None,
+            slurm: None,
         }))
     }
 
@@ -205,8 +208,8 @@ impl Session {
         if let Some(allocation) = req.slurm {
             command = allocation.command(&command);
         }
-        let watch = req.slurm.map(|_| watch);
-        let mut session = match Session::open(master, &command, &preface, watch).await? {
+        let slurm_watch = req.slurm.map(|_| &mut *watch);
+        let mut session = match Session::open(master, &command, &preface, slurm_watch).await? {
             Opened::Framed(session) => session,
             Opened::NoPython => {
                 return Err(Error::Remote(format!(
@@ -217,6 +220,7 @@ impl Session {
             Opened::Ended(status) => return Err(ended_early(alias, status)),
             Opened::Failed(e) => return Err(e),
         };
+        session.slurm = watch.placement.clone();
         loop {
             match session.reports.recv().await {
                 Some(Report::Ready(ready)) => return Ok((session, ready)),
@@ -277,6 +281,11 @@ impl Session {
     }
 
     /// The handle that client connections ride on.
+    /// The Slurm job and node this session's supervisor runs in; `None` off Slurm.
+    pub fn slurm(&self) -> Option<&slurm::Placement> {
+        self.slurm.as_ref()
+    }
+
     pub fn link(&self) -> Link {
         self.link.clone()
     }

@@ -8,6 +8,11 @@ say() {
   if [ -n "$created" ]; then scancel "$job" 2>/dev/null; fi
   exit 1
 }
+missing=
+for c in sbatch srun squeue scancel; do
+  command -v "$c" >/dev/null 2>&1 || missing="$missing $c"
+done
+if [ -n "$missing" ]; then say missing $missing; exit 0; fi
 set -f
 job=$(squeue -h -u "$(id -un)" -n "$name" -t RUNNING -o %i 2>/dev/null </dev/null | head -n 1)
 if [ -n "$job" ]; then

@@ -89,6 +89,13 @@ impl Env {
         })
     }
 
+    /// With a real sshd "remote host" whose sessions get the `SetEnv` assignments that `vars`
+    /// returns (" K=V"; sshd lets them override its defaults, PATH too). `vars` may first make
+    /// what they name in the test's dir.
+    pub fn with_host_session_env(vars: impl FnOnce(&Env) -> String) -> Self {
+        Self::with_host_built(TestUser::Current, "", |env, builder| (builder, vars(env)))
+    }
+
     /// `build` adds to the host's builder and returns more `SetEnv` assignments (" K=V").
     fn with_host_built(
         user: TestUser,
