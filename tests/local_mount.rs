@@ -208,9 +208,17 @@ fn foreground_mount_reads_writes_shows_in_list_and_ends_on_ctrl_c() {
     assert_eq!(mounts[0]["remote_path"], remote_arg);
     assert_eq!(mounts[0]["mountpoint"], mountpoint.to_str().unwrap());
     assert_eq!(mounts[0]["mode"], "foreground");
-    let listed = env.sshpyk().args(["mounts", "list", "--json"]).output().unwrap();
+    let listed = env
+        .sshpyk()
+        .args(["mounts", "list", "--json"])
+        .output()
+        .unwrap();
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    assert_eq!(listed["remote_on_local"], serde_json::json!(mounts), "{listed}");
+    assert_eq!(
+        listed["remote_on_local"],
+        serde_json::json!(mounts),
+        "{listed}"
+    );
     let human = env.sshpyk().args(["list", "-n"]).output().unwrap();
     assert!(String::from_utf8_lossy(&human.stdout)
         .contains(&format!("remote:{remote_arg} on {}", mountpoint.display())));
