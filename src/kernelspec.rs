@@ -159,6 +159,17 @@ impl Kernelspec {
             spec,
         })
     }
+
+    /// Its sshpyk settings; when sshpyk did not write it, an error naming the kernel and
+    /// `instead`, what to do instead.
+    pub fn sshpyk_settings(&self, instead: &str) -> Result<Settings> {
+        self.spec.settings().ok_or_else(|| {
+            Error::Invalid(format!(
+                "kernel '{}' was not written by sshpyk; {instead}",
+                self.name
+            ))
+        })?
+    }
 }
 
 /// Jupyter allows letters, digits, `.`, `_` and `-` in kernel names.
@@ -354,5 +365,18 @@ mod tests {
         assert_eq!(back["env"]["A"], "1");
         assert_eq!(back["metadata"]["other"], 1);
         assert!(spec.settings().is_none());
+    }
+
+    #[test]
+    fn a_kernelspec_sshpyk_did_not_write_is_named_with_what_to_do_instead() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernelspecs/ssh_gpu_python3");
+        let mut found = Kernelspec::read(&dir).unwrap();
+        assert!(found.sshpyk_settings("do this").is_ok());
+        found.spec.metadata.clear();
+        let err = found.sshpyk_settings("do this").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "kernel 'ssh_gpu_python3' was not written by sshpyk; do this"
+        );
     }
 }

@@ -21,3 +21,4 @@ pub mod remote;
 pub mod runtime;
 pub mod slurm;
 pub mod ssh;
+pub mod utc;

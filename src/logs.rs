@@ -19,6 +19,7 @@ use tracing_subscriber::Layer;
 use crate::cli::{Cli, Command};
 use crate::error::{Error, Result};
 use crate::kernelspec::Kernelspec;
+use crate::utc::UtcTime;
 
 /// One run's log file grows to this, then starts over (the older part kept in `.log.1`).
 const MAX_FILE_BYTES: u64 = 8 << 20;
@@ -289,23 +290,10 @@ pub fn runs(dir: &Path) -> Vec<Run> {
 
 /// `2026-11-30 15:22:25 UTC` for seconds since the epoch.
 pub fn utc_time(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rest = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let t = UtcTime::from_unix(secs);
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     )
 }
 

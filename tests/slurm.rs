@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{eventually, ready_client, Env};
+use common::{eventually, interrupt_busy_kernel, ready_client, Env};
 use nix::sys::signal::Signal;
 use sshpyk_testhost::{SLURM_NODE, SLURM_PARTITION};
 
@@ -120,20 +120,7 @@ async fn a_kernel_runs_in_a_job_step_restarts_into_the_same_job_and_the_job_ends
 
     // Interrupt.
     let mut other = ready_client(&info).await;
-    let busy = tokio::spawn(async move {
-        c.execute("import time; time.sleep(60)", Duration::from_secs(30))
-            .await
-    });
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    launcher.signal(Signal::SIGINT);
-    let r = busy
-        .await
-        .unwrap()
-        .expect("execute returns after the interrupt");
-    assert_eq!(
-        r.error.as_ref().map(|e| e.0.as_str()),
-        Some("KeyboardInterrupt")
-    );
+    interrupt_busy_kernel(c, &launcher).await;
     let r = other.execute("print(1 + 1)", STEP).await.unwrap();
     assert_eq!(r.stdout, "2\n");
     other.close();

@@ -3,12 +3,9 @@
 
 mod common;
 
-#[test]
-fn the_supervisor_speaks_its_protocol_over_pipes() {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/remote/supervisor_test.py"
-    );
+/// Runs `tests/remote/SCRIPT` on `src/remote` and checks it passed `checks` checks ("ok: ...").
+fn passes(script: &str, checks: usize) {
+    let script = format!("{}/tests/remote/{script}", env!("CARGO_MANIFEST_DIR"));
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/src/remote");
     let out = std::process::Command::new(common::venv_python())
         .arg(script)
@@ -23,29 +20,17 @@ fn the_supervisor_speaks_its_protocol_over_pipes() {
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok:")).count(),
-        13,
+        checks,
         "{stdout}"
     );
 }
 
 #[test]
+fn the_supervisor_speaks_its_protocol_over_pipes() {
+    passes("supervisor_test.py", 13);
+}
+
+#[test]
 fn cloud_mounts_refuse_bad_mount_points_before_running_anything() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/remote/cloud_test.py");
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/src/remote");
-    let out = std::process::Command::new(common::venv_python())
-        .arg(script)
-        .arg(src)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        stdout.lines().filter(|l| l.starts_with("ok:")).count(),
-        12,
-        "{stdout}"
-    );
+    passes("cloud_test.py", 12);
 }

@@ -7,7 +7,7 @@
 //!   access, rclone flags, and the *name* of its secrets file, never a secret.
 //! - Secrets (keys, passwords, tokens, key files' contents, a raw rclone config) live in a 0600
 //!   file in a 0700 directory under sshpyk's config dir ([`secrets`]).
-//! - The launcher renders the rclone config ([`backend::render`]) and sends it to the remote
+//! - The launcher renders the rclone config ([`CloudMount::render`]) and sends it to the remote
 //!   supervisor inside a frame of its session (stdin): the start request, or a live
 //!   `mount_cloud` request. The supervisor (`src/remote/cloud.py`) writes it to a 0600 file in a
 //!   0700 directory on `/dev/shm` (a tmpfs that survives the user's sessions, unlike

@@ -30,13 +30,7 @@ impl Host {
 
     /// The host of the sshpyk kernelspec `name`.
     pub fn of_kernel(name: &str) -> Result<Host> {
-        let found = kernelspec::find(name)?;
-        let settings = found.spec.settings().ok_or_else(|| {
-            Error::Invalid(format!(
-                "kernel '{}' was not written by sshpyk; pass the host alias instead",
-                found.name
-            ))
-        })??;
+        let settings = kernelspec::find(name)?.sshpyk_settings("pass the host alias instead")?;
         Ok(Host {
             ssh: settings.ssh,
             ssh_config: settings.ssh_config,

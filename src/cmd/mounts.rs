@@ -30,12 +30,7 @@ pub async fn run(command: MountsCommand) -> Result<()> {
 
 fn sshpyk_kernel(name: &str) -> Result<(Kernelspec, Settings)> {
     let found = kernelspec::find(name)?;
-    let settings = found.spec.settings().ok_or_else(|| {
-        Error::Invalid(format!(
-            "kernel '{}' was not written by sshpyk; only sshpyk kernels have mounts",
-            found.name
-        ))
-    })??;
+    let settings = found.sshpyk_settings("only sshpyk kernels have mounts")?;
     Ok((found, settings))
 }
 

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::{sleep_until, Instant};
 use tracing::debug;
@@ -20,6 +21,63 @@ use crate::error::{Error, Result};
 
 /// How often `wait_for_ready` resends kernel_info_request, as jupyter_client does.
 const READY_RETRY: Duration = Duration::from_millis(200);
+
+/// The iopub messages this client reads, by `msg_type`; every other is `Other`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "msg_type", content = "content", rename_all = "snake_case")]
+enum Iopub {
+    Stream {
+        name: StreamName,
+        text: String,
+    },
+    ExecuteResult {
+        data: MimeBundle,
+    },
+    Status {
+        execution_state: ExecutionState,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StreamName {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug, Deserialize)]
+struct MimeBundle {
+    #[serde(rename = "text/plain")]
+    text_plain: Option<String>,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum ExecutionState {
+    Idle,
+    /// busy, starting: not what `execute` waits for.
+    #[serde(other)]
+    Other,
+}
+
+/// A reply's `status`, with what an error carries.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+enum ReplyStatus {
+    Ok,
+    Error { ename: String, evalue: String },
+    Aborted,
+}
+
+impl Iopub {
+    /// `msg` typed; a message of a known type with a malformed content is `Other`.
+    fn of(msg: &Message) -> Self {
+        let tagged = json!({ "msg_type": msg.msg_type(), "content": msg.content });
+        serde_json::from_value(tagged).unwrap_or(Iopub::Other)
+    }
+}
 
 /// What one `execute` produced.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -116,7 +174,7 @@ impl KernelClient {
                     }
                     msg = recv(iopub, signer, Channel::Iopub) => {
                         let msg = msg?;
-                        if msg.msg_type() == "status"
+                        if matches!(Iopub::of(&msg), Iopub::Status { .. })
                             && msg.parent_msg_id().is_some_and(|id| sent.contains(id))
                         {
                             iopub_live = true;
@@ -134,14 +192,6 @@ impl KernelClient {
     pub async fn kernel_info(&mut self, timeout: Duration) -> Result<Value> {
         let reply = self
             .request(Channel::Shell, "kernel_info_request", json!({}), timeout)
-            .await?;
-        Ok(reply.content)
-    }
-
-    /// kernel_info_request on control, which answers even while shell is busy.
-    pub async fn kernel_info_on_control(&mut self, timeout: Duration) -> Result<Value> {
-        let reply = self
-            .request(Channel::Control, "kernel_info_request", json!({}), timeout)
             .await?;
         Ok(reply.content)
     }
@@ -184,25 +234,24 @@ impl KernelClient {
                         let msg = msg?;
                         if msg.parent_msg_id() == Some(id) {
                             replied = true;
-                            let c = &msg.content;
-                            out.status = text(&c["status"]);
-                            if out.status == "error" {
-                                out.error = Some((text(&c["ename"]), text(&c["evalue"])));
+                            let status = reply_status(&msg)?;
+                            out.status = status.name().to_owned();
+                            if let ReplyStatus::Error { ename, evalue } = status {
+                                out.error = Some((ename, evalue));
                             }
                         }
                     }
                     msg = recv(iopub, signer, Channel::Iopub), if !idle => {
                         let msg = msg?;
                         if msg.parent_msg_id() == Some(id) {
-                            let c = &msg.content;
-                            match (msg.msg_type(), c["name"].as_str()) {
-                                ("stream", Some("stdout")) => out.stdout += &text(&c["text"]),
-                                ("stream", Some("stderr")) => out.stderr += &text(&c["text"]),
-                                ("execute_result", _) => {
-                                    out.result = c["data"]["text/plain"].as_str().map(String::from)
+                            match Iopub::of(&msg) {
+                                Iopub::Stream { name: StreamName::Stdout, text } => out.stdout += &text,
+                                Iopub::Stream { name: StreamName::Stderr, text } => out.stderr += &text,
+                                Iopub::ExecuteResult { data } => out.result = data.text_plain,
+                                Iopub::Status { execution_state } => {
+                                    idle = execution_state == ExecutionState::Idle
                                 }
-                                ("status", _) => idle = c["execution_state"] == "idle",
-                                _ => {}
+                                Iopub::Other => {}
                             }
                         }
                     }
@@ -359,19 +408,36 @@ fn to_zmq(frames: Vec<Vec<u8>>) -> ZmqMessage {
     message
 }
 
-fn expect_ok(reply: &Message) -> Result<()> {
-    match reply.content["status"].as_str() {
-        Some("ok") => Ok(()),
-        status => Err(Error::Remote(format!(
-            "the kernel answered {} with status {status:?}: {}",
-            reply.msg_type(),
-            reply.content
-        ))),
+impl ReplyStatus {
+    fn name(&self) -> &'static str {
+        match self {
+            ReplyStatus::Ok => "ok",
+            ReplyStatus::Error { .. } => "error",
+            ReplyStatus::Aborted => "aborted",
+        }
     }
 }
 
-fn text(value: &Value) -> String {
-    value.as_str().unwrap_or_default().to_owned()
+fn reply_status(reply: &Message) -> Result<ReplyStatus> {
+    serde_json::from_value(reply.content.clone()).map_err(|e| {
+        Error::Remote(format!(
+            "the kernel answered {} with no valid status ({e}): {}",
+            reply.msg_type(),
+            reply.content
+        ))
+    })
+}
+
+fn expect_ok(reply: &Message) -> Result<()> {
+    match reply_status(reply)? {
+        ReplyStatus::Ok => Ok(()),
+        status => Err(Error::Remote(format!(
+            "the kernel answered {} with status {:?}: {}",
+            reply.msg_type(),
+            status.name(),
+            reply.content
+        ))),
+    }
 }
 
 fn lost(channel: Channel, e: ZmqError) -> Error {
@@ -522,10 +588,6 @@ mod tests {
         assert_eq!(
             client.kernel_info(T).await.unwrap()["implementation"],
             "ipython"
-        );
-        assert_eq!(
-            client.kernel_info_on_control(T).await.unwrap()["status"],
-            "ok"
         );
 
         let r = client.execute("x = 6*7", T).await.unwrap();

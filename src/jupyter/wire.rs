@@ -9,6 +9,7 @@ use sha2::Sha256;
 
 use crate::connection::{ConnectionInfo, SIGNATURE_SCHEME};
 use crate::error::{Error, Result};
+use crate::utc::UtcTime;
 
 /// Separates routing ids from the message proper.
 pub const DELIMITER: &[u8] = b"<IDS|MSG>";
@@ -162,25 +163,18 @@ impl Signer {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, computed without a date crate.
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
 fn rfc3339_utc(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let (days, secs) = (since.as_secs() / 86_400, since.as_secs() % 86_400);
-    // Howard Hinnant's civil_from_days, for days on or after 1970-01-01.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
+    let u = UtcTime::from_unix(since.as_secs());
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        u.year,
+        u.month,
+        u.day,
+        u.hour,
+        u.minute,
+        u.second,
         since.subsec_micros()
     )
 }

@@ -49,6 +49,8 @@
 #[cfg(target_os = "linux")]
 mod export;
 #[cfg(target_os = "linux")]
+mod handle_budget;
+#[cfg(target_os = "linux")]
 mod names;
 mod remote;
 #[cfg(target_os = "linux")]
@@ -245,7 +247,7 @@ async fn mount_all(
             Some(export) => {
                 let (stop, stopped) = oneshot::channel();
                 active.stop = Some(stop);
-                let budget = sftp::HandleBudget::shared();
+                let budget = handle_budget::HandleBudget::shared();
                 serve::spawn_server(spec, stdout, stdin, export.clone(), budget, stopped)?;
             }
             _ => {

@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 
+use super::handle_budget::HandleBudget;
 use super::{export, remote, sftp, MountSpec};
 use crate::error::{Error, Result};
 
@@ -24,7 +25,7 @@ pub fn spawn_server(
     stdout: OwnedFd,
     stdin: OwnedFd,
     export: Arc<export::Export>,
-    budget: Arc<sftp::HandleBudget>,
+    budget: Arc<HandleBudget>,
     stopped: oneshot::Receiver<()>,
 ) -> Result<()> {
     let what = format!("mount {}", spec.remote);
@@ -50,7 +51,7 @@ async fn serve(
     stdout: OwnedFd,
     stdin: OwnedFd,
     export: Arc<export::Export>,
-    budget: Arc<sftp::HandleBudget>,
+    budget: Arc<HandleBudget>,
     mut stopped: oneshot::Receiver<()>,
     what: &str,
 ) {

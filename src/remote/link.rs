@@ -234,6 +234,7 @@ impl Drop for CloseOnDrop {
     }
 }
 
+/// Hands each frame from the supervisor to its stream or to the reports, until the session ends.
 async fn read_frames<R: AsyncRead + Unpin>(
     mut from_remote: R,
     link: Link,
@@ -244,35 +245,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
         link: link.clone(),
         closed,
     };
-    loop {
-        let mut header = [0u8; HEADER_LEN];
-        if from_remote.read_exact(&mut header).await.is_err() {
-            return;
-        }
-        let (stream, kind, len) = match Frame::parse_header(&header) {
-            Ok(parsed) => parsed,
-            Err(e) => {
-                tracing::warn!("{e}; closing the session");
-                return;
-            }
-        };
-        let mut payload = Vec::with_capacity(len);
-        match (&mut from_remote)
-            .take(len as u64)
-            .read_to_end(&mut payload)
-            .await
-        {
-            Ok(n) if n == len => {}
-            _ => return,
-        }
-        *link.shared.last_heard.lock().expect("not poisoned") = Instant::now();
-        let frame = match Frame::decode(stream, kind, payload) {
-            Ok(frame) => frame,
-            Err(e) => {
-                tracing::warn!("{e}; closing the session");
-                return;
-            }
-        };
+    while let Some(frame) = next_frame(&mut from_remote, &link).await {
         match frame {
             Frame::Message(json) => match serde_json::from_slice::<Report>(&json) {
                 // The kernel's own stdout/stderr, as a local kernel's would show.
@@ -308,6 +281,33 @@ async fn read_frames<R: AsyncRead + Unpin>(
                 }
             }
             Frame::Open { .. } => tracing::debug!("the supervisor opened a stream; ignored"),
+        }
+    }
+}
+
+/// The next whole frame from the supervisor (the link hears from it); `None` at the end of the
+/// session or at a malformed frame, which ends it too.
+async fn next_frame<R: AsyncRead + Unpin>(from_remote: &mut R, link: &Link) -> Option<Frame> {
+    let mut header = [0u8; HEADER_LEN];
+    from_remote.read_exact(&mut header).await.ok()?;
+    let (stream, kind, len) = match Frame::parse_header(&header) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            tracing::warn!("{e}; closing the session");
+            return None;
+        }
+    };
+    let mut payload = Vec::with_capacity(len);
+    match from_remote.take(len as u64).read_to_end(&mut payload).await {
+        Ok(n) if n == len => {}
+        _ => return None,
+    }
+    *link.shared.last_heard.lock().expect("not poisoned") = Instant::now();
+    match Frame::decode(stream, kind, payload) {
+        Ok(frame) => Some(frame),
+        Err(e) => {
+            tracing::warn!("{e}; closing the session");
+            None
         }
     }
 }

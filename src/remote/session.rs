@@ -24,8 +24,14 @@ use crate::slurm::{self, Allocation};
 use crate::ssh::mux::MuxChannel;
 use crate::ssh::Master;
 
-/// The supervisor's source: its cloud mounts first (definitions only), then the supervisor.
-const SUPERVISOR: &str = concat!(include_str!("cloud.py"), include_str!("supervisor.py"));
+/// The supervisor's source: definitions only (its cloud mounts, the frames of its session, the
+/// kernel's start), then the supervisor, which runs.
+const SUPERVISOR: &str = concat!(
+    include_str!("cloud.py"),
+    include_str!("frames.py"),
+    include_str!("kernel.py"),
+    include_str!("supervisor.py")
+);
 #[cfg(target_os = "linux")]
 const PIPE_SIZE: i32 = 1 << 20;
 

@@ -1,7 +1,9 @@
 # sshpyk remote supervisor: starts one Jupyter kernel on this host, carries every client
 # connection to it, and guards it.
 #
-# Run by the remote python from the ssh session's stdin (never a command line); the launcher's
+# Run by the remote python from the ssh session's stdin (never a command line), after the files
+# that define what it uses (src/remote/session.rs): cloud.py (cloud mounts), frames.py (the
+# session's frames, `Link`, `Stream`) and kernel.py (the kernel's start). The launcher's
 # side is src/remote/protocol.rs, which documents the frames. In short: after MARKER, both
 # directions are frames `u32 stream | u8 kind | u32 length | payload`; stream 0 carries JSON
 # requests ({"op": ...}) and reports ({"event": ...}); other streams are ZMQ connections that
@@ -31,19 +33,10 @@ import string
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-MARKER = b"\nsshpyk-frames-1\n"
-HEADER = struct.Struct(">IBI")
-MESSAGE, OPEN, DATA, CLOSE, CREDIT = range(5)
-WINDOW = 2 << 20
-CREDIT_BATCH = WINDOW // 4
-MAX_PAYLOAD = 1 << 20
 CHUNK = 256 << 10
-F_SETPIPE_SZ = 1031
-PIPE_SIZE = 1 << 20
 # Past this much unsent to the launcher, stop reading the kernel's sockets until it drains.
 OUT_LIMIT = 8 << 20
 # How long a closed session's sshd process is watched before we conclude the launcher is gone.
@@ -136,255 +129,6 @@ def descendants(root):
     return found
 
 
-class Link:
-    """One launcher session: frames in from `rfd`, frames out to `wfd`, never blocking.
-
-    `sshd_pid` is the sshd process of the ssh connection that carries the session: alive after
-    the session closed means only our channel was closed (the launcher is gone)."""
-
-    def __init__(self, rfd, wfd, sshd_pid, closer=None):
-        self.rfd, self.wfd, self.sshd_pid, self.closer = rfd, wfd, sshd_pid, closer
-        for fd in (rfd, wfd):
-            # Bigger pipes to sshd: fewer wake-ups per MB (Linux; best effort).
-            try:
-                import fcntl
-
-                fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
-            except (ImportError, OSError):
-                pass
-        self.inbuf = bytearray()
-        self.read_buffer = memoryview(bytearray(1 << 20))
-        self.out = collections.deque()
-        self.out_len = 0
-        self.dead = False
-        # Whether the main loop waits for `wfd` to take more.
-        self.watching_out = False
-
-    def fileno(self):
-        return self.rfd
-
-    def queue(self, data):
-        self.out.append(data)
-        self.out_len += len(data)
-
-    def send(self, stream, kind, payload=b""):
-        self.queue(HEADER.pack(stream, kind, len(payload)))
-        if payload:
-            self.queue(payload)
-
-    def report(self, **msg):
-        self.send(0, MESSAGE, json.dumps(msg).encode())
-
-    def flush(self):
-        """Writes what the pipe takes now."""
-        while self.out and not self.dead:
-            try:
-                n = os.writev(self.wfd, list(self.out)[:64])
-            except BlockingIOError:
-                return
-            except OSError:
-                self.dead = True
-                return
-            self.out_len -= n
-            while n:
-                head = self.out[0]
-                if n >= len(head):
-                    n -= len(head)
-                    self.out.popleft()
-                else:
-                    self.out[0] = head[n:]
-                    n = 0
-
-    def flush_blocking(self, timeout):
-        end = time.monotonic() + timeout
-        while self.out and not self.dead and time.monotonic() < end:
-            self.flush()
-            if self.out:
-                select.select([], [self.wfd], [], max(0.0, end - time.monotonic()))
-
-    def read_frames(self):
-        """Frames now available as (stream, kind, payload), or None at the end of the session."""
-        # Into a buffer kept for it (see `Supervisor.from_kernel`).
-        try:
-            n = os.readv(self.rfd, [self.read_buffer])
-        except BlockingIOError:
-            return []
-        except OSError:
-            n = 0
-        if not n:
-            return None
-        self.inbuf += self.read_buffer[:n]
-        frames = []
-        while len(self.inbuf) >= HEADER.size:
-            stream, kind, length = HEADER.unpack_from(self.inbuf)
-            if length > MAX_PAYLOAD:
-                return None
-            if len(self.inbuf) < HEADER.size + length:
-                break
-            frames.append((stream, kind, bytes(self.inbuf[HEADER.size:HEADER.size + length])))
-            del self.inbuf[:HEADER.size + length]
-        return frames
-
-    def close(self):
-        for fd in {self.rfd, self.wfd}:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        if self.closer:
-            self.closer()
-
-
-class Stream:
-    """One client connection, relayed to a kernel socket."""
-
-    def __init__(self, sid, sock):
-        self.sid, self.sock = sid, sock
-        self.to_kernel = bytearray()
-        # What we may still send to the launcher, and what we wrote to the kernel since the
-        # last credit we returned.
-        self.credit = WINDOW
-        self.written = 0
-        self.mask = 0
-
-
-def read_exactly(fd, n):
-    data = b""
-    while len(data) < n:
-        chunk = os.read(fd, n - len(data))
-        if not chunk:
-            raise EOFError
-        data += chunk
-    return data
-
-
-def read_start(fd):
-    """The first frame, read blocking: the start request."""
-    stream, kind, length = HEADER.unpack(read_exactly(fd, HEADER.size))
-    if stream != 0 or kind != MESSAGE or length > MAX_PAYLOAD:
-        raise Fatal("protocol", "the launcher did not start with a start request")
-    request = json.loads(read_exactly(fd, length))
-    if request.get("op") != "start":
-        raise Fatal("protocol", "the launcher did not start with a start request")
-    return request
-
-
-def find_kernelspec(name):
-    from jupyter_core.paths import jupyter_path
-
-    for base in jupyter_path("kernels"):
-        try:
-            entries = os.listdir(base)
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.lower() == name.lower():
-                path = os.path.join(base, entry, "kernel.json")
-                if os.path.isfile(path):
-                    try:
-                        with open(path, encoding="utf-8") as f:
-                            spec = json.load(f)
-                    except (OSError, ValueError) as e:
-                        raise Fatal("bad_kernelspec", "remote kernelspec %s cannot be read: %s" % (path, e))
-                    spec["resource_dir"] = os.path.join(base, entry)
-                    return spec
-    # jupyter_client offers ipykernel as "python3" even without a kernel.json on disk.
-    if name == "python3" and have_module("ipykernel"):
-        return {
-            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "language": "python",
-            "display_name": "Python 3 (ipykernel)",
-            "resource_dir": "",
-        }
-    raise Fatal("no_kernel", "remote kernel '%s' not found; available: %s" % (name, ", ".join(available_kernels()) or "none"))
-
-
-def available_kernels():
-    from jupyter_core.paths import jupyter_path
-
-    names = set()
-    for base in jupyter_path("kernels"):
-        try:
-            names.update(e for e in os.listdir(base) if os.path.isfile(os.path.join(base, e, "kernel.json")))
-        except OSError:
-            pass
-    if have_module("ipykernel"):
-        names.add("python3")
-    return sorted(names)
-
-
-def have_module(name):
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
-
-
-def kernel_cwd(cwd):
-    """The kernel's working directory: `cwd` (`~` expanded) or the home directory."""
-    path = os.path.expanduser(cwd or "~")
-    if not os.path.isdir(path):
-        raise Fatal("no_cwd", "remote working directory %s does not exist; create it or fix --remote-cwd with `sshpyk edit`" % path)
-    return path
-
-
-def make_run_dir():
-    from jupyter_core.paths import jupyter_runtime_dir
-
-    base = jupyter_runtime_dir()
-    try:
-        os.makedirs(base, mode=0o700, exist_ok=True)
-        run_dir = tempfile.mkdtemp(prefix="sshpyk-", dir=base)
-    except OSError as e:
-        raise Fatal("runtime_dir", "remote runtime dir %s is not writable (%s); fix its permissions or set JUPYTER_RUNTIME_DIR on the remote" % (base, e.strerror))
-    # Unix socket paths must stay short; fall back to the temp dir when the runtime dir is deep.
-    if len(run_dir) > 80:
-        os.rmdir(run_dir)
-        run_dir = tempfile.mkdtemp(prefix="sshpyk-")
-    return run_dir
-
-
-def kernel_argv(spec, connection_file):
-    argv = [a.replace("{connection_file}", connection_file).replace("{resource_dir}", spec.get("resource_dir", "")) for a in spec["argv"]]
-    major, minor = sys.version_info[:2]
-    if argv and argv[0] in ("python", "python%d" % major, "python%d.%d" % (major, minor)):
-        argv[0] = sys.executable
-    return argv
-
-
-def free_tcp_ports(n):
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def pick_transport(argv):
-    # ipykernel serves Unix sockets: in our 0700 run dir no other user can even connect. Other
-    # kernels get TCP on the remote loopback.
-    return "ipc" if any(os.path.basename(a).startswith("ipykernel") for a in argv) else "tcp"
-
-
-def write_connection_file(run_dir, start, transport):
-    if transport == "ipc":
-        ip, ports = os.path.join(run_dir, "k"), [1, 2, 3, 4, 5]
-        endpoints = {c: "%s-%d" % (ip, p) for c, p in zip(CHANNELS, ports)}
-    else:
-        ip, ports = "127.0.0.1", free_tcp_ports(5)
-        endpoints = dict(zip(CHANNELS, ports))
-    info = {"transport": transport, "ip": ip, "key": start["key"], "signature_scheme": start["signature_scheme"], "kernel_name": start["kernel_name"]}
-    info.update({"%s_port" % c: p for c, p in zip(CHANNELS, ports)})
-    path = os.path.join(run_dir, "kernel.json")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(info, f)
-    return path, endpoints
-
-
 def launcher_gave_up(wait=0.01):
     """Whether stdin became readable (EOF: nothing else is sent before "ready") within `wait`."""
     return bool(select.select([0], [], [], wait)[0])
@@ -411,14 +155,6 @@ def listening(endpoint):
     if sock:
         sock.close()
     return sock is not None
-
-
-def prepare_kernel():
-    # We ignore SIGINT and SIGHUP; the kernel must get the defaults back (interrupts!).
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    # The kernel must not outlive its guard, even if the guard is killed with SIGKILL.
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class Supervisor:

@@ -1,5 +1,5 @@
-//! The OpenSSH ControlMaster for one alias: found or opened, then shared by every ssh process
-//! sshpyk starts for that host. Its lifetime is OpenSSH's (`ControlPersist`), never ours.
+//! The OpenSSH ControlMaster for one alias: found or opened, then shared by every channel
+//! sshpyk opens to that host through its mux protocol and every ssh process it starts there. Its lifetime is OpenSSH's (`ControlPersist`), never ours.
 
 use std::future::Future;
 use std::os::fd::OwnedFd;

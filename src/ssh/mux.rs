@@ -37,8 +37,8 @@ const MAX_PACKET: usize = 256 * 1024;
 /// The one request a control connection of ours makes.
 const REQUEST_ID: u32 = 0;
 
-/// One channel through the master: a stdio forward or a session. Dropping it closes the control
-/// connection, and the master then closes the channel.
+/// One session channel through the master. Dropping it closes the control connection, and the
+/// master then closes the channel.
 #[derive(Debug)]
 pub struct MuxChannel {
     control: UnixStream,
@@ -157,9 +157,8 @@ impl MuxChannel {
             .await
     }
 
-    /// The remote command's exit status (sessions), once the channel ended; `None` when the
-    /// master closed the channel without one (stdio forwards always; the connection lost; the
-    /// command killed by a signal). Cancel-safe.
+    /// The remote command's exit status, once the channel ended; `None` when the master closed
+    /// the channel without one (the connection lost, the command killed by a signal). Cancel-safe.
     pub async fn exit_status(&mut self) -> io::Result<Option<u32>> {
         if let Some(ended) = self.ended {
             return Ok(ended);
@@ -322,8 +321,8 @@ fn parse_packet(buf: &[u8]) -> io::Result<Option<(Reply, usize)>> {
     Ok(Some((parse_reply(&buf[4..4 + len])?, 4 + len)))
 }
 
-/// The layouts of mux.c's replies (`reply_error`, `mux_session_confirm`, `mux_stdio_confirm`,
-/// `mux_exit_message`, `mux_tty_alloc_failed`).
+/// The layouts of mux.c's replies (`reply_error`, `mux_session_confirm`, `mux_exit_message`,
+/// `mux_tty_alloc_failed`).
 fn parse_reply(body: &[u8]) -> io::Result<Reply> {
     let mut r = Reader(body);
     let kind = r.u32()?;

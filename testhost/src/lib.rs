@@ -16,6 +16,7 @@ mod net;
 mod procs;
 mod registry;
 mod slurm;
+mod sshd_files;
 mod users;
 mod venv;
 

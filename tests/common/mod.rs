@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use sshpyk::connection::ConnectionInfo;
-use sshpyk::jupyter::KernelClient;
+use sshpyk::jupyter::{ExecuteResult, KernelClient};
 use sshpyk_testhost::{RemoteHost, RemoteHostBuilder, TestUser};
 use tempfile::TempDir;
 
@@ -328,6 +328,30 @@ pub async fn ready_client(info: &ConnectionInfo) -> KernelClient {
     let mut client = KernelClient::connect(info, step).await.expect("connect");
     client.wait_for_ready(step).await.expect("kernel ready");
     client
+}
+
+/// Makes `client`'s kernel busy in a long sleep, sends the launcher SIGINT as Jupyter does,
+/// and asserts that the sleep ends in a KeyboardInterrupt; returns that execute's result.
+pub async fn interrupt_busy_kernel(mut client: KernelClient, launcher: &Launcher) -> ExecuteResult {
+    let busy = tokio::spawn(async move {
+        client
+            .execute("import time; time.sleep(60)", Duration::from_secs(30))
+            .await
+    });
+    // Let the kernel get into the sleep.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    launcher.signal(nix::sys::signal::Signal::SIGINT);
+    let r = busy
+        .await
+        .unwrap()
+        .expect("execute returns after the interrupt");
+    assert_eq!(
+        r.error.as_ref().map(|e| e.0.as_str()),
+        Some("KeyboardInterrupt"),
+        "{}",
+        launcher.log()
+    );
+    r
 }
 
 /// Asserts that the kernel behind `info` is still process `pid` and still has `x == 42`.

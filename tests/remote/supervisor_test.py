@@ -13,8 +13,8 @@ import tempfile
 import time
 
 src = sys.argv[1]
-# As the launcher sends it: the cloud mounts ahead of the supervisor.
-SUPERVISOR = open(os.path.join(src, "cloud.py"), "rb").read() + open(os.path.join(src, "supervisor.py"), "rb").read()
+# As the launcher sends it (src/remote/session.rs): the definitions ahead of the supervisor.
+SUPERVISOR = b"".join(open(os.path.join(src, name), "rb").read() for name in ("cloud.py", "frames.py", "kernel.py", "supervisor.py"))
 LOADER = open(os.path.join(src, "loader.py")).read()
 ATTACH = open(os.path.join(src, "attach.py")).read()
 MARKER = b"sshpyk-frames-1\n"

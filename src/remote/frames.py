@@ -1,0 +1,152 @@
+# sshpyk remote supervisor, its session: the frames to and from the launcher over the ssh
+# session's stdio. Sent ahead of supervisor.py in one source (see src/remote/session.rs), so
+# it shares supervisor.py's namespace (`Fatal`); the launcher's side is src/remote/protocol.rs,
+# which documents the frames.
+import collections
+import json
+import os
+import select
+import struct
+import time
+
+MARKER = b"\nsshpyk-frames-1\n"
+HEADER = struct.Struct(">IBI")
+MESSAGE, OPEN, DATA, CLOSE, CREDIT = range(5)
+WINDOW = 2 << 20
+CREDIT_BATCH = WINDOW // 4
+MAX_PAYLOAD = 1 << 20
+F_SETPIPE_SZ = 1031
+PIPE_SIZE = 1 << 20
+
+
+class Link:
+    """One launcher session: frames in from `rfd`, frames out to `wfd`, never blocking.
+
+    `sshd_pid` is the sshd process of the ssh connection that carries the session: alive after
+    the session closed means only our channel was closed (the launcher is gone)."""
+
+    def __init__(self, rfd, wfd, sshd_pid, closer=None):
+        self.rfd, self.wfd, self.sshd_pid, self.closer = rfd, wfd, sshd_pid, closer
+        for fd in (rfd, wfd):
+            # Bigger pipes to sshd: fewer wake-ups per MB (Linux; best effort).
+            try:
+                import fcntl
+
+                fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+            except (ImportError, OSError):
+                pass
+        self.inbuf = bytearray()
+        self.read_buffer = memoryview(bytearray(1 << 20))
+        self.out = collections.deque()
+        self.out_len = 0
+        self.dead = False
+        # Whether the main loop waits for `wfd` to take more.
+        self.watching_out = False
+
+    def fileno(self):
+        return self.rfd
+
+    def queue(self, data):
+        self.out.append(data)
+        self.out_len += len(data)
+
+    def send(self, stream, kind, payload=b""):
+        self.queue(HEADER.pack(stream, kind, len(payload)))
+        if payload:
+            self.queue(payload)
+
+    def report(self, **msg):
+        self.send(0, MESSAGE, json.dumps(msg).encode())
+
+    def flush(self):
+        """Writes what the pipe takes now."""
+        while self.out and not self.dead:
+            try:
+                n = os.writev(self.wfd, list(self.out)[:64])
+            except BlockingIOError:
+                return
+            except OSError:
+                self.dead = True
+                return
+            self.out_len -= n
+            while n:
+                head = self.out[0]
+                if n >= len(head):
+                    n -= len(head)
+                    self.out.popleft()
+                else:
+                    self.out[0] = head[n:]
+                    n = 0
+
+    def flush_blocking(self, timeout):
+        end = time.monotonic() + timeout
+        while self.out and not self.dead and time.monotonic() < end:
+            self.flush()
+            if self.out:
+                select.select([], [self.wfd], [], max(0.0, end - time.monotonic()))
+
+    def read_frames(self):
+        """Frames now available as (stream, kind, payload), or None at the end of the session."""
+        # Into a buffer kept for it (see `Supervisor.from_kernel`).
+        try:
+            n = os.readv(self.rfd, [self.read_buffer])
+        except BlockingIOError:
+            return []
+        except OSError:
+            n = 0
+        if not n:
+            return None
+        self.inbuf += self.read_buffer[:n]
+        frames = []
+        while len(self.inbuf) >= HEADER.size:
+            stream, kind, length = HEADER.unpack_from(self.inbuf)
+            if length > MAX_PAYLOAD:
+                return None
+            if len(self.inbuf) < HEADER.size + length:
+                break
+            frames.append((stream, kind, bytes(self.inbuf[HEADER.size:HEADER.size + length])))
+            del self.inbuf[:HEADER.size + length]
+        return frames
+
+    def close(self):
+        for fd in {self.rfd, self.wfd}:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self.closer:
+            self.closer()
+
+
+class Stream:
+    """One client connection, relayed to a kernel socket."""
+
+    def __init__(self, sid, sock):
+        self.sid, self.sock = sid, sock
+        self.to_kernel = bytearray()
+        # What we may still send to the launcher, and what we wrote to the kernel since the
+        # last credit we returned.
+        self.credit = WINDOW
+        self.written = 0
+        self.mask = 0
+
+
+def read_exactly(fd, n):
+    data = b""
+    while len(data) < n:
+        chunk = os.read(fd, n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+def read_start(fd):
+    """The first frame, read blocking: the start request."""
+    stream, kind, length = HEADER.unpack(read_exactly(fd, HEADER.size))
+    if stream != 0 or kind != MESSAGE or length > MAX_PAYLOAD:
+        raise Fatal("protocol", "the launcher did not start with a start request")
+    request = json.loads(read_exactly(fd, length))
+    if request.get("op") != "start":
+        raise Fatal("protocol", "the launcher did not start with a start request")
+    return request
