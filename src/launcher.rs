@@ -25,7 +25,9 @@ use crate::mount::Mounts;
 use crate::parent::Parent;
 use crate::ports::{Forwarder, Listeners};
 use crate::remote::protocol::Request;
-use crate::remote::{EndReason, Event, Exit, InterruptMode, Link, Ready, Session, StartRequest};
+use crate::remote::{
+    AttachPoint, EndReason, Event, Exit, InterruptMode, Link, Ready, Session, StartRequest,
+};
 use crate::slurm::Allocation;
 use crate::ssh::master::with_room;
 use crate::ssh::Master;
@@ -139,9 +141,6 @@ pub async fn run(opts: LaunchOptions) -> Result<i32> {
         }
         Outcome::Lost => Err(Error::KernelLost(format!(
             "lost the connection to '{alias}' while stopping remote kernel {pid}; the remote guard ends it after the orphan timeout"
-        ))),
-        Outcome::Gone if running.settings.slurm.is_some() => Err(Error::KernelLost(format!(
-            "lost the ssh session of remote kernel {pid} on '{alias}': a Slurm kernel's job step ends with it; Jupyter will start a new one"
         ))),
         Outcome::Gone => Err(Error::KernelLost(format!(
             "remote kernel {pid} on '{alias}' is gone (ended while the connection was down, after the orphan timeout of {} s); Jupyter will start a new one",
@@ -303,11 +302,6 @@ impl Running {
                     );
                     return self.stop_gracefully(signals, &why).await;
                 }
-                // A Slurm kernel's session is its job step, which ends with the session: there
-                // is nothing to reattach to (the supervisor ends the kernel when its step's
-                // stdin closes); a silent one may still answer.
-                Trouble::Lost if self.settings.slurm.is_some() => return Outcome::Gone,
-                Trouble::Silent if self.settings.slurm.is_some() => continue,
                 Trouble::Lost | Trouble::Silent => {}
             }
             let still_open = matches!(trouble, Trouble::Silent);
@@ -393,14 +387,22 @@ impl Running {
     /// Reaches the supervisor again through `master`; `None` when it is gone.
     async fn attach(&self, master: Master, budget: Duration) -> Result<Option<(Master, Session)>> {
         let deadline = Instant::now() + budget;
-        let python = match self.ready.python.as_str() {
-            "" => &self.settings.remote_python,
-            own => own,
+        // A Slurm kernel through the relay that holds its step on the login node; others at
+        // their supervisor, in its own interpreter (no init snippet needed).
+        let at = match self.session.relay() {
+            Some(relay) => relay.clone(),
+            None => AttachPoint {
+                python: match self.ready.python.as_str() {
+                    "" => self.settings.remote_python.clone(),
+                    own => own.to_string(),
+                },
+                socket: format!("{}/supervisor.sock", self.ready.run_dir),
+            },
         };
-        let dir = &self.ready.run_dir;
+        let at = &at;
         let ping = ping_interval(&self.settings);
         let work = with_room(&master, deadline, |m| async move {
-            Session::attach(&m, python, dir, ping).await
+            Session::attach(&m, at, ping).await
         });
         let (master, session) = tokio::time::timeout_at(deadline, work)
             .await
@@ -412,6 +414,7 @@ impl Running {
     /// master to close the channel); clients reconnect over the new one; mounts come back.
     async fn adopt(&mut self, master: Master, mut session: Session, since: Instant) {
         self.master = master;
+        session.succeed(&self.session);
         session.forward_cloud_reports(self.live.reports_sink());
         self.live.forget_pending();
         self.session = session;

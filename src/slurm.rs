@@ -4,12 +4,16 @@
 //! `sshpyk-<kernel id>` (a restart of the same kernel), or submits one (`sbatch` with the user's
 //! options, its batch script the keeper below), reports the job's phases as lines before the
 //! supervisor's marker, then `exec`s `srun --overlap --unbuffered` into the job with the usual
-//! remote python command. So the supervisor runs on the node with the step's stdio as its
-//! session: the frames (key included) travel over srun's pipes through the login node, the node
-//! opens no port, and no `pam_slurm_adopt` is needed.
+//! remote python command, under `slurm_relay.py`. So the supervisor runs on the node with the
+//! step's stdio as its session: the frames (key included) travel over srun's pipes through the
+//! relay on the login node, the node opens no port, and no `pam_slurm_adopt` is needed.
 //!
-//! Lifetime: the kernel ends with its step (a launcher gone closes the session, srun passes the
-//! end of stdin on, the supervisor ends the kernel); the allocation is ended by its own batch
+//! Lifetime: the relay holds the step's stdio, so the step outlives a lost connection and the
+//! launcher re-attaches through the relay's socket, as to a plain supervisor. The kernel ends
+//! with its step: a launcher gone closes its session, the relay closes the step's stdin, the
+//! supervisor ends the kernel; after a network loss the supervisor's lease runs out and the
+//! relay cancels the job at once (nobody will restart into it). Otherwise the allocation is
+//! ended by its own batch
 //! script once no kernel step has run for the grace (`slurm_keeper.sh`), so a restart within the
 //! grace does not queue again and nothing depends on the launcher still being there. A start
 //! that fails after submitting cancels the job at once; a launcher that gives up while the job
@@ -21,12 +25,17 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::remote::{run_sh, sh_command};
+use crate::remote::{run_sh, sh_command, AttachPoint};
 use crate::ssh::Master;
 
 const SCRIPT: &str = include_str!("remote/slurm.sh");
 const KEEPER: &str = include_str!("remote/slurm_keeper.sh");
 const COMMANDS_CHECK: &str = include_str!("remote/slurm_commands.sh");
+/// Runs on the login node with the session's frames (one source).
+const RELAY: &str = concat!(
+    include_str!("remote/frames.py"),
+    include_str!("remote/slurm_relay.py")
+);
 /// The Slurm commands sshpyk runs on the login node.
 pub const COMMANDS: [&str; 4] = ["sbatch", "srun", "squeue", "scancel"];
 pub const DEFAULT_GRACE: f64 = 60.0;
@@ -58,13 +67,21 @@ impl Allocation {
     }
 
     /// The login node's command line: allocate or adopt, then run `command` (a remote command
-    /// line for a POSIX sh) as a job step.
-    pub fn command(&self, command: &str) -> String {
+    /// line for a POSIX sh) as a job step under the relay, which runs in `python` when the
+    /// login node has it (else in python3).
+    pub fn command(&self, command: &str, python: &str) -> String {
         let grace = self.settings.grace.ceil().max(1.0) as u64;
         let keeper = KEEPER.replace("@GRACE@", &grace.to_string());
         sh_command(
             SCRIPT,
-            &[&self.job_name, &self.settings.options, &keeper, command],
+            &[
+                &self.job_name,
+                &self.settings.options,
+                &keeper,
+                RELAY,
+                python,
+                command,
+            ],
         )
     }
 }
@@ -115,6 +132,8 @@ pub enum Event {
         job: String,
         state: String,
     },
+    /// The relay started the step: where a new session reaches it.
+    Relay(AttachPoint),
 }
 
 impl Event {
@@ -137,6 +156,10 @@ impl Event {
                     .replace('|', "; "),
             },
             "ended" => Event::Ended { job, state: more },
+            "relay" => Event::Relay(AttachPoint {
+                socket: job,
+                python: more,
+            }),
             "missing" => Event::Missing {
                 commands: rest["missing".len()..].trim().replace(' ', ", "),
             },
@@ -158,6 +181,7 @@ pub struct Placement {
 pub struct Watch {
     pub submitted: Option<String>,
     pub placement: Option<Placement>,
+    pub relay: Option<AttachPoint>,
 }
 
 impl Watch {
@@ -179,6 +203,7 @@ impl Watch {
                 tracing::info!("slurm job {job} running on node {node}");
                 self.placement = Some(Placement { job_id: job, node });
             }
+            Event::Relay(point) => self.relay = Some(point),
             Event::Refused { message } => {
                 return Err(Error::Remote(format!(
                     "slurm on '{alias}' refused the job: {message}; fix --slurm with `sshpyk edit`"
@@ -290,6 +315,13 @@ mod tests {
             Some(Event::Missing {
                 commands: "squeue, scancel".into()
             })
+        );
+        assert_eq!(
+            Event::parse("sshpyk-slurm relay /tmp/sshpyk-relay-x/relay.sock /opt/my python3"),
+            Some(Event::Relay(AttachPoint {
+                socket: "/tmp/sshpyk-relay-x/relay.sock".into(),
+                python: "/opt/my python3".into()
+            }))
         );
         assert_eq!(Event::parse("banner"), None);
     }

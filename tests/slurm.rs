@@ -96,12 +96,7 @@ async fn a_kernel_runs_in_a_job_step_restarts_into_the_same_job_and_the_job_ends
         log.contains(&format!("running on node {SLURM_NODE}")),
         "{log}"
     );
-    let job = log
-        .split("slurm job ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("a job id in the log")
-        .to_string();
+    let job = job_in(&log);
     assert_eq!(jobs(&env), [format!("{job} sshpyk-slurmk RUNNING")]);
     assert_ps_shows(&env, &job);
 
@@ -156,6 +151,137 @@ async fn a_kernel_runs_in_a_job_step_restarts_into_the_same_job_and_the_job_ends
         jobs(&env)
     );
     assert!(killed.elapsed() >= Duration::from_secs(GRACE - 1));
+}
+
+/// The job id from the launcher's log ("slurm job N ...").
+fn job_in(log: &str) -> String {
+    log.split("slurm job ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a job id in the log")
+        .to_string()
+}
+
+/// Cuts the link for `secs`; with `drop_connections`, the server also drops every connection
+/// meanwhile (sshd's processes go, so the relay sees its session end with its connection).
+async fn cut_link(env: &Env, secs: u64, drop_connections: bool) {
+    env.host().link_down().unwrap();
+    if drop_connections {
+        assert!(env.host().kill_sshd_connections().unwrap() > 0);
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    env.host().link_up().unwrap();
+}
+
+#[tokio::test]
+async fn a_network_drop_keeps_the_kernel_in_its_job_and_a_launcher_killed_after_it_still_ends_it() {
+    let Some(env) = slurm_env() else { return };
+    add_slurm_kernel(
+        &env,
+        &format!("--partition {SLURM_PARTITION} --time 10"),
+        &[],
+    );
+    let (conn, info) = env.connection_file("slurmnet");
+    let mut launcher = env.launch("k", &conn);
+    launcher.wait_ready(Duration::from_secs(60));
+    let job = job_in(&launcher.log());
+    let pid = launcher.remote_pid();
+    let mut c = ready_client(&info).await;
+    c.execute("x = 42", STEP).await.unwrap();
+    c.close();
+
+    // A silent cut long enough for the launcher to give its connection up (the old session
+    // never ends on the login node: the new one takes over from it), then one where the server
+    // drops the connections (the relay sees its session end with its sshd).
+    for (round, secs, drop_connections) in [(1, 20, false), (2, 5, true)] {
+        cut_link(&env, secs, drop_connections).await;
+        assert!(
+            launcher.child.try_wait().unwrap().is_none(),
+            "the launcher exited after cut {round}:\n{}",
+            launcher.log()
+        );
+        assert!(
+            eventually(Duration::from_secs(20), || launcher
+                .log()
+                .matches("reconnected after")
+                .count()
+                == round),
+            "not reconnected after cut {round}:\n{}",
+            launcher.log()
+        );
+        // The same kernel, its state kept, on the same ports, in the same job.
+        let mut c = ready_client(&info).await;
+        let r = c
+            .execute("print(x, __import__('os').getpid())", STEP)
+            .await
+            .unwrap();
+        assert_eq!(r.stdout, format!("42 {pid}\n"), "{}", launcher.log());
+        c.close();
+        assert_eq!(jobs(&env), [format!("{job} sshpyk-slurmnet RUNNING")]);
+        assert_ps_shows(&env, &job);
+    }
+
+    // Jupyter's SIGKILL over the new connection: the kernel is gone at once, the job after
+    // the grace.
+    launcher.child.kill().unwrap();
+    launcher.child.wait().unwrap();
+    let killed = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || env
+            .remote_processes("ipykernel")
+            .is_empty()),
+        "the kernel outlived its launcher"
+    );
+    assert_eq!(jobs(&env).len(), 1, "the job must wait for the grace");
+    assert!(
+        eventually(Duration::from_secs(GRACE + 15), || jobs(&env).is_empty()),
+        "job still there: {:?}",
+        jobs(&env)
+    );
+    assert!(killed.elapsed() >= Duration::from_secs(GRACE - 1));
+    assert!(env.remote_processes("sshpyk-relay").is_empty());
+}
+
+#[tokio::test]
+async fn a_lease_run_out_with_the_link_down_ends_the_kernel_and_cancels_the_job_at_once() {
+    let Some(env) = slurm_env() else { return };
+    // A grace far longer than the test: only a cancel ends the job in time.
+    env.add_kernel(
+        "k",
+        &[
+            "--slurm",
+            &format!("--partition {SLURM_PARTITION} --time 10"),
+            "--slurm-grace",
+            "600",
+            "--orphan-timeout",
+            "4",
+        ],
+    );
+    let (conn, _info) = env.connection_file("slurmlease");
+    let mut launcher = env.launch("k", &conn);
+    launcher.wait_ready(Duration::from_secs(60));
+    let job = job_in(&launcher.log());
+    assert_eq!(jobs(&env), [format!("{job} sshpyk-slurmlease RUNNING")]);
+
+    env.host().link_down().unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || env
+            .remote_processes("ipykernel")
+            .is_empty()),
+        "the lease did not end the kernel"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || jobs(&env).is_empty()),
+        "job not cancelled: {:?}",
+        jobs(&env)
+    );
+    assert!(env.remote_processes("sshpyk-relay").is_empty());
+    env.host().link_up().unwrap();
+    let status = launcher
+        .wait_timeout(Duration::from_secs(30))
+        .expect("the launcher gives up");
+    assert_eq!(status.code(), Some(8), "{}", launcher.log());
+    assert!(launcher.log().contains("is gone"), "{}", launcher.log());
 }
 
 /// `list` on a login node whose sessions' PATH lacks some of Slurm's commands: a directory with

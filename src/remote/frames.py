@@ -17,6 +17,55 @@ CREDIT_BATCH = WINDOW // 4
 MAX_PAYLOAD = 1 << 20
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1 << 20
+# How long a closed session's sshd process is watched before we conclude the launcher is gone.
+SSHD_WATCH = 0.5
+
+
+def process_alive(pid):
+    """Whether `pid` exists and is not a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def sshd_ancestor(pid):
+    """The sshd process of the ssh connection that runs `pid`: the nearest ancestor named sshd
+    (login shells usually exec their command, but not all do), else `pid` itself."""
+    current = pid
+    for _ in range(8):
+        try:
+            with open("/proc/%d/stat" % current, "rb") as f:
+                stat = f.read()
+        except OSError:
+            return pid
+        name = stat[stat.index(b"(") + 1:stat.rindex(b")")]
+        if name.startswith(b"sshd"):
+            return current
+        current = int(stat.rsplit(b")", 1)[1].split()[1])
+        if current <= 1:
+            return pid
+    return pid
+
+
+def connection_lives(sshd_pid):
+    """After a session ended: whether the ssh connection that carried it lives on. Its sshd
+    process outliving the session means the master closed only the channel: the launcher is gone.
+    When the connection died instead (the network), sshd goes with it."""
+    end = time.monotonic() + SSHD_WATCH
+    while time.monotonic() < end:
+        if not process_alive(sshd_pid):
+            return False
+        time.sleep(0.05)
+    return True
 
 
 class Link:
@@ -97,6 +146,10 @@ class Link:
         if not n:
             return None
         self.inbuf += self.read_buffer[:n]
+        return self.buffered_frames()
+
+    def buffered_frames(self):
+        """The whole frames in what was read so far, or None for one too big to be ours."""
         frames = []
         while len(self.inbuf) >= HEADER.size:
             stream, kind, length = HEADER.unpack_from(self.inbuf)

@@ -16,7 +16,7 @@ mod session;
 
 pub use link::{Link, Stream};
 pub use protocol::{EndReason, Endpoint, Exit, InterruptMode, Ready};
-pub use session::{Event, Session, StartRequest};
+pub use session::{AttachPoint, Event, Session, StartRequest};
 
 /// Runs the remote python with the given arguments, from the remote login shell's command line:
 /// nothing secret goes there, only the interpreter path and code. (The supervisor cannot be piped

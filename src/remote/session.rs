@@ -68,6 +68,15 @@ pub struct StartRequest<'a> {
     pub cloud_mounts: &'a [CloudMountRequest],
 }
 
+/// Where a new session reaches a running kernel's supervisor again: `attach.py`, run by
+/// `python`, hands it to the Unix socket `socket` (the supervisor's own, or on Slurm the relay's
+/// on the login node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachPoint {
+    pub python: String,
+    pub socket: String,
+}
+
 pub struct Session {
     channel: MuxChannel,
     link: Link,
@@ -78,6 +87,8 @@ pub struct Session {
     cloud_reports: Option<mpsc::UnboundedSender<CloudReport>>,
     /// The Slurm job and node the supervisor runs in (a Slurm kernel's session is its step).
     slurm: Option<slurm::Placement>,
+    /// The Slurm relay that holds the step, on the login node.
+    relay: Option<AttachPoint>,
 }
 
 impl Drop for Session {
@@ -176,6 +187,7 @@ impl Session {
             pinger: None,
             cloud_reports: None,
             slurm: None,
+            relay: None,
         }))
     }
 
@@ -212,7 +224,7 @@ impl Session {
             .encode_into(&mut preface);
         let mut command = python_command(req.remote_python, &["-u", "-c", LOADER], req.init);
         if let Some(allocation) = req.slurm {
-            command = allocation.command(&command);
+            command = allocation.command(&command, req.remote_python);
         }
         let slurm_watch = req.slurm.map(|_| &mut *watch);
         let mut session = match Session::open(master, &command, &preface, slurm_watch).await? {
@@ -227,6 +239,7 @@ impl Session {
             Opened::Failed(e) => return Err(e),
         };
         session.slurm = watch.placement.clone();
+        session.relay = watch.relay.clone();
         loop {
             match session.reports.recv().await {
                 Some(Report::Ready(ready)) => return Ok((session, ready)),
@@ -250,17 +263,14 @@ impl Session {
         }
     }
 
-    /// Re-attaches to the supervisor of a kernel started earlier (after the connection was lost),
-    /// through `remote_python` (the supervisor's own interpreter: no init snippet needed).
-    /// `Ok(None)`: the supervisor is gone, and with it the kernel.
+    /// Re-attaches to the supervisor of a kernel started earlier (after the connection was lost)
+    /// at `at`. `Ok(None)`: the supervisor is gone, and with it the kernel.
     pub async fn attach(
         master: &Master,
-        remote_python: &str,
-        run_dir: &str,
+        at: &AttachPoint,
         ping_interval: Duration,
     ) -> Result<Option<Session>> {
-        let socket = format!("{run_dir}/supervisor.sock");
-        let command = python_command(remote_python, &["-S", "-c", ATTACH, &socket], None);
+        let command = python_command(&at.python, &["-S", "-c", ATTACH, &at.socket], None);
         let unreachable = || {
             Error::Ssh(format!(
                 "could not reach the remote supervisor on '{}' again",
@@ -286,11 +296,23 @@ impl Session {
         }
     }
 
-    /// The handle that client connections ride on.
     /// The Slurm job and node this session's supervisor runs in; `None` off Slurm.
     pub fn slurm(&self) -> Option<&slurm::Placement> {
         self.slurm.as_ref()
     }
+
+    /// The Slurm relay this session goes through; `None` off Slurm.
+    pub fn relay(&self) -> Option<&AttachPoint> {
+        self.relay.as_ref()
+    }
+
+    /// This session re-attached to the kernel that `old` started: it goes to the same place.
+    pub fn succeed(&mut self, old: &Session) {
+        self.slurm = old.slurm.clone();
+        self.relay = old.relay.clone();
+    }
+
+    /// The handle that client connections ride on.
 
     pub fn link(&self) -> Link {
         self.link.clone()

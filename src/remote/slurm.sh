@@ -1,4 +1,4 @@
-name=$1; options=$2; keeper=$3; command=$4
+name=$1; options=$2; keeper=$3; relay=$4; python=$5; command=$6
 # The launcher reads these lines before the supervisor's marker. A line that cannot be written
 # means the launcher gave up (its session closed): a job we submitted is cancelled then.
 trap '' PIPE
@@ -12,6 +12,10 @@ missing=
 for c in sbatch srun squeue scancel; do
   command -v "$c" >/dev/null 2>&1 || missing="$missing $c"
 done
+# The relay (slurm_relay.py) runs here in the kernel's python when the login node has it (a
+# shared file system), else in python3.
+case $python in "~/"*) python=$HOME/${python#"~/"};; */*) ;; *) python=$(command -v "$python") || python=;; esac
+if [ -z "$python" ] || [ ! -x "$python" ]; then python=$(command -v python3) || missing="$missing python3"; fi
 if [ -n "$missing" ]; then say missing $missing; exit 0; fi
 set -f
 job=$(squeue -h -u "$(id -un)" -n "$name" -t RUNNING -o %i 2>/dev/null </dev/null | head -n 1)
@@ -42,4 +46,5 @@ while :; do
   esac
   sleep 1
 done
-exec srun --jobid="$job" --overlap --ntasks=1 --unbuffered /bin/sh -c "$command"
+# The relay owns the step's stdio, so that the step outlives this ssh session.
+exec "$python" -S -c "$relay" "$job" srun --jobid="$job" --overlap --ntasks=1 --unbuffered /bin/sh -c "$command"

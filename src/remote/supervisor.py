@@ -17,6 +17,9 @@
 #     master closed only our channel, so the launcher is gone (SIGKILL, crash): end the kernel;
 #   - with the connection gone (network): wait `orphan_timeout` for the launcher to come back
 #     through supervisor.sock in the run dir (a relay hands over its session's stdio).
+# On a Slurm node our session is the job step's stdio, held by slurm_relay.py on the login node:
+# it closes it when the launcher is gone, keeps it through a network loss, and sends
+# "relayed_attach" when a new session takes over.
 # Ending the kernel ends its process group and every process it started, including those that
 # left the group (we are a child subreaper, so orphans come back to us); then every file we made
 # is removed and the exit is reported.
@@ -39,8 +42,6 @@ import time
 CHUNK = 256 << 10
 # Past this much unsent to the launcher, stop reading the kernel's sockets until it drains.
 OUT_LIMIT = 8 << 20
-# How long a closed session's sshd process is watched before we conclude the launcher is gone.
-SSHD_WATCH = 0.5
 # How often orphans that came back to us and exited are collected.
 REAP_EVERY = 5.0
 # After SIGTERM, how long a kernel the launcher has left gets before SIGKILL.
@@ -63,41 +64,6 @@ def prctl(option, value):
         return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
     except Exception:
         return False
-
-
-def process_alive(pid):
-    """Whether `pid` exists and is not a zombie."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        pass
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
-def sshd_ancestor(pid):
-    """The sshd process of the ssh connection that runs `pid`: the nearest ancestor named sshd
-    (login shells usually exec their command, but not all do), else `pid` itself."""
-    current = pid
-    for _ in range(8):
-        try:
-            with open("/proc/%d/stat" % current, "rb") as f:
-                stat = f.read()
-        except OSError:
-            return pid
-        name = stat[stat.index(b"(") + 1:stat.rindex(b")")]
-        if name.startswith(b"sshd"):
-            return current
-        current = int(stat.rsplit(b")", 1)[1].split()[1])
-        if current <= 1:
-            return pid
-    return pid
 
 
 def parent_map():
@@ -425,6 +391,11 @@ class Supervisor:
             self.armed = True
         elif op == "ping":
             self.link.report(event="pong")
+        elif op == "relayed_attach":
+            # The Slurm relay on the login node took a new session in place of a lost one, on
+            # the same pipes: the old session's streams are gone, as after `attach`.
+            self.close_all_streams()
+            self.link.report(event="attached", pid=self.kernel.pid)
         elif op == "signal":
             try:
                 os.killpg(self.kernel.pid, getattr(signal, request["signal"]))
@@ -483,14 +454,9 @@ class Supervisor:
         if not self.armed:
             self.stop_kernel("launcher_gone", 0)
             return
-        # The connection's sshd process outliving our channel means the master closed only the
-        # channel: the launcher is gone. When the connection died instead, sshd goes with it.
-        end = time.monotonic() + SSHD_WATCH
-        while time.monotonic() < end:
-            if not process_alive(sshd_pid):
-                return  # the network: the lease keeps the kernel for the launcher to return
-            time.sleep(0.05)
-        self.stop_kernel("launcher_gone", GONE_GRACE)
+        if connection_lives(sshd_pid):
+            self.stop_kernel("launcher_gone", GONE_GRACE)
+        # Else the network: the lease keeps the kernel for the launcher to return.
 
     # ------------------------------------------------------------------ the loop
 
