@@ -313,7 +313,6 @@ impl Session {
     }
 
     /// The handle that client connections ride on.
-
     pub fn link(&self) -> Link {
         self.link.clone()
     }
