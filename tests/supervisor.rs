@@ -1,5 +1,5 @@
 //! The remote supervisor (src/remote/*.py) on its own, over pipes: no ssh in between; its cloud
-//! mounts (cloud.py) on their own.
+//! mounts (cloud.py) and the Slurm relay (slurm_relay.py) on their own.
 
 mod common;
 
@@ -28,6 +28,11 @@ fn passes(script: &str, checks: usize) {
 #[test]
 fn the_supervisor_speaks_its_protocol_over_pipes() {
     passes("supervisor_test.py", 13);
+}
+
+#[test]
+fn the_slurm_relay_keeps_the_step_through_a_lost_connection_and_ends_it_with_the_launcher() {
+    passes("slurm_relay_test.py", 13);
 }
 
 #[test]

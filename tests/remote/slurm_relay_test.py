@@ -1,0 +1,93 @@
+"""The Slurm relay (slurm_relay.py) on its own, over pipes (no ssh, no Slurm): the step it runs is
+the real supervisor on this machine. A session taken over through attach.py after its connection
+went, the launcher gone after that, and a lease run out with nobody attached.
+
+Usage: python slurm_relay_test.py SRC_REMOTE_DIR. Prints "ok: ..." per check; raises on failure.
+"The connection's sshd" of the relay's first session is a python in between (the relay's
+parent): killed, it is a connection gone with the network; alive, a launcher gone.
+"""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+from remote_helpers import *  # noqa: F401,F403 (the sources, frames and checks)
+
+RELAY = b"".join(open(os.path.join(src, name), "rb").read() for name in ("frames.py", "slurm_relay.py"))
+env = dict(os.environ, JUPYTER_RUNTIME_DIR=tempfile.mkdtemp(prefix="sshpyk-relay-test-"), TMPDIR=tempfile.mkdtemp(prefix="sshpyk-relay-tmp-"))
+# No Slurm here: the cancel of a job nobody comes back to must fail quietly.
+JOB = "0"
+start = {"op": "start", "key": "k3y", "signature_scheme": "hmac-sha256", "kernel_name": "python3", "ping_interval": 1}
+
+
+def start_relay(orphan_timeout):
+    """The relay under a python that stands for the connection's sshd; the step is the
+    supervisor, started through the relay as the launcher starts it."""
+    between = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))",
+         sys.executable, "-S", "-c", RELAY, JOB, sys.executable, "-u", "-c", LOADER],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    request = dict(start, orphan_timeout=orphan_timeout)
+    between.stdin.write(b"%012d" % len(SUPERVISOR) + SUPERVISOR + message(request))
+    between.stdin.flush()
+    line = between.stdout.readline().decode().split()
+    check(line[:2] == ["sshpyk-slurm", "relay"] and line[3] == sys.executable, "the relay names its socket and python first")
+    socket_path = line[2]
+    skip_to_marker(between.stdout)
+    _, _, ready = next_frame(between.stdout)
+    check(ready["event"] == "ready", "the supervisor starts through the relay")
+    between.stdin.write(message({"op": "arm"}))
+    between.stdin.flush()
+    return between, socket_path, ready
+
+
+def ping(session):
+    session.stdin.write(message({"op": "ping"}))
+    session.stdin.flush()
+    _, _, pong = next_frame(session.stdout, skip_output=False)
+    while pong.get("event") != "pong":
+        _, _, pong = next_frame(session.stdout, skip_output=False)
+    return pong
+
+
+def relay_pid(between):
+    with open("/proc/%d/task/%d/children" % (between.pid, between.pid)) as f:
+        return int(f.read().split()[0])
+
+
+def lose_connection(between):
+    """The connection goes: its "sshd" dies, then the session's pipes close."""
+    relay = relay_pid(between)
+    between.send_signal(signal.SIGKILL)
+    between.wait()
+    between.stdin.close()
+    between.stdout.close()
+    return relay
+
+
+between, socket_path, ready = start_relay(30)
+check(oct(os.stat(os.path.dirname(socket_path)).st_mode & 0o777) == "0o700", "the relay's socket is in a 0700 dir")
+check(ping(between) == {"event": "pong"}, "pings pass through the relay")
+relay = lose_connection(between)
+check(not gone_within(ready["pid"], 2.0), "a connection lost keeps the kernel")
+
+# A new session, handed over by attach.py as after a reconnection.
+session = subprocess.Popen([sys.executable, "-S", "-c", ATTACH, socket_path], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+skip_to_marker(session.stdout)
+_, _, attached = next_frame(session.stdout)
+check(attached == {"event": "attached", "pid": ready["pid"]}, "a new session reaches the same supervisor through the relay")
+check(ping(session) == {"event": "pong"}, "pings are answered over the new session")
+
+# The launcher gone (its session closes while its connection, this process, lives): the kernel
+# ends at once, the relay after it, and its socket's dir goes.
+session.stdin.close()
+check(gone_within(ready["pid"], 2.0), "a launcher gone after a re-attach ends the kernel within 2 s")
+check(gone_within(relay, 5.0) and not os.path.exists(os.path.dirname(socket_path)), "the relay ends with its step and removes its dir")
+session.wait(timeout=10)
+
+# Nobody comes back: the supervisor's lease runs out, the kernel ends, so do the step and relay.
+between, socket_path, ready = start_relay(1)
+relay = lose_connection(between)
+check(gone_within(ready["pid"], 10.0), "a lease run out with nobody attached ends the kernel")
+check(gone_within(relay, 15.0) and not os.path.exists(os.path.dirname(socket_path)), "and the relay, which removes its dir")
