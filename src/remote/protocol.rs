@@ -182,6 +182,9 @@ pub enum Request {
     /// The state of every cloud mount; answered with [`Report::Cloud`].
     CloudStatus { id: u64 },
 }
+// One more request reaches a supervisor on a Slurm node, never from the launcher:
+// `{"op": "relayed_attach"}`, from the relay on the login node (src/remote/slurm_relay.py) when a
+// new session took over the step's stdio; answered with [`Report::Attached`], as after attach.py.
 
 /// One cloud mount for the supervisor (src/remote/cloud.py). `config` holds the credentials:
 /// it only ever travels in a frame of the session, and `Debug` never shows it.
