@@ -72,7 +72,8 @@ class Relay:
         self.hung_up = False
 
     def watch(self, fd, what, want):
-        """Registers `fd` for reading (`what`) when `want`, else not."""
+        """Registers `fd` as `what` when `want` (for writing if `what` ends in "-out", else for
+        reading), else not."""
         if want and fd not in self.watched:
             self.sel.register(fd, selectors.EVENT_READ if not what.endswith("-out") else selectors.EVENT_WRITE, what)
             self.watched[fd] = what
@@ -233,6 +234,7 @@ class Relay:
     def finish(self):
         """The step ended: its last words to the launcher, the job cancelled if nobody will come
         back to it."""
+        self.step.stdin.close()  # the end of its output (or frames not ours): the step ends
         status = self.step.wait()
         if self.session:
             self.session.flush_blocking(2.0)
