@@ -28,9 +28,16 @@ use crate::error::{Error, Result};
 use crate::remote::{run_sh, sh_command, AttachPoint};
 use crate::ssh::Master;
 
-const SCRIPT: &str = include_str!("remote/slurm.sh");
+/// Both scripts pick the relay's python by one rule (`slurm_python.sh`).
+const SCRIPT: &str = concat!(
+    include_str!("remote/slurm_python.sh"),
+    include_str!("remote/slurm.sh")
+);
 const KEEPER: &str = include_str!("remote/slurm_keeper.sh");
-const COMMANDS_CHECK: &str = include_str!("remote/slurm_commands.sh");
+const COMMANDS_CHECK: &str = concat!(
+    include_str!("remote/slurm_python.sh"),
+    include_str!("remote/slurm_commands.sh")
+);
 /// Runs on the login node with the session's frames (one source).
 const RELAY: &str = concat!(
     include_str!("remote/frames.py"),
@@ -241,15 +248,44 @@ pub async fn cancel(master: &Master, job: &str) {
 /// kernel's start has there).
 pub type LoginNodeCommands = Vec<(&'static str, Option<String>)>;
 
-/// Looks for [`COMMANDS`] on the login node, in a session like the one that starts kernels.
-pub async fn login_node_commands(master: &Master) -> Result<LoginNodeCommands> {
-    let out = run_sh(master, COMMANDS_CHECK, &COMMANDS).await?;
-    parse_commands(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| {
+/// What the starts of Slurm kernels need on the login node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginNode {
+    pub commands: LoginNodeCommands,
+    /// Each kernel python asked about, and the python that would run its relay there (`None`:
+    /// neither it nor python3 is there).
+    pub relay_pythons: Vec<(String, Option<String>)>,
+}
+
+/// Looks for [`COMMANDS`] and the relay's python for each of `pythons` (kernels' remote
+/// pythons) on the login node, in a session like the one that starts kernels.
+pub async fn login_node(master: &Master, pythons: &[String]) -> Result<LoginNode> {
+    let mut args: Vec<&str> = COMMANDS.to_vec();
+    args.push("--");
+    args.extend(pythons.iter().map(String::as_str));
+    let out = run_sh(master, COMMANDS_CHECK, &args).await?;
+    parse_login_node(&String::from_utf8_lossy(&out.stdout), pythons).ok_or_else(|| {
         Error::Remote(format!(
             "the check for Slurm's commands did not run on '{}': {}",
             master.alias(),
             crate::ssh::config::last_message(&String::from_utf8_lossy(&out.stderr))
         ))
+    })
+}
+
+/// `None` unless every command and every python has its line.
+fn parse_login_node(out: &str, pythons: &[String]) -> Option<LoginNode> {
+    let relay_pythons: Vec<Option<String>> = out
+        .lines()
+        .filter_map(|line| line.strip_prefix("sshpyk-slurm-relay-python"))
+        .map(|rest| rest.strip_prefix(' ').map(String::from))
+        .collect();
+    if relay_pythons.len() != pythons.len() {
+        return None;
+    }
+    Some(LoginNode {
+        commands: parse_commands(out)?,
+        relay_pythons: pythons.iter().cloned().zip(relay_pythons).collect(),
     })
 }
 
@@ -327,29 +363,58 @@ mod tests {
     }
 
     /// The check script run by a real sh, on a PATH with only some of the commands.
+    fn check_on_path(bin: &Path, pythons: &[String]) -> LoginNode {
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(COMMANDS_CHECK)
+            .arg("sh")
+            .args(COMMANDS)
+            .arg("--")
+            .args(pythons)
+            .env("PATH", bin)
+            .output()
+            .unwrap();
+        parse_login_node(&String::from_utf8_lossy(&out.stdout), pythons).unwrap()
+    }
+
     #[test]
     fn the_commands_check_finds_what_is_on_the_path_and_names_what_is_not() {
         let bin = tempfile::tempdir().unwrap();
         for name in ["srun", "scancel"] {
             std::os::unix::fs::symlink("/bin/true", bin.path().join(name)).unwrap();
         }
-        let out = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(COMMANDS_CHECK)
-            .arg("sh")
-            .args(COMMANDS)
-            .env("PATH", bin.path())
-            .output()
-            .unwrap();
-        let found = parse_commands(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        let pythons = [
+            "/bin/true".to_string(),
+            "python3".into(),
+            "/no/python".into(),
+        ];
+        let found = check_on_path(bin.path(), &pythons);
         let at = |name: &str| Some(bin.path().join(name).display().to_string());
         assert_eq!(
-            found,
+            found.commands,
             [
                 ("sbatch", None),
                 ("srun", at("srun")),
                 ("squeue", None),
                 ("scancel", at("scancel"))
+            ]
+        );
+        // The relay runs in the kernel's python when there, else in python3: none here.
+        assert_eq!(
+            found.relay_pythons,
+            [
+                (pythons[0].clone(), Some("/bin/true".into())),
+                (pythons[1].clone(), None),
+                (pythons[2].clone(), None)
+            ]
+        );
+        std::os::unix::fs::symlink("/bin/true", bin.path().join("python3")).unwrap();
+        let found = check_on_path(bin.path(), &pythons);
+        assert_eq!(
+            found.relay_pythons[1..],
+            [
+                (pythons[1].clone(), at("python3")),
+                (pythons[2].clone(), at("python3"))
             ]
         );
         assert_eq!(parse_commands("sshpyk-slurm-command sbatch /x\n"), None);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{eventually, interrupt_busy_kernel, ready_client, Env};
@@ -88,6 +88,15 @@ async fn a_kernel_runs_in_a_job_step_restarts_into_the_same_job_and_the_job_ends
             "{row}"
         );
     }
+    // The relay runs in the kernel's python, which the login node shares.
+    let python = env.remote_venv.join("bin/python");
+    assert!(
+        text.contains(&format!(
+            "\n    (v) slurm relay: {} runs the relay on the login node\n",
+            python.display()
+        )),
+        "{text}"
+    );
     let (conn, info) = env.connection_file("slurmk");
     let mut launcher = env.launch("k", &conn);
     launcher.wait_ready(Duration::from_secs(60));
@@ -284,8 +293,88 @@ async fn a_lease_run_out_with_the_link_down_ends_the_kernel_and_cancels_the_job_
     assert!(launcher.log().contains("is gone"), "{}", launcher.log());
 }
 
+/// The relay's pid among `relays` (the processes with its source): the child of the process that
+/// waits for it.
+fn relay_among(relays: &[u32]) -> u32 {
+    let parent = |pid: u32| -> u32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat.rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let relay = relays
+        .iter()
+        .copied()
+        .filter(|&pid| relays.contains(&parent(pid)));
+    let relay: Vec<u32> = relay.collect();
+    assert_eq!(relay.len(), 1, "{relays:?}");
+    relay[0]
+}
+
+/// The relay's socket, from the Unix sockets of its network namespace.
+fn relay_socket(relay: u32) -> PathBuf {
+    let table = std::fs::read_to_string(format!("/proc/{relay}/net/unix")).unwrap();
+    let mut sockets: Vec<&str> = table
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(7))
+        .filter(|path| path.contains("/sshpyk-relay-"))
+        .collect();
+    sockets.dedup();
+    assert_eq!(sockets.len(), 1, "{table}");
+    PathBuf::from(sockets[0])
+}
+
+#[tokio::test]
+async fn a_relay_killed_leaves_no_socket_dir_and_its_kernel_and_job_end() {
+    let Some(env) = slurm_env() else { return };
+    add_slurm_kernel(
+        &env,
+        &format!("--partition {SLURM_PARTITION} --time 10"),
+        &[],
+    );
+    let (conn, _info) = env.connection_file("slurmrelay");
+    let mut launcher = env.launch("k", &conn);
+    launcher.wait_ready(Duration::from_secs(60));
+    let relay = relay_among(&env.remote_processes("sshpyk-relay"));
+    let socket = relay_socket(relay);
+    let dir = socket.parent().unwrap().to_path_buf();
+    assert!(socket.exists(), "{}", socket.display());
+
+    // SIGKILL: the relay cannot clean up, the process waiting for it does.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(relay as i32), Signal::SIGKILL).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || !dir.exists()),
+        "{} outlived its relay",
+        dir.display()
+    );
+    assert!(env.remote_processes("sshpyk-relay").is_empty());
+    // The step's stdin ended with the relay: the kernel ends, the job after the grace.
+    assert!(
+        eventually(Duration::from_secs(10), || env
+            .remote_processes("ipykernel")
+            .is_empty()),
+        "the kernel outlived its relay"
+    );
+    let status = launcher
+        .wait_timeout(Duration::from_secs(30))
+        .expect("the launcher gives up");
+    assert_eq!(status.code(), Some(8), "{}", launcher.log());
+    assert!(launcher.log().contains("is gone"), "{}", launcher.log());
+    assert!(
+        eventually(Duration::from_secs(GRACE + 15), || jobs(&env).is_empty()),
+        "job still there: {:?}",
+        jobs(&env)
+    );
+}
+
 /// `list` on a login node whose sessions' PATH lacks some of Slurm's commands: a directory with
-/// everything in /usr/bin but squeue and scancel (no daemons needed).
+/// everything in /usr/bin but squeue, scancel and python3 (no daemons needed). A kernel whose
+/// python the login node lacks has no python for its relay there either.
 #[test]
 fn list_names_the_slurm_commands_missing_on_the_login_node() {
     if !sshpyk_testhost::slurm_installed() {
@@ -297,7 +386,9 @@ fn list_names_the_slurm_commands_missing_on_the_login_node() {
         std::fs::create_dir(&bin).unwrap();
         for entry in std::fs::read_dir("/usr/bin").unwrap() {
             let name = entry.unwrap().file_name();
-            if name != "squeue" && name != "scancel" {
+            let keep = !["squeue", "scancel"].contains(&name.to_str().unwrap())
+                && !name.to_string_lossy().starts_with("python3");
+            if keep {
                 std::os::unix::fs::symlink(Path::new("/usr/bin").join(&name), bin.join(&name))
                     .unwrap();
             }
@@ -306,6 +397,10 @@ fn list_names_the_slurm_commands_missing_on_the_login_node() {
     });
     add_slurm_kernel(&env, "--partition debug", &[]);
     env.add_kernel("plain", &[]);
+    env.add_kernel("nopy", &["--slurm", "--partition debug"]);
+    let mut spec = env.read_kernel_json("nopy");
+    spec["metadata"]["sshpyk"]["remote_python"] = "/nonexistent/env/bin/python".into();
+    std::fs::write(env.kernel_dir("nopy").join("kernel.json"), spec.to_string()).unwrap();
     let list = env.sshpyk().arg("list").assert().code(9);
     let out = list.get_output();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -313,15 +408,27 @@ fn list_names_the_slurm_commands_missing_on_the_login_node() {
         .lines()
         .filter(|l| l.contains("slurm commands:"))
         .collect();
+    let missing_commands = "    (x) slurm commands: squeue, scancel not found on the login node 'remote' (the PATH of a plain ssh session, where sshpyk runs them); set --ssh-host-alias to the cluster's login node with `sshpyk edit`, or put Slurm's commands on that PATH";
+    assert_eq!(rows, [missing_commands, missing_commands], "{text}");
+    let relay_rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("slurm relay:"))
+        .collect();
     assert_eq!(
-        rows,
-        ["    (x) slurm commands: squeue, scancel not found on the login node 'remote' (the PATH of a plain ssh session, where sshpyk runs them); set --ssh-host-alias to the cluster's login node with `sshpyk edit`, or put Slurm's commands on that PATH"],
+        relay_rows,
+        [
+            format!(
+                "    (v) slurm relay: {} runs the relay on the login node",
+                env.remote_venv.join("bin/python").display()
+            ),
+            "    (x) slurm relay: neither /nonexistent/env/bin/python nor python3 is on the login node 'remote' (the relay that holds the kernel's job step runs there, on the PATH of a plain ssh session); install python3 there, or use a python the login node shares with the compute nodes (`sshpyk edit --remote-python-prefix`)".into()
+        ],
         "{text}"
     );
-    // The plain kernel on the same host has no such row, and only the Slurm kernel failed.
+    // The plain kernel on the same host has no such rows, and only the Slurm kernels failed.
     assert!(
         String::from_utf8_lossy(&out.stderr)
-            .contains("1 kernel(s) with errors (rows marked (x)): k"),
+            .contains("2 kernel(s) with errors (rows marked (x)): k, nopy"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

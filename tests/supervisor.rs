@@ -32,7 +32,7 @@ fn the_supervisor_speaks_its_protocol_over_pipes() {
 
 #[test]
 fn the_slurm_relay_keeps_the_step_through_a_lost_connection_and_ends_it_with_the_launcher() {
-    passes("slurm_relay_test.py", 13);
+    passes("slurm_relay_test.py", 18);
 }
 
 #[test]

@@ -12,10 +12,7 @@ missing=
 for c in sbatch srun squeue scancel; do
   command -v "$c" >/dev/null 2>&1 || missing="$missing $c"
 done
-# The relay (slurm_relay.py) runs here in the kernel's python when the login node has it (a
-# shared file system), else in python3.
-case $python in "~/"*) python=$HOME/${python#"~/"};; */*) ;; *) python=$(command -v "$python") || python=;; esac
-if [ -z "$python" ] || [ ! -x "$python" ]; then python=$(command -v python3) || missing="$missing python3"; fi
+python=$(relay_python "$python") || missing="$missing python3"
 if [ -n "$missing" ]; then say missing $missing; exit 0; fi
 set -f
 job=$(squeue -h -u "$(id -un)" -n "$name" -t RUNNING -o %i 2>/dev/null </dev/null | head -n 1)

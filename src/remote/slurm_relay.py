@@ -15,6 +15,8 @@
 #     a network loss, or the supervisor died): nobody will restart into the job, so it is
 #     cancelled at once.
 # The first line we print names the socket and this python, for the launcher to come back.
+# The process started runs the relay in a child and waits for it, so that the relay's dir (with
+# its socket) goes with the relay even when the relay is killed.
 import array
 import selectors
 import shutil
@@ -40,9 +42,9 @@ def take(fd, n):
 
 
 class Relay:
-    def __init__(self, job, step_argv):
+    def __init__(self, job, step_argv, dir, sshd_pid):
         self.job = job
-        self.dir = tempfile.mkdtemp(prefix="sshpyk-relay-")
+        self.dir = dir
         self.listener = socket.socket(socket.AF_UNIX)
         self.listener.bind(os.path.join(self.dir, "relay.sock"))
         self.listener.listen(4)
@@ -58,7 +60,7 @@ class Relay:
             os.set_blocking(fd, False)
         self.to_step = Link(self.step.stdout.fileno(), self.step.stdin.fileno(), None)
         self.to_step.queue(preface)
-        self.session = Link(0, 1, sshd_ancestor(os.getppid()))
+        self.session = Link(0, 1, sshd_pid)
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.listener, selectors.EVENT_READ, "attach")
         self.sel.register(self.step.stderr, selectors.EVENT_READ, "stderr")
@@ -251,12 +253,23 @@ class Relay:
 def main():
     for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
-    relay = Relay(sys.argv[1], sys.argv[2:])
-    try:
-        status = relay.run()
-    finally:
-        shutil.rmtree(relay.dir, ignore_errors=True)
-    sys.exit(status if status >= 0 else 128 - status)
+    sshd_pid = sshd_ancestor(os.getppid())
+    dir = tempfile.mkdtemp(prefix="sshpyk-relay-")
+    relay_pid = os.fork()
+    if relay_pid == 0:
+        relay = Relay(sys.argv[1], sys.argv[2:], dir, sshd_pid)
+        try:
+            status = relay.run()
+        finally:
+            shutil.rmtree(dir, ignore_errors=True)
+        sys.exit(status if status >= 0 else 128 - status)
+    # The session's stdio is the relay's alone: its end is the session's end.
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    _, status = os.waitpid(relay_pid, 0)
+    shutil.rmtree(dir, ignore_errors=True)
+    sys.exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 
 
 main()

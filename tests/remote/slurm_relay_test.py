@@ -51,9 +51,15 @@ def ping(session):
     return pong
 
 
-def relay_pid(between):
-    with open("/proc/%d/task/%d/children" % (between.pid, between.pid)) as f:
+def child(pid):
+    with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
         return int(f.read().split()[0])
+
+
+def relay_pid(between):
+    """The process the session started: it waits for the relay (its child), then removes the
+    relay's dir."""
+    return child(between.pid)
 
 
 def lose_connection(between):
@@ -91,3 +97,13 @@ between, socket_path, ready = start_relay(1)
 relay = lose_connection(between)
 check(gone_within(ready["pid"], 10.0), "a lease run out with nobody attached ends the kernel")
 check(gone_within(relay, 15.0) and not os.path.exists(os.path.dirname(socket_path)), "and the relay, which removes its dir")
+
+# The relay itself killed: the process waiting for it removes its dir; the step's stdin ends
+# with it, so the supervisor ends the kernel.
+between, socket_path, ready = start_relay(30)
+relay = relay_pid(between)
+os.kill(child(relay), signal.SIGKILL)
+check(gone_within(relay, 5.0) and not os.path.exists(os.path.dirname(socket_path)), "a relay killed has its dir removed")
+check(gone_within(ready["pid"], 5.0), "and the kernel ends with the step's stdin")
+between.wait(timeout=10)
+check([n for n in os.listdir(env["TMPDIR"]) if n.startswith("sshpyk-relay-")] == [], "no relay dir is left in TMPDIR")

@@ -8,7 +8,7 @@ use super::{check, mounts, Check, HostKey, Status};
 use crate::kernelspec::{Kernelspec, Settings};
 use crate::mount::{self, RemoteMountFacts};
 use crate::remote::probe::{self, ProbeTarget, PythonFacts, PythonProbe, RemoteFacts};
-use crate::slurm::{self, LoginNodeCommands};
+use crate::slurm::{self, LoginNode};
 use crate::ssh::{config, Master};
 
 /// Budget for opening a connection, and for the probe once connected.
@@ -40,8 +40,9 @@ pub(super) struct HostQuery {
     pythons: Vec<ProbeTarget>,
     /// The configured sshfs of kernels with mounts ("" = on PATH); none: no mount checks.
     sshfs: Vec<String>,
-    /// Some kernel runs on Slurm: the login node needs its commands.
-    slurm: bool,
+    /// The remote pythons of the Slurm kernels: the login node needs Slurm's commands and a
+    /// python for each one's relay.
+    slurm_pythons: Vec<String>,
 }
 
 impl HostQuery {
@@ -49,11 +50,13 @@ impl HostQuery {
         let mut query = HostQuery {
             pythons: Vec::new(),
             sshfs: Vec::new(),
-            slurm: false,
+            slurm_pythons: Vec::new(),
         };
         for settings in kernels {
             query.pythons.push(ProbeTarget::of(settings));
-            query.slurm |= settings.slurm.is_some();
+            if settings.slurm.is_some() {
+                query.slurm_pythons.push(settings.remote_python.clone());
+            }
             if !settings.mounts.is_empty() {
                 query
                     .sshfs
@@ -64,6 +67,8 @@ impl HostQuery {
         query.pythons.dedup();
         query.sshfs.sort();
         query.sshfs.dedup();
+        query.slurm_pythons.sort();
+        query.slurm_pythons.dedup();
         query
     }
 }
@@ -74,8 +79,9 @@ pub(super) struct HostFacts {
     rows: Vec<Check>,
     remote: Option<RemoteFacts>,
     mounts: Option<RemoteMountFacts>,
-    /// Slurm's commands on the login node, or why they could not be checked.
-    slurm: Option<std::result::Result<LoginNodeCommands, String>>,
+    /// Slurm's commands and the relays' pythons on the login node, or why they could not be
+    /// checked.
+    slurm: Option<std::result::Result<LoginNode, String>>,
 }
 
 impl HostFacts {
@@ -162,7 +168,7 @@ async fn probe_host(
     let (probed, mounts, slurm) = tokio::join!(
         tokio::time::timeout(PROBE_TIMEOUT, probe::probe(master, &query.pythons)),
         probe_mounts(master, &query.sshfs),
-        probe_slurm(master, query.slurm)
+        probe_slurm(master, &query.slurm_pythons)
     );
     match probed {
         Ok(Ok(facts)) => {
@@ -212,16 +218,17 @@ async fn probe_mounts(master: &Master, sshfs: &[String]) -> Option<RemoteMountFa
     )
 }
 
-/// Slurm's commands on the login node, only for hosts with Slurm kernels.
+/// Slurm's commands and the relays' pythons on the login node, only for hosts with Slurm
+/// kernels.
 async fn probe_slurm(
     master: &Master,
-    wanted: bool,
-) -> Option<std::result::Result<LoginNodeCommands, String>> {
-    if !wanted {
+    pythons: &[String],
+) -> Option<std::result::Result<LoginNode, String>> {
+    if pythons.is_empty() {
         return None;
     }
     Some(
-        match tokio::time::timeout(PROBE_TIMEOUT, slurm::login_node_commands(master)).await {
+        match tokio::time::timeout(PROBE_TIMEOUT, slurm::login_node(master, pythons)).await {
             Ok(found) => found.map_err(|e| e.to_string()),
             Err(_) => Err("the login node did not answer in time".into()),
         },
@@ -374,11 +381,9 @@ fn environment_checks(settings: &Settings, host: &HostFacts, facts: &RemoteFacts
                 slurm.options, slurm.grace
             ),
         ));
-        rows.extend(
-            host.slurm
-                .as_ref()
-                .map(|found| slurm_commands_check(settings, found)),
-        );
+        if let Some(found) = &host.slurm {
+            rows.extend(slurm_login_node_checks(settings, found));
+        }
     }
     if settings.remote_init.is_some() {
         rows.push(match facts.python(settings) {
@@ -400,28 +405,38 @@ fn environment_checks(settings: &Settings, host: &HostFacts, facts: &RemoteFacts
     rows
 }
 
-/// Slurm's commands on the login node, which every start of a Slurm kernel runs there.
-fn slurm_commands_check(
+/// Slurm's commands and the relay's python on the login node, which every start of a Slurm
+/// kernel runs there.
+fn slurm_login_node_checks(
     settings: &Settings,
-    found: &std::result::Result<LoginNodeCommands, String>,
-) -> Check {
-    let found = match found {
-        Ok(found) => found,
-        Err(why) => {
-            return check(
-                Status::Warning,
-                "slurm commands",
-                format!("could not check: {why}"),
-            )
-        }
-    };
+    found: &std::result::Result<LoginNode, String>,
+) -> Vec<Check> {
+    match found {
+        Ok(found) => vec![
+            slurm_commands_check(settings, found),
+            slurm_relay_check(settings, found),
+        ],
+        Err(why) => vec![check(
+            Status::Warning,
+            "slurm commands",
+            format!("could not check: {why}"),
+        )],
+    }
+}
+
+fn slurm_commands_check(settings: &Settings, found: &LoginNode) -> Check {
     let missing: Vec<&str> = found
+        .commands
         .iter()
         .filter(|(_, path)| path.is_none())
         .map(|(name, _)| *name)
         .collect();
     if missing.is_empty() {
-        let paths: Vec<&str> = found.iter().filter_map(|(_, p)| p.as_deref()).collect();
+        let paths: Vec<&str> = found
+            .commands
+            .iter()
+            .filter_map(|(_, p)| p.as_deref())
+            .collect();
         return check(Status::Ok, "slurm commands", paths.join(", "));
     }
     check(
@@ -433,6 +448,26 @@ fn slurm_commands_check(
             settings.ssh_host_alias
         ),
     )
+}
+
+/// The python that runs the kernel's relay on the login node: its own, else python3.
+fn slurm_relay_check(settings: &Settings, found: &LoginNode) -> Check {
+    let py = &settings.remote_python;
+    match found.relay_pythons.iter().find(|(asked, _)| asked == py) {
+        Some((_, Some(path))) => check(
+            Status::Ok,
+            "slurm relay",
+            format!("{path} runs the relay on the login node"),
+        ),
+        _ => check(
+            Status::Error,
+            "slurm relay",
+            format!(
+                "neither {py} nor python3 is on the login node '{}' (the relay that holds the kernel's job step runs there, on the PATH of a plain ssh session); install python3 there, or use a python the login node shares with the compute nodes (`sshpyk edit --remote-python-prefix`)",
+                settings.ssh_host_alias
+            ),
+        ),
+    }
 }
 
 /// Rows about this kernel's remote python and remote kernelspec.
