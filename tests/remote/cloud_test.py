@@ -3,7 +3,9 @@ the private directory, rclone's error lines. Each failure must leave nothing beh
 
 Usage: python cloud_test.py SRC_REMOTE_DIR. Prints "ok: ..." per check; raises on failure.
 """
+import atexit
 import os
+import shutil
 import stat
 import sys
 import tempfile
@@ -26,6 +28,7 @@ def refused(cloud, spec):
 
 
 work = tempfile.mkdtemp()
+atexit.register(shutil.rmtree, work, True)
 cloud = CloudMounts(work)
 spec = {"remote": os.path.join(work, "a", "b"), "source": "sshpyk:x", "config": "[sshpyk]\ntype = s3\n", "label": "s3:x", "flags": []}
 

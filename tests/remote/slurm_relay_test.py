@@ -6,7 +6,9 @@ Usage: python slurm_relay_test.py SRC_REMOTE_DIR. Prints "ok: ..." per check; ra
 "The connection's sshd" of the relay's first session is a python in between (the relay's
 parent): killed, it is a connection gone with the network; alive, a launcher gone.
 """
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +18,11 @@ from remote_helpers import *  # noqa: F401,F403 (the sources, frames and checks)
 
 RELAY = b"".join(open(os.path.join(src, name), "rb").read() for name in ("frames.py", "slurm_relay.py"))
 env = dict(os.environ, JUPYTER_RUNTIME_DIR=tempfile.mkdtemp(prefix="sshpyk-relay-test-"), TMPDIR=tempfile.mkdtemp(prefix="sshpyk-relay-tmp-"))
+for made in (env["JUPYTER_RUNTIME_DIR"], env["TMPDIR"]):
+    atexit.register(shutil.rmtree, made, True)
+# Runs argv[1:] and waits for it: stands for sshd above the relay, and for slurmstepd above the
+# supervisor.
+WAIT_FOR_ARGV = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
 # No Slurm here: the cancel of a job nobody comes back to must fail quietly.
 JOB = "0"
 start = {"op": "start", "key": "k3y", "signature_scheme": "hmac-sha256", "kernel_name": "python3", "ping_interval": 1}
@@ -23,10 +30,12 @@ start = {"op": "start", "key": "k3y", "signature_scheme": "hmac-sha256", "kernel
 
 def start_relay(orphan_timeout):
     """The relay under a python that stands for the connection's sshd; the step is the
-    supervisor, started through the relay as the launcher starts it."""
+    supervisor, started through the relay as the launcher starts it, under a python that stands
+    for slurmstepd on the node (which outlives the relay, as the real one does)."""
     between = subprocess.Popen(
-        [sys.executable, "-c", "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))",
-         sys.executable, "-S", "-c", RELAY, JOB, sys.executable, "-u", "-c", LOADER],
+        [sys.executable, "-c", WAIT_FOR_ARGV,
+         sys.executable, "-S", "-c", RELAY, JOB, sys.executable, "-c", WAIT_FOR_ARGV,
+         sys.executable, "-u", "-c", LOADER],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
     request = dict(start, orphan_timeout=orphan_timeout)
     between.stdin.write(b"%012d" % len(SUPERVISOR) + SUPERVISOR + message(request))

@@ -4,8 +4,10 @@ a session handed over by the attach relay, pings, stop, and a launcher gone for 
 Usage: python supervisor_test.py SRC_REMOTE_DIR. Prints "ok: ..." per check; raises on failure.
 The kernel is the python3 (ipykernel) of the running interpreter; its runtime dir is a temp dir.
 """
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,6 +15,7 @@ import tempfile
 from remote_helpers import *  # noqa: F401,F403 (the sources, frames and checks)
 
 env = dict(os.environ, JUPYTER_RUNTIME_DIR=tempfile.mkdtemp(prefix="sshpyk-sup-test-"))
+atexit.register(shutil.rmtree, env["JUPYTER_RUNTIME_DIR"], True)
 start = {"op": "start", "key": "k3y", "signature_scheme": "hmac-sha256", "kernel_name": "python3", "orphan_timeout": 30, "ping_interval": 1}
 
 
