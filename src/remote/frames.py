@@ -2,10 +2,12 @@
 # session's stdio. Sent ahead of supervisor.py in one source (see src/remote/session.rs), so
 # it shares supervisor.py's namespace (`Fatal`); ahead of slurm_relay.py too (src/slurm.rs).
 # The launcher's side is src/remote/protocol.rs, which documents the frames.
+import array
 import collections
 import json
 import os
 import select
+import socket
 import struct
 import time
 
@@ -66,6 +68,26 @@ def connection_lives(sshd_pid):
             return False
         time.sleep(0.05)
     return True
+
+
+
+def receive_session(listener):
+    """Accepts a session handed over by attach.py on `listener`: (connection, stdin and stdout
+    descriptors, the pid its sshd is found from), or None when the hand-over failed. The
+    connection stays open while the session is in use: attach.py waits for it to close."""
+    conn, _ = listener.accept()
+    try:
+        fds = array.array("i")
+        msg, ancdata, _, _ = conn.recvmsg(64, socket.CMSG_LEN(2 * fds.itemsize))
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+        if len(fds) != 2:
+            raise OSError("no descriptors")
+        return conn, (fds[0], fds[1]), int(msg)
+    except (OSError, ValueError):
+        conn.close()
+        return None
 
 
 class Link:

@@ -17,7 +17,6 @@
 # The first line we print names the socket and this python, for the launcher to come back.
 # The process started runs the relay in a child and waits for it, so that the relay's dir (with
 # its socket) goes with the relay even when the relay is killed.
-import array
 import selectors
 import shutil
 import signal
@@ -161,19 +160,10 @@ class Relay:
 
     def attach(self):
         """attach.py hands over the stdio of a new session (after a reconnection)."""
-        conn, _ = self.listener.accept()
-        try:
-            fds = array.array("i")
-            msg, ancdata, _, _ = conn.recvmsg(64, socket.CMSG_LEN(2 * fds.itemsize))
-            for level, kind, data in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
-            if len(fds) != 2:
-                raise OSError("no descriptors")
-            sshd_pid = int(msg)
-        except (OSError, ValueError):
-            conn.close()
+        received = receive_session(self.listener)
+        if received is None:
             return
+        conn, fds, sshd_pid = received
         if self.hung_up:
             conn.close()
             return

@@ -23,7 +23,6 @@
 # Ending the kernel ends its process group and every process it started, including those that
 # left the group (we are a child subreaper, so orphans come back to us); then every file we made
 # is removed and the exit is reported.
-import array
 import collections
 import json
 import os
@@ -416,19 +415,10 @@ class Supervisor:
 
     def attach(self, listener):
         """A relay hands over the stdio of a new session (after a reconnection)."""
-        conn, _ = listener.accept()
-        try:
-            fds = array.array("i")
-            msg, ancdata, _, _ = conn.recvmsg(64, socket.CMSG_LEN(2 * fds.itemsize))
-            for level, kind, data in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
-            if len(fds) != 2:
-                raise OSError("no descriptors")
-            sshd_pid = int(msg)
-        except (OSError, ValueError):
-            conn.close()
+        received = receive_session(listener)
+        if received is None:
             return
+        conn, fds, sshd_pid = received
         self.drop_link()
         for fd in fds:
             os.set_blocking(fd, False)
