@@ -359,8 +359,13 @@ async fn mounts_change_on_a_running_kernel_and_go_with_a_sigkilled_launcher() {
         Signal::SIGKILL,
     )
     .unwrap();
-    let ps = json_of(env.sshpyk().args(["ps", "--json"]));
-    assert_eq!(ps[0]["mounts"][0]["state"], "failing", "{ps}");
+    // Its death reaches the supervisor's bookkeeping a moment later.
+    let mut ps = serde_json::Value::Null;
+    let failing = eventually(Duration::from_secs(10), || {
+        ps = json_of(env.sshpyk().args(["ps", "--json"]));
+        ps[0]["mounts"][0]["state"] == "failing"
+    });
+    assert!(failing, "{ps}");
     env.sshpyk()
         .args(["mounts", "remove", "--kernel-name", "k"])
         .arg(&mnt)
