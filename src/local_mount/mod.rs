@@ -153,12 +153,8 @@ pub async fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
         }
         Err(e) => return Err(unmount_error(&mountpoint, e)),
     }
-    if let Some((record, left)) = registry::left_behind(&mountpoint) {
-        if left.created_mountpoint {
-            let _ = std::fs::remove_dir(&mountpoint);
-        }
-        let _ = std::fs::remove_file(record);
-    }
+    // The record of a killed `sshpyk mount` there goes, and the mount point it created.
+    let _ = registry::active();
     tracing::info!("unmounted {shown}");
     Ok(())
 }

@@ -83,14 +83,6 @@ pub fn active() -> Vec<ActiveMount> {
         .collect()
 }
 
-/// The record left by a dead `sshpyk mount` for `mountpoint`, if any.
-pub fn left_behind(mountpoint: &Path) -> Option<(PathBuf, ActiveMount)> {
-    records().into_iter().find(|(_, mount)| {
-        mount.mountpoint == mountpoint
-            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(mount.pid as i32), None).is_err()
-    })
-}
-
 fn records() -> Vec<(PathBuf, ActiveMount)> {
     let Ok(dir) = crate::runtime::dir() else {
         return Vec::new();

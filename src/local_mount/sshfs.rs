@@ -89,14 +89,7 @@ impl Sshfs {
         tokio::pin!(timeout);
         loop {
             tokio::select! {
-                status = self.child.wait() => {
-                    let status = status.unwrap_or_else(|_| {
-                        std::os::unix::process::ExitStatusExt::from_raw(libc::SIGKILL)
-                    });
-                    // Let the stderr reader take the last lines.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    return Err(Some(Exited { status, stderr: self.stderr_tail() }));
-                }
+                status = self.child.wait() => return Err(Some(self.last_words(status).await)),
                 () = &mut timeout => return Err(None),
                 serves = serves(&self.mountpoint) => if serves { return Ok(()) },
             }
@@ -105,20 +98,20 @@ impl Sshfs {
 
     /// Resolves when sshfs exits by itself (a lost connection without `reconnect`).
     pub async fn exited(&mut self) -> Exited {
-        let status = self
-            .child
-            .wait()
-            .await
+        let status = self.child.wait().await;
+        self.last_words(status).await
+    }
+
+    /// How sshfs ended, and what it said last.
+    async fn last_words(&self, status: std::io::Result<ExitStatus>) -> Exited {
+        let status = status
             .unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(libc::SIGKILL));
+        // Let the stderr reader take the last lines.
         tokio::time::sleep(Duration::from_millis(50)).await;
         Exited {
             status,
-            stderr: self.stderr_tail(),
+            stderr: self.stderr.lock().expect("stderr tail lock").clone(),
         }
-    }
-
-    pub fn stderr_tail(&self) -> Vec<String> {
-        self.stderr.lock().expect("stderr tail lock").clone()
     }
 
     /// Waits for sshfs to end after its mount went away, ending it if it lingers.
