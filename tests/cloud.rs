@@ -81,6 +81,26 @@ fn files_containing(dir: &Path, secret: &str) -> bool {
         })
 }
 
+/// Starts `kernel` as Jupyter would (connection file `connection`), expecting the start to fail
+/// with exit code 5; the launcher's log.
+fn failed_start(env: &Env, kernel: &str, connection: &str) -> String {
+    let (conn, _) = env.connection_file(connection);
+    let mut launcher = env.launch(kernel, &conn);
+    let status = launcher.wait_timeout(START).expect("launcher exits");
+    assert_eq!(status.code(), Some(5), "{}", launcher.log());
+    launcher.log()
+}
+
+/// The one `sshpyk: error:` line of a launcher's log.
+fn the_error_line(log: &str) -> &str {
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("sshpyk: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    errors[0]
+}
+
 fn secrets_dir(env: &Env) -> PathBuf {
     env.path("home/.config/sshpyk/secrets")
 }
@@ -469,18 +489,10 @@ async fn a_bad_cloud_mount_fails_the_start_in_one_line_and_leaves_nothing() {
     )
     .assert()
     .success();
-    let (conn, _) = env.connection_file("a");
-    let mut launcher = env.launch(&kernel, &conn);
-    let status = launcher.wait_timeout(START).expect("launcher exits");
-    assert_eq!(status.code(), Some(5), "{}", launcher.log());
-    let log = launcher.log();
-    let error: Vec<&str> = log
-        .lines()
-        .filter(|l| l.starts_with("sshpyk: error:"))
-        .collect();
-    assert_eq!(error.len(), 1, "{log}");
-    assert!(error[0].contains("cannot mount s3:nobucket at"), "{log}");
-    assert!(error[0].contains("does not exist"), "{log}");
+    let log = failed_start(&env, &kernel, "a");
+    let error = the_error_line(&log);
+    assert!(error.contains("cannot mount s3:nobucket at"), "{log}");
+    assert!(error.contains("does not exist"), "{log}");
     assert_clean(&env, &[&mnt], &[], &[&env.path("remote-bad")]);
     assert!(env.remote_processes("ipykernel").is_empty());
 
@@ -506,15 +518,8 @@ async fn a_bad_cloud_mount_fails_the_start_in_one_line_and_leaves_nothing() {
     )
     .assert()
     .success();
-    let (conn, _) = env.connection_file("b");
-    let mut launcher = env.launch(&kernel, &conn);
-    let status = launcher.wait_timeout(START).expect("launcher exits");
-    assert_eq!(status.code(), Some(5), "{}", launcher.log());
-    assert!(
-        launcher.log().contains("is a non-empty directory"),
-        "{}",
-        launcher.log()
-    );
+    let log = failed_start(&env, &kernel, "b");
+    assert!(log.contains("is a non-empty directory"), "{log}");
     assert_eq!(std::fs::read_to_string(full.join("keep")).unwrap(), "x");
     assert!(rclone_mounts(&env).is_empty());
 }
@@ -820,18 +825,10 @@ async fn gcs_and_dropbox_render_as_rclone_reads_them_and_fail_in_one_line() {
         .arg(&mnt)
         .assert()
         .success();
-    let (conn, _) = env.connection_file("a");
-    let mut launcher = env.launch(&kernel, &conn);
-    let status = launcher.wait_timeout(START).expect("launcher exits");
-    assert_eq!(status.code(), Some(5), "{}", launcher.log());
-    let log = launcher.log();
-    let errors: Vec<&str> = log
-        .lines()
-        .filter(|l| l.starts_with("sshpyk: error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{log}");
-    assert!(errors[0].contains("cannot mount dropbox: at"), "{log}");
-    eprintln!("the live dropbox attempt: {}", errors[0]);
+    let log = failed_start(&env, &kernel, "a");
+    let error = the_error_line(&log);
+    assert!(error.contains("cannot mount dropbox: at"), "{log}");
+    eprintln!("the live dropbox attempt: {error}");
     assert!(!log.contains("sl.x"), "{log}");
     assert_clean(&env, &[&mnt], &[], &[&mnt]);
 }
