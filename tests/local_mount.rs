@@ -512,6 +512,8 @@ fn a_sigkilled_sshpyk_leaves_no_sshfs_and_no_mount() {
     wait_mounted(&mut mount, &mountpoint);
     assert_eq!(sshfs_for(&mountpoint).len(), 1);
     kill(mount.pid(), Signal::SIGKILL).unwrap();
+    // Reaped, as the shell that started it would.
+    assert_eq!(mount.wait(Duration::from_secs(5)), Some(-1));
     assert!(
         eventually(Duration::from_secs(10), || !is_mounted(&mountpoint)
             && sshfs_for(&mountpoint).is_empty()),
@@ -519,7 +521,8 @@ fn a_sigkilled_sshpyk_leaves_no_sshfs_and_no_mount() {
         is_mounted(&mountpoint),
         sshfs_for(&mountpoint)
     );
-    // `list` forgets the mount of the dead process.
+    // `list` forgets the mount of the dead process and removes the mount point it created.
+    assert!(mountpoint.exists());
     let listed = env
         .sshpyk()
         .args(["list", "--json", "-n"])
@@ -527,6 +530,7 @@ fn a_sigkilled_sshpyk_leaves_no_sshfs_and_no_mount() {
         .unwrap();
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed["mounts"], serde_json::json!([]));
+    assert!(!mountpoint.exists());
 }
 
 #[test]
