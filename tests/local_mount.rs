@@ -160,6 +160,19 @@ fn wait_mounted(mount: &mut Mount, mountpoint: &Path) {
     );
 }
 
+/// `sshpyk mount --foreground` of the test's remote directory on a mount point it creates,
+/// waited for: (the mount, the remote directory, the mount point).
+fn foreground_mount(env: &Env) -> (Mount, PathBuf, PathBuf) {
+    let remote = remote_dir(env);
+    let mountpoint = env.path("mnt");
+    let mut mount = mount_cmd(env, &["--ssh-host-alias", "remote", "--foreground", "-r"])
+        .arg(&remote)
+        .arg(&mountpoint)
+        .spawn();
+    wait_mounted(&mut mount, &mountpoint);
+    (mount, remote, mountpoint)
+}
+
 fn one_line(stderr: &str) -> &str {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got:\n{stderr}");
@@ -169,22 +182,8 @@ fn one_line(stderr: &str) -> &str {
 #[test]
 fn foreground_mount_reads_writes_shows_in_list_and_ends_on_ctrl_c() {
     let env = Env::with_host();
-    let remote = remote_dir(&env);
-    let mountpoint = env.path("mnt");
+    let (mut mount, remote, mountpoint) = foreground_mount(&env);
     let remote_arg = remote.to_str().unwrap();
-    let mut mount = mount_cmd(
-        &env,
-        &[
-            "--ssh-host-alias",
-            "remote",
-            "--foreground",
-            "-r",
-            remote_arg,
-        ],
-    )
-    .arg(&mountpoint)
-    .spawn();
-    wait_mounted(&mut mount, &mountpoint);
 
     assert_eq!(
         std::fs::read_to_string(mountpoint.join("hello.txt")).unwrap(),
@@ -503,13 +502,7 @@ fn a_closed_terminal_hangs_up_the_subshell_and_unmounts() {
 #[test]
 fn a_sigkilled_sshpyk_leaves_no_sshfs_and_no_mount() {
     let env = Env::with_host();
-    let remote = remote_dir(&env);
-    let mountpoint = env.path("mnt");
-    let mut mount = mount_cmd(&env, &["--ssh-host-alias", "remote", "--foreground", "-r"])
-        .arg(&remote)
-        .arg(&mountpoint)
-        .spawn();
-    wait_mounted(&mut mount, &mountpoint);
+    let (mut mount, _, mountpoint) = foreground_mount(&env);
     assert_eq!(sshfs_for(&mountpoint).len(), 1);
     kill(mount.pid(), Signal::SIGKILL).unwrap();
     // Reaped, as the shell that started it would.
@@ -840,13 +833,7 @@ fn allow_other_refused_by_fuse_is_retried_without_it_for_a_non_root_user() {
 #[test]
 fn a_lost_connection_ends_a_foreground_mount_with_one_line_and_nothing_left() {
     let env = Env::with_host();
-    let remote = remote_dir(&env);
-    let mountpoint = env.path("mnt");
-    let mut mount = mount_cmd(&env, &["--ssh-host-alias", "remote", "--foreground", "-r"])
-        .arg(&remote)
-        .arg(&mountpoint)
-        .spawn();
-    wait_mounted(&mut mount, &mountpoint);
+    let (mut mount, _, mountpoint) = foreground_mount(&env);
     assert!(env.host().kill_sshd_connections().unwrap() > 0);
     // sshfs notices on its next request.
     let _ = std::fs::metadata(mountpoint.join("hello.txt"));
