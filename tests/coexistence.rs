@@ -4,9 +4,8 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
-use common::{ready_client, Env};
+use common::Env;
 use predicates::prelude::*;
 
 /// A kernel.json exactly as the Python sshpyk 1.25's `sshpyk add` writes it, for the test host.
@@ -128,18 +127,7 @@ async fn a_python_sshpyk_kernelspec_is_listed_then_adopted_and_runs() {
         .stderr(predicate::str::contains("already an sshpyk kernel"));
 
     // And it runs.
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch("ssh_remote_python3", &conn);
-    launcher.wait_ready(Duration::from_secs(60));
-    let mut c = ready_client(&info).await;
-    let r = c
-        .execute("print(6 * 7)", Duration::from_secs(30))
-        .await
-        .unwrap();
-    assert_eq!(r.stdout, "42\n");
-    c.close();
-    launcher.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(launcher.wait_timeout(Duration::from_secs(10)).is_some());
+    common::runs_and_stops(&env, "ssh_remote_python3").await;
 }
 
 #[test]

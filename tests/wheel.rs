@@ -10,9 +10,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use common::{ready_client, Env};
+use common::Env;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -71,18 +70,7 @@ async fn pip_install_gives_a_working_sshpyk_that_knows_the_python_sshpyk() {
         env.read_kernel_json("k")["argv"][0],
         sshpyk.to_str().unwrap()
     );
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch("k", &conn);
-    launcher.wait_ready(Duration::from_secs(60));
-    let mut c = ready_client(&info).await;
-    let r = c
-        .execute("print(6 * 7)", Duration::from_secs(30))
-        .await
-        .unwrap();
-    assert_eq!(r.stdout, "42\n");
-    c.close();
-    launcher.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(launcher.wait_timeout(Duration::from_secs(10)).is_some());
+    common::runs_and_stops(&env, "k").await;
 
     // The Python sshpyk installed over it: `list` (from another installation) says so.
     pip(&venv, &["install", "--no-deps", "sshpyk==1.25"]);

@@ -323,6 +323,22 @@ impl Env {
 }
 
 /// Our own client, connected and past kernel_info.
+/// Starts `kernel` as Jupyter would, runs `print(6 * 7)` in it, and ends it with SIGTERM.
+pub async fn runs_and_stops(env: &Env, kernel: &str) {
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch(kernel, &conn);
+    launcher.wait_ready(Duration::from_secs(60));
+    let mut c = ready_client(&info).await;
+    let r = c
+        .execute("print(6 * 7)", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, "42\n");
+    c.close();
+    launcher.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(launcher.wait_timeout(Duration::from_secs(10)).is_some());
+}
+
 pub async fn ready_client(info: &ConnectionInfo) -> KernelClient {
     let step = Duration::from_secs(20);
     let mut client = KernelClient::connect(info, step).await.expect("connect");
