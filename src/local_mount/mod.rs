@@ -426,7 +426,7 @@ impl Held<'_> {
 
 /// The signals that end a mount, caught from the start so that none of them leaves a mount or
 /// a mount point behind. Caught, not ignored: the subshell starts with default handlers.
-pub struct Signals {
+struct Signals {
     interrupt: Signal,
     quit: Signal,
     hangup: Signal,
