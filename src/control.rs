@@ -58,6 +58,9 @@ pub struct KernelStatus {
     /// Seconds since the Unix epoch when the kernel became ready.
     pub started: u64,
     pub state: KernelState,
+    /// Seconds since the Unix epoch when the connection went down; `None` (null) while up.
+    #[serde(default)]
+    pub down_since: Option<u64>,
     /// The Slurm job and node of a Slurm kernel; `None` (null) for others.
     #[serde(default)]
     pub slurm: Option<Placement>,

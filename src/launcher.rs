@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -26,7 +25,7 @@ use crate::parent::Parent;
 use crate::ports::{Forwarder, Listeners};
 use crate::remote::protocol::Request;
 use crate::remote::{
-    AttachPoint, EndReason, Event, Exit, InterruptMode, Link, Ready, Session, StartRequest,
+    AttachPoint, EndReason, Event, Exit, InterruptMode, Ready, Session, StartRequest,
 };
 use crate::slurm::Allocation;
 use crate::ssh::master::with_room;
@@ -99,8 +98,8 @@ struct Running {
     session: Session,
     forwarder: Forwarder,
     mounts: Mounts,
-    /// The session client connections ride on; `None` while reconnecting.
-    link: watch::Sender<Option<Link>>,
+    /// Since when no session is up (client connections stay open and wait).
+    down_since: Option<std::time::SystemTime>,
     ready: Ready,
     info: ConnectionInfo,
     settings: Settings,
@@ -207,12 +206,11 @@ async fn start(
             port_list(&info),
             ready.transport
         );
-        let (link, link_rx) = watch::channel(Some(session.link()));
-        let forwarder = Forwarder::start(listeners, link_rx)?;
-        session.arm(ping_interval(settings))?;
-        Ok::<_, Error>((master, session, forwarder, mounts, link, ready))
+        let forwarder = Forwarder::start(listeners, session.link())?;
+        session.arm(ping_interval(settings));
+        Ok::<_, Error>((master, session, forwarder, mounts, ready))
     };
-    let (master, mut session, forwarder, mounts, link, ready) =
+    let (master, mut session, forwarder, mounts, ready) =
         tokio::time::timeout_at(deadline, work).await.map_err(|_| Error::Timeout {
             what: format!("starting the kernel on '{alias}'"),
             secs: settings.launch_timeout,
@@ -234,7 +232,7 @@ async fn start(
         session,
         forwarder,
         mounts,
-        link,
+        down_since: None,
         ready,
         info,
         settings: settings.clone(),
@@ -313,13 +311,26 @@ impl Running {
 
     /// Races fresh connections against the old one until one reaches the supervisor (the
     /// remote kernel untouched), the old one answers again, or the kernel is certainly gone.
-    /// The local ports stay bound throughout, so clients reconnect by themselves. `None` once
-    /// back. `still_open`: the old session has not ended, it only stopped answering.
+    /// Client connections stay open throughout and their streams resume. `None` once back.
+    /// `still_open`: the old session has not ended, it only stopped answering.
     async fn reconnect(&mut self, signals: &mut Signals, still_open: bool) -> Option<Outcome> {
         let since = Instant::now();
         let alias = self.settings.ssh_host_alias.clone();
-        // New client connections wait in the listen backlog until a session answers.
-        self.link.send_replace(None);
+        self.down_since = Some(std::time::SystemTime::now());
+        let back = self
+            .reconnect_until_back(signals, still_open, since, &alias)
+            .await;
+        self.down_since = None;
+        back
+    }
+
+    async fn reconnect_until_back(
+        &mut self,
+        signals: &mut Signals,
+        still_open: bool,
+        since: Instant,
+        alias: &str,
+    ) -> Option<Outcome> {
         let mut old_session = still_open;
         if still_open {
             tracing::warn!(
@@ -342,7 +353,6 @@ impl Running {
                 _ = check.tick(), if old_session => {
                     if self.session.link().last_heard() > since {
                         tracing::info!("'{alias}' answers again after {:.1} s", since.elapsed().as_secs_f64());
-                        self.link.send_replace(Some(self.session.link()));
                         return None;
                     }
                 }
@@ -400,9 +410,10 @@ impl Running {
             },
         };
         let at = &at;
+        let link = &self.session.link();
         let ping = ping_interval(&self.settings);
         let work = with_room(&master, deadline, |m| async move {
-            Session::attach(&m, at, ping).await
+            Session::attach(&m, at, link, ping).await
         });
         let (master, session) = tokio::time::timeout_at(deadline, work)
             .await
@@ -416,11 +427,9 @@ impl Running {
         self.master = master;
         session.succeed(&self.session);
         session.forward_cloud_reports(self.live.reports_sink());
-        self.live.forget_pending();
         self.session = session;
-        self.link.send_replace(Some(self.session.link()));
         tracing::info!(
-            "reconnected after {:.1} s; remote kernel {} kept its state",
+            "reconnected after {:.1} s; remote kernel {} kept its state and every stream resumed",
             since.elapsed().as_secs_f64(),
             self.ready.pid
         );
@@ -438,14 +447,15 @@ impl Running {
     /// that only know "signal" (VS Code) work with "message" kernels too.
     async fn interrupt(&mut self) {
         tracing::info!("interrupting remote kernel {}", self.ready.pid);
-        let result = match self.ready.interrupt_mode {
-            InterruptMode::Message => self.interrupt_by_message().await,
+        match self.ready.interrupt_mode {
+            InterruptMode::Message => {
+                if let Err(e) = self.interrupt_by_message().await {
+                    tracing::warn!("interrupt failed: {e}");
+                }
+            }
             InterruptMode::Signal => self.session.request(&Request::Signal {
                 signal: "SIGINT".into(),
             }),
-        };
-        if let Err(e) = result {
-            tracing::warn!("interrupt failed: {e}");
         }
     }
 
@@ -464,12 +474,9 @@ impl Running {
             "{why}: ending remote kernel {} and what it started",
             self.ready.pid
         );
-        let stop = Request::Stop {
+        self.session.request(&Request::Stop {
             grace: STOP_GRACE.as_secs_f64(),
-        };
-        if self.session.request(&stop).is_err() {
-            return Outcome::Lost;
-        }
+        });
         match tokio::time::timeout(STOP_WAIT, self.session.next_event()).await {
             Ok(event) => event_outcome(event),
             Err(_) => Outcome::Lost,

@@ -1,5 +1,6 @@
 //! sshpyk: run Jupyter kernels on remote machines over OpenSSH, as if they were local.
 
+pub mod bounded;
 pub mod cli;
 pub mod cloud;
 pub mod cmd;

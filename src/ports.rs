@@ -2,13 +2,13 @@
 //! to the master and outlive a SIGKILLed launcher) and carries each accepted connection as a
 //! stream of the supervisor's session ([`crate::remote::Link`]): nothing is opened on the ssh
 //! connection and nothing is started on the remote per client connection, however many clients
-//! come and go.
+//! come and go. Connections stay open, and new ones are taken, while the session is down: their
+//! streams resume with the next one.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::connection::{Channel, ConnectionInfo};
@@ -62,9 +62,8 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// `link` is the session to carry connections on, `None` while reconnecting: then
-    /// connections wait in the listen backlog instead of failing.
-    pub fn start(listeners: Listeners, link: watch::Receiver<Option<Link>>) -> Result<Self> {
+    /// Carries every connection on `link`'s streams.
+    pub fn start(listeners: Listeners, link: Link) -> Result<Self> {
         let mut tasks = JoinSet::new();
         for (channel, listener) in listeners.0 {
             listener
@@ -83,24 +82,10 @@ impl Forwarder {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    channel: Channel,
-    mut current: watch::Receiver<Option<Link>>,
-) {
+async fn accept_loop(listener: TcpListener, channel: Channel, link: Link) {
     let mut connections = JoinSet::new();
     loop {
-        let link = match current.wait_for(Option::is_some).await {
-            Ok(link) => link.clone().expect("waited for a link"),
-            Err(_) => return,
-        };
-        // Stop accepting the moment the session goes: a new connection could only fail.
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = link.closed() => continue,
-            _ = current.changed() => continue,
-        };
-        let (socket, peer) = match accepted {
+        let (socket, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!("{} port: accept failed: {e}", channel.name());
@@ -110,18 +95,15 @@ async fn accept_loop(
         };
         let _ = socket.set_nodelay(true);
         tracing::debug!("{} connection from {peer}", channel.name());
-        connections.spawn(carry(link, channel, socket));
+        connections.spawn(carry(link.clone(), channel, socket));
         // Reap finished connections without waiting for them.
         while connections.try_join_next().is_some() {}
     }
 }
 
-/// Carries one client connection as a stream of `link` until either end closes it or the
-/// session ends.
+/// Carries one client connection as a stream of `link` until either end closes it.
 async fn carry(link: Link, channel: Channel, socket: TcpStream) {
-    let Some((stream, mut from_remote)) = link.open(channel) else {
-        return;
-    };
+    let (stream, mut from_remote) = link.open(channel);
     let (mut from_client, mut to_client) = socket.into_split();
     let up = async {
         let mut buf = vec![0u8; READ_CHUNK];
@@ -147,7 +129,6 @@ async fn carry(link: Link, channel: Channel, socket: TcpStream) {
     tokio::select! {
         _ = up => {}
         _ = down => {}
-        _ = link.closed() => {}
     }
     tracing::debug!("{} connection closed", channel.name());
 }

@@ -27,12 +27,12 @@ fn passes(script: &str, checks: usize) {
 
 #[test]
 fn the_supervisor_speaks_its_protocol_over_pipes() {
-    passes("supervisor_test.py", 13);
+    passes("supervisor_test.py", 17);
 }
 
 #[test]
 fn the_slurm_relay_keeps_the_step_through_a_lost_connection_and_ends_it_with_the_launcher() {
-    passes("slurm_relay_test.py", 18);
+    passes("slurm_relay_test.py", 20);
 }
 
 #[test]

@@ -48,8 +48,12 @@ pub async fn run(args: PsArgs) -> Result<()> {
         uptime_secs,
     } in &rows
     {
+        let waiting = match status.down_since {
+            Some(since) => format!(" (link down for {})", uptime(now.saturating_sub(since))),
+            None => String::new(),
+        };
         println!(
-            "{}  {} ({})  remote pid {}  up {}  {}  launcher pid {}",
+            "{}  {} ({})  remote pid {}  up {}  {}{waiting}  launcher pid {}",
             status.kernel_name,
             status.ssh_host_alias,
             status.hostname,

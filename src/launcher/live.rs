@@ -89,20 +89,6 @@ impl Live {
         }
     }
 
-    /// After a reconnection: requests sent over the old session will never be answered.
-    pub fn forget_pending(&mut self) {
-        for (_, pending) in self.pending.drain() {
-            let reply = match pending {
-                Pending::Describe(reply)
-                | Pending::Add { reply, .. }
-                | Pending::Remove { reply, .. } => reply,
-            };
-            let _ = reply.send(Reply::Failed {
-                message: "the connection was lost meanwhile; try again".into(),
-            });
-        }
-    }
-
     fn id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
@@ -130,7 +116,7 @@ impl Running {
     }
 
     fn reconnecting(&self) -> bool {
-        self.link.borrow().is_none()
+        self.down_since.is_some()
     }
 
     async fn call(&mut self, Call { request, reply }: Call) {
@@ -165,17 +151,7 @@ impl Running {
     }
 
     fn send(&mut self, id: u64, request: SupervisorRequest, pending: Pending) {
-        if let Err(e) = self.session.request(&request) {
-            let reply = match pending {
-                Pending::Describe(reply)
-                | Pending::Add { reply, .. }
-                | Pending::Remove { reply, .. } => reply,
-            };
-            let _ = reply.send(Reply::Failed {
-                message: e.to_string(),
-            });
-            return;
-        }
+        self.session.request(&request);
         self.live.pending.insert(id, pending);
     }
 
@@ -349,6 +325,10 @@ impl Running {
             } else {
                 KernelState::Running
             },
+            down_since: self
+                .down_since
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
             slurm: self.session.slurm().cloned(),
             mounts,
         }

@@ -11,7 +11,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
@@ -314,11 +314,20 @@ pub fn read_events(
 ) -> mpsc::Receiver<Event> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
+        let mut from_wrapper = BufReader::new(stderr);
         let mut mounted = false;
         let mut last: Vec<String> = Vec::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let event = Event::parse(&line);
+        let mut bytes = Vec::new();
+        loop {
+            bytes.clear();
+            match crate::bounded::read_line(&mut from_wrapper, &mut bytes, crate::bounded::MAX_LINE)
+                .await
+            {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let line = String::from_utf8_lossy(&bytes);
+            let event = Event::parse(line.trim_end_matches(['\n', '\r']));
             match &event {
                 Event::Output(text) if text.starts_with("note: ") => {
                     tracing::info!("{what}: {}", &text[6..])

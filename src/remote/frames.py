@@ -11,11 +11,11 @@ import socket
 import struct
 import time
 
-MARKER = b"\nsshpyk-frames-1\n"
+MARKER = b"\nsshpyk-frames-2\n"
 HEADER = struct.Struct(">IBI")
-MESSAGE, OPEN, DATA, CLOSE, CREDIT = range(5)
-WINDOW = 2 << 20
-CREDIT_BATCH = WINDOW // 4
+OFFSET = struct.Struct(">Q")
+# MESSAGE: sequenced JSON on stream 0; NOTICE: JSON never resent (pings, output, handshake).
+MESSAGE, OPEN, DATA, CLOSE, ACK, NOTICE = range(6)
 MAX_PAYLOAD = 1 << 20
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1 << 20
@@ -126,8 +126,8 @@ class Link:
         if payload:
             self.queue(payload)
 
-    def report(self, **msg):
-        self.send(0, MESSAGE, json.dumps(msg).encode())
+    def notice(self, **msg):
+        self.send(0, NOTICE, json.dumps(msg).encode())
 
     def flush(self):
         """Writes what the pipe takes now."""
@@ -193,17 +193,75 @@ class Link:
             self.closer()
 
 
-class Stream:
-    """One client connection, relayed to a kernel socket."""
+class Violation(Exception):
+    """The other side broke the protocol (acked what was never sent, sent past the window)."""
 
-    def __init__(self, sid, sock):
-        self.sid, self.sock = sid, sock
+
+class Outbox:
+    """What one side sent on one stream and the other has not acknowledged: the bytes from
+    offset `acked` to `sent`, kept to be resent after a lost session (protocol.rs, Outbox)."""
+
+    def __init__(self):
+        self.acked = 0
+        self.sent = 0
+        self.chunks = collections.deque()
+
+    def in_flight(self):
+        return self.sent - self.acked
+
+    def push(self, chunk):
+        self.chunks.append(chunk)
+        self.sent += len(chunk)
+
+    def ack(self, offset):
+        if offset < self.acked or offset > self.sent:
+            raise Violation("an ack for offset %d of a stream acknowledged to %d and sent to %d" % (offset, self.acked, self.sent))
+        drop = offset - self.acked
+        while drop:
+            head = self.chunks[0]
+            if len(head) <= drop:
+                drop -= len(head)
+                self.chunks.popleft()
+            else:
+                self.chunks[0] = head[drop:]
+                drop = 0
+        self.acked = offset
+
+    def since(self, offset):
+        """The chunks the other side lacks when it received up to `offset`."""
+        if offset < self.acked or offset > self.sent:
+            raise Violation("a resume from offset %d of a stream acknowledged to %d and sent to %d" % (offset, self.acked, self.sent))
+        skip, out = offset - self.acked, []
+        for chunk in self.chunks:
+            if skip >= len(chunk):
+                skip -= len(chunk)
+            else:
+                out.append(chunk[skip:])
+                skip = 0
+        return out
+
+
+class Stream:
+    """One client connection, relayed to a kernel socket; it outlives sessions."""
+
+    def __init__(self, sid, sock, channel):
+        self.sid, self.sock, self.channel = sid, sock, channel
+        # Read from the kernel and not sent yet (no session, or past the window).
+        self.pending = bytearray()
+        self.out = Outbox()
+        # From the launcher, not written to the kernel yet.
         self.to_kernel = bytearray()
-        # What we may still send to the launcher, and what we wrote to the kernel since the
-        # last credit we returned.
-        self.credit = WINDOW
+        self.received = 0
         self.written = 0
+        # The `written` the launcher was last told of.
+        self.ack_sent = 0
+        # The kernel closed its end: CLOSE follows the pending bytes; then we wait for the echo.
+        self.kernel_closed = False
+        self.close_sent = False
         self.mask = 0
+
+    def buffered(self):
+        return len(self.pending) + self.out.in_flight()
 
 
 def read_exactly(fd, n):
@@ -217,11 +275,12 @@ def read_exactly(fd, n):
 
 
 def read_start(fd):
-    """The first frame, read blocking: the start request."""
+    """The first frame, read blocking: the start request, and its length (it counts as
+    received on stream 0)."""
     stream, kind, length = HEADER.unpack(read_exactly(fd, HEADER.size))
     if stream != 0 or kind != MESSAGE or length > MAX_PAYLOAD:
         raise Fatal("protocol", "the launcher did not start with a start request")
     request = json.loads(read_exactly(fd, length))
     if request.get("op") != "start":
         raise Fatal("protocol", "the launcher did not start with a start request")
-    return request
+    return request, length

@@ -2,14 +2,15 @@
 //! here), the session key, requests, reports and every client connection to the kernel
 //! ([`protocol`]), from a single round trip to start.
 
-use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
+use crate::bounded;
 use crate::error::{Error, Result};
 use crate::ssh::Master;
 
 pub mod init;
 mod link;
+mod output;
 pub mod probe;
 pub mod protocol;
 mod session;
@@ -38,6 +39,10 @@ fn python_command(python: &str, args: &[&str], init: Option<&str>) -> String {
         Some(snippet) => init::command(snippet, RUN_PYTHON, &words),
     }
 }
+
+/// The most kept of what one remote command prints on stdout (and on stderr): probes and
+/// checks print lines, not megabytes.
+const COMMAND_OUTPUT: usize = 16 << 20;
 
 /// What a remote command printed, and its exit status (`None`: killed, or the connection lost).
 pub struct Output {
@@ -68,14 +73,14 @@ async fn run_command(master: &Master, command: &str) -> Result<Output> {
     let mut channel = master
         .open_session(command, stdin, stdout_remote, stderr_remote)
         .await?;
-    let mut stdout = pipe::Receiver::from_owned_fd(stdout).map_err(crate::ssh::setup_error)?;
-    let mut stderr = pipe::Receiver::from_owned_fd(stderr).map_err(crate::ssh::setup_error)?;
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let (read_out, read_err) =
-        tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
-    read_out
-        .and(read_err)
-        .map_err(Error::io("cannot read a remote command's output"))?;
+    let stdout = pipe::Receiver::from_owned_fd(stdout).map_err(crate::ssh::setup_error)?;
+    let stderr = pipe::Receiver::from_owned_fd(stderr).map_err(crate::ssh::setup_error)?;
+    let (out, err) = tokio::join!(
+        bounded::read_to_end(stdout, COMMAND_OUTPUT),
+        bounded::read_to_end(stderr, COMMAND_OUTPUT)
+    );
+    let read = || Error::io("cannot read a remote command's output");
+    let (out, err) = (out.map_err(read())?, err.map_err(read())?);
     Ok(Output {
         status: channel.exit_status().await.ok().flatten(),
         stdout: out,

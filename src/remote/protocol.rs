@@ -25,39 +25,66 @@
 //! # Frames
 //!
 //! `u32 stream | u8 kind | u32 length | payload`, big endian. Stream 0 carries [`Request`]s and
-//! [`Report`]s as JSON; other streams are ZMQ connections, opened by the launcher. Each direction
-//! of a stream has a window of [`WINDOW`] bytes, returned with `Credit` frames as the receiver
-//! writes them out, so a stalled client (or kernel) stops only its own stream and memory stays
-//! bounded on both ends.
+//! [`Report`]s as JSON (`Message`), and [`LauncherNotice`]s and [`SupervisorNotice`]s, which are
+//! not sequenced (`Notice`: pings, the kernel's output, the resume handshake). Other streams are
+//! ZMQ connections, opened by the launcher.
+//!
+//! # Streams resume, they are never reset by a lost session
+//!
+//! Each side counts, per stream and direction, the bytes it sent and the bytes it received and
+//! wrote out (stream 0: message payload bytes). A sender keeps what it sent until the receiver
+//! acknowledges it wrote it out (`Ack`, an absolute offset, so that a lost ack costs nothing);
+//! what it keeps is its window, [`WINDOW`] bytes per stream, so memory is bounded on both ends
+//! and a stalled client (or kernel) stops only its own stream. When a session is lost, both
+//! ends keep their streams, the clients' TCP connections and the kernel's sockets open; on the
+//! next session the supervisor says how far it received on every stream
+//! ([`SupervisorNotice::Attached`]), the launcher answers in kind ([`LauncherNotice::Resume`]),
+//! and each resends the rest: nothing is lost, nothing is delivered twice. A stream one side
+//! does not list was closed by it (both sides echo `Close`, so a closed stream is forgotten
+//! only once the other side knows).
+//!
+//! A peer that sends beyond the window, or acknowledges what was never sent, is broken or
+//! hostile: the session ends ([`Violation`]).
 //!
 //! Before the first frame, the remote login shell may print anything (cluster banners, `module`
 //! and conda notices): the supervisor first writes [`MARKER`] on a line of its own and the
 //! launcher ignores everything before it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
 use crate::connection::Channel;
 
 /// The line that starts the framed stream.
-pub const MARKER: &str = "sshpyk-frames-1";
-/// Bytes one direction of a stream may have in flight before the receiver returns credit.
-pub const WINDOW: u32 = 2 << 20;
+pub const MARKER: &str = "sshpyk-frames-2";
+/// Bytes one direction of a stream may have unacknowledged. At 50 ms of round trip, 4 MiB
+/// less an ack batch in flight allows ~70 MB/s per stream (window / RTT); on a LAN it changes
+/// nothing.
+pub const WINDOW: u64 = 4 << 20;
+/// Bytes written out between two acks of a stream: a frame back over ssh for every small
+/// message would double the packets (and wake-ups) of a request/reply exchange.
+pub const ACK_BATCH: u64 = WINDOW / 8;
 /// The largest payload either side sends in one frame (and so the most it accepts).
 pub const MAX_PAYLOAD: usize = 1 << 20;
 pub const HEADER_LEN: usize = 9;
+/// What the supervisor keeps of the kernel's output per kernel while no session is up (and
+/// unacknowledged), before it closes the stream that holds the most.
+pub const OUTAGE_BOUND: u64 = 64 << 20;
 
 const MESSAGE: u8 = 0;
 const OPEN: u8 = 1;
 const DATA: u8 = 2;
 const CLOSE: u8 = 3;
-const CREDIT: u8 = 4;
+const ACK: u8 = 4;
+const NOTICE: u8 = 5;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    /// A [`Request`] or [`Report`] as JSON, on stream 0.
+    /// A [`Request`] or [`Report`] as JSON, on stream 0; sequenced and acknowledged.
     Message(Vec<u8>),
+    /// A [`LauncherNotice`] or [`SupervisorNotice`] as JSON, on stream 0; never resent.
+    Notice(Vec<u8>),
     /// A client connected to the kernel's `channel`: the supervisor connects to it.
     Open {
         stream: u32,
@@ -67,30 +94,30 @@ pub enum Frame {
         stream: u32,
         bytes: Vec<u8>,
     },
-    /// Either side is done with the stream; the other closes its end and forgets it.
+    /// Either side is done with the stream (after all its data); the other closes its end,
+    /// answers with `Close` unless it closed first, and forgets it.
     Close {
         stream: u32,
     },
-    /// The receiver wrote `bytes` of the stream out: the sender may send that many more.
-    Credit {
+    /// The receiver wrote out the stream's bytes up to `offset` (stream 0: messages).
+    Ack {
         stream: u32,
-        bytes: u32,
+        offset: u64,
     },
 }
 
 impl Frame {
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let ack;
         let (stream, kind, payload): (u32, u8, &[u8]) = match self {
             Frame::Message(json) => (0, MESSAGE, json),
+            Frame::Notice(json) => (0, NOTICE, json),
             Frame::Open { stream, channel } => (*stream, OPEN, channel.name().as_bytes()),
             Frame::Data { stream, bytes } => (*stream, DATA, bytes),
             Frame::Close { stream } => (*stream, CLOSE, &[]),
-            Frame::Credit { stream, bytes } => {
-                out.extend_from_slice(&stream.to_be_bytes());
-                out.push(CREDIT);
-                out.extend_from_slice(&4u32.to_be_bytes());
-                out.extend_from_slice(&bytes.to_be_bytes());
-                return;
+            Frame::Ack { stream, offset } => {
+                ack = offset.to_be_bytes();
+                (*stream, ACK, &ack)
             }
         };
         out.extend_from_slice(&stream.to_be_bytes());
@@ -100,24 +127,25 @@ impl Frame {
     }
 
     /// The stream, kind and payload length in a header.
-    pub fn parse_header(header: &[u8; HEADER_LEN]) -> std::io::Result<(u32, u8, usize)> {
+    pub fn parse_header(header: &[u8; HEADER_LEN]) -> Result<(u32, u8, usize), Violation> {
         let stream = u32::from_be_bytes(header[0..4].try_into().expect("4 bytes"));
         let len = u32::from_be_bytes(header[5..9].try_into().expect("4 bytes")) as usize;
         if len > MAX_PAYLOAD {
-            return Err(malformed(format!("a frame of {len} bytes")));
+            return Err(Violation(format!("a frame of {len} bytes")));
         }
         Ok((stream, header[4], len))
     }
 
-    pub fn decode(stream: u32, kind: u8, payload: Vec<u8>) -> std::io::Result<Frame> {
+    pub fn decode(stream: u32, kind: u8, payload: Vec<u8>) -> Result<Frame, Violation> {
         Ok(match kind {
             MESSAGE => Frame::Message(payload),
+            NOTICE => Frame::Notice(payload),
             OPEN => {
                 let name = String::from_utf8_lossy(&payload);
                 let channel = Channel::ALL
                     .into_iter()
                     .find(|c| c.name() == name)
-                    .ok_or_else(|| malformed(format!("unknown channel '{name}'")))?;
+                    .ok_or_else(|| Violation(format!("unknown channel '{name}'")))?;
                 Frame::Open { stream, channel }
             }
             DATA => Frame::Data {
@@ -125,26 +153,146 @@ impl Frame {
                 bytes: payload,
             },
             CLOSE => Frame::Close { stream },
-            CREDIT => {
-                let bytes: [u8; 4] = payload
+            ACK => {
+                let offset: [u8; 8] = payload
                     .as_slice()
                     .try_into()
-                    .map_err(|_| malformed("a credit frame without 4 bytes".into()))?;
-                Frame::Credit {
+                    .map_err(|_| Violation("an ack without 8 bytes".into()))?;
+                Frame::Ack {
                     stream,
-                    bytes: u32::from_be_bytes(bytes),
+                    offset: u64::from_be_bytes(offset),
                 }
             }
-            other => return Err(malformed(format!("frame kind {other}"))),
+            other => return Err(Violation(format!("frame kind {other}"))),
         })
     }
 }
 
-fn malformed(what: String) -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::InvalidData,
-        format!("the remote supervisor sent {what}"),
-    )
+/// What a broken or hostile supervisor did: the session ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation(pub String);
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the remote supervisor sent {}", self.0)
+    }
+}
+
+/// What one side sent on one stream and the other has not acknowledged yet: the bytes from
+/// offset `acked` to `sent`, kept to be resent after a lost session.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    acked: u64,
+    sent: u64,
+    chunks: VecDeque<Vec<u8>>,
+}
+
+impl Outbox {
+    /// Where what is kept starts.
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// Bytes sent and not acknowledged.
+    pub fn in_flight(&self) -> u64 {
+        self.sent - self.acked
+    }
+
+    pub fn push(&mut self, chunk: Vec<u8>) {
+        self.sent += chunk.len() as u64;
+        self.chunks.push_back(chunk);
+    }
+
+    /// The receiver wrote out everything before `offset`: forget it.
+    pub fn ack(&mut self, offset: u64) -> Result<(), Violation> {
+        if offset < self.acked || offset > self.sent {
+            return Err(Violation(format!(
+                "an ack for offset {offset} of a stream acknowledged to {} and sent to {}",
+                self.acked, self.sent
+            )));
+        }
+        let mut drop = offset - self.acked;
+        while drop > 0 {
+            let head = self.chunks.front_mut().expect("sent bytes are kept");
+            if head.len() as u64 <= drop {
+                drop -= head.len() as u64;
+                self.chunks.pop_front();
+            } else {
+                head.drain(..drop as usize);
+                drop = 0;
+            }
+        }
+        self.acked = offset;
+        Ok(())
+    }
+
+    /// What the receiver has not received when it received up to `offset`, in chunks.
+    pub fn since(&self, offset: u64) -> Result<Vec<Vec<u8>>, Violation> {
+        if offset < self.acked || offset > self.sent {
+            return Err(Violation(format!(
+                "a resume from offset {offset} of a stream acknowledged to {} and sent to {}",
+                self.acked, self.sent
+            )));
+        }
+        let mut skip = offset - self.acked;
+        let mut out = Vec::new();
+        for chunk in &self.chunks {
+            if skip >= chunk.len() as u64 {
+                skip -= chunk.len() as u64;
+            } else {
+                out.push(chunk[skip as usize..].to_vec());
+                skip = 0;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// How far one side received on every stream it has open, for the other to resend the rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Received {
+    /// Message payload bytes received on stream 0 (each is handled, so written, at once).
+    pub messages: u64,
+    pub streams: Vec<StreamReceived>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamReceived {
+    pub id: u32,
+    pub received: u64,
+    pub written: u64,
+}
+
+/// What the launcher tells the supervisor without sequencing.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum LauncherNotice {
+    /// Answered with [`SupervisorNotice::Pong`]; like every frame, it renews the lease.
+    Ping,
+    /// The launcher's half of the resume handshake, after [`SupervisorNotice::Attached`].
+    Resume { received: Received },
+}
+// One more notice reaches a supervisor on a Slurm node, never from the launcher:
+// `{"op": "relayed_attach"}`, from the relay on the login node (src/remote/slurm_relay.py) when a
+// new session took over the step's stdio; answered with [`SupervisorNotice::Attached`].
+
+/// What the supervisor tells the launcher without sequencing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum SupervisorNotice {
+    Pong,
+    /// A line the kernel printed on its stdout/stderr (best effort: dropped while away).
+    Output {
+        text: String,
+    },
+    /// A new session reached the supervisor: what it received on every stream, and the highest
+    /// stream it ever saw opened (a stream above it was never opened, one at or below it that
+    /// is not listed was closed).
+    Attached {
+        pid: u32,
+        received: Received,
+        last_open: u32,
+    },
 }
 
 /// What the launcher asks of the supervisor.
@@ -166,9 +314,10 @@ pub enum Request {
         /// Mounted before the kernel starts; a failure fails the start.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         cloud_mounts: Vec<CloudMountRequest>,
+        /// The stream window and [`OUTAGE_BOUND`], so that both ends agree.
+        window: u64,
+        outage_bound: u64,
     },
-    /// Answered with [`Report::Pong`]; like every frame, it renews the lease.
-    Ping,
     /// From now on a lost launcher is waited for (`orphan_timeout`), not ended at once.
     Arm,
     /// A signal for the kernel's process group, by name (`SIGINT`).
@@ -182,10 +331,6 @@ pub enum Request {
     /// The state of every cloud mount; answered with [`Report::Cloud`].
     CloudStatus { id: u64 },
 }
-// One more request reaches a supervisor on a Slurm node, never from the launcher:
-// `{"op": "relayed_attach"}`, from the relay on the login node (src/remote/slurm_relay.py) when a
-// new session took over the step's stdio; answered with [`Report::Attached`], as after attach.py.
-
 /// One cloud mount for the supervisor (src/remote/cloud.py). `config` holds the credentials:
 /// it only ever travels in a frame of the session, and `Debug` never shows it.
 #[derive(Clone, Serialize)]
@@ -257,16 +402,13 @@ pub enum Report {
         message: String,
     },
     Exited(Exit),
-    /// A line the kernel printed on its stdout/stderr.
-    Output {
-        text: String,
-    },
-    Pong,
-    /// A relay handed over a new session after a reconnection.
-    Attached {
-        pid: u32,
-    },
     Cloud(CloudReport),
+    /// While no session was up, what the kernel sent on `channel` passed the supervisor's
+    /// bound: the stream was closed and `bytes` dropped (its client reconnects).
+    Dropped {
+        channel: String,
+        bytes: u64,
+    },
 }
 
 /// Where a kernel channel listens on the remote host.
@@ -371,10 +513,58 @@ mod tests {
             bytes: vec![0, 1, 255],
         });
         roundtrip(Frame::Close { stream: 9 });
-        roundtrip(Frame::Credit {
+        roundtrip(Frame::Ack {
             stream: 3,
-            bytes: 65536,
+            offset: 1 << 40,
         });
+        roundtrip(Frame::Notice(br#"{"op":"ping"}"#.to_vec()));
+    }
+
+    #[test]
+    fn an_outbox_keeps_what_is_unacknowledged_and_resends_from_any_offset() {
+        let mut out = Outbox::default();
+        out.push(b"abc".to_vec());
+        out.push(b"defg".to_vec());
+        assert_eq!(out.in_flight(), 7);
+        assert_eq!(out.since(2).unwrap(), [b"c".to_vec(), b"defg".to_vec()]);
+        out.ack(4).unwrap();
+        assert_eq!(out.in_flight(), 3);
+        assert_eq!(out.since(4).unwrap(), [b"efg".to_vec()]);
+        assert_eq!(out.since(7).unwrap(), Vec::<Vec<u8>>::new());
+        // Backwards, or beyond what was sent: a broken peer.
+        assert!(out.ack(3).is_err());
+        assert!(out.ack(8).is_err());
+        assert!(out.since(3).is_err());
+        assert!(out.since(8).is_err());
+        out.ack(7).unwrap();
+        assert_eq!(out.in_flight(), 0);
+    }
+
+    #[test]
+    fn the_handshake_is_typed_on_both_ends() {
+        let notice: SupervisorNotice = serde_json::from_str(
+            r#"{"event": "attached", "pid": 9, "last_open": 4, "received": {"messages": 10, "streams": [{"id": 3, "received": 5, "written": 4}]}}"#,
+        )
+        .unwrap();
+        match notice {
+            SupervisorNotice::Attached {
+                pid,
+                received,
+                last_open,
+            } => {
+                assert_eq!((pid, last_open, received.messages), (9, 4, 10));
+                assert_eq!(received.streams[0].written, 4);
+            }
+            other => panic!("{other:?}"),
+        }
+        let resume = serde_json::to_value(LauncherNotice::Resume {
+            received: Received::default(),
+        })
+        .unwrap();
+        assert_eq!(
+            resume,
+            serde_json::json!({"op": "resume", "received": {"messages": 0, "streams": []}})
+        );
     }
 
     #[test]

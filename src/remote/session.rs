@@ -9,15 +9,19 @@ use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::init::InitWatch;
-use super::link::{Link, LinkTasks};
-use super::protocol::{CloudMountRequest, CloudReport, Exit, Ready, Report, Request, MARKER};
+use super::link::{self, Link, WireTasks};
+use super::protocol::{
+    CloudMountRequest, CloudReport, Exit, Frame, LauncherNotice, Ready, Report, Request,
+    SupervisorNotice, MARKER,
+};
 use super::python_command;
+use crate::bounded;
 use crate::connection::ConnectionInfo;
 use crate::error::{Error, Result};
 use crate::slurm::{self, Allocation};
@@ -42,6 +46,8 @@ const LOADER: &str = include_str!("loader.py");
 const ATTACH: &str = include_str!("attach.py");
 
 const GONE: u32 = 3;
+/// What the login shell may print before the supervisor's marker (banners, notices).
+const BEFORE_MARKER: usize = 16 << 20;
 
 #[derive(Debug)]
 pub enum Event {
@@ -79,9 +85,9 @@ pub struct AttachPoint {
 
 pub struct Session {
     channel: MuxChannel,
+    /// The streams, which outlive this session.
     link: Link,
-    reports: mpsc::UnboundedReceiver<Report>,
-    _tasks: LinkTasks,
+    wire: WireTasks,
     pinger: Option<JoinHandle<()>>,
     /// Where answers to cloud requests go ([`Session::forward_cloud_reports`]).
     cloud_reports: Option<mpsc::UnboundedSender<CloudReport>>,
@@ -99,9 +105,16 @@ impl Drop for Session {
     }
 }
 
+/// A session whose frames have begun.
+struct Framed {
+    channel: MuxChannel,
+    from_remote: BufReader<pipe::Receiver>,
+    to_remote: pipe::Sender,
+}
+
 /// What a new session said before its frames began.
 enum Opened {
-    Framed(Session),
+    Framed(Framed),
     /// The remote python does not exist.
     NoPython,
     /// It ended before the marker, with the remote command's exit status (if any).
@@ -146,14 +159,21 @@ impl Session {
         let mut from_remote = BufReader::with_capacity(256 * 1024, stdout);
         let mut line = Vec::new();
         let mut init = InitWatch::default();
+        let mut before_marker = 0;
         loop {
             line.clear();
-            if from_remote
-                .read_until(b'\n', &mut line)
+            let n = bounded::read_line(&mut from_remote, &mut line, bounded::MAX_LINE)
                 .await
-                .map_err(lost)?
-                == 0
-            {
+                .map_err(lost)?;
+            before_marker += n;
+            if before_marker > BEFORE_MARKER {
+                return Ok(Opened::Failed(Error::Remote(format!(
+                    "the login shell on '{}' printed more than {} MiB before sshpyk's supervisor started; make its startup files quiet for non-interactive shells",
+                    master.alias(),
+                    BEFORE_MARKER >> 20
+                ))));
+            }
+            if n == 0 {
                 let status = channel.exit_status().await.ok().flatten();
                 return Ok(match init.ended(status) {
                     Some(failure) => Opened::Failed(failure.error(master.alias())),
@@ -178,17 +198,23 @@ impl Session {
                 other => tracing::debug!("remote: {other}"),
             }
         }
-        let (link, tasks, reports) = Link::start(from_remote, stdin);
-        Ok(Opened::Framed(Session {
+        Ok(Opened::Framed(Framed {
+            channel,
+            from_remote,
+            to_remote: stdin,
+        }))
+    }
+
+    fn new(channel: MuxChannel, link: Link, wire: WireTasks) -> Session {
+        Session {
             channel,
             link,
-            reports,
-            _tasks: tasks,
+            wire,
             pinger: None,
             cloud_reports: None,
             slurm: None,
             relay: None,
-        }))
+        }
     }
 
     /// Starts the supervisor and the kernel: one round trip (on a Slurm node: once the job runs).
@@ -210,6 +236,7 @@ impl Session {
         let alias = master.alias();
         let mut preface = format!("{:012}{SUPERVISOR}", SUPERVISOR.len()).into_bytes();
         // The key travels in this first frame, through stdin: never argv.
+        let link = Link::new();
         let start = Request::Start {
             key: req.info.key.clone(),
             signature_scheme: req.info.signature_scheme.clone(),
@@ -219,16 +246,20 @@ impl Session {
             env: req.env.clone(),
             cwd: req.cwd.map(String::from),
             cloud_mounts: req.cloud_mounts.to_vec(),
+            window: super::protocol::WINDOW,
+            outage_bound: super::protocol::OUTAGE_BOUND,
         };
-        super::protocol::Frame::Message(serde_json::to_vec(&start).expect("serialises"))
-            .encode_into(&mut preface);
+        preface.extend(link.first_request(&start));
         let mut command = python_command(req.remote_python, &["-u", "-c", LOADER], req.init);
         if let Some(allocation) = req.slurm {
             command = allocation.command(&command, req.remote_python);
         }
         let slurm_watch = req.slurm.map(|_| &mut *watch);
         let mut session = match Session::open(master, &command, &preface, slurm_watch).await? {
-            Opened::Framed(session) => session,
+            Opened::Framed(f) => {
+                let wire = link.connect(f.from_remote, f.to_remote);
+                Session::new(f.channel, link, wire)
+            }
             Opened::NoPython => {
                 return Err(Error::Remote(format!(
                     "remote python '{}' does not exist on '{alias}'; fix --remote-python-prefix/--remote-python with `sshpyk edit`",
@@ -241,7 +272,7 @@ impl Session {
         session.slurm = watch.placement.clone();
         session.relay = watch.relay.clone();
         loop {
-            match session.reports.recv().await {
+            match session.next_report().await {
                 Some(Report::Ready(ready)) => return Ok((session, ready)),
                 Some(Report::Error { message, .. }) => {
                     return Err(Error::Remote(format!("on '{alias}': {message}")))
@@ -264,10 +295,12 @@ impl Session {
     }
 
     /// Re-attaches to the supervisor of a kernel started earlier (after the connection was lost)
-    /// at `at`. `Ok(None)`: the supervisor is gone, and with it the kernel.
+    /// at `at`, and resumes `link`'s streams over the new session. `Ok(None)`: the supervisor is
+    /// gone, and with it the kernel.
     pub async fn attach(
         master: &Master,
         at: &AttachPoint,
+        link: &Link,
         ping_interval: Duration,
     ) -> Result<Option<Session>> {
         let command = python_command(&at.python, &["-S", "-c", ATTACH, &at.socket], None);
@@ -277,23 +310,37 @@ impl Session {
                 master.alias()
             ))
         };
-        let mut session = match Session::open(master, &command, b"", None).await? {
-            Opened::Framed(session) => session,
+        let mut framed = match Session::open(master, &command, b"", None).await? {
+            Opened::Framed(framed) => framed,
             Opened::Ended(Some(GONE)) => return Ok(None),
             Opened::Ended(_) | Opened::NoPython | Opened::Failed(_) => return Err(unreachable()),
         };
-        match session.reports.recv().await {
-            Some(Report::Attached { .. }) => {
-                session.keep_alive(ping_interval);
-                Ok(Some(session))
+        // The supervisor's first frame says how far it received; the streams resume from there.
+        let notice = match link::next_frame(&mut framed.from_remote).await {
+            Ok(Some(Frame::Notice(json))) => serde_json::from_slice::<SupervisorNotice>(&json).ok(),
+            Ok(Some(Frame::Message(json))) => {
+                if let Ok(Report::Exited(exit)) = serde_json::from_slice(&json) {
+                    // It ended just as we came back; the caller hears it as the next event.
+                    tracing::debug!("the remote kernel {} as we reattached", exit.describe());
+                }
+                None
             }
-            Some(Report::Exited(exit)) => {
-                // It ended just as we came back; the caller hears it as the next event.
-                tracing::debug!("the remote kernel {} as we reattached", exit.describe());
-                Err(unreachable())
-            }
-            _ => Err(unreachable()),
-        }
+            _ => None,
+        };
+        let Some(SupervisorNotice::Attached {
+            received,
+            last_open,
+            ..
+        }) = notice
+        else {
+            return Err(unreachable());
+        };
+        let wire = link
+            .resume(framed.from_remote, framed.to_remote, &received, last_open)
+            .map_err(|violation| Error::Ssh(format!("{violation}; reattaching failed")))?;
+        let mut session = Session::new(framed.channel, link.clone(), wire);
+        session.keep_alive(ping_interval);
+        Ok(Some(session))
     }
 
     /// The Slurm job and node this session's supervisor runs in; `None` off Slurm.
@@ -320,10 +367,9 @@ impl Session {
     /// From now on a lost session means "launcher gone" or "connection gone" (not "start
     /// abandoned"); and the lease is renewed every `ping_interval` from a task of its own, so
     /// that nothing the launcher does in the meantime (a remount, an interrupt) lets it lapse.
-    pub fn arm(&mut self, ping_interval: Duration) -> Result<()> {
-        self.request(&Request::Arm)?;
+    pub fn arm(&mut self, ping_interval: Duration) {
+        self.request(&Request::Arm);
         self.keep_alive(ping_interval);
-        Ok(())
     }
 
     fn keep_alive(&mut self, ping_interval: Duration) {
@@ -332,20 +378,22 @@ impl Session {
             let mut tick = tokio::time::interval(ping_interval);
             loop {
                 tick.tick().await;
-                if !link.request(&Request::Ping) {
-                    return;
-                }
+                link.notice(&LauncherNotice::Ping);
             }
         }));
     }
 
-    pub fn request(&self, request: &Request) -> Result<()> {
-        if self.link.request(request) {
-            Ok(())
-        } else {
-            Err(Error::Ssh(
-                "the session with the remote supervisor is gone".into(),
-            ))
+    /// Sends a request now, or with the next session if this one is lost.
+    pub fn request(&self, request: &Request) {
+        self.link.request(request)
+    }
+
+    /// The next report; `None` once this session's frames end. Cancel-safe.
+    async fn next_report(&mut self) -> Option<Report> {
+        tokio::select! {
+            biased;
+            report = self.link.next_report() => report,
+            _ = self.wire.ended() => None,
         }
     }
 
@@ -357,7 +405,7 @@ impl Session {
 
     /// Waits for the kernel's exit or the end of the session. Cancel-safe.
     pub async fn next_event(&mut self) -> Event {
-        while let Some(report) = self.reports.recv().await {
+        while let Some(report) = self.next_report().await {
             match report {
                 Report::Exited(exit) => return Event::Exited(exit),
                 Report::Cloud(report) => {
@@ -365,7 +413,11 @@ impl Session {
                         let _ = to.send(report);
                     }
                 }
-                _ => {}
+                Report::Dropped { channel, bytes } => tracing::warn!(
+                    "while the connection was down, the kernel sent more on its {channel} channel than the remote keeps ({} MiB per kernel): that connection was closed and {bytes} bytes dropped; its client reconnects",
+                    crate::remote::protocol::OUTAGE_BOUND >> 20
+                ),
+                Report::Ready(_) | Report::Error { .. } => {}
             }
         }
         Event::Lost
@@ -387,8 +439,7 @@ fn relay_stderr() -> Result<OwnedFd> {
         // Bytes, not text: a line that is not UTF-8 must not stop the draining.
         let mut from_remote = BufReader::new(local);
         let mut line = Vec::new();
-        while from_remote
-            .read_until(b'\n', &mut line)
+        while bounded::read_line(&mut from_remote, &mut line, bounded::MAX_LINE)
             .await
             .is_ok_and(|n| n > 0)
         {

@@ -10,7 +10,8 @@
 #     supervisor's lease runs out after the orphan timeout unless a new session comes through
 #     relay.sock (in a 0700 dir; handed over by attach.py, as to a plain supervisor). Then the
 #     supervisor is told "relayed_attach", and its frames go to the new session from its
-#     "attached" report on (what it sent in between was meant for the old one);
+#     "attached" notice on (what it sent in between was meant for the old one, and is resent
+#     as the streams resume);
 #   - the step ends without an exit report and without our hanging up (the lease ran out after
 #     a network loss, or the supervisor died): nobody will restart into the job, so it is
 #     cancelled at once.
@@ -173,7 +174,7 @@ class Relay:
             os.set_blocking(fd, False)
         self.session = Link(fds[0], fds[1], sshd_ancestor(sshd_pid), closer=conn.close)
         self.awaiting_attached = True
-        self.to_step.report(op="relayed_attach")
+        self.to_step.notice(op="relayed_attach")
         self.to_step.flush()
 
     # ------------------------------------------------------------------ the supervisor's side
@@ -205,7 +206,7 @@ class Relay:
         if frames is None:
             return False
         for stream, kind, payload in frames:
-            if stream == 0 and kind == MESSAGE:
+            if stream == 0 and kind in (MESSAGE, NOTICE):
                 event = json.loads(payload).get("event")
                 if event == "exited":
                     self.exit_reported = True

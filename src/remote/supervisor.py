@@ -8,7 +8,13 @@
 # directions are frames `u32 stream | u8 kind | u32 length | payload`; stream 0 carries JSON
 # requests ({"op": ...}) and reports ({"event": ...}); other streams are ZMQ connections that
 # the launcher opens and this loop relays to the kernel's sockets, each direction bounded by a
-# credit window.
+# window of unacknowledged bytes.
+#
+# Streams outlive sessions: each side keeps what it sent until the other acknowledges it, and a
+# new session resumes every stream where it stopped (protocol.rs documents the handshake).
+# While no session is up, the kernel's sockets are still read (the kernel never blocks, and ZMQ
+# never drops at its high-water mark), up to the outage bound per kernel; past it, the stream
+# that holds the most is closed and the launcher told ("dropped").
 #
 # Lifetime. The session is the lease, renewed by every frame (the launcher pings). When the
 # session ends:
@@ -39,7 +45,7 @@ import threading
 import time
 
 CHUNK = 256 << 10
-# Past this much unsent to the launcher, stop reading the kernel's sockets until it drains.
+# Past this much queued for the session's pipe, stop framing the kernel's bytes until it drains.
 OUT_LIMIT = 8 << 20
 # How often orphans that came back to us and exited are collected.
 REAP_EVERY = 5.0
@@ -123,11 +129,20 @@ def listening(endpoint):
 
 
 class Supervisor:
-    def __init__(self, start, link):
+    def __init__(self, start, start_length, link):
         self.start_request = start
         self.orphan_timeout = float(start["orphan_timeout"])
         self.ping_interval = float(start["ping_interval"])
+        self.window = int(start["window"])
+        self.ack_batch = self.window // 8
+        self.outage_bound = int(start["outage_bound"])
         self.link = link
+        # Until the launcher's "resume" after an attach, nothing sequenced is sent.
+        self.resumed = True
+        # Stream 0: request bytes received (the start request first), reports kept until acked.
+        self.requests_received = start_length
+        self.reports = Outbox()
+        self.last_open = 0
         self.run_dir = None
         self.kernel = None
         self.endpoints = {}
@@ -290,45 +305,87 @@ class Supervisor:
     def output_line(self, line):
         text = line.decode(errors="replace")
         self.tail = (self.tail + [text.rstrip()])[-20:]
-        if self.link and self.link.out_len < OUT_LIMIT:
-            self.link.report(event="output", text=text[:3000])
+        if self.can_send():
+            self.link.notice(event="output", text=text[:3000])
+
+    # ------------------------------------------------------------------ stream 0
+
+    def can_send(self):
+        return self.link is not None and self.resumed and self.link.out_len < OUT_LIMIT
+
+    def message(self, **msg):
+        """A report the launcher must get: kept until acknowledged, resent after a lost session."""
+        payload = json.dumps(msg).encode()
+        self.reports.push(payload)
+        if self.link and self.resumed:
+            self.link.send(0, MESSAGE, payload)
+
+    def notice(self, **msg):
+        if self.link:
+            self.link.notice(**msg)
 
     # ------------------------------------------------------------------ streams
 
     def open_stream(self, sid, channel):
+        self.last_open = max(self.last_open, sid)
         endpoint = self.endpoints.get(channel)
         sock = connect(endpoint) if endpoint is not None else None
         if sock is None:
-            self.link.send(sid, CLOSE)
+            # Told now, or (not listed at the next resume) then.
+            if self.link and self.resumed:
+                self.link.send(sid, CLOSE)
             return
-        self.streams[sid] = Stream(sid, sock)
+        self.streams[sid] = Stream(sid, sock, channel)
 
-    def close_stream(self, stream, tell_launcher):
+    def close_stream(self, stream):
+        """Forgets the stream and closes its kernel socket."""
         self.streams.pop(stream.sid, None)
+        self.close_socket(stream)
+
+    def close_socket(self, stream):
+        if stream.sock is None:
+            return
         if stream.mask:
             self.sel.unregister(stream.sock)
+            stream.mask = 0
         stream.sock.close()
-        if tell_launcher and self.link:
-            self.link.send(stream.sid, CLOSE)
+        stream.sock = None
 
     def close_all_streams(self):
         for stream in list(self.streams.values()):
-            self.close_stream(stream, tell_launcher=False)
+            self.close_stream(stream)
+
+    def buffered(self):
+        return sum(stream.buffered() for stream in self.streams.values())
 
     def from_kernel(self, stream):
         # Into a buffer kept for it: a fresh 256 KiB one per call would cost an mmap, an mremap
         # and a munmap for every message.
         try:
-            n = stream.sock.recv_into(self.recv_buffer, min(CHUNK, stream.credit))
+            n = stream.sock.recv_into(self.recv_buffer, CHUNK)
         except BlockingIOError:
             return
         except OSError:
             n = 0
         if not n:
-            self.close_stream(stream, tell_launcher=True)
-            return
-        stream.credit -= n
-        self.link.send(stream.sid, DATA, bytes(self.recv_buffer[:n]))
+            stream.kernel_closed = True
+            self.close_socket(stream)
+        else:
+            stream.pending += self.recv_buffer[:n]
+        self.pump(stream)
+
+    def pump(self, stream):
+        """Sends what the window and the session's pipe take of what the kernel sent; then the
+        CLOSE, once the kernel's end closed and everything before it went."""
+        while stream.pending and self.can_send() and stream.out.in_flight() < self.window:
+            n = min(len(stream.pending), self.window - stream.out.in_flight(), MAX_PAYLOAD)
+            chunk = bytes(stream.pending[:n])
+            del stream.pending[:n]
+            stream.out.push(chunk)
+            self.link.send(stream.sid, DATA, chunk)
+        if stream.kernel_closed and not stream.pending and not stream.close_sent and self.link and self.resumed:
+            stream.close_sent = True
+            self.link.send(stream.sid, CLOSE)
 
     def to_kernel(self, stream):
         try:
@@ -336,22 +393,27 @@ class Supervisor:
         except BlockingIOError:
             return
         except OSError:
-            self.close_stream(stream, tell_launcher=True)
+            stream.to_kernel.clear()
+            stream.kernel_closed = True
+            self.close_socket(stream)
+            self.pump(stream)
             return
         del stream.to_kernel[:n]
         stream.written += n
-        # Credit goes back in quarter windows, not per message: a frame back over ssh for every
-        # small message would double the packets (and wake-ups) of a request/reply exchange.
-        if stream.written >= CREDIT_BATCH:
-            self.link.send(stream.sid, CREDIT, struct.pack(">I", stream.written))
-            stream.written = 0
+        # Acks go in batches, not per message: a frame back over ssh for every small message
+        # would double the packets (and wake-ups) of a request/reply exchange.
+        if stream.written - stream.ack_sent >= self.ack_batch and self.link and self.resumed:
+            self.link.send(stream.sid, ACK, OFFSET.pack(stream.written))
+            stream.ack_sent = stream.written
 
     def update_interest(self):
-        """Registers each stream for what it can do now: read while it has credit and the
-        launcher keeps up, write while it has bytes for the kernel."""
-        keep_up = self.link is not None and self.link.out_len < OUT_LIMIT
+        """Registers each stream for what it can do now: read while the kernel's bytes kept
+        stay under the outage bound, write while it has bytes for the kernel."""
+        room = self.buffered() < self.outage_bound
         for stream in self.streams.values():
-            mask = (selectors.EVENT_READ if keep_up and stream.credit > 0 else 0) | (selectors.EVENT_WRITE if stream.to_kernel else 0)
+            if stream.sock is None:
+                continue
+            mask = (selectors.EVENT_READ if room else 0) | (selectors.EVENT_WRITE if stream.to_kernel else 0)
             if mask == stream.mask:
                 continue
             if not mask:
@@ -362,39 +424,70 @@ class Supervisor:
                 self.sel.modify(stream.sock, mask, stream)
             stream.mask = mask
 
+    def enforce_outage_bound(self):
+        """While no session takes the kernel's bytes, past the bound the stream that holds the
+        most is closed (its client reconnects) and the launcher is told how much was lost."""
+        if (self.link and self.resumed) or self.buffered() < self.outage_bound:
+            return
+        biggest = max(self.streams.values(), key=Stream.buffered)
+        dropped = biggest.buffered()
+        self.close_stream(biggest)
+        self.message(event="dropped", channel=biggest.channel, bytes=dropped)
+
     # ------------------------------------------------------------------ the launcher
 
     def handle_frame(self, sid, kind, payload):
         if kind == MESSAGE:
+            self.requests_received += len(payload)
+            self.link.send(0, ACK, OFFSET.pack(self.requests_received))
             self.handle_request(json.loads(payload))
+            return
+        if kind == NOTICE:
+            self.handle_notice(json.loads(payload))
+            return
+        if sid == 0 and kind == ACK:
+            self.reports.ack(OFFSET.unpack(payload)[0])
             return
         stream = self.streams.get(sid)
         if kind == OPEN:
             if stream:
-                self.close_stream(stream, tell_launcher=False)
+                self.close_stream(stream)
             self.open_stream(sid, payload.decode())
         elif stream is None:
-            return  # a stream we already closed; the launcher will learn it from our CLOSE
+            return  # a stream we forgot; nothing is owed
         elif kind == DATA:
+            stream.received += len(payload)
+            if stream.received > stream.ack_sent + self.window:
+                raise Violation("data past the window on stream %d" % sid)
+            if stream.sock is None:
+                return  # the kernel's end closed: nowhere to write
             stream.to_kernel += payload
             # Straight on: waiting for the next turn of the loop would cost a select per message.
             self.to_kernel(stream)
         elif kind == CLOSE:
-            self.close_stream(stream, tell_launcher=False)
-        elif kind == CREDIT:
-            stream.credit += struct.unpack(">I", payload)[0]
+            # Our own CLOSE answered, or the launcher's client gone: answer it, forget it.
+            if not stream.close_sent:
+                self.link.send(sid, CLOSE)
+            self.close_stream(stream)
+        elif kind == ACK:
+            stream.out.ack(OFFSET.unpack(payload)[0])
+            self.pump(stream)
+
+    def handle_notice(self, notice):
+        op = notice.get("op")
+        if op == "ping":
+            self.notice(event="pong")
+        elif op == "resume":
+            self.resume(notice["received"])
+        elif op == "relayed_attach":
+            # The Slurm relay on the login node took a new session in place of a lost one, on
+            # the same pipes: what we sent since is discarded by the relay until "attached".
+            self.announce_attached()
 
     def handle_request(self, request):
         op = request.get("op")
         if op == "arm":
             self.armed = True
-        elif op == "ping":
-            self.link.report(event="pong")
-        elif op == "relayed_attach":
-            # The Slurm relay on the login node took a new session in place of a lost one, on
-            # the same pipes: the old session's streams are gone, as after `attach`.
-            self.close_all_streams()
-            self.link.report(event="attached", pid=self.kernel.pid)
         elif op == "signal":
             try:
                 os.killpg(self.kernel.pid, getattr(signal, request["signal"]))
@@ -410,8 +503,7 @@ class Supervisor:
             self.report_cloud(request["id"], None)
 
     def report_cloud(self, request_id, error):
-        if self.link:
-            self.link.report(event="cloud", id=request_id, error=error, mounts=self.cloud.states())
+        self.message(event="cloud", id=request_id, error=error, mounts=self.cloud.states())
 
     def attach(self, listener):
         """A relay hands over the stdio of a new session (after a reconnection)."""
@@ -424,19 +516,49 @@ class Supervisor:
             os.set_blocking(fd, False)
         self.link = Link(fds[0], fds[1], sshd_ancestor(sshd_pid), closer=conn.close)
         self.link.queue(MARKER)
-        self.link.report(event="attached", pid=self.kernel.pid)
+        self.announce_attached()
         self.sel.register(self.link, selectors.EVENT_READ, "link")
         self.expires = time.monotonic() + self.orphan_timeout + self.ping_interval
 
+    def announce_attached(self):
+        """Our half of the resume handshake: how far we received on every stream. Nothing
+        sequenced goes out until the launcher's half ("resume") says how far it did."""
+        self.resumed = False
+        streams = [{"id": s.sid, "received": s.received, "written": s.written} for s in self.streams.values()]
+        self.notice(event="attached", pid=self.kernel.pid, last_open=self.last_open, received={"messages": self.requests_received, "streams": streams})
+
+    def resume(self, theirs):
+        """The launcher's half: forget what it wrote out, resend what it lacks."""
+        self.reports.ack(theirs["messages"])
+        for payload in self.reports.since(theirs["messages"]):
+            self.link.send(0, MESSAGE, payload)
+        known = {s["id"]: s for s in theirs["streams"]}
+        for stream in list(self.streams.values()):
+            at = known.get(stream.sid)
+            if at is None:
+                # It forgot the stream: it heard our CLOSE, or its client is gone and it heard
+                # our answer.
+                self.close_stream(stream)
+                continue
+            stream.out.ack(at["written"])
+            for chunk in stream.out.since(at["received"]):
+                self.link.send(stream.sid, DATA, chunk)
+            # Our "attached" told it how far we wrote out: that is an ack.
+            stream.ack_sent = stream.written
+            if stream.close_sent:
+                self.link.send(stream.sid, CLOSE)
+        self.resumed = True
+        for stream in list(self.streams.values()):
+            self.pump(stream)
+
     def drop_link(self):
-        """The current session is over: its streams go with it (bytes may have been lost)."""
+        """The current session is over; the streams stay for the next one."""
         if self.link:
             self.sel.unregister(self.link)
             if self.link.watching_out:
                 self.sel.unregister(self.link.wfd)
             self.link.close()
             self.link = None
-        self.close_all_streams()
 
     def link_closed(self):
         sshd_pid = self.link.sshd_pid
@@ -500,17 +622,24 @@ class Supervisor:
                         self.link_closed()
                         continue
                     self.expires = time.monotonic() + lease
-                    for frame in frames:
-                        self.handle_frame(*frame)
+                    try:
+                        for frame in frames:
+                            self.handle_frame(*frame)
+                    except (Violation, ValueError, KeyError, TypeError) as e:
+                        # A launcher that breaks the protocol: as if its session were lost.
+                        print("sshpyk supervisor: the launcher broke the protocol (%s); dropping its session" % e, file=sys.stderr, flush=True)
+                        self.drop_link()
+                        continue
                     if self.link:
                         self.link.flush()
-                elif isinstance(what, Stream) and self.streams.get(what.sid) is what:
+                elif isinstance(what, Stream) and self.streams.get(what.sid) is what and what.sock:
                     if events & selectors.EVENT_WRITE:
                         self.to_kernel(what)
-                    if events & selectors.EVENT_READ and self.streams.get(what.sid) is what:
+                    if events & selectors.EVENT_READ and what.sock:
                         self.from_kernel(what)
                     if self.link:
                         self.link.flush()
+            self.enforce_outage_bound()
             now = time.monotonic()
             if self.kill_at is not None and now >= self.kill_at:
                 self.kill_at = None
@@ -531,8 +660,8 @@ class Supervisor:
         self.pump_output()
         self.close_all_streams()
         self.cleanup()
+        self.message(**self.exit_report())
         if self.link:
-            self.link.report(**self.exit_report())
             self.link.flush_blocking(2.0)
 
 
@@ -542,10 +671,10 @@ def main():
     link = Link(0, 1, sshd_ancestor(os.getppid()))
     os.write(1, MARKER)
     try:
-        start = read_start(0)
+        start, start_length = read_start(0)
     except (EOFError, ValueError, Fatal):
         return
-    sup = Supervisor(start, link)
+    sup = Supervisor(start, start_length, link)
     signal.signal(signal.SIGTERM, lambda *_: (sup.cleanup(), os._exit(1)))
     try:
         ready = sup.start()
@@ -553,13 +682,13 @@ def main():
         # Whatever went wrong, nothing stays behind (the run dir holds the key).
         sup.cleanup()
         kind, message = (e.kind, str(e)) if isinstance(e, Fatal) else ("internal", "remote supervisor failed: %s: %s" % (type(e).__name__, e))
-        link.report(event="error", kind=kind, message=message)
+        sup.message(event="error", kind=kind, message=message)
         link.flush_blocking(2.0)
         return
     if sup.kernel.poll() is not None:
         sup.finish()
         return
-    link.report(event="ready", **ready)
+    sup.message(event="ready", **ready)
     os.set_blocking(0, False)
     os.set_blocking(1, False)
     link.flush()

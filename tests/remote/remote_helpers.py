@@ -11,9 +11,13 @@ src = sys.argv[1]
 SUPERVISOR = b"".join(open(os.path.join(src, name), "rb").read() for name in ("cloud.py", "frames.py", "kernel.py", "supervisor.py"))
 LOADER = open(os.path.join(src, "loader.py")).read()
 ATTACH = open(os.path.join(src, "attach.py")).read()
-MARKER = b"sshpyk-frames-1\n"
+MARKER = b"sshpyk-frames-2\n"
 HEADER = struct.Struct(">IBI")
-MESSAGE, OPEN, DATA, CLOSE, CREDIT = range(5)
+OFFSET = struct.Struct(">Q")
+MESSAGE, OPEN, DATA, CLOSE, ACK, NOTICE = range(6)
+# What the launcher sends in its start request (src/remote/protocol.rs).
+WINDOW = 4 << 20
+OUTAGE_BOUND = 64 << 20
 # The first bytes a ZMTP 3 peer sends: signature, then the major version.
 ZMTP_GREETING = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03"
 
@@ -32,6 +36,10 @@ def message(obj):
     return frame(0, MESSAGE, json.dumps(obj).encode())
 
 
+def notice(obj):
+    return frame(0, NOTICE, json.dumps(obj).encode())
+
+
 def read_exactly(f, n):
     data = f.read(n)
     if len(data) != n:
@@ -46,14 +54,18 @@ def skip_to_marker(f):
 
 
 def next_frame(f, skip_output=True):
+    """The next frame, JSON decoded on stream 0; by default without the kernel's output, pongs
+    and acks of stream 0."""
     while True:
         stream, kind, length = HEADER.unpack(read_exactly(f, HEADER.size))
         payload = read_exactly(f, length)
-        if stream == 0 and kind == MESSAGE:
+        if stream == 0 and kind in (MESSAGE, NOTICE):
             msg = json.loads(payload)
             if skip_output and msg.get("event") in ("output", "pong"):
                 continue
             return stream, kind, msg
+        if skip_output and stream == 0 and kind == ACK:
+            continue
         return stream, kind, payload
 
 

@@ -25,7 +25,7 @@ for made in (env["JUPYTER_RUNTIME_DIR"], env["TMPDIR"]):
 WAIT_FOR_ARGV = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
 # No Slurm here: the cancel of a job nobody comes back to must fail quietly.
 JOB = "0"
-start = {"op": "start", "key": "k3y", "signature_scheme": "hmac-sha256", "kernel_name": "python3", "ping_interval": 1}
+start = {"op": "start", "key": "k3y", "signature_scheme": "hmac-sha256", "kernel_name": "python3", "ping_interval": 1, "window": WINDOW, "outage_bound": OUTAGE_BOUND}
 
 
 def start_relay(orphan_timeout):
@@ -52,12 +52,12 @@ def start_relay(orphan_timeout):
 
 
 def ping(session):
-    session.stdin.write(message({"op": "ping"}))
+    session.stdin.write(notice({"op": "ping"}))
     session.stdin.flush()
-    _, _, pong = next_frame(session.stdout, skip_output=False)
-    while pong.get("event") != "pong":
-        _, _, pong = next_frame(session.stdout, skip_output=False)
-    return pong
+    while True:
+        stream, kind, pong = next_frame(session.stdout, skip_output=False)
+        if stream == 0 and kind == NOTICE and pong.get("event") == "pong":
+            return pong
 
 
 def child(pid):
@@ -84,14 +84,30 @@ def lose_connection(between):
 between, socket_path, ready = start_relay(30)
 check(oct(os.stat(os.path.dirname(socket_path)).st_mode & 0o777) == "0o700", "the relay's socket is in a 0700 dir")
 check(ping(between) == {"event": "pong"}, "pings pass through the relay")
+# A stream to the kernel's heartbeat: our greeting in, the first of the kernel's out.
+between.stdin.write(frame(1, OPEN, b"hb") + frame(1, DATA, ZMTP_GREETING))
+between.stdin.flush()
+got = b""
+while not got:
+    stream, kind, payload = next_frame(between.stdout)
+    if (stream, kind) == (1, DATA):
+        got += payload
 relay = lose_connection(between)
 check(not gone_within(ready["pid"], 2.0), "a connection lost keeps the kernel")
 
 # A new session, handed over by attach.py as after a reconnection.
 session = subprocess.Popen([sys.executable, "-S", "-c", ATTACH, socket_path], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 skip_to_marker(session.stdout)
-_, _, attached = next_frame(session.stdout)
-check(attached == {"event": "attached", "pid": ready["pid"]}, "a new session reaches the same supervisor through the relay")
+_, kind, attached = next_frame(session.stdout)
+check(kind == NOTICE and attached["event"] == "attached" and attached["pid"] == ready["pid"], "a new session reaches the same supervisor through the relay")
+check(attached["received"]["streams"] == [{"id": 1, "received": len(ZMTP_GREETING), "written": len(ZMTP_GREETING)}], "it says how far it received on the stream it kept")
+session.stdin.write(notice({"op": "resume", "received": {"messages": 0, "streams": [{"id": 1, "received": len(got), "written": len(got)}]}}))
+session.stdin.flush()
+while len(got) < 64:
+    stream, kind, payload = next_frame(session.stdout)
+    if (stream, kind) == (1, DATA):
+        got += payload
+check(len(got) == 64 and got[12:16] == b"NULL", "the stream resumes through the relay: the kernel's greeting arrives whole, once")
 check(ping(session) == {"event": "pong"}, "pings are answered over the new session")
 
 # The launcher gone (its session closes while its connection, this process, lives): the kernel
