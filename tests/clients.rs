@@ -78,3 +78,57 @@ fn jupyter_server_websockets_survive_a_restart_of_an_sshpyk_kernel() {
     );
     assert!(env.remote_run_dirs().is_empty());
 }
+
+/// JupyterLab's path through a 20 s link cut: a cell run on jupyter_server's websocket gets its
+/// reply and all its output (JupyterLab shows its execution count, not `[*]`).
+#[test]
+fn jupyter_server_websockets_get_a_cells_reply_and_output_through_a_link_cut() {
+    let env = Env::with_host();
+    if env.host().netns().is_none() {
+        eprintln!("skipped: cutting a link needs a network namespace (run as root)");
+        return;
+    }
+    env.add_kernel("ssh_remote", &[]);
+    let path = format!(
+        "{}/tests/clients/jupyter_server_cut.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut cmd = std::process::Command::new(common::venv_python());
+    cmd.arg(path).arg("ssh_remote");
+    env.apply(&mut cmd);
+    let mut script = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(script.stdout.take().unwrap());
+    let mut said = String::new();
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0 {
+        said.push_str(&line);
+        if line.trim() == "cut" {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            env.host().link_down().unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(20));
+            env.host().link_up().unwrap();
+            std::io::Write::write_all(script.stdin.as_mut().unwrap(), b"back\n").unwrap();
+        }
+        line.clear();
+    }
+    let out = script.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        said.lines().filter(|l| l.starts_with("ok:")).count(),
+        5,
+        "{said}"
+    );
+    assert!(
+        env.remote_processes("ipykernel").is_empty(),
+        "a remote kernel was left behind"
+    );
+}

@@ -202,13 +202,22 @@ async fn a_network_drop_keeps_the_kernel_in_its_job_and_a_launcher_killed_after_
     let pid = launcher.remote_pid();
     let mut c = ready_client(&info).await;
     c.execute("x = 42", STEP).await.unwrap();
-    c.close();
 
     // A silent cut long enough for the launcher to give its connection up (the old session
     // never ends on the login node: the new one takes over from it), then one where the server
-    // drops the connections (the relay sees its session end with its sshd).
+    // drops the connections (the relay sees its session end with its sshd). Each time a cell
+    // prints through the cut: its streams resume through the relay, so it ends in its client
+    // with all its output.
+    let cell = "import time\nfor i in range(12):\n    print(i, flush=True)\n    time.sleep(1)";
     for (round, secs, drop_connections) in [(1, 20, false), (2, 5, true)] {
-        cut_link(&env, secs, drop_connections).await;
+        let cut = async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            cut_link(&env, secs, drop_connections).await
+        };
+        let (r, ()) = tokio::join!(c.execute(cell, Duration::from_secs(90)), cut);
+        let r = r.unwrap_or_else(|e| panic!("cut {round}: {e}\n{}", launcher.log()));
+        let lines: String = (0..12).map(|i| format!("{i}\n")).collect();
+        assert_eq!((r.status.as_str(), r.stdout), ("ok", lines), "cut {round}");
         assert!(
             launcher.child.try_wait().unwrap().is_none(),
             "the launcher exited after cut {round}:\n{}",
@@ -234,6 +243,7 @@ async fn a_network_drop_keeps_the_kernel_in_its_job_and_a_launcher_killed_after_
         assert_eq!(jobs(&env), [format!("{job} sshpyk-slurmnet RUNNING")]);
         assert_ps_shows(&env, &job);
     }
+    c.close();
 
     // Jupyter's SIGKILL over the new connection: the kernel is gone at once, the job after
     // the grace.

@@ -14,8 +14,10 @@ use crate::ssh::{config, Master};
 
 pub const DEFAULT_LAUNCH_TIMEOUT: f64 = 30.0;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: f64 = 30.0;
-/// Long enough to ride out a dropped Wi-Fi or a short sleep, short enough to reap abandoned kernels.
-pub const DEFAULT_ORPHAN_TIMEOUT: f64 = 300.0;
+/// How long a kernel waits for a launcher whose connection is gone: a lunch break or an evening
+/// with the laptop closed (VS Code's remote server waits as long), not a night. Shorter on
+/// shared GPU hosts, where an abandoned kernel holds a GPU: `--orphan-timeout`.
+pub const DEFAULT_ORPHAN_TIMEOUT: f64 = 3.0 * 3600.0;
 /// `add`/`edit` never wait longer than this for the remote to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 

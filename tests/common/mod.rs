@@ -304,6 +304,22 @@ impl Env {
             .collect()
     }
 
+    /// Processes of this machine outside the remote host whose command line contains `needle`
+    /// (the launcher's ssh processes name the test's ssh config).
+    pub fn local_processes(&self, needle: &str) -> Vec<u32> {
+        let remote = self.host().remote_pids();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| !remote.contains(pid) && *pid != std::process::id())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
     /// Files left in the remote Jupyter runtime dir (the supervisor's run dirs).
     pub fn remote_run_dirs(&self) -> Vec<PathBuf> {
         std::fs::read_dir(self.path("remote-runtime"))
