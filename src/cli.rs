@@ -164,8 +164,8 @@ pub struct SpecArgs {
     #[arg(long, value_parser = positive_seconds)]
     pub shutdown_timeout: Option<f64>,
     /// Seconds a remote kernel waits for its launcher to come back after the connection is lost
-    /// (a network drop); a launcher killed while its connection lives ends the kernel at once
-    /// [default: 300].
+    /// (a network drop, a closed laptop); a launcher killed while its connection lives ends the
+    /// kernel at once. Shorten it on shared GPU hosts [default: 10800, 3 h].
     #[arg(long, value_parser = positive_seconds)]
     pub orphan_timeout: Option<f64>,
     /// Mount a local directory on the remote for the kernel's lifetime:
