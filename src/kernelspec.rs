@@ -67,6 +67,8 @@ impl Settings {
             remote_sshfs: self.remote_sshfs.as_deref(),
             ssh_host_alias_local_on_remote: self.ssh_host_alias_local_on_remote.as_deref(),
             launch_timeout: self.launch_timeout,
+            remote_python: &self.remote_python,
+            remote_init: self.remote_init.as_deref(),
         }
     }
 

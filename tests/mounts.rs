@@ -35,10 +35,11 @@ async fn read_data(c: &mut KernelClient, remote: &dyn std::fmt::Display) -> Stri
     .unwrap()
 }
 
+/// A lazy (sshfs) mount: what this file tests. Synced copies are tested in sync.rs.
 fn spec(local: &Path, remote: &Path, options: &str) -> String {
-    let mut s = format!("{}:{}", local.display(), remote.display());
+    let mut s = format!("{}:{}:lazy", local.display(), remote.display());
     if !options.is_empty() {
-        s.push(':');
+        s.push(',');
         s.push_str(options);
     }
     s
@@ -683,7 +684,7 @@ fn list_checks_each_mount() {
     let good = section("good");
     for row in [
         format!(
-            "(i) mount: {} on remote {} (ro)",
+            "(i) mount: {} on remote {} (lazy,ro)",
             local.display(),
             env.path("m1").display()
         ),

@@ -277,6 +277,7 @@ fn configured(settings: &Settings) -> Vec<MountStatus> {
         read_only: m.read_only(),
         state: MountState::Configured,
         error: None,
+        detail: None,
     });
     let cloud = settings.cloud_mounts.iter().map(|m| MountStatus {
         remote: m.remote.clone(),
@@ -285,6 +286,7 @@ fn configured(settings: &Settings) -> Vec<MountStatus> {
         read_only: !m.rw,
         state: MountState::Configured,
         error: None,
+        detail: None,
     });
     local.chain(cloud).collect()
 }
@@ -371,6 +373,9 @@ pub fn mount_line(mount: &MountStatus) -> String {
     );
     if let Some(error) = &mount.error {
         line.push_str(&format!(" ({error})"));
+    }
+    if let Some(detail) = &mount.detail {
+        line.push_str(&format!(" ({detail})"));
     }
     line
 }

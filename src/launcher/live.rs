@@ -271,7 +271,7 @@ impl Running {
             .mounts
             .states()
             .into_iter()
-            .map(|(spec, up)| MountStatus {
+            .map(|(spec, up, detail)| MountStatus {
                 remote: spec.remote.clone(),
                 kind: MountKind::LocalOnRemote,
                 source: spec.local.clone(),
@@ -282,6 +282,7 @@ impl Running {
                     (false, false) => MountState::Failing,
                 },
                 error: None,
+                detail,
             })
             .collect();
         for mount in &self.live.cloud {
@@ -299,6 +300,7 @@ impl Running {
                 read_only: !mount.rw,
                 state,
                 error,
+                detail: None,
             });
         }
         KernelStatus {

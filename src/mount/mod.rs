@@ -1,7 +1,12 @@
 //! Mounts: local directories on the remote for the kernel's lifetime
-//! (`--mount-local-on-remote "/local:/remote[:sshfs_options]"`).
+//! (`--mount-local-on-remote "/local:/remote[:options]"`).
 //!
-//! # How
+//! A project-sized tree (up to [`sync::MAX_FILES`] files and [`sync::MAX_BYTES`], excludes left
+//! out) becomes a synchronised copy on the remote's disk ([`sync`]): imports and reads at disk
+//! speed however far the remote is. A bigger tree, or one whose spec says `lazy`, is mounted
+//! as below: nothing is copied, every access asks this side. `sync` forces the copy.
+//!
+//! # How (lazy mounts)
 //!
 //! For each mount the launcher opens one ssh session over the ControlMaster it already uses for
 //! the kernel. That session runs a small POSIX sh wrapper on the remote (see [`remote`]) which
@@ -58,6 +63,8 @@ mod serve;
 #[cfg(target_os = "linux")]
 mod sftp;
 mod spec;
+#[cfg(target_os = "linux")]
+mod sync;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,10 +97,15 @@ pub struct Mounts {
     planned: Vec<Planned>,
     /// The mounts made since the last (re)connection.
     active: Vec<Active>,
+    #[cfg(target_os = "linux")]
+    synced: Vec<sync::SyncMount>,
 }
 
 struct Planned {
     spec: MountSpec,
+    /// A synced copy: what both sides last held, kept across reconnections.
+    #[cfg(target_os = "linux")]
+    sync: Option<sync::Base>,
     /// Opened once, at the first mount, and served at every remount: what the path leads to
     /// later (the remote may replace a directory inside another, writable, export by a
     /// symlink) never changes what this mount exposes.
@@ -128,6 +140,9 @@ pub struct MountSettings<'a> {
     pub remote_sshfs: Option<&'a str>,
     pub ssh_host_alias_local_on_remote: Option<&'a str>,
     pub launch_timeout: f64,
+    /// The kernel's remote python and init snippet: a synced copy's agent runs there.
+    pub remote_python: &'a str,
+    pub remote_init: Option<&'a str>,
 }
 
 impl Mounts {
@@ -141,14 +156,57 @@ impl Mounts {
         // Every local directory first: nothing starts on the remote when one is missing.
         let mut planned = Vec::new();
         for spec in settings.mounts {
+            let export = local_export(spec, &source)?;
+            #[cfg(target_os = "linux")]
+            let sync = match (&export, sync::wanted(spec)?) {
+                (Some(_), true) => Some(sync::Base::default()),
+                _ => None,
+            };
             planned.push(Planned {
                 spec: spec.clone(),
-                export: local_export(spec, &source)?,
+                export,
+                #[cfg(target_os = "linux")]
+                sync,
             });
         }
-        let active = mount_all(&planned, master, settings, deadline, false).await?;
-        Ok(Mounts { planned, active })
+        let mut mounts = Mounts {
+            planned,
+            ..Mounts::default()
+        };
+        mounts.mount_all(master, settings, deadline, false).await?;
+        Ok(mounts)
     }
+
+    async fn mount_all(
+        &mut self,
+        master: &Master,
+        settings: &MountSettings<'_>,
+        deadline: Instant,
+        takeover: bool,
+    ) -> Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            self.synced = sync_all(&self.planned, master, settings, deadline).await?;
+        }
+        match mount_all(&self.planned, master, settings, deadline, takeover).await {
+            Ok(active) => self.active = active,
+            Err(e) => {
+                self.stop_synced().await;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(target_os = "linux")]
+    async fn stop_synced(&mut self) {
+        for synced in std::mem::take(&mut self.synced) {
+            synced.stop(STOP_GRACE).await;
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    async fn stop_synced(&mut self) {}
 
     /// After a reconnection: the old channels are dead; mount everything again, taking over
     /// the mount points from this kernel's earlier sshfs processes. After a failure nothing is
@@ -163,13 +221,16 @@ impl Mounts {
             return Ok(());
         }
         stop_all(std::mem::take(&mut self.active)).await;
-        self.active = mount_all(&self.planned, master, settings, deadline, true).await?;
-        Ok(())
+        // Their sessions died with the connection: nothing to flush through them. The next
+        // copies start from the kept base, so what changed on either side meanwhile is synced.
+        #[cfg(target_os = "linux")]
+        self.synced.clear();
+        self.mount_all(master, settings, deadline, true).await
     }
 
-    /// Each planned mount, and whether it is mounted now (made since the last connection, its
-    /// session still open).
-    pub fn states(&self) -> Vec<(&MountSpec, bool)> {
+    /// Each planned mount, whether it is mounted now (made since the last connection, its
+    /// session still open), and for a synced copy what it is doing.
+    pub fn states(&self) -> Vec<(&MountSpec, bool, Option<String>)> {
         self.planned
             .iter()
             .map(|p| {
@@ -177,7 +238,12 @@ impl Mounts {
                     .active
                     .iter()
                     .any(|a| a.spec.remote == p.spec.remote && !a.events.is_closed());
-                (&p.spec, up)
+                #[cfg(target_os = "linux")]
+                if let Some(synced) = self.synced.iter().find(|s| s.spec.remote == p.spec.remote) {
+                    let state = synced.state();
+                    return (&p.spec, state.up, Some(state.describe()));
+                }
+                (&p.spec, up, None)
             })
             .collect()
     }
@@ -192,11 +258,23 @@ impl Mounts {
             .partition(|a| a.spec.remote == remote);
         self.active = kept;
         stop_all(gone).await;
+        #[cfg(target_os = "linux")]
+        {
+            let (gone, kept) = std::mem::take(&mut self.synced)
+                .into_iter()
+                .partition(|s| s.spec.remote == remote);
+            self.synced = kept;
+            for synced in gone {
+                synced.stop(STOP_GRACE).await;
+            }
+        }
         self.planned.len() != before
     }
 
-    /// Unmounts everything and waits (briefly) until the remote confirms.
-    pub async fn stop(self) {
+    /// Unmounts everything (a synced copy brings the kernel's last writes back first) and
+    /// waits (briefly) until the remote confirms.
+    pub async fn stop(mut self) {
+        self.stop_synced().await;
         stop_all(self.active).await;
     }
 }
@@ -215,14 +293,23 @@ async fn mount_all(
     deadline: Instant,
     takeover: bool,
 ) -> Result<Vec<Active>> {
-    if planned.is_empty() {
+    #[cfg(target_os = "linux")]
+    let lazy = planned.iter().filter(|p| p.sync.is_none()).count();
+    #[cfg(not(target_os = "linux"))]
+    let lazy = planned.len();
+    if lazy == 0 {
         return Ok(Vec::new());
     }
-    tracing::info!("mounting {} local dir(s) on the remote", planned.len());
+    tracing::info!("mounting {lazy} local dir(s) on the remote");
     let alias = settings.ssh_host_alias;
     let source = source(settings);
     let mut mounts = Vec::new();
-    for Planned { spec, export } in planned {
+    for p in planned {
+        #[cfg(target_os = "linux")]
+        if p.sync.is_some() {
+            continue;
+        }
+        let (spec, export) = (&p.spec, &p.export);
         let line = remote::command_line(spec, settings.remote_sshfs, &source, takeover);
         let (_, session) = with_room(master, deadline, |m| {
             let line = &line;
@@ -277,6 +364,40 @@ async fn mount_all(
         return Err(error);
     }
     Ok(mounts)
+}
+
+/// Makes the synced copies of `planned`, all or nothing.
+#[cfg(target_os = "linux")]
+async fn sync_all(
+    planned: &[Planned],
+    master: &Master,
+    settings: &MountSettings<'_>,
+    deadline: Instant,
+) -> Result<Vec<sync::SyncMount>> {
+    let python = |args: &[&str]| {
+        crate::remote::python_command(settings.remote_python, args, settings.remote_init)
+    };
+    let mut synced = Vec::new();
+    for p in planned {
+        let (Some(base), Some(export)) = (&p.sync, &p.export) else {
+            continue;
+        };
+        let started = with_room(master, deadline, |m| {
+            let (export, base) = (export.clone(), base.clone());
+            async move { sync::SyncMount::start(&m, &p.spec, &python, export, base, deadline).await }
+        })
+        .await;
+        match started {
+            Ok((_, mount)) => synced.push(mount),
+            Err(e) => {
+                for mount in synced {
+                    mount.stop(STOP_GRACE).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(synced)
 }
 
 /// Unmounts `mounts` and waits (briefly) until the remote confirms.
@@ -481,6 +602,32 @@ fn confinement(spec: &MountSpec) -> std::result::Result<String, String> {
 #[cfg(not(target_os = "linux"))]
 fn confinement(_spec: &MountSpec) -> std::result::Result<String, String> {
     Err("not available on this platform (needs Linux openat2); only --ssh-host-alias-local-on-remote mounts work here".into())
+}
+
+/// For `list`: whether the mount is a synced copy or lazy (sshfs), and why.
+pub fn mode(spec: &MountSpec) -> std::result::Result<String, String> {
+    #[cfg(target_os = "linux")]
+    let synced = sync::wanted(spec).map_err(|e| e.to_string())?;
+    #[cfg(not(target_os = "linux"))]
+    let synced = false;
+    Ok(if synced {
+        "synced copy on the remote's disk (imports and reads at disk speed; edits flow both ways)"
+            .into()
+    } else {
+        format!(
+            "lazy: sshfs, every access asks this machine ({})",
+            if spec.options.iter().any(|o| o == "lazy") {
+                "':lazy' in the spec"
+            } else {
+                "a tree beyond 20000 files or 200 MiB; ':sync' copies it anyway"
+            }
+        )
+    })
+}
+
+/// Whether `spec` needs sshfs and FUSE on the remote (a lazy mount).
+pub fn is_lazy(spec: &MountSpec) -> bool {
+    mode(spec).is_ok_and(|m| m.starts_with("lazy"))
 }
 
 /// For `list`: one round trip that checks FUSE and the configured sshfs paths on the remote.

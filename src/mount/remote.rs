@@ -189,10 +189,14 @@ pub enum Source<'a> {
 /// The sshfs `-o` list: the user's options first, then ours.
 pub fn sshfs_options(spec: &MountSpec, source: &Source) -> String {
     let mut opts: Vec<&str> = Vec::new();
+    let ours = spec
+        .options
+        .iter()
+        .filter(|o| !super::sync::is_sync_option(o));
     match source {
         Source::Passive => {
             opts.push("passive");
-            for o in &spec.options {
+            for o in ours {
                 // These would make sshfs open a connection of its own, or wait for one forever.
                 if o == "reconnect" || o.starts_with("ssh_command=") || o.starts_with("directport=")
                 {
@@ -203,7 +207,7 @@ pub fn sshfs_options(spec: &MountSpec, source: &Source) -> String {
             }
         }
         Source::Alias(_) => {
-            opts.extend(spec.options.iter().map(String::as_str));
+            opts.extend(ours.map(String::as_str));
             opts.extend([
                 "reconnect",
                 "ServerAliveInterval=15",

@@ -31,7 +31,7 @@ exec "$py" "$@""#;
 
 /// The remote command line that runs `python args...`, after the user's init snippet (in a
 /// login shell, see [`init`]) when there is one.
-fn python_command(python: &str, args: &[&str], init: Option<&str>) -> String {
+pub(crate) fn python_command(python: &str, args: &[&str], init: Option<&str>) -> String {
     let mut words = vec![python];
     words.extend_from_slice(args);
     match init {

@@ -22,6 +22,10 @@ pub(super) fn checks(settings: &Settings, facts: Option<&RemoteMountFacts>) -> V
             "mount",
             format!("{} on remote {}{options}", m.local, m.remote),
         ));
+        rows.push(match mount::mode(m) {
+            Ok(mode) => check(Status::Info, "mount mode", mode),
+            Err(why) => check(Status::Error, "mount mode", why),
+        });
         let local = mount::local_facts(&settings.mount_settings(), m);
         rows.push(match local.local_dir {
             Ok(()) => check(Status::Ok, "mount local dir", format!("{} exists", m.local)),
@@ -32,7 +36,7 @@ pub(super) fn checks(settings: &Settings, facts: Option<&RemoteMountFacts>) -> V
             Err(why) => check(Status::Warning, "mount confinement", why),
         });
     }
-    if let Some(facts) = facts {
+    if let (Some(facts), true) = (facts, settings.mounts.iter().any(mount::is_lazy)) {
         rows.extend(remote_checks(settings, facts));
     }
     rows
