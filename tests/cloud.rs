@@ -1055,10 +1055,13 @@ async fn a_user_without_root_mounts_and_writes_back() {
         .unwrap();
     let mounts = rclone_mounts(&env);
     assert_eq!(mounts.len(), 1);
-    let private = mounts[0].1.parent().unwrap().parent().unwrap().to_owned();
-    assert_eq!(
-        private,
-        PathBuf::from(format!("/dev/shm/sshpyk-{}", user.uid))
+    let private = mounts[0].1.parent().unwrap().to_owned();
+    let name = private.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        private.parent() == Some(Path::new("/dev/shm"))
+            && name.starts_with(&format!("sshpyk-{}-", user.uid)),
+        "{}",
+        private.display()
     );
     let meta = std::fs::metadata(&private).unwrap();
     assert_eq!(
@@ -1072,4 +1075,150 @@ async fn a_user_without_root_mounts_and_writes_back() {
         .success());
     let configs: Vec<PathBuf> = mounts.into_iter().map(|(_, c)| c).collect();
     assert_clean(&env, &[&mnt], &configs, &[&top]);
+}
+
+/// The parent of a remote process.
+fn parent_of(pid: u32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// What the kernel wrote just before `mounts remove` or a shutdown reaches the store before
+/// either returns: unmounting waits for rclone's uploads.
+#[tokio::test]
+async fn writes_just_before_mounts_remove_or_a_shutdown_reach_webdav() {
+    let env = Env::with_host();
+    let dav = env.path("dav");
+    std::fs::create_dir_all(&dav).unwrap();
+    let webdav = support::webdav_server(&env, &dav, "dav-user", "dav-pass-123");
+    let creds = write_private(&env, "dav.json", r#"{"pass": "dav-pass-123"}"#);
+    let mnt = env.path("remote-dav");
+    let add = || {
+        let mut cmd = env.sshpyk();
+        cmd.args(["mounts", "add", "--kernel-name", "k", "--backend", "webdav"])
+            .arg("--set")
+            .arg(format!("url=http://127.0.0.1:{}/", webdav.port))
+            .args(["--set", "vendor=other", "--set", "user=dav-user", "--rw"])
+            .arg("--creds")
+            .arg(&creds)
+            .arg(&mnt);
+        cmd
+    };
+    let write = |name: &str| {
+        format!(
+            "with open('{}/{name}', 'w') as f: f.write('{name} from the kernel')",
+            mnt.display()
+        )
+    };
+    let stored = |name: &str| std::fs::read_to_string(dav.join(name)).ok();
+    let (mut launcher, info) = env.start_kernel(&[]);
+    let mut c = ready_client(&info).await;
+    add().assert().success();
+
+    run(&mut c, &write("removed.csv")).await.unwrap();
+    env.sshpyk()
+        .args(["mounts", "remove", "--kernel-name", "k"])
+        .arg(&mnt)
+        .assert()
+        .success();
+    assert_eq!(
+        stored("removed.csv").as_deref(),
+        Some("removed.csv from the kernel")
+    );
+
+    add().assert().success();
+    run(&mut c, &write("shutdown.csv")).await.unwrap();
+    c.shutdown(false, STEP).await.unwrap();
+    let status = launcher
+        .wait_timeout(Duration::from_secs(40))
+        .expect("launcher exits");
+    assert!(status.success(), "{status}: {}", launcher.log());
+    assert_eq!(
+        stored("shutdown.csv").as_deref(),
+        Some("shutdown.csv from the kernel")
+    );
+    assert_clean(&env, &[&mnt], &[], &[&mnt]);
+}
+
+/// A SIGKILLed launcher: its supervisor uploads before unmounting. The supervisor SIGKILLed
+/// too: rclone ends before uploading, the file stays in the store's cache dir, and the next
+/// start uploads it and removes the dead supervisor's config dir (it holds the credentials).
+#[tokio::test]
+async fn writes_before_a_sigkill_reach_s3_at_once_or_at_the_next_start() {
+    let env = Env::with_host();
+    let (server, creds) = support::s3_server(&env);
+    let config = support::s3_config(&env, server.port, &creds);
+    rclone(&env, &config, &["mkdir", "s3:kill"]);
+    let creds_file = write_private(&env, "creds.json", &creds);
+    let kernel = env.add_kernel("k", &[]);
+    let mnt = env.path("remote-kill");
+    add_s3(&env, &kernel, server.port, &creds_file, "kill", &mnt, true)
+        .assert()
+        .success();
+    let write = |name: &str| {
+        format!(
+            "with open('{}/{name}', 'w') as f: f.write('{name} from the kernel')",
+            mnt.display()
+        )
+    };
+    let in_bucket = |name: &str| {
+        let mut cmd = env.host().remote_command("rclone", ["--config"]);
+        cmd.arg(&config).arg("cat").arg(format!("s3:kill/{name}"));
+        support::clean_env(&mut cmd)
+            .output()
+            .is_ok_and(|o| o.stdout == format!("{name} from the kernel").as_bytes())
+    };
+
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    let mut c = ready_client(&info).await;
+    run(&mut c, &write("killed.csv")).await.unwrap();
+    c.close();
+    launcher.signal(Signal::SIGKILL);
+    launcher.wait_timeout(CLEANUP).expect("killed");
+    assert!(
+        eventually(Duration::from_secs(40), || rclone_mounts(&env).is_empty()),
+        "rclone left running"
+    );
+    assert!(
+        in_bucket("killed.csv"),
+        "the write never reached the bucket"
+    );
+    assert_clean(&env, &[&mnt], &[], &[&mnt]);
+
+    let (conn, info) = env.connection_file("b");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    let mut c = ready_client(&info).await;
+    let (rclone_pid, dead_config) = rclone_mounts(&env)[0].clone();
+    let supervisor = parent_of(rclone_pid);
+    run(&mut c, &write("crashed.csv")).await.unwrap();
+    c.close();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(supervisor), Signal::SIGKILL).unwrap();
+    launcher.signal(Signal::SIGKILL);
+    launcher.wait_timeout(CLEANUP).expect("killed");
+    assert!(
+        eventually(CLEANUP, || rclone_mounts(&env).is_empty()),
+        "rclone outlived its supervisor"
+    );
+    assert!(dead_config.exists(), "nothing left for the sweep to do");
+
+    let (conn, info) = env.connection_file("c");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    assert!(
+        eventually(Duration::from_secs(20), || in_bucket("crashed.csv")),
+        "the leftover never reached the bucket"
+    );
+    assert!(!dead_config.parent().unwrap().exists());
+    let mut c = ready_client(&info).await;
+    c.shutdown(false, STEP).await.unwrap();
+    assert!(launcher
+        .wait_timeout(Duration::from_secs(40))
+        .expect("exits")
+        .success());
+    let configs: Vec<PathBuf> = rclone_mounts(&env).into_iter().map(|(_, c)| c).collect();
+    assert_clean(&env, &[&mnt], &configs, &[]);
 }
