@@ -1,5 +1,6 @@
 //! The session key never shows: not in any process's argv (local or remote), not in the logs at
-//! the highest verbosity, not in a file that others can read.
+//! the highest verbosity, not in a file that others can read. Names that another user can take
+//! first are passed by.
 
 mod common;
 
@@ -128,4 +129,65 @@ async fn the_session_key_never_appears_in_argv_logs_or_readable_files() {
         "ssh's own debug output is on at -vvv:\n{log}"
     );
     assert!(!log.contains(&secret), "the key is in the -vvv log");
+}
+
+/// Another user created `$TMPDIR/sshpyk-<uid>` first (the runtime dir when neither
+/// SSHPYK_RUNTIME_DIR nor XDG_RUNTIME_DIR is set): launches and `ps` use a private dir of an
+/// unpredictable name instead, and keep using it once the squatter's dir is gone.
+#[tokio::test]
+async fn a_squatted_runtime_dir_in_tmp_is_passed_by() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: squatting as another uid needs root");
+        return;
+    }
+    let env = Env::with_host();
+    let tmp = env.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    std::fs::set_permissions(&tmp, PermissionsExt::from_mode(0o1777)).unwrap();
+    let squat = tmp.join(format!("sshpyk-{}", nix::unistd::getuid()));
+    std::fs::create_dir(&squat).unwrap();
+    std::fs::set_permissions(&squat, PermissionsExt::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&squat, Some(65534), Some(65534)).unwrap();
+    let tmpdir = tmp.to_str().unwrap();
+    let vars = [
+        ("SSHPYK_RUNTIME_DIR", ""),
+        ("XDG_RUNTIME_DIR", ""),
+        ("TMPDIR", tmpdir),
+    ];
+    let ps = || {
+        let mut cmd = env.sshpyk();
+        cmd.envs(vars).args(["ps", "--json"]);
+        let out = cmd.assert().success().get_output().stdout.clone();
+        serde_json::from_slice::<serde_json::Value>(&out).unwrap()
+    };
+
+    let kernel = env.add_kernel("k", &[]);
+    let (conn, _) = env.connection_file("a");
+    let mut launcher = env.launch_with_env(&kernel, &conn, &vars);
+    launcher.wait_ready(Duration::from_secs(60));
+    assert_eq!(
+        ps()[0]["launcher_pid"],
+        launcher.pid(),
+        "{}",
+        launcher.log()
+    );
+    // A dir of an unpredictable name beside it, named by a record in our home.
+    let host = nix::unistd::gethostname().unwrap();
+    let record = env
+        .path("home/.cache/sshpyk")
+        .join(format!("runtime-{}", host.to_string_lossy()));
+    let used = std::path::PathBuf::from(std::fs::read_to_string(&record).unwrap());
+    assert_eq!(used.parent(), Some(tmp.as_path()));
+    let name = used.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with(&format!("sshpyk-{}-", nix::unistd::getuid())));
+    let meta = std::fs::metadata(&used).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    assert!(std::fs::read_dir(&squat).unwrap().next().is_none());
+
+    // Found again once the squatter's dir is gone: the running kernel stays listed.
+    std::fs::remove_dir(&squat).unwrap();
+    assert_eq!(ps()[0]["launcher_pid"], launcher.pid());
+    assert!(!squat.exists());
+    launcher.signal(Signal::SIGTERM);
+    assert!(launcher.wait_timeout(Duration::from_secs(20)).is_some());
 }
