@@ -1222,3 +1222,39 @@ async fn writes_before_a_sigkill_reach_s3_at_once_or_at_the_next_start() {
     let configs: Vec<PathBuf> = rclone_mounts(&env).into_iter().map(|(_, c)| c).collect();
     assert_clean(&env, &[&mnt], &configs, &[]);
 }
+
+/// `add --replace` and `delete` take the kernel's secrets files along, `delete` even when the
+/// kernel's settings no longer parse.
+#[test]
+fn replaced_or_deleted_kernels_leave_no_secrets_behind() {
+    let env = Env::with_host();
+    let add_mount = || {
+        env.sshpyk()
+            .args([
+                "mounts",
+                "add",
+                "--kernel-name",
+                "k",
+                "--backend",
+                "dropbox",
+            ])
+            .args(["--creds", "-", "/mnt/box"])
+            .write_stdin(r#"{"token": "tok"}"#)
+            .assert()
+            .success();
+        assert_eq!(secret_files(&env).len(), 1);
+    };
+    env.add_kernel("k", &[]);
+    add_mount();
+    env.add_kernel("k", &["--replace"]);
+    assert!(secret_files(&env).is_empty());
+
+    add_mount();
+    let path = env.kernel_dir("k").join("kernel.json");
+    let mut json = env.read_kernel_json("k");
+    json["metadata"]["sshpyk"]["shutdown_timeout"] = "soon".into();
+    std::fs::write(&path, json.to_string()).unwrap();
+    env.sshpyk().args(["delete", "k"]).assert().success();
+    assert!(!path.exists());
+    assert!(secret_files(&env).is_empty());
+}
