@@ -1258,3 +1258,66 @@ fn replaced_or_deleted_kernels_leave_no_secrets_behind() {
     assert!(!path.exists());
     assert!(secret_files(&env).is_empty());
 }
+
+/// `mounts remove` while the kernel reconnects: the kernelspec loses the mount, the running
+/// kernel keeps it, and the command says so and fails; once the kernel is back, it removes it.
+#[tokio::test]
+async fn mounts_remove_during_a_reconnection_fails_and_says_which_kernel_keeps_it() {
+    let env = Env::with_host();
+    if env.host().netns().is_none() {
+        eprintln!("skipped: cutting the link needs the network namespace (root)");
+        return;
+    }
+    let (server, creds) = support::s3_server(&env);
+    let config = support::s3_config(&env, server.port, &creds);
+    rclone(&env, &config, &["mkdir", "s3:cut"]);
+    let creds_file = write_private(&env, "creds.json", &creds);
+    let kernel = env.add_kernel("k", &[]);
+    let mnt = env.path("remote-cut");
+    add_s3(&env, &kernel, server.port, &creds_file, "cut", &mnt, false)
+        .assert()
+        .success();
+    let (conn, _) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    env.host().link_down().unwrap();
+    launcher.wait_for_log("connection lost, reconnecting", Duration::from_secs(30));
+    let out = env
+        .sshpyk()
+        .args(["mounts", "remove", "--kernel-name", "k"])
+        .arg(&mnt)
+        .assert()
+        .failure();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "the running kernel of launcher {} still has {}",
+            launcher.pid(),
+            mnt.display()
+        )) && err.contains("reconnecting"),
+        "{err}"
+    );
+    assert!(!env
+        .read_kernel_json("k")
+        .to_string()
+        .contains("cloud_mounts"));
+    assert!(secret_files(&env).is_empty());
+    assert!(is_mounted(&env, &mnt));
+
+    env.host().link_up().unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let log = launcher.log();
+            log.contains("reconnected after") || log.contains("answers again after")
+        }),
+        "{}",
+        launcher.log()
+    );
+    env.sshpyk()
+        .args(["mounts", "remove", "--kernel-name", "k"])
+        .arg(&mnt)
+        .assert()
+        .success();
+    assert!(eventually(CLEANUP, || !is_mounted(&env, &mnt)));
+}
