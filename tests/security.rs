@@ -191,3 +191,59 @@ async fn a_squatted_runtime_dir_in_tmp_is_passed_by() {
     launcher.signal(Signal::SIGTERM);
     assert!(launcher.wait_timeout(Duration::from_secs(20)).is_some());
 }
+
+/// Another local user holds connections to a launcher until it runs out of file descriptors:
+/// its control socket logs the failed accepts and goes on, so once they are gone `ps` lists
+/// the kernel again (its socket is not deleted as a dead launcher's).
+#[tokio::test]
+async fn the_control_socket_survives_running_out_of_file_descriptors() {
+    let env = Env::with_host();
+    let (launcher, info) = env.start_kernel(&[]);
+    let pid = launcher.pid();
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64;
+    let prlimit = |new: *const libc::rlimit, old: *mut libc::rlimit| {
+        // SAFETY: prlimit reads `new` and writes `old`, each when not null.
+        assert_eq!(
+            unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, new, old) },
+            0
+        );
+    };
+    let mut before = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    prlimit(std::ptr::null(), &mut before);
+    let limit = libc::rlimit {
+        rlim_cur: open_fds + 4,
+        rlim_max: before.rlim_max,
+    };
+    prlimit(&limit, std::ptr::null_mut());
+    let socket = env.path(&format!("rt/launch-{pid}.sock"));
+    let held: Vec<std::os::unix::net::UnixStream> = (0..16)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count() as u64
+    };
+    assert!(common::eventually(Duration::from_secs(10), || fds() >= limit.rlim_cur));
+    // Connections still wait in the backlog: accept fails.
+    std::thread::sleep(Duration::from_millis(300));
+    drop(held);
+    // The other user gone, the launcher has its descriptors back.
+    prlimit(&before, std::ptr::null_mut());
+
+    let ps = env.sshpyk().args(["ps", "--json"]).assert().success();
+    let ps: serde_json::Value = serde_json::from_slice(&ps.get_output().stdout).unwrap();
+    assert_eq!(ps[0]["launcher_pid"], pid, "{}", launcher.log());
+    assert!(socket.exists());
+    let mut c = common::ready_client(&info).await;
+    assert_eq!(
+        c.execute("print(6 * 7)", STEP).await.unwrap().stdout,
+        "42\n"
+    );
+    assert!(launcher.log().contains("control socket: accept failed"));
+}
