@@ -27,7 +27,7 @@ fn passes(script: &str, checks: usize) {
 
 #[test]
 fn the_supervisor_speaks_its_protocol_over_pipes() {
-    passes("supervisor_test.py", 17);
+    passes("supervisor_test.py", 20);
 }
 
 #[test]
