@@ -247,3 +247,88 @@ async fn the_control_socket_survives_running_out_of_file_descriptors() {
     );
     assert!(launcher.log().contains("control socket: accept failed"));
 }
+
+/// A ControlPath in a shared dir where another user listens first: sshpyk hands that socket
+/// nothing (ssh's own client would pass it our sessions, stdio included) and says whose it is,
+/// for `connect`, `sshpyk mount` and a launch alike.
+#[tokio::test]
+async fn a_control_path_that_another_user_listens_on_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: listening as another uid needs root");
+        return;
+    }
+    let env = Env::with_host();
+    let shared = env.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, PermissionsExt::from_mode(0o1777)).unwrap();
+    let socket = shared.join("cm");
+    let listen = "import socket,sys,time\ns=socket.socket(socket.AF_UNIX);s.bind(sys.argv[1]);s.listen()\nprint('up',flush=True)\ntime.sleep(60)";
+    let mut nobody = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", listen])
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(nobody.stdout.as_mut().unwrap()),
+        &mut up,
+    )
+    .unwrap();
+    assert_eq!(up.trim(), "up");
+    // The first value of an option wins: this ControlPath beats the host's.
+    let config = env.path("shared-ssh-config");
+    std::fs::write(
+        &config,
+        format!(
+            "Host remote\n    ControlPath {}\n{}",
+            socket.display(),
+            std::fs::read_to_string(env.ssh_config()).unwrap()
+        ),
+    )
+    .unwrap();
+    let refused = |cmd: &mut assert_cmd::Command| {
+        let out = cmd.assert().failure();
+        let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&format!(
+                "the ControlMaster socket {} belongs to uid 65534",
+                socket.display()
+            )),
+            "{err}"
+        );
+    };
+    refused(
+        env.sshpyk()
+            .args(["connect", "remote", "--ssh-config"])
+            .arg(&config),
+    );
+    let mnt = env.path("mnt");
+    refused(
+        env.sshpyk()
+            .args(["mount", "--ssh-host-alias", "remote", "--ssh-config"])
+            .arg(&config)
+            .args(["--foreground", "-r", "/tmp"])
+            .arg(&mnt),
+    );
+    env.add_kernel("k", &[]);
+    let spec = env.kernel_dir("k").join("kernel.json");
+    let text = std::fs::read_to_string(&spec).unwrap().replace(
+        &serde_json::to_string(env.ssh_config().to_str().unwrap()).unwrap(),
+        &serde_json::to_string(config.to_str().unwrap()).unwrap(),
+    );
+    std::fs::write(&spec, text).unwrap();
+    let (conn, _) = env.connection_file("a");
+    let mut launcher = env.launch("k", &conn);
+    let status = launcher.wait_timeout(STEP).expect("the launch fails");
+    assert!(!status.success());
+    assert!(
+        launcher.log().contains("belongs to uid 65534"),
+        "{}",
+        launcher.log()
+    );
+    let _ = nobody.kill();
+    let _ = nobody.wait();
+}
