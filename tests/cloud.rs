@@ -1112,20 +1112,57 @@ async fn writes_just_before_mounts_remove_or_a_shutdown_reach_webdav() {
         )
     };
     let stored = |name: &str| std::fs::read_to_string(dav.join(name)).ok();
-    let (mut launcher, info) = env.start_kernel(&[]);
-    let mut c = ready_client(&info).await;
+    let remove = || {
+        env.sshpyk()
+            .args(["mounts", "remove", "--kernel-name", "k"])
+            .arg(&mnt)
+            .assert()
+            .success();
+    };
+    // Every child of a remote process reaped: no `[rclone] <defunct>` (a zombie's own /proc
+    // entry no longer tells whose namespace it is in; its parent's does).
+    let zombies = || {
+        let remote = env.host().remote_pids();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter_map(|stat| {
+                let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+                let ppid: u32 = fields.get(1)?.parse().ok()?;
+                (fields[0] == "Z" && remote.contains(&ppid)).then_some(stat)
+            })
+            .collect::<Vec<_>>()
+    };
+    env.add_kernel("k", &[]);
     add().assert().success();
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch("k", &conn);
+    launcher.wait_ready(START);
+    let mut c = ready_client(&info).await;
 
+    // The rclone mounted at the start dies: reaped at once, not when someone asks for its state.
+    let (rclone_pid, _) = rclone_mounts(&env)[0].clone();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(rclone_pid as i32),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(2), || zombies().is_empty()),
+        "{:?}",
+        zombies()
+    );
+    remove();
+
+    add().assert().success();
     run(&mut c, &write("removed.csv")).await.unwrap();
-    env.sshpyk()
-        .args(["mounts", "remove", "--kernel-name", "k"])
-        .arg(&mnt)
-        .assert()
-        .success();
+    remove();
     assert_eq!(
         stored("removed.csv").as_deref(),
         Some("removed.csv from the kernel")
     );
+    assert!(zombies().is_empty(), "{:?}", zombies());
 
     add().assert().success();
     run(&mut c, &write("shutdown.csv")).await.unwrap();

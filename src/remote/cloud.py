@@ -149,21 +149,23 @@ def cache_dir(spec):
 
 
 def pending_uploads(cache):
-    """What rclone has yet to upload from `cache`, as paths in the store (rclone's metadata of
-    each cached file says whether it is dirty)."""
-    meta = os.path.join(cache, "vfsMeta")
+    """What rclone has yet to upload from `cache`, as paths in the store: each cached file whose
+    metadata says dirty, is older than the file (one written again, just closed, before rclone
+    marks it dirty) or is missing."""
+    data = os.path.join(cache, "vfs")
     out = []
-    for dirpath, _, files in os.walk(meta):
+    for dirpath, _, files in os.walk(data):
         for name in files:
             path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, data)
             try:
-                with open(path) as f:
-                    dirty = json.load(f).get("Dirty")
+                with open(os.path.join(cache, "vfsMeta", rel)) as f:
+                    dirty = json.load(f).get("Dirty") or os.stat(path).st_mtime_ns > os.fstat(f.fileno()).st_mtime_ns
             except (OSError, ValueError, AttributeError):
-                continue
+                dirty = os.path.exists(path)
             if dirty:
                 # The first component is rclone's name for the remote.
-                out.append(os.path.relpath(path, meta).split(os.sep, 1)[-1])
+                out.append(rel.split(os.sep, 1)[-1])
     return sorted(out)
 
 
@@ -358,6 +360,9 @@ class CloudMounts:
                 self.children.add(mount.proc.pid)
         finally:
             os.close(log_fd)
+        # Reaped the moment it dies: one mounted at the start has no other thread waiting on it
+        # (the supervisor's own reaping spares our children).
+        threading.Thread(target=mount.proc.wait, daemon=True).start()
         end = time.monotonic() + MOUNT_TIMEOUT
         while mount.remote not in mounted_paths():
             if mount.proc.poll() is not None:

@@ -73,12 +73,18 @@ os.close(first_lock)
 again, again_lock = cache_dir(dict(store, config=store["config"].replace("one", "three")))
 other, other_lock = cache_dir(dict(store, source="sshpyk:y"))
 check(again == first and other not in (first, second), "found again once free; another path has its own")
-meta = os.path.join(first, "vfsMeta", "sshpyk", "dir")
+meta, data = (os.path.join(first, sub, "sshpyk", "dir") for sub in ("vfsMeta", "vfs"))
 os.makedirs(meta)
-for name, dirty in (("a.csv", True), ("b.csv", False)):
+os.makedirs(data)
+for name, dirty in (("a.csv", True), ("b.csv", False), ("c.csv", False)):
+    open(os.path.join(data, name), "w").close()
     with open(os.path.join(meta, name), "w") as f:
         json.dump({"Size": 1, "Dirty": dirty}, f)
-check(pending_uploads(first) == ["dir/a.csv"] and pending_uploads(other) == [], "pending: the dirty files, as paths in the store")
+    os.utime(os.path.join(data, name), ns=(1, 1))
+    os.utime(os.path.join(meta, name), ns=(2, 2))
+os.utime(os.path.join(data, "c.csv"), ns=(3, 3))  # written again, not yet marked dirty
+open(os.path.join(data, "d.csv"), "w").close()  # no metadata yet
+check(pending_uploads(first) == ["dir/a.csv", "dir/c.csv", "dir/d.csv"] and pending_uploads(other) == [], "pending: the files rclone has not uploaded, as paths in the store")
 for fd in (second_lock, again_lock, other_lock):
     os.close(fd)
 
