@@ -1358,3 +1358,77 @@ async fn mounts_remove_during_a_reconnection_fails_and_says_which_kernel_keeps_i
         .success();
     assert!(eventually(CLEANUP, || !is_mounted(&env, &mnt)));
 }
+
+/// The store unreachable at shutdown: the supervisor waits its bound, says in the launcher's log
+/// which files stay pending and where, and the next start, with the store back, uploads them.
+#[tokio::test]
+async fn writes_the_store_cannot_take_at_shutdown_are_kept_and_uploaded_by_the_next_start() {
+    let env = Env::with_host();
+    let dav = env.path("dav");
+    std::fs::create_dir_all(&dav).unwrap();
+    let server = support::webdav_server(&env, &dav, "dav-user", "dav-pass-123");
+    let port = server.port;
+    let creds = write_private(&env, "dav.json", r#"{"pass": "dav-pass-123"}"#);
+    let mnt = env.path("remote-dav");
+    env.add_kernel("k", &[]);
+    env.sshpyk()
+        .args(["mounts", "add", "--kernel-name", "k", "--backend", "webdav"])
+        .arg("--set")
+        .arg(format!("url=http://127.0.0.1:{port}/"))
+        .args(["--set", "vendor=other", "--set", "user=dav-user", "--rw"])
+        .arg("--creds")
+        .arg(&creds)
+        .arg(&mnt)
+        .assert()
+        .success();
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch("k", &conn);
+    launcher.wait_ready(START);
+    let mut c = ready_client(&info).await;
+    run(
+        &mut c,
+        &format!(
+            "with open('{}/late.csv', 'w') as f: f.write('late')",
+            mnt.display()
+        ),
+    )
+    .await
+    .unwrap();
+    // Gone before rclone's write-back (1 s).
+    drop(server);
+    c.shutdown(false, STEP).await.unwrap();
+    // Not its status: the supervisor answers no ping while it waits, so the launcher takes
+    // the connection for lost after 3 s.
+    launcher
+        .wait_timeout(Duration::from_secs(60))
+        .expect("launcher exits");
+    let log = launcher.log();
+    assert!(
+        log.contains(&format!(
+            "sshpyk: 1 file(s) written to {} not uploaded to",
+            mnt.display()
+        )) && log.contains("(late.csv); kept in"),
+        "{log}"
+    );
+    assert!(!dav.join("late.csv").exists());
+    assert_clean(&env, &[&mnt], &[], &[&mnt]);
+
+    let _server = support::webdav_server_on(&env, &dav, "dav-user", "dav-pass-123", port);
+    let (conn, info) = env.connection_file("b");
+    let mut launcher = env.launch("k", &conn);
+    launcher.wait_ready(START);
+    assert!(
+        eventually(Duration::from_secs(20), || std::fs::read_to_string(
+            dav.join("late.csv")
+        )
+        .is_ok_and(|t| t == "late")),
+        "the kept file never reached the store"
+    );
+    let mut c = ready_client(&info).await;
+    c.shutdown(false, STEP).await.unwrap();
+    assert!(launcher
+        .wait_timeout(Duration::from_secs(40))
+        .expect("exits")
+        .success());
+    assert_clean(&env, &[&mnt], &[], &[&mnt]);
+}
