@@ -332,3 +332,28 @@ async fn a_control_path_that_another_user_listens_on_is_refused() {
     let _ = nobody.kill();
     let _ = nobody.wait();
 }
+
+/// `SSHPYK_RUNTIME_DIR=$HOME`: refused in one line, the home directory's mode left alone.
+#[test]
+fn a_runtime_dir_the_user_named_is_never_chmoded() {
+    let env = Env::local();
+    let home = env.path("home");
+    std::fs::set_permissions(&home, PermissionsExt::from_mode(0o755)).unwrap();
+    let out = env
+        .sshpyk()
+        .env("SSHPYK_RUNTIME_DIR", &home)
+        .arg("ps")
+        .assert()
+        .failure();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "SSHPYK_RUNTIME_DIR {} is mode 755, not private",
+            home.display()
+        )) && err.contains("chmod 700"),
+        "{err}"
+    );
+    let mode = std::fs::metadata(&home).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755);
+}

@@ -62,6 +62,30 @@ check(not os.path.exists(mine) and os.path.isdir(live), "a new supervisor sweeps
 shutil.rmtree(live)
 os.close(live_lock)
 
+# Squatters: another user's dirs named as ours (the old fixed name, one with our prefix) and a
+# symlink of that prefix change nothing: we make our own, and the sweep touches none of theirs.
+real_shm_dir = shm_dir
+shm = os.path.join(work, "shm")
+os.mkdir(shm)
+os.chmod(shm, 0o1777)
+shm_dir = lambda: shm  # noqa: E731 (private_dir and the sweep look it up by name)
+if os.getuid() == 0:
+    for name in ("sshpyk-0", "sshpyk-0-taken"):
+        os.mkdir(os.path.join(shm, name), 0o755)
+        open(os.path.join(shm, name, "lock"), "w").close()
+        os.chown(os.path.join(shm, name, "lock"), 65534, 65534)
+        os.chown(os.path.join(shm, name), 65534, 65534)
+ours, ours_lock = private_dir()
+made_here = os.path.dirname(ours) == shm and os.stat(ours).st_uid == os.getuid()
+link = os.path.join(shm, private_prefix() + "link")
+os.symlink(ours, link)
+os.close(ours_lock)
+CloudMounts()
+left = sorted(n for n in os.listdir(shm) if n != os.path.basename(link))
+check(made_here and not os.path.exists(ours) and os.path.islink(link) and left == (["sshpyk-0", "sshpyk-0-taken"] if os.getuid() == 0 else []),
+      "squatted names are passed by; the sweep removes our stale dir, none of theirs, nothing through a symlink")
+shm_dir = real_shm_dir
+
 # The cache dir: one per store and path, whatever the credentials; a second mount of it at the
 # same time gets another; the files rclone marks dirty are what is pending.
 os.environ["XDG_CACHE_HOME"] = os.path.join(work, "cache")
