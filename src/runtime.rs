@@ -25,7 +25,10 @@ pub fn dir() -> Result<PathBuf> {
     }
     let prefix = format!("sshpyk-{}", nix::unistd::getuid());
     let fixed = std::env::temp_dir().join(&prefix);
-    let record = record_path()?;
+    let Some(record) = record_path() else {
+        ensure_private(&fixed, Chosen::Ours)?;
+        return Ok(fixed);
+    };
     if !record.exists() {
         match ensure_private(&fixed, Chosen::Ours) {
             Ok(()) => return Ok(fixed),
@@ -35,19 +38,13 @@ pub fn dir() -> Result<PathBuf> {
     recorded(&record, &format!("{prefix}-"))
 }
 
-/// `~/.cache/sshpyk/runtime-<host>` (per host: a home may be shared).
-fn record_path() -> Result<PathBuf> {
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| {
-            Error::Local(
-                "HOME is not set; set it, or set SSHPYK_RUNTIME_DIR to a private directory".into(),
-            )
-        })?;
+/// `~/.cache/sshpyk/runtime-<host>` (per host: a home may be shared); none without a HOME.
+fn record_path() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
-    Ok(PathBuf::from(home).join(format!(".cache/sshpyk/runtime-{host}")))
+    Some(PathBuf::from(home).join(format!(".cache/sshpyk/runtime-{host}")))
 }
 
 /// The directory that `record` names while it is still a private one of ours, else a new one
