@@ -1055,6 +1055,8 @@ async fn a_user_without_root_mounts_and_writes_back() {
         .unwrap();
     let mounts = rclone_mounts(&env);
     assert_eq!(mounts.len(), 1);
+    let cache = cache_dir_of(mounts[0].0);
+    assert!(cache.starts_with(user.dir.join(".cache/sshpyk/rclone")));
     let private = mounts[0].1.parent().unwrap().to_owned();
     let name = private.file_name().unwrap().to_string_lossy().into_owned();
     assert!(
@@ -1075,6 +1077,21 @@ async fn a_user_without_root_mounts_and_writes_back() {
         .success());
     let configs: Vec<PathBuf> = mounts.into_iter().map(|(_, c)| c).collect();
     assert_clean(&env, &[&mnt], &configs, &[&top]);
+    // That user keeps its real home: the cache dir of this test's store goes with the test
+    // (emptied by the upload, its lock left).
+    assert!(!cache.exists(), "{}", cache.display());
+    std::fs::remove_file(cache.with_extension("lock")).unwrap();
+    for dir in cache.ancestors().skip(1).take(3) {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// The `--cache-dir` of an rclone process.
+fn cache_dir_of(pid: u32) -> PathBuf {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let at = args.iter().position(|a| *a == b"--cache-dir").unwrap();
+    PathBuf::from(String::from_utf8_lossy(args[at + 1]).into_owned())
 }
 
 /// The parent of a remote process.
@@ -1176,6 +1193,15 @@ async fn writes_just_before_mounts_remove_or_a_shutdown_reach_webdav() {
         Some("shutdown.csv from the kernel")
     );
     assert_clean(&env, &[&mnt], &[], &[&mnt]);
+    // Everything uploaded: rclone's cache keeps no copies (only its lock).
+    let cache = env.path("remote-home/.cache/sshpyk/rclone");
+    let left: Vec<String> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// A SIGKILLed launcher: its supervisor uploads before unmounting. The supervisor SIGKILLed

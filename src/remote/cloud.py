@@ -406,6 +406,9 @@ class CloudMounts:
                 self.children.discard(mount.proc.pid)
         if mount.dir:
             shutil.rmtree(mount.dir, ignore_errors=True)
+        if mount.proc is not None and not pending:
+            # Everything uploaded: the copies need not take room until the next mount.
+            shutil.rmtree(mount.cache, ignore_errors=True)
         for fd in mount.locks:
             os.close(fd)
         if mount.created_top:
