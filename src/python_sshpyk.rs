@@ -141,7 +141,10 @@ mod tests {
         assert_eq!(ours.ssh_config, PathBuf::from("/home/me/.ssh/config"));
         assert_eq!(ours.ssh, "ssh");
         assert_eq!(ours.launch_timeout, 45.0);
-        assert_eq!(ours.orphan_timeout, crate::cmd::settings::DEFAULT_ORPHAN_TIMEOUT);
+        assert_eq!(
+            ours.orphan_timeout,
+            crate::cmd::settings::DEFAULT_ORPHAN_TIMEOUT
+        );
         assert!(theirs.dropped().is_empty());
     }
 
