@@ -24,6 +24,9 @@ const PREFIX: &str = "launch-";
 const SUFFIX: &str = ".sock";
 /// The longest request line accepted (a mount spec is small).
 const MAX_LINE: u64 = 1 << 20;
+/// After a failed accept, the wait before the next one: doubled on each failure in a row.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -170,7 +173,20 @@ impl Drop for Server {
 
 async fn accept(listener: UnixListener, calls: mpsc::Sender<Call>) {
     let me = nix::unistd::getuid().as_raw();
-    while let Ok((stream, _)) = listener.accept().await {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE (another local user can hold many connections to our ports): ending
+                // here would make the kernel vanish from `ps`, which then deletes our socket.
+                tracing::warn!("control socket: accept failed: {e}; trying again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = ACCEPT_BACKOFF_MIN;
         if stream.peer_cred().map(|c| c.uid()).ok() != Some(me) {
             continue;
         }

@@ -1055,10 +1055,15 @@ async fn a_user_without_root_mounts_and_writes_back() {
         .unwrap();
     let mounts = rclone_mounts(&env);
     assert_eq!(mounts.len(), 1);
-    let private = mounts[0].1.parent().unwrap().parent().unwrap().to_owned();
-    assert_eq!(
-        private,
-        PathBuf::from(format!("/dev/shm/sshpyk-{}", user.uid))
+    let cache = cache_dir_of(mounts[0].0);
+    assert!(cache.starts_with(user.dir.join(".cache/sshpyk/rclone")));
+    let private = mounts[0].1.parent().unwrap().to_owned();
+    let name = private.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        private.parent() == Some(Path::new("/dev/shm"))
+            && name.starts_with(&format!("sshpyk-{}-", user.uid)),
+        "{}",
+        private.display()
     );
     let meta = std::fs::metadata(&private).unwrap();
     assert_eq!(
@@ -1072,4 +1077,384 @@ async fn a_user_without_root_mounts_and_writes_back() {
         .success());
     let configs: Vec<PathBuf> = mounts.into_iter().map(|(_, c)| c).collect();
     assert_clean(&env, &[&mnt], &configs, &[&top]);
+    // That user keeps its real home: the cache dir of this test's store goes with the test
+    // (emptied by the upload, its lock left).
+    assert!(!cache.exists(), "{}", cache.display());
+    std::fs::remove_file(cache.with_extension("lock")).unwrap();
+    for dir in cache.ancestors().skip(1).take(3) {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// The `--cache-dir` of an rclone process.
+fn cache_dir_of(pid: u32) -> PathBuf {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let at = args.iter().position(|a| *a == b"--cache-dir").unwrap();
+    PathBuf::from(String::from_utf8_lossy(args[at + 1]).into_owned())
+}
+
+/// The parent of a remote process.
+fn parent_of(pid: u32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// What the kernel wrote just before `mounts remove` or a shutdown reaches the store before
+/// either returns: unmounting waits for rclone's uploads.
+#[tokio::test]
+async fn writes_just_before_mounts_remove_or_a_shutdown_reach_webdav() {
+    let env = Env::with_host();
+    let dav = env.path("dav");
+    std::fs::create_dir_all(&dav).unwrap();
+    let webdav = support::webdav_server(&env, &dav, "dav-user", "dav-pass-123");
+    let creds = write_private(&env, "dav.json", r#"{"pass": "dav-pass-123"}"#);
+    let mnt = env.path("remote-dav");
+    let add = || {
+        let mut cmd = env.sshpyk();
+        cmd.args(["mounts", "add", "--kernel-name", "k", "--backend", "webdav"])
+            .arg("--set")
+            .arg(format!("url=http://127.0.0.1:{}/", webdav.port))
+            .args(["--set", "vendor=other", "--set", "user=dav-user", "--rw"])
+            .arg("--creds")
+            .arg(&creds)
+            .arg(&mnt);
+        cmd
+    };
+    let write = |name: &str| {
+        format!(
+            "with open('{}/{name}', 'w') as f: f.write('{name} from the kernel')",
+            mnt.display()
+        )
+    };
+    let stored = |name: &str| std::fs::read_to_string(dav.join(name)).ok();
+    let remove = || {
+        env.sshpyk()
+            .args(["mounts", "remove", "--kernel-name", "k"])
+            .arg(&mnt)
+            .assert()
+            .success();
+    };
+    // Every child of a remote process reaped: no `[rclone] <defunct>` (a zombie's own /proc
+    // entry no longer tells whose namespace it is in; its parent's does).
+    let zombies = || {
+        let remote = env.host().remote_pids();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter_map(|stat| {
+                let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+                let ppid: u32 = fields.get(1)?.parse().ok()?;
+                (fields[0] == "Z" && remote.contains(&ppid)).then_some(stat)
+            })
+            .collect::<Vec<_>>()
+    };
+    env.add_kernel("k", &[]);
+    add().assert().success();
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch("k", &conn);
+    launcher.wait_ready(START);
+    let mut c = ready_client(&info).await;
+
+    // The rclone mounted at the start dies: reaped at once, not when someone asks for its state.
+    let (rclone_pid, _) = rclone_mounts(&env)[0].clone();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(rclone_pid as i32),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(2), || zombies().is_empty()),
+        "{:?}",
+        zombies()
+    );
+    remove();
+
+    add().assert().success();
+    run(&mut c, &write("removed.csv")).await.unwrap();
+    remove();
+    assert_eq!(
+        stored("removed.csv").as_deref(),
+        Some("removed.csv from the kernel")
+    );
+    assert!(zombies().is_empty(), "{:?}", zombies());
+
+    add().assert().success();
+    run(&mut c, &write("shutdown.csv")).await.unwrap();
+    c.shutdown(false, STEP).await.unwrap();
+    let status = launcher
+        .wait_timeout(Duration::from_secs(40))
+        .expect("launcher exits");
+    assert!(status.success(), "{status}: {}", launcher.log());
+    assert_eq!(
+        stored("shutdown.csv").as_deref(),
+        Some("shutdown.csv from the kernel")
+    );
+    assert_clean(&env, &[&mnt], &[], &[&mnt]);
+    // Everything uploaded: rclone's cache keeps no copies (only its lock).
+    let cache = env.path("remote-home/.cache/sshpyk/rclone");
+    let left: Vec<String> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A SIGKILLed launcher: its supervisor uploads before unmounting. The supervisor SIGKILLed
+/// too: rclone ends before uploading, the file stays in the store's cache dir, and the next
+/// start uploads it and removes the dead supervisor's config dir (it holds the credentials).
+#[tokio::test]
+async fn writes_before_a_sigkill_reach_s3_at_once_or_at_the_next_start() {
+    let env = Env::with_host();
+    let (server, creds) = support::s3_server(&env);
+    let config = support::s3_config(&env, server.port, &creds);
+    rclone(&env, &config, &["mkdir", "s3:kill"]);
+    let creds_file = write_private(&env, "creds.json", &creds);
+    let kernel = env.add_kernel("k", &[]);
+    let mnt = env.path("remote-kill");
+    add_s3(&env, &kernel, server.port, &creds_file, "kill", &mnt, true)
+        .assert()
+        .success();
+    let write = |name: &str| {
+        format!(
+            "with open('{}/{name}', 'w') as f: f.write('{name} from the kernel')",
+            mnt.display()
+        )
+    };
+    let in_bucket = |name: &str| {
+        let mut cmd = env.host().remote_command("rclone", ["--config"]);
+        cmd.arg(&config).arg("cat").arg(format!("s3:kill/{name}"));
+        support::clean_env(&mut cmd)
+            .output()
+            .is_ok_and(|o| o.stdout == format!("{name} from the kernel").as_bytes())
+    };
+
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    let mut c = ready_client(&info).await;
+    run(&mut c, &write("killed.csv")).await.unwrap();
+    c.close();
+    launcher.signal(Signal::SIGKILL);
+    launcher.wait_timeout(CLEANUP).expect("killed");
+    assert!(
+        eventually(Duration::from_secs(40), || rclone_mounts(&env).is_empty()),
+        "rclone left running"
+    );
+    assert!(
+        in_bucket("killed.csv"),
+        "the write never reached the bucket"
+    );
+    assert_clean(&env, &[&mnt], &[], &[&mnt]);
+
+    let (conn, info) = env.connection_file("b");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    let mut c = ready_client(&info).await;
+    let (rclone_pid, dead_config) = rclone_mounts(&env)[0].clone();
+    let supervisor = parent_of(rclone_pid);
+    run(&mut c, &write("crashed.csv")).await.unwrap();
+    c.close();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(supervisor), Signal::SIGKILL).unwrap();
+    launcher.signal(Signal::SIGKILL);
+    launcher.wait_timeout(CLEANUP).expect("killed");
+    assert!(
+        eventually(CLEANUP, || rclone_mounts(&env).is_empty()),
+        "rclone outlived its supervisor"
+    );
+    assert!(dead_config.exists(), "nothing left for the sweep to do");
+
+    let (conn, info) = env.connection_file("c");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    assert!(
+        eventually(Duration::from_secs(20), || in_bucket("crashed.csv")),
+        "the leftover never reached the bucket"
+    );
+    assert!(!dead_config.parent().unwrap().exists());
+    let mut c = ready_client(&info).await;
+    c.shutdown(false, STEP).await.unwrap();
+    assert!(launcher
+        .wait_timeout(Duration::from_secs(40))
+        .expect("exits")
+        .success());
+    let configs: Vec<PathBuf> = rclone_mounts(&env).into_iter().map(|(_, c)| c).collect();
+    assert_clean(&env, &[&mnt], &configs, &[]);
+}
+
+/// `add --replace` and `delete` take the kernel's secrets files along, `delete` even when the
+/// kernel's settings no longer parse.
+#[test]
+fn replaced_or_deleted_kernels_leave_no_secrets_behind() {
+    let env = Env::with_host();
+    let add_mount = || {
+        env.sshpyk()
+            .args([
+                "mounts",
+                "add",
+                "--kernel-name",
+                "k",
+                "--backend",
+                "dropbox",
+            ])
+            .args(["--creds", "-", "/mnt/box"])
+            .write_stdin(r#"{"token": "tok"}"#)
+            .assert()
+            .success();
+        assert_eq!(secret_files(&env).len(), 1);
+    };
+    env.add_kernel("k", &[]);
+    add_mount();
+    env.add_kernel("k", &["--replace"]);
+    assert!(secret_files(&env).is_empty());
+
+    add_mount();
+    let path = env.kernel_dir("k").join("kernel.json");
+    let mut json = env.read_kernel_json("k");
+    json["metadata"]["sshpyk"]["shutdown_timeout"] = "soon".into();
+    std::fs::write(&path, json.to_string()).unwrap();
+    env.sshpyk().args(["delete", "k"]).assert().success();
+    assert!(!path.exists());
+    assert!(secret_files(&env).is_empty());
+}
+
+/// `mounts remove` while the kernel reconnects: the kernelspec loses the mount, the running
+/// kernel keeps it, and the command says so and fails; once the kernel is back, it removes it.
+#[tokio::test]
+async fn mounts_remove_during_a_reconnection_fails_and_says_which_kernel_keeps_it() {
+    let env = Env::with_host();
+    if env.host().netns().is_none() {
+        eprintln!("skipped: cutting the link needs the network namespace (root)");
+        return;
+    }
+    let (server, creds) = support::s3_server(&env);
+    let config = support::s3_config(&env, server.port, &creds);
+    rclone(&env, &config, &["mkdir", "s3:cut"]);
+    let creds_file = write_private(&env, "creds.json", &creds);
+    let kernel = env.add_kernel("k", &[]);
+    let mnt = env.path("remote-cut");
+    add_s3(&env, &kernel, server.port, &creds_file, "cut", &mnt, false)
+        .assert()
+        .success();
+    let (conn, _) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    env.host().link_down().unwrap();
+    launcher.wait_for_log("connection lost, reconnecting", Duration::from_secs(30));
+    let out = env
+        .sshpyk()
+        .args(["mounts", "remove", "--kernel-name", "k"])
+        .arg(&mnt)
+        .assert()
+        .failure();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "the running kernel of launcher {} still has {}",
+            launcher.pid(),
+            mnt.display()
+        )) && err.contains("reconnecting"),
+        "{err}"
+    );
+    assert!(!env
+        .read_kernel_json("k")
+        .to_string()
+        .contains("cloud_mounts"));
+    assert!(secret_files(&env).is_empty());
+    assert!(is_mounted(&env, &mnt));
+
+    env.host().link_up().unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let log = launcher.log();
+            log.contains("reconnected after") || log.contains("answers again after")
+        }),
+        "{}",
+        launcher.log()
+    );
+    env.sshpyk()
+        .args(["mounts", "remove", "--kernel-name", "k"])
+        .arg(&mnt)
+        .assert()
+        .success();
+    assert!(eventually(CLEANUP, || !is_mounted(&env, &mnt)));
+}
+
+/// The store unreachable at shutdown: the supervisor waits its bound, says in the launcher's log
+/// which files stay pending and where, and the next start, with the store back, uploads them.
+#[tokio::test]
+async fn writes_the_store_cannot_take_at_shutdown_are_kept_and_uploaded_by_the_next_start() {
+    let env = Env::with_host();
+    let dav = env.path("dav");
+    std::fs::create_dir_all(&dav).unwrap();
+    let server = support::webdav_server(&env, &dav, "dav-user", "dav-pass-123");
+    let port = server.port;
+    let creds = write_private(&env, "dav.json", r#"{"pass": "dav-pass-123"}"#);
+    let mnt = env.path("remote-dav");
+    env.add_kernel("k", &[]);
+    env.sshpyk()
+        .args(["mounts", "add", "--kernel-name", "k", "--backend", "webdav"])
+        .arg("--set")
+        .arg(format!("url=http://127.0.0.1:{port}/"))
+        .args(["--set", "vendor=other", "--set", "user=dav-user", "--rw"])
+        .arg("--creds")
+        .arg(&creds)
+        .arg(&mnt)
+        .assert()
+        .success();
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch("k", &conn);
+    launcher.wait_ready(START);
+    let mut c = ready_client(&info).await;
+    run(
+        &mut c,
+        &format!(
+            "with open('{}/late.csv', 'w') as f: f.write('late')",
+            mnt.display()
+        ),
+    )
+    .await
+    .unwrap();
+    // Gone before rclone's write-back (1 s).
+    drop(server);
+    c.shutdown(false, STEP).await.unwrap();
+    // Not its status: the supervisor answers no ping while it waits, so the launcher takes
+    // the connection for lost after 3 s.
+    launcher
+        .wait_timeout(Duration::from_secs(60))
+        .expect("launcher exits");
+    let log = launcher.log();
+    assert!(
+        log.contains(&format!(
+            "sshpyk: 1 file(s) written to {} not uploaded to",
+            mnt.display()
+        )) && log.contains("(late.csv); kept in"),
+        "{log}"
+    );
+    assert!(!dav.join("late.csv").exists());
+    assert_clean(&env, &[&mnt], &[], &[&mnt]);
+
+    let _server = support::webdav_server_on(&env, &dav, "dav-user", "dav-pass-123", port);
+    let (conn, info) = env.connection_file("b");
+    let mut launcher = env.launch("k", &conn);
+    launcher.wait_ready(START);
+    assert!(
+        eventually(Duration::from_secs(20), || std::fs::read_to_string(
+            dav.join("late.csv")
+        )
+        .is_ok_and(|t| t == "late")),
+        "the kept file never reached the store"
+    );
+    let mut c = ready_client(&info).await;
+    c.shutdown(false, STEP).await.unwrap();
+    assert!(launcher
+        .wait_timeout(Duration::from_secs(40))
+        .expect("exits")
+        .success());
+    assert_clean(&env, &[&mnt], &[], &[&mnt]);
 }

@@ -27,7 +27,7 @@ fn passes(script: &str, checks: usize) {
 
 #[test]
 fn the_supervisor_speaks_its_protocol_over_pipes() {
-    passes("supervisor_test.py", 17);
+    passes("supervisor_test.py", 20);
 }
 
 #[test]
@@ -37,5 +37,5 @@ fn the_slurm_relay_keeps_the_step_through_a_lost_connection_and_ends_it_with_the
 
 #[test]
 fn cloud_mounts_refuse_bad_mount_points_before_running_anything() {
-    passes("cloud_test.py", 12);
+    passes("cloud_test.py", 17);
 }

@@ -296,17 +296,20 @@ impl CloudMount {
         })
     }
 
-    /// `--read-only` unless `rw`; with `rw`, a write cache unless the user chose one.
+    /// `--read-only` unless `rw`; with `rw`, a write cache and a 1 s write-back delay (not
+    /// rclone's 5 s: unmounting waits for the uploads) unless the user chose them.
     fn mount_flags(&self) -> Vec<String> {
         let mut flags = Vec::new();
+        let chose = |flag: &str| self.rclone_flags.iter().any(|f| f.starts_with(flag));
         if !self.rw {
             flags.push("--read-only".to_string());
-        } else if !self
-            .rclone_flags
-            .iter()
-            .any(|f| f.starts_with("--vfs-cache-mode"))
-        {
-            flags.extend(["--vfs-cache-mode".to_string(), "writes".to_string()]);
+        } else {
+            if !chose("--vfs-cache-mode") {
+                flags.extend(["--vfs-cache-mode".to_string(), "writes".to_string()]);
+            }
+            if !chose("--vfs-write-back") {
+                flags.extend(["--vfs-write-back".to_string(), "1s".to_string()]);
+            }
         }
         flags.extend(self.rclone_flags.iter().cloned());
         flags
@@ -422,11 +425,14 @@ mod tests {
         let line = r.config.lines().find(|l| l.starts_with("pass = ")).unwrap();
         assert_eq!(super::super::obscure::reveal(&line[7..]), "hunter2");
         assert!(!r.config.contains("hunter2"));
-        assert_eq!(r.flags, ["--vfs-cache-mode", "writes"]);
-        m.rclone_flags = vec!["--vfs-cache-mode=full".into()];
+        assert_eq!(
+            r.flags,
+            ["--vfs-cache-mode", "writes", "--vfs-write-back", "1s"]
+        );
+        m.rclone_flags = vec!["--vfs-cache-mode=full".into(), "--vfs-write-back=9s".into()];
         assert_eq!(
             m.render(&map(&[("pass", "p")])).unwrap().flags,
-            ["--vfs-cache-mode=full"]
+            ["--vfs-cache-mode=full", "--vfs-write-back=9s"]
         );
     }
 

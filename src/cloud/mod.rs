@@ -12,7 +12,9 @@
 //!   `mount_cloud` request. The supervisor (`src/remote/cloud.py`) writes it to a 0600 file in a
 //!   0700 directory on `/dev/shm` (a tmpfs that survives the user's sessions, unlike
 //!   `$XDG_RUNTIME_DIR`), checks the source with `rclone lsf`, runs `rclone mount` as its own
-//!   child, and at the kernel's end (or a `remove`) unmounts, ends rclone and removes the file.
+//!   child, and at the kernel's end (or a `remove`) waits for rclone's uploads (bounded; what
+//!   is left stays in rclone's cache dir, one per store and path, for the next mount to upload),
+//!   unmounts, ends rclone and removes the file.
 //!
 //! So a secret is never in kernel.json, on a command line (here or there), or in a log.
 

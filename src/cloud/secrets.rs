@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -119,4 +119,23 @@ pub fn remove_dropped(old: &[super::CloudMount], new: &[super::CloudMount]) {
             remove(&mount.secrets);
         }
     }
+}
+
+/// The secrets files that the kernel.json in `kernelspec_dir` names, read as plain JSON: found
+/// even when its settings no longer parse.
+pub fn named_in(kernelspec_dir: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read(kernelspec_dir.join("kernel.json")) else {
+        return Vec::new();
+    };
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&text) else {
+        return Vec::new();
+    };
+    json["metadata"]["sshpyk"]["cloud_mounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["secrets"].as_str())
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+        .collect()
 }

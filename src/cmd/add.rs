@@ -28,7 +28,12 @@ pub async fn run(args: AddArgs) -> Result<()> {
         args.spec.display_name.as_deref(),
         args.spec.language.as_deref(),
     )?;
+    // What a replaced kernel's mounts kept in sshpyk's secrets dir goes with it.
+    let replaced_secrets = crate::cloud::secrets::named_in(&dir);
     kernelspec::write_new(&data_dir, &name, &spec, args.replace)?;
+    for secrets in replaced_secrets {
+        crate::cloud::secrets::remove(&secrets);
+    }
     println!(
         "added kernel '{name}' (\"{}\") in {}",
         spec.display_name,

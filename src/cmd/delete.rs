@@ -29,10 +29,11 @@ pub fn run(args: DeleteArgs) -> Result<()> {
         found.push(spec);
     }
     for spec in found {
+        let secrets = crate::cloud::secrets::named_in(&spec.dir);
         std::fs::remove_dir_all(&spec.dir)
             .map_err(Error::io(format!("cannot remove {}", spec.dir.display())))?;
-        if let Some(Ok(settings)) = spec.spec.settings() {
-            crate::cloud::secrets::remove_dropped(&settings.cloud_mounts, &[]);
+        for name in secrets {
+            crate::cloud::secrets::remove(&name);
         }
         println!("deleted kernel '{}' ({})", spec.name, spec.dir.display());
     }

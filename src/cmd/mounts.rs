@@ -179,12 +179,22 @@ async fn add(args: MountsAddArgs) -> Result<()> {
         }
     }
     if !failures.is_empty() {
-        // All or nothing: the kernelspec and the kernels that took it go back as they were.
+        // All or nothing: the kernelspec and the kernels that took it go back as they were. A
+        // kernel that cannot give it back (reconnecting, timed out) is named: it keeps it.
         for launcher in done {
             let request = Request::RemoveMount {
                 remote: remote.clone(),
             };
-            let _ = control::ask(&launcher.path, &request, CHANGE_WAIT).await;
+            match control::ask(&launcher.path, &request, CHANGE_WAIT).await {
+                Ok(Reply::Done { .. }) => {}
+                Ok(Reply::Failed { message }) => {
+                    failures.push(kept_by(launcher.pid, remote, &message))
+                }
+                Ok(Reply::Status(_)) => {
+                    failures.push(kept_by(launcher.pid, remote, "it answered with its status"))
+                }
+                Err(e) => failures.push(kept_by(launcher.pid, remote, &e.to_string())),
+            }
         }
         save(&found, &before)?;
         secrets::remove(&mount.secrets);
@@ -214,6 +224,7 @@ async fn remove(args: MountsRemoveArgs) -> Result<()> {
     let configured =
         settings.mounts.iter().any(|m| &m.remote == remote) || !gone_secrets.is_empty();
     let mut live = 0;
+    let mut kept = Vec::new();
     for (launcher, status) in running_of(&found).await? {
         if !status.mounts.iter().any(|m| &m.remote == remote) {
             continue;
@@ -226,9 +237,11 @@ async fn remove(args: MountsRemoveArgs) -> Result<()> {
                 println!("{message}");
                 live += 1;
             }
-            Ok(Reply::Failed { message }) => tracing::warn!("{message}"),
-            Ok(Reply::Status(_)) => {}
-            Err(e) => tracing::warn!("{e}"),
+            Ok(Reply::Failed { message }) => kept.push(kept_by(launcher.pid, remote, &message)),
+            Ok(Reply::Status(_)) => {
+                kept.push(kept_by(launcher.pid, remote, "it answered with its status"))
+            }
+            Err(e) => kept.push(kept_by(launcher.pid, remote, &e.to_string())),
         }
     }
     if !configured && live == 0 {
@@ -239,11 +252,23 @@ async fn remove(args: MountsRemoveArgs) -> Result<()> {
     settings.mounts.retain(|m| &m.remote != remote);
     settings.cloud_mounts.retain(|m| &m.remote != remote);
     save(&found, &settings)?;
+    // A kernel that keeps the mount needs them no more: its supervisor has its own copy.
     for file in gone_secrets {
         secrets::remove(&file);
     }
+    if !kept.is_empty() {
+        return Err(Error::Remote(format!(
+            "removed the mount at {remote} from kernel '{name}' for later starts, but {}; run `sshpyk mounts remove --kernel-name {name} {remote}` again once it is back",
+            kept.join("; ")
+        )));
+    }
     println!("removed the mount at {remote} from kernel '{name}'");
     Ok(())
+}
+
+/// Says that the kernel of launcher `pid` still has the mount at `remote`, and why.
+fn kept_by(pid: u32, remote: &str, why: &str) -> String {
+    format!("the running kernel of launcher {pid} still has {remote} ({why})")
 }
 
 /// One kernelspec's mounts: as configured, and as each running kernel has them.

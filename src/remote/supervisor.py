@@ -581,6 +581,7 @@ class Supervisor:
         self.sel.register(self.kernel.stdout, selectors.EVENT_READ, "output")
         self.sel.register(self.link, selectors.EVENT_READ, "link")
         self.sel.register(self.cloud.wake_r, selectors.EVENT_READ, "cloud")
+        self.sel.register(self.term_r, selectors.EVENT_READ, "term")
         # The launcher pings every `ping_interval`; a silent or closed session is a lost launcher
         # (a dead link never shows as EOF here). One interval of grace, so that a drop shorter
         # than the orphan timeout never ends the kernel.
@@ -602,6 +603,8 @@ class Supervisor:
                 what = key.data
                 if what == "exit":
                     self.finish()
+                    return
+                if what == "term":
                     return
                 if what == "output":
                     if not self.pump_output():
@@ -675,7 +678,12 @@ def main():
     except (EOFError, ValueError, Fatal):
         return
     sup = Supervisor(start, start_length, link)
-    signal.signal(signal.SIGTERM, lambda *_: (sup.cleanup(), os._exit(1)))
+    # SIGTERM only wakes the loop (which then returns, and cleanup follows): the handler runs
+    # between two bytecodes of the main thread, which may hold a lock that cleanup takes (the
+    # cloud mounts' lock, around a Popen). Before the loop runs, the byte waits for it.
+    sup.term_r, term_w = os.pipe()
+    os.set_blocking(term_w, False)
+    signal.signal(signal.SIGTERM, lambda *_: os.write(term_w, b"x"))
     try:
         ready = sup.start()
     except Exception as e:

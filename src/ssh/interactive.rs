@@ -44,6 +44,7 @@ impl Master {
     /// Opens the master with ssh talking to the user's terminal, and returns once it is up (ssh
     /// backgrounds itself after authentication). Nothing to do when one is up already: `false`.
     pub async fn open_interactively(&self) -> Result<bool> {
+        self.check_owner()?;
         if self.is_up().await {
             return Ok(false);
         }

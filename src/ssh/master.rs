@@ -135,7 +135,13 @@ impl Master {
         cmd
     }
 
+    /// Whether a master of ours is up. One of another user's (a ControlPath in a shared dir)
+    /// never is: ssh's own client would hand it our sessions.
     pub async fn is_up(&self) -> bool {
+        if let Err(e) = self.check_owner() {
+            tracing::warn!("{e}");
+            return false;
+        }
         let mut cmd = self.command();
         // Channels are opened without any ssh process: at -vvv this check is where ssh's own
         // debug output (config, control socket) shows.
@@ -155,6 +161,7 @@ impl Master {
     pub async fn ensure(&self, deadline: Instant) -> Result<()> {
         let budget = deadline.saturating_duration_since(Instant::now());
         let _lock = self.lock(deadline, budget).await?;
+        self.check_owner()?;
         if self.is_up().await {
             tracing::debug!("reusing the ControlMaster of '{}'", self.alias);
             return Ok(());
@@ -278,6 +285,30 @@ impl Master {
     /// A socket file left by a master that died (SIGKILL, crash, reboot) makes ssh refuse to
     /// create a new one (it would background a plain connection instead): remove it when nothing
     /// listens there. `false` when something does listen.
+    /// Refuses a control socket that another user listens on (the mux client checks the same
+    /// for the sessions it opens itself). Nothing listening is fine: there is no one to trust.
+    pub(super) fn check_owner(&self) -> Result<()> {
+        let Ok(stream) = std::os::unix::net::UnixStream::connect(&self.control_socket) else {
+            return Ok(());
+        };
+        let owner =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .map_err(|e| {
+                    Error::Ssh(format!(
+                        "cannot tell who listens on the ControlMaster socket {}: {e}",
+                        self.control_socket.display()
+                    ))
+                })?
+                .uid();
+        if owner != nix::unistd::getuid().as_raw() {
+            return Err(Error::Ssh(format!(
+                "the ControlMaster socket {} belongs to uid {owner}, not to us; remove it or fix ControlPath",
+                self.control_socket.display()
+            )));
+        }
+        Ok(())
+    }
+
     pub(super) fn remove_stale_socket(&self) -> Result<bool> {
         match std::os::unix::net::UnixStream::connect(&self.control_socket) {
             Ok(_) => Ok(false),

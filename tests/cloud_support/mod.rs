@@ -129,7 +129,11 @@ fn wait_listening(env: &Env, port: u16, what: &str) {
 
 /// `rclone serve webdav` of `dir` with a user and password.
 pub fn webdav_server(env: &Env, dir: &Path, user: &str, pass: &str) -> Server {
-    let port = sshpyk_testhost::free_port();
+    webdav_server_on(env, dir, user, pass, sshpyk_testhost::free_port())
+}
+
+/// [`webdav_server`] on `port` (the same store again, after the first one was stopped).
+pub fn webdav_server_on(env: &Env, dir: &Path, user: &str, pass: &str, port: u16) -> Server {
     let mut cmd = env.host().remote_command(
         "rclone",
         [

@@ -41,6 +41,8 @@ impl Env {
         ] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
+        // SSHPYK_RUNTIME_DIR must be private when it exists.
+        std::fs::set_permissions(dir.path().join("rt"), PermissionsExt::from_mode(0o700)).unwrap();
         Env {
             dir,
             host: None,

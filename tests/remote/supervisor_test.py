@@ -123,3 +123,9 @@ sup.stdin.close()
 check(gone_within(ready["pid"], 2.0), "a launcher gone while its connection lives ends the kernel within 2 s")
 sup.wait(timeout=10)
 check(not os.path.exists(ready["run_dir"]), "and its files")
+
+# SIGTERM (Slurm's end of a job, a user's kill): the loop wakes, ends the kernel, removes its files.
+sup, ready = start_supervisor()
+sup.send_signal(15)
+check(gone_within(ready["pid"], 5.0) and sup.wait(timeout=10) is not None, "SIGTERM ends the kernel and the supervisor")
+check(not os.path.exists(ready["run_dir"]), "and removes its files")
