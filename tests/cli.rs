@@ -493,3 +493,33 @@ fn timeouts_out_of_range_are_refused() {
             ));
     }
 }
+
+/// `add` names every missing required flag in one line; its help marks them, and leaves the
+/// `""` resets (which only `edit` has) and the global -v out of its own flags.
+#[test]
+fn add_names_every_required_flag_at_once_and_its_help_marks_them() {
+    let env = Env::local();
+    let out = env.sshpyk().arg("add").output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "sshpyk: error: sshpyk add needs --ssh-host-alias ALIAS, --remote-kernel-name NAME, \
+         --remote-python-prefix DIR (or --remote-python PATH)\n"
+    );
+    let help = env.sshpyk().args(["add", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let flag_then_help = |flag: &str| {
+        let at = help.find(&format!("      {flag} <")).unwrap();
+        help[at..].lines().nth(1).unwrap().to_string()
+    };
+    assert!(flag_then_help("--ssh-host-alias").ends_with("[required]"));
+    assert!(flag_then_help("--remote-kernel-name").ends_with("[required]"));
+    assert!(
+        flag_then_help("--remote-python-prefix").ends_with("[required: this or --remote-python]")
+    );
+    assert!(!help.contains("\"\" "), "{help}");
+    assert!(!help.contains("ephemeral key"), "{help}");
+    assert!(help.find("--replace").unwrap() < help.find("--verbose").unwrap());
+    let edit = env.sshpyk().args(["edit", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&edit.stdout).contains("; \"\" resets it"));
+}
