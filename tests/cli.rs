@@ -523,3 +523,41 @@ fn add_names_every_required_flag_at_once_and_its_help_marks_them() {
     let edit = env.sshpyk().args(["edit", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&edit.stdout).contains("; \"\" resets it"));
 }
+
+/// Output of other commands speaks as errors do: warnings prefixed, nothing left blank.
+#[test]
+fn warnings_are_prefixed_and_an_empty_mounts_list_says_so() {
+    let env = Env::local();
+    env.sshpyk()
+        .args(["mounts", "list"])
+        .assert()
+        .success()
+        .stdout("(none)\n");
+    // Nothing listens there: `add` cannot check the remote, which is only a warning.
+    let config = env.path("ssh_config");
+    let port = sshpyk_testhost::free_port();
+    std::fs::write(
+        &config,
+        format!("Host down\n    HostName 127.0.0.1\n    Port {port}\n    BatchMode yes\n"),
+    )
+    .unwrap();
+    let out = env
+        .sshpyk()
+        .args([
+            "add",
+            "--ssh-host-alias",
+            "down",
+            "--remote-kernel-name",
+            "python3",
+        ])
+        .args(["--remote-python-prefix", "/opt/env", "--ssh-config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.is_empty());
+    for line in stderr.lines() {
+        assert!(line.starts_with("sshpyk: warning: "), "{stderr}");
+    }
+}
