@@ -5,7 +5,7 @@
 use std::fs;
 use std::process::{Command, Stdio};
 
-use sshpyk_testhost::{RemoteHost, TestUser};
+use sshpyk_testhost::{Mode, RemoteHost, TestUser};
 
 const ACCOUNT_FILES: [&str; 3] = ["/etc/passwd", "/etc/shadow", "/etc/group"];
 
@@ -26,15 +26,21 @@ fn dedicated_users_exist_only_inside_their_host() {
         return;
     }
     let before = ACCOUNT_FILES.map(|f| fs::read(f).unwrap());
-    for user in [
-        TestUser::Chatty,
-        TestUser::Tcsh,
-        TestUser::Fish,
-        TestUser::Password,
+    // Loopback too: sshd then gets a mount namespace without a network one.
+    for (user, mode) in [
+        (TestUser::Chatty, Mode::Netns),
+        (TestUser::Tcsh, Mode::Netns),
+        (TestUser::Fish, Mode::Netns),
+        (TestUser::Password, Mode::Netns),
+        (TestUser::Chatty, Mode::Loopback),
     ] {
         let name = user.name().unwrap();
         let outside = getent_passwd(&name);
-        let host = RemoteHost::builder().login_user(user).start().unwrap();
+        let host = RemoteHost::builder()
+            .mode(mode)
+            .login_user(user)
+            .start()
+            .unwrap();
         let out = Command::new("ssh")
             .arg("-F")
             .arg(host.ssh_config())
