@@ -115,7 +115,6 @@ impl Env {
         if user == TestUser::Current {
             remote_env.push_str(&format!(" HOME={}", env.path("remote-home").display()));
         }
-        // Starting the host creates the user.
         let (builder, more_vars) = build(&env, RemoteHost::builder());
         remote_env.push_str(&more_vars);
         let host = builder
