@@ -24,7 +24,8 @@ use crate::{free_port, procs};
 const SSHD: &str = "/usr/sbin/sshd";
 /// Run by `sh -c` in sshd's own mount namespace before it execs sshd: bind-mounts the private
 /// passwd, shadow and group files (`$1` to `$3`) over the machine's.
-const BIND_ETC: &str = "for f in passwd shadow group; do mount --bind \"$1\" /etc/$f || exit; shift; done; exec \"$@\"";
+const BIND_ETC: &str = "for f in passwd shadow group; do mount --bind \"$1\" /etc/$f || exit; \
+                       shift; done; exec \"$@\"";
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Loopback ports are picked before sshd binds them, so another process can take one first.
 const LOOPBACK_ATTEMPTS: u32 = 5;
