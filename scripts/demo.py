@@ -15,8 +15,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SSHPYK = os.path.join(ROOT, "target", "debug", "sshpyk")
-TESTHOST = os.path.join(ROOT, "target", "debug", "sshpyk-testhost")
+SSHPYK = os.environ.get("SSHPYK_BIN", os.path.join(ROOT, "target", "debug", "sshpyk"))
+TESTHOST = os.environ.get("SSHPYK_TESTHOST_BIN", os.path.join(ROOT, "target", "debug", "sshpyk-testhost"))
 VENV = sys.prefix
 
 CODE = """\

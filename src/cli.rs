@@ -8,11 +8,20 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "sshpyk",
     version = env!("SSHPYK_VERSION"),
-    about = "Run Jupyter kernels on remote machines over OpenSSH, as if they were local"
+    about = "Run Jupyter kernels on remote machines over OpenSSH, as if they were local",
+    long_about = "Run Jupyter kernels on remote machines over OpenSSH, as if they were local.\n\n\
+                  `sshpyk add` writes a kernelspec whose kernel.json runs `sshpyk launch`: \
+                  Jupyter (JupyterLab, Notebook, VS Code, jupyter console, nbclient) starts it as \
+                  a local kernel, and it reaches the host with your own ssh client and ssh \
+                  config, starts the real kernel there and carries its five ZMQ channels; \
+                  interrupt, restart and shutdown work as with a local kernel, and nothing is \
+                  left behind on either side. `sshpyk list` checks every kernel, `sshpyk ps` \
+                  shows the running ones, `sshpyk logs` a launcher's log."
 )]
 pub struct Cli {
     /// More output on stderr: -v debug, -vv trace, -vvv trace plus ssh's own debug output.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    // Listed after every subcommand's own flags, not among them.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, display_order = 1000)]
     pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
@@ -21,8 +30,21 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Add a kernelspec that runs a remote kernel through an ssh host alias.
+    #[command(
+        override_usage = "sshpyk add --ssh-host-alias <ALIAS> --remote-kernel-name <NAME> \
+                          (--remote-python-prefix <DIR> | --remote-python <PATH>) [OPTIONS]",
+        mut_arg("ssh_host_alias", |a| append_help(a, " [required]")),
+        mut_arg("remote_kernel_name", |a| append_help(a, " [required]")),
+        mut_arg("remote_python_prefix", |a| append_help(a, " [required: this or --remote-python]")),
+        mut_arg("remote_python", |a| append_help(a, " [required: this or --remote-python-prefix]")),
+    )]
     Add(AddArgs),
     /// Change settings of an sshpyk kernelspec; the rest is kept.
+    #[command(
+        mut_arg("remote_cwd", |a| append_help(a, "; \"\" resets it")),
+        mut_arg("remote_init", |a| append_help(a, "; \"\" removes it")),
+        mut_arg("slurm", |a| append_help(a, "; \"\" turns it off")),
+    )]
     Edit(EditArgs),
     /// Remove kernelspecs written by sshpyk.
     Delete(DeleteArgs),
@@ -36,7 +58,7 @@ pub enum Command {
     Mount(MountArgs),
     /// Show the log of a kernel's latest launcher run.
     Logs(LogsArgs),
-    /// Print a shell completion script (bash, zsh, fish) on stdout.
+    /// Print a shell completion script (bash, elvish, fish, powershell, zsh) on stdout.
     Completions(CompletionsArgs),
     /// Print the man page (roff) on stdout: `sshpyk man | man -l -`.
     Man,
@@ -175,7 +197,8 @@ pub struct SpecArgs {
     /// sshfs on the remote [default: sshfs on the remote PATH].
     #[arg(long)]
     pub remote_sshfs: Option<String>,
-    /// Alias in the remote's own ssh config that reaches this machine (instead of sshpyk's ephemeral key).
+    /// Mounts: the remote's sshfs connects back to this machine with this alias of the remote's
+    /// own ssh config, instead of over the kernel's connection (compatibility; not confined).
     #[arg(long)]
     pub ssh_host_alias_local_on_remote: Option<String>,
     /// How much the launcher logs (on Jupyter's stderr and in `sshpyk logs`) [default: info].
@@ -185,22 +208,26 @@ pub struct SpecArgs {
     /// --remote-init, so it wins. Stored in kernel.json: not for secrets. Repeatable.
     #[arg(long, value_name = "KEY=VALUE")]
     pub remote_env: Vec<String>,
-    /// The remote kernel's working directory (absolute, or ~/...) [default: the remote home];
-    /// "" resets it.
+    /// The remote kernel's working directory (absolute, or ~/...) [default: the remote home].
     #[arg(long, value_name = "DIR")]
     pub remote_cwd: Option<String>,
     /// Shell code run in a login shell of the remote user's shell before the kernel starts
-    /// (`module load cuda/12`, `conda activate ml`); "" removes it.
+    /// (`module load cuda/12`, `conda activate ml`).
     #[arg(long, value_name = "SNIPPET")]
     pub remote_init: Option<String>,
     /// Run the kernel on a Slurm compute node: sbatch options for its allocation, split on
-    /// blanks ("--partition gpu --gres gpu:1 --time 04:00:00"); the alias is the login node;
-    /// "" turns it off.
+    /// blanks ("--partition gpu --gres gpu:1 --time 04:00:00"); the alias is the login node.
     #[arg(long, value_name = "OPTIONS", allow_hyphen_values = true)]
     pub slurm: Option<String>,
     /// Seconds the Slurm allocation outlives its kernel, for a restart to reuse it [default: 60].
     #[arg(long, value_parser = positive_seconds)]
     pub slurm_grace: Option<f64>,
+}
+
+/// `add` and `edit` share the flags of [`SpecArgs`]; each says in the help what is its own.
+fn append_help(arg: clap::Arg, text: &str) -> clap::Arg {
+    let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+    arg.help(format!("{help}{text}"))
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {

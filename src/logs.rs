@@ -1,5 +1,5 @@
 //! Logging: lines on stderr (a launcher's prefixed with `[sshpyk <kernel>]`, since Jupyter mixes
-//! them with its own), and for each launcher run a log file of its own,
+//! them with its own; other commands' as `sshpyk: warning: ...`, like their errors), and for each launcher run a log file of its own,
 //! `<runtime dir>/logs/<kernel>/<start>-<pid>.log` (0600 in 0700 directories), which
 //! `sshpyk logs` shows. Files are rotated: a run keeps its last `MAX_FILE_BYTES` and the bytes
 //! before them in `.log.1`; a kernel keeps its last `KEPT_RUNS` runs.
@@ -95,12 +95,20 @@ fn init_stderr(level: LogLevel, prefix: Option<&str>, file: Option<RunLog>) {
     let color = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let filter = tracing_subscriber::filter::LevelFilter::from_level(level.tracing());
-    let stderr = tracing_subscriber::fmt::layer()
-        .with_writer(Prefixed(prefix.map(|p| format!("[sshpyk {p}] "))))
-        .with_ansi(color)
-        .with_target(false)
-        .without_time()
-        .with_filter(filter);
+    let launcher = prefix.map(|prefix| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(Prefixed(Some(format!("[sshpyk {prefix}] "))))
+            .with_ansi(color)
+            .with_target(false)
+            .without_time()
+            .with_filter(filter)
+    });
+    let command = prefix.is_none().then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .event_format(CommandFormat)
+            .with_filter(filter)
+    });
     let file = file.map(|file| {
         tracing_subscriber::fmt::layer()
             .with_writer(file)
@@ -109,9 +117,38 @@ fn init_stderr(level: LogLevel, prefix: Option<&str>, file: Option<RunLog>) {
             .with_filter(filter)
     });
     tracing_subscriber::registry()
-        .with(stderr)
+        .with(launcher)
+        .with(command)
         .with(file)
         .init();
+}
+
+/// A command's (not a launcher's) lines, spoken as its errors are: `sshpyk: warning: ...`,
+/// `sshpyk: debug: ...`, and plain `sshpyk: ...` for information.
+struct CommandFormat;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for CommandFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => "error: ",
+            tracing::Level::WARN => "warning: ",
+            tracing::Level::INFO => "",
+            tracing::Level::DEBUG => "debug: ",
+            tracing::Level::TRACE => "trace: ",
+        };
+        write!(writer, "sshpyk: {level}")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 /// Stderr, each line starting with the prefix (if any).

@@ -493,3 +493,71 @@ fn timeouts_out_of_range_are_refused() {
             ));
     }
 }
+
+/// `add` names every missing required flag in one line; its help marks them, and leaves the
+/// `""` resets (which only `edit` has) and the global -v out of its own flags.
+#[test]
+fn add_names_every_required_flag_at_once_and_its_help_marks_them() {
+    let env = Env::local();
+    let out = env.sshpyk().arg("add").output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "sshpyk: error: sshpyk add needs --ssh-host-alias ALIAS, --remote-kernel-name NAME, \
+         --remote-python-prefix DIR (or --remote-python PATH)\n"
+    );
+    let help = env.sshpyk().args(["add", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let flag_then_help = |flag: &str| {
+        let at = help.find(&format!("      {flag} <")).unwrap();
+        help[at..].lines().nth(1).unwrap().to_string()
+    };
+    assert!(flag_then_help("--ssh-host-alias").ends_with("[required]"));
+    assert!(flag_then_help("--remote-kernel-name").ends_with("[required]"));
+    assert!(
+        flag_then_help("--remote-python-prefix").ends_with("[required: this or --remote-python]")
+    );
+    assert!(!help.contains("\"\" "), "{help}");
+    assert!(!help.contains("ephemeral key"), "{help}");
+    assert!(help.find("--replace").unwrap() < help.find("--verbose").unwrap());
+    let edit = env.sshpyk().args(["edit", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&edit.stdout).contains("; \"\" resets it"));
+}
+
+/// Output of other commands speaks as errors do: warnings prefixed, nothing left blank.
+#[test]
+fn warnings_are_prefixed_and_an_empty_mounts_list_says_so() {
+    let env = Env::local();
+    env.sshpyk()
+        .args(["mounts", "list"])
+        .assert()
+        .success()
+        .stdout("(none)\n");
+    // Nothing listens there: `add` cannot check the remote, which is only a warning.
+    let config = env.path("ssh_config");
+    let port = sshpyk_testhost::free_port();
+    std::fs::write(
+        &config,
+        format!("Host down\n    HostName 127.0.0.1\n    Port {port}\n    BatchMode yes\n"),
+    )
+    .unwrap();
+    let out = env
+        .sshpyk()
+        .args([
+            "add",
+            "--ssh-host-alias",
+            "down",
+            "--remote-kernel-name",
+            "python3",
+        ])
+        .args(["--remote-python-prefix", "/opt/env", "--ssh-config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.is_empty());
+    for line in stderr.lines() {
+        assert!(line.starts_with("sshpyk: warning: "), "{stderr}");
+    }
+}

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{eventually, ready_client, Env};
-use sshpyk_testhost::{TestUser, PASSWORD_USER, PASSWORD_USER_PASSWORD};
+use sshpyk_testhost::{password_user_password, TestUser, PASSWORD_USER};
 
 const STEP: Duration = Duration::from_secs(20);
 
@@ -163,7 +163,7 @@ async fn a_password_typed_once_in_connect_lets_kernels_start_without_a_prompt() 
     assert_ne!(code, Some(0), "{shown}");
     // The right one, through the kernelspec's settings this time.
     let (code, shown) =
-        connect_on_a_terminal(&env, &["--kernel-name", "k"], &[PASSWORD_USER_PASSWORD]);
+        connect_on_a_terminal(&env, &["--kernel-name", "k"], &[password_user_password()]);
     assert_eq!(code, Some(0), "{shown}");
     assert!(shown.contains("'remote': connected;"), "{shown}");
     env.sshpyk()

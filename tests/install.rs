@@ -81,6 +81,12 @@ fn the_man_page_renders_with_man() {
         "SSHPYK LOGS",
         "--follow",
         "[possible values: info, debug, trace, ssh]",
+        "writes a kernelspec whose kernel.json runs",
+        "SSHPYK MOUNTS ADD",
+        "--rclone-flag FLAG",
+        "SSHPYK MOUNTS REMOVE",
+        "EXIT STATUS",
+        "a timeout: --launch-timeout",
     ] {
         assert!(text.contains(wanted), "no '{wanted}' in:\n{text}");
     }

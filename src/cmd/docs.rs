@@ -14,8 +14,22 @@ pub fn completions(shell: clap_complete::Shell) -> Result<()> {
     write_stdout(&out)
 }
 
-/// One page: clap_mangen's for `sshpyk`, then a section per subcommand with its arguments
-/// (clap_mangen would refer to separate `sshpyk-add(1)` pages that nobody installs).
+/// Exit codes, as README.rst's "Exit codes" table gives them (see `Error::exit_code`).
+const EXIT_STATUS: [(&str, &str); 9] = [
+    ("0", "success (launch: the remote kernel exited normally, otherwise its status or 128+signal; mount: the subshell's status)"),
+    ("2", "command-line usage error"),
+    ("3", "invalid input: flags, kernel names, ssh config or alias, connection file, unknown kernel, a mount point that is not empty, already mounted or not a mount point (--umount)"),
+    ("4", "the ssh connection failed (refused, authentication, host key, ssh missing)"),
+    ("5", "the remote is not usable: python, jupyter_client, kernelspec, runtime dir"),
+    ("6", "a timeout: --launch-timeout or the connection budget ran out"),
+    ("7", "a local resource is unavailable: a port in use, a directory not writable, sshfs or FUSE"),
+    ("8", "the remote kernel is gone (ended while the connection was down)"),
+    ("9", "list: a checked kernel has an error (a row marked (x)); the listing is complete"),
+];
+
+/// One page: clap_mangen's for `sshpyk`, then a section per subcommand (and per subcommand of
+/// `mounts`) with its arguments (clap_mangen would refer to separate `sshpyk-add(1)` pages that
+/// nobody installs), then EXIT STATUS.
 pub fn man() -> Result<()> {
     let command = Cli::command();
     let mut page = Vec::new();
@@ -26,17 +40,20 @@ pub fn man() -> Result<()> {
         .replace("sshpyk\\-", "sshpyk ")
         .replace("(1)\n", "\n");
     for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
-        text.push_str(&subcommand_section(sub));
+        text.push_str(&subcommand_section(sub, "sshpyk"));
+    }
+    text.push_str(".SH \"EXIT STATUS\"\n");
+    for (code, meaning) in EXIT_STATUS {
+        text.push_str(&format!(".TP\n{code}\n{}\n", escape(meaning)));
     }
     write_stdout(text.as_bytes())
 }
 
-fn subcommand_section(sub: &clap::Command) -> String {
-    let mut roff = format!(".SH \"SSHPYK {}\"\n", sub.get_name().to_uppercase());
-    let usage = sub
-        .clone()
-        .bin_name(format!("sshpyk {}", sub.get_name()))
-        .render_usage();
+/// `sub`'s section, then its own subcommands' (`sshpyk mounts add`...).
+fn subcommand_section(sub: &clap::Command, parent: &str) -> String {
+    let name = format!("{parent} {}", sub.get_name());
+    let mut roff = format!(".SH \"{}\"\n", name.to_uppercase());
+    let usage = sub.clone().bin_name(&name).render_usage();
     roff.push_str(&format!(
         ".B {}\n.PP\n",
         escape(&usage.to_string().replace("Usage: ", ""))
@@ -86,6 +103,9 @@ fn subcommand_section(sub: &clap::Command) -> String {
             escape(&help),
             escape(&values)
         ));
+    }
+    for nested in sub.get_subcommands().filter(|s| s.get_name() != "help") {
+        roff.push_str(&subcommand_section(nested, &name));
     }
     roff
 }

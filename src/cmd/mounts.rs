@@ -357,6 +357,10 @@ async fn list(args: MountsListArgs) -> Result<()> {
         );
         return Ok(());
     }
+    // As `list` does: an empty answer is said, not left blank.
+    if out.kernels.is_empty() && out.remote_on_local.is_empty() {
+        println!("(none)");
+    }
     for kernel in &out.kernels {
         println!("{}", kernel.kernel_name);
         if kernel.configured.is_empty() {

@@ -23,19 +23,31 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings for `add`: the required flags must be there, the rest take defaults.
 pub fn new_settings(args: &SpecArgs) -> Result<Settings> {
-    let alias = args
-        .ssh_host_alias
-        .clone()
-        .ok_or_else(|| missing("--ssh-host-alias ALIAS"))?;
-    let kernel = args
-        .remote_kernel_name
-        .clone()
-        .ok_or_else(|| missing("--remote-kernel-name NAME"))?;
-    if args.remote_python_prefix.is_none() && args.remote_python.is_none() {
-        return Err(missing(
+    // Every missing flag at once, not one per try.
+    let missing: Vec<&str> = [
+        (args.ssh_host_alias.is_none(), "--ssh-host-alias ALIAS"),
+        (
+            args.remote_kernel_name.is_none(),
+            "--remote-kernel-name NAME",
+        ),
+        (
+            args.remote_python_prefix.is_none() && args.remote_python.is_none(),
             "--remote-python-prefix DIR (or --remote-python PATH)",
-        ));
-    }
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(absent, flag)| absent.then_some(flag))
+    .collect();
+    let (Some(alias), Some(kernel), []) = (
+        args.ssh_host_alias.clone(),
+        args.remote_kernel_name.clone(),
+        &missing[..],
+    ) else {
+        return Err(Error::Invalid(format!(
+            "sshpyk add needs {}",
+            missing.join(", ")
+        )));
+    };
     let mut settings = Settings {
         ssh_host_alias: alias,
         remote_kernel_name: kernel,
@@ -67,10 +79,6 @@ pub fn defaults() -> Result<Settings> {
         slurm: None,
         cloud_mounts: Vec::new(),
     })
-}
-
-fn missing(flag: &str) -> Error {
-    Error::Invalid(format!("sshpyk add needs {flag}"))
 }
 
 pub(super) fn default_ssh_config() -> Result<PathBuf> {

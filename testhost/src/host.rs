@@ -13,15 +13,19 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use nix::unistd::geteuid;
+use nix::unistd::{geteuid, Gid, Uid};
 
 use crate::net::Netns;
 use crate::registry::{self, Record};
 use crate::sshd_files::{ensure_privsep_dir, keygen, quoted, read_public_key, sshd_config, write};
-use crate::users::TestUser;
+use crate::users::{PrivateEtc, TestUser};
 use crate::{free_port, procs};
 
 const SSHD: &str = "/usr/sbin/sshd";
+/// Run by `sh -c` in sshd's own mount namespace before it execs sshd: bind-mounts the private
+/// passwd, shadow and group files (`$1` to `$3`) over the machine's.
+const BIND_ETC: &str = "for f in passwd shadow group; do mount --bind \"$1\" /etc/$f || exit; \
+                       shift; done; exec \"$@\"";
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Loopback ports are picked before sshd binds them, so another process can take one first.
 const LOOPBACK_ATTEMPTS: u32 = 5;
@@ -179,7 +183,6 @@ impl RemoteHostBuilder {
             }
         }
         ensure_privsep_dir()?;
-        self.login_user.ensure_exists()?;
         let tmp = tempfile::Builder::new()
             .prefix("sshpyk-testhost-")
             .tempdir()
@@ -194,10 +197,13 @@ impl RemoteHostBuilder {
         };
         fs::set_permissions(&dir, fs::Permissions::from_mode(dir_mode))
             .with_context(|| format!("making {} private", dir.display()))?;
+        let private_etc = self.login_user.prepare(&dir)?;
         let mut host = RemoteHost {
             mode,
             alias: self.alias.clone(),
             login_user: self.login_user.name()?,
+            login_ids: self.login_user.ids()?,
+            private_etc,
             address: String::new(),
             port: 0,
             ssh_config: dir.join("ssh_config"),
@@ -234,6 +240,9 @@ pub struct RemoteHost {
     mode: Mode,
     alias: String,
     login_user: String,
+    login_ids: (Uid, Gid),
+    /// Bind-mounted in sshd's mount namespace when the login user is a dedicated one.
+    private_etc: Option<PrivateEtc>,
     address: String,
     port: u16,
     ssh_config: PathBuf,
@@ -262,6 +271,12 @@ impl RemoteHost {
     /// The name the client configuration logs in as.
     pub fn login_user(&self) -> &str {
         &self.login_user
+    }
+
+    /// The login user's uid and gid. A dedicated user has no account on this machine (only
+    /// inside the host): look its ids up here, not with `getpwnam`.
+    pub fn login_ids(&self) -> (Uid, Gid) {
+        self.login_ids
     }
 
     /// The client configuration: `ssh -F <ssh_config> <alias>` reaches the host.
@@ -479,14 +494,34 @@ impl RemoteHost {
             File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let config = self.dir().join("sshd_config");
         let sshd_args = [
+            OsStr::new(SSHD),
             OsStr::new("-D"),
             OsStr::new("-e"),
             OsStr::new("-f"),
             config.as_os_str(),
         ];
-        // `ip netns exec` execs sshd in place, so the child's pid is sshd's.
-        let child = self
-            .remote_command(SSHD, sshd_args)
+        // `ip netns exec`, `unshare` and `sh -c 'exec'` all exec in place, so the child's pid
+        // is sshd's.
+        let mut command = match &self.private_etc {
+            Some(etc) => {
+                let mut c = self.remote_command(
+                    "unshare",
+                    [
+                        "--mount",
+                        "--propagation",
+                        "private",
+                        "/bin/sh",
+                        "-c",
+                        BIND_ETC,
+                        "sh",
+                    ],
+                );
+                c.args(&etc.files).args(sshd_args);
+                c
+            }
+            None => self.remote_command(SSHD, &sshd_args[1..]),
+        };
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -29,9 +29,8 @@ use std::thread;
 pub use host::{Mode, RemoteHost, RemoteHostBuilder};
 pub use slurm::{slurm_installed, SLURM_NODE, SLURM_PARTITION};
 pub use users::{
-    TestUser, CHATTY_BASHRC_STDERR, CHATTY_BASHRC_STDOUT, CHATTY_PROFILE_STDERR,
-    CHATTY_PROFILE_STDOUT, CHATTY_USER, FISH_USER, PASSWORD_USER, PASSWORD_USER_PASSWORD,
-    TCSH_USER,
+    password_user_password, TestUser, CHATTY_BASHRC_STDERR, CHATTY_BASHRC_STDOUT,
+    CHATTY_PROFILE_STDERR, CHATTY_PROFILE_STDOUT, CHATTY_USER, FISH_USER, PASSWORD_USER, TCSH_USER,
 };
 pub use venv::{python_venv, python_venv_for};
 

@@ -107,8 +107,8 @@ impl Env {
         let mut env = Self::local();
         // The remote side is this machine's filesystem: keep its Jupyter dirs in our temp dir,
         // and for the current user its home too, so that no developer's shell start-up files
-        // run. Another user keeps its real home (its start-up files are the point) and gets
-        // the Jupyter dirs as its own.
+        // run. A dedicated user keeps the home the host made it (its start-up files are the
+        // point) and gets the Jupyter dirs as its own.
         let mut remote_env = format!(
             "JUPYTER_RUNTIME_DIR={} JUPYTER_DATA_DIR={}",
             env.path("remote-runtime").display(),
@@ -117,7 +117,6 @@ impl Env {
         if user == TestUser::Current {
             remote_env.push_str(&format!(" HOME={}", env.path("remote-home").display()));
         }
-        // Starting the host creates the user.
         let (builder, more_vars) = build(&env, RemoteHost::builder());
         remote_env.push_str(&more_vars);
         let host = builder
@@ -129,12 +128,10 @@ impl Env {
         env.remote_venv =
             sshpyk_testhost::python_venv_for(user).expect("a venv the test user can run");
         if user != TestUser::Current {
-            let owner = nix::unistd::User::from_name(host.login_user())
-                .unwrap()
-                .expect("test user exists");
+            let (uid, gid) = host.login_ids();
             std::fs::set_permissions(env.dir.path(), PermissionsExt::from_mode(0o711)).unwrap();
             for sub in ["remote-runtime", "remote-data"] {
-                nix::unistd::chown(&env.path(sub), Some(owner.uid), Some(owner.gid)).unwrap();
+                nix::unistd::chown(&env.path(sub), Some(uid), Some(gid)).unwrap();
             }
         }
         env.host = Some(host);
