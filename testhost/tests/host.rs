@@ -563,3 +563,53 @@ fn a_link_cut_stalls_the_delayed_link_without_closing_it() {
     session.expect("during the cut", Duration::from_secs(15));
     assert_echo_ok(&host);
 }
+
+#[test]
+fn binary_puts_a_delay_proxy_in_front_with_rtt_ms() {
+    let (mut child, info) = spawn_binary(&["--alias", "far-host", "--rtt-ms", "100"]);
+    assert_eq!(info["rtt_ms"], 100);
+    let port = info["proxy_port"].as_u64().unwrap();
+    let ssh_ok = |timeout: &str| {
+        Command::new("ssh")
+            .arg("-F")
+            .arg(info["ssh_config"].as_str().unwrap())
+            .args([
+                "-o",
+                &format!("ConnectTimeout={timeout}"),
+                "far-host",
+                "true",
+            ])
+            .status()
+            .unwrap()
+            .success()
+    };
+    let started = Instant::now();
+    assert!(ssh_ok("5"));
+    assert!(started.elapsed() >= Duration::from_millis(500));
+
+    let run = |argv: &serde_json::Value| {
+        let argv: Vec<&str> = argv
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(Command::new(argv[0])
+            .args(&argv[1..])
+            .status()
+            .unwrap()
+            .success());
+    };
+    if info["netns"].is_string() {
+        run(&info["link_down"]);
+        assert!(!ssh_ok("2"));
+        run(&info["link_up"]);
+        assert!(eventually(|| ssh_ok("5")));
+    } else {
+        assert!(info["link_down"].is_null() && info["link_up"].is_null());
+    }
+
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    assert!(TcpStream::connect(("127.0.0.1", port as u16)).is_err());
+}
