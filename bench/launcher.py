@@ -1145,7 +1145,8 @@ def rtt_notes(profiles):
         "each kernel measured alone; a local kernel has no link, so it has one column",
         f"first answer after a cut: the link down for {CUT_SECONDS:g} s, an execute_request sent "
         f"{CUT_SECONDS / 2:g} s into it, the time from link-up to its execute_reply; lost: none within "
-        f"{CUT_WAIT:g} s",
+        f"{CUT_WAIT:g} s; the cut is at sshd's end of the delayed path, so a request sent during it has already "
+        "made its way there and the figure holds only the way back (RTT/2), not the whole RTT",
     ]
     for rtt in rtts:
         out += [f"{rtt} ms: no figure: {e}" for e in profiles[rtt]["errors"]]

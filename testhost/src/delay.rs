@@ -10,7 +10,9 @@
 //!
 //! A cut link (`ip link set … down` on the host's veth) stalls the proxy's connection to sshd
 //! exactly as it stalls a direct one; the client's side stays open, as a client far away would
-//! see it.
+//! see it. The cut is thus at sshd's end of the long path: bytes sent during a cut have already
+//! crossed the delay and wait at the cut, so after link-up only the way back costs RTT/2 (a cut
+//! at the laptop's end would cost the whole RTT).
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
