@@ -9,12 +9,17 @@ The core figures are also measured for the Python sshpyk from PyPI (same alias, 
 venv), in a worker process run by its own venv's python (`--core-figures`): its kernelspec
 names a kernel provisioner that only a python with that package installed can load.
 
+The RTT profile repeats the core figures of ours and of the Python sshpyk against a second host
+behind sshpyk-testhost's delay proxy (`--rtt-ms`, RTT_MS), and measures at both RTTs the first
+answer after a link cut: a request sent while the link is down, timed from link-up to its reply.
+
 Nothing outside a temporary directory is touched (Jupyter data/runtime/config dirs, HOME,
 IPYTHONDIR and sshpyk's runtime dir all point into it), and nothing is left running.
 """
 import argparse
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -34,6 +39,13 @@ ALIAS = "bench"
 SSH_KERNEL = "ssh_bench"
 LOCAL_KERNEL = "local_bench"
 PY_SSHPYK_KERNEL = "py_sshpyk_bench"
+# The RTT profile's host: the same remote behind a delay proxy.
+RTT_MS = 50
+RTT_ALIAS = "bench-rtt"
+SSH_KERNEL_RTT = "ssh_bench_rtt"
+PY_SSHPYK_KERNEL_RTT = "py_sshpyk_bench_rtt"
+CUT_SECONDS = 20.0
+CUT_WAIT = 30.0  # after link-up, how long a reply may take before the request counts as lost
 MANY_KERNELS = 20
 READY_TIMEOUT = 60.0
 EXEC_BLOCK = 25  # executions of `pass` in a row on one kernel
@@ -653,42 +665,104 @@ def core_figures(kernel_name, opts):
     return res
 
 
-def python_sshpyk_figures(py_venv, ssh_config, tmp, opts):
-    """The Python sshpyk's core figures, measured by a worker under its venv's python: returns
-    (figures, version, None), or (None, version, why there are none)."""
-    if not py_venv:
-        return None, None, "not installed (bench/run installs it in target/bench-py-sshpyk-venv)"
-    py = os.path.join(py_venv, "bin", "python")
-    version = subprocess.run([py, "-c", "import sshpyk.__version__ as v; print(v.__version__)"],
-                             capture_output=True, text=True).stdout.strip() or "?"
-    # It requires `ControlMaster auto` in the alias's Host block (it drives the master with -O):
-    # the same host and keys, plus a master of its own.
-    config = os.path.join(tmp, "py-sshpyk-ssh_config")
-    with open(ssh_config) as f, open(config, "w") as out:
-        out.write(f.read() + f"    ControlMaster auto\n    ControlPath {tmp}/py-cm-%C\n    ControlPersist 600\n")
-    add = subprocess.run(
-        [os.path.join(py_venv, "bin", "sshpyk"), "add", "--kernel-name", PY_SSHPYK_KERNEL, "--language", "python",
-         "--display-name", "Python sshpyk (bench)",
-         "--ssh-host-alias", ALIAS, "--ssh-config", config, "--remote-python", VENV_PYTHON,
-         "--remote-kernel-name", "python3"],
-        capture_output=True, text=True, timeout=120,
-    )
-    # Its first start below must open its master itself, as ours does.
-    subprocess.run(["ssh", "-F", config, "-O", "exit", ALIAS], capture_output=True, timeout=10)
-    if add.returncode != 0:
-        return None, version, f"`sshpyk add` failed: {(add.stderr or add.stdout).strip()[-500:]}"
-    log(f"Python sshpyk {version}: measuring its kernel alone in a worker")
-    worker = [py, os.path.abspath(__file__), "--core-figures", PY_SSHPYK_KERNEL] + (["--quick"] if opts.quick else [])
+class PySshpyk:
+    """The Python sshpyk's kernel on one host: `add` once, then measurements by a worker under
+    its venv's python (it prints one JSON line)."""
+
+    def __init__(self, py_venv, ssh_config, tmp, alias, kernel_name):
+        self.alias, self.kernel_name = alias, kernel_name
+        self.version = self.error = None
+        if not py_venv:
+            self.error = "not installed (bench/run installs it in target/bench-py-sshpyk-venv)"
+            return
+        self.python = os.path.join(py_venv, "bin", "python")
+        self.version = subprocess.run(
+            [self.python, "-c", "import sshpyk.__version__ as v; print(v.__version__)"],
+            capture_output=True, text=True).stdout.strip() or "?"
+        # It requires `ControlMaster auto` in the alias's Host block (it drives the master with
+        # -O): the same host and keys, plus a master of its own.
+        self.config = os.path.join(tmp, f"py-sshpyk-ssh_config-{alias}")
+        with open(ssh_config) as f, open(self.config, "w") as out:
+            out.write(f.read() + f"    ControlMaster auto\n    ControlPath {tmp}/py-cm-%C\n    ControlPersist 600\n")
+        add = subprocess.run(
+            [os.path.join(py_venv, "bin", "sshpyk"), "add", "--kernel-name", kernel_name, "--language", "python",
+             "--display-name", "Python sshpyk (bench)",
+             "--ssh-host-alias", alias, "--ssh-config", self.config, "--remote-python", VENV_PYTHON,
+             "--remote-kernel-name", "python3"],
+            capture_output=True, text=True, timeout=120,
+        )
+        # Its first start must open its master itself, as ours does.
+        self.close_master()
+        if add.returncode != 0:
+            self.error = f"`sshpyk add` failed: {(add.stderr or add.stdout).strip()[-500:]}"
+
+    def close_master(self):
+        subprocess.run(["ssh", "-F", self.config, "-O", "exit", self.alias], capture_output=True, timeout=10)
+
+    def run(self, args, timeout):
+        """(the worker's JSON, None) or (None, why there is none)."""
+        if self.error is not None:
+            return None, self.error
+        try:
+            run = subprocess.run([self.python, os.path.abspath(__file__)] + args, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None, "its kernel did not finish the measurements in time"
+        finally:
+            self.close_master()
+        if run.returncode != 0 or not run.stdout.strip():
+            return None, f"its kernel failed: {run.stderr.strip()[-1500:]}"
+        return json.loads(run.stdout.strip().splitlines()[-1]), None
+
+    def core_figures(self, opts):
+        log(f"Python sshpyk {self.version}: measuring {self.kernel_name} alone in a worker")
+        return self.run(["--core-figures", self.kernel_name] + (["--quick"] if opts.quick else []),
+                        300 if opts.quick else 1200)
+
+    def cut_figure(self, link):
+        log(f"Python sshpyk: a {CUT_SECONDS:g} s link cut on {self.kernel_name}, in a worker")
+        res, error = self.run(["--cut-figure", self.kernel_name, "--link", json.dumps(link)],
+                              CUT_SECONDS + CUT_WAIT + 120)
+        return (res["answer"], None) if res is not None else (None, error)
+
+
+def run_link(argv):
+    subprocess.run(argv, check=True, capture_output=True, timeout=10)
+
+
+def cut_figure(kernel_name, link):
+    """Seconds from link-up to the execute_reply of a request sent in the middle of a
+    CUT_SECONDS link cut, or None when none arrives within CUT_WAIT. `link` holds the
+    sshpyk-testhost command lines `link_down` and `link_up`. The kernel is killed afterwards."""
+    k = start_kernel(kernel_name)
+    kc = k["kc"]
     try:
-        run = subprocess.run(worker, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             timeout=300 if opts.quick else 1200)
-    except subprocess.TimeoutExpired:
-        return None, version, "its kernel did not finish the measurements in time"
+        execute(kc, "pass")
+        run_link(link["link_down"])
+        try:
+            time.sleep(CUT_SECONDS / 2)
+            msg_id = kc.execute("6 * 7")
+            time.sleep(CUT_SECONDS / 2)
+        finally:
+            run_link(link["link_up"])
+        up = perf_counter()
+        while True:
+            left = up + CUT_WAIT - perf_counter()
+            if left <= 0:
+                return None
+            try:
+                reply = kc.get_shell_msg(timeout=left)
+            except queue.Empty:
+                return None
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return perf_counter() - up
     finally:
-        subprocess.run(["ssh", "-F", config, "-O", "exit", ALIAS], capture_output=True, timeout=10)
-    if run.returncode != 0 or not run.stdout.strip():
-        return None, version, f"its kernel failed: {run.stderr.strip()[-1500:]}"
-    return json.loads(run.stdout.strip().splitlines()[-1]), version, None
+        kc.stop_channels()
+        try:
+            k["km"].shutdown_kernel(now=True)
+        except Exception as e:  # whatever the cut left, the host's teardown ends it
+            log(f"cut: killing the kernel failed: {e}")
+        LIVE.remove(k)
 
 
 def sshd_listener(host_dir):
@@ -751,12 +825,12 @@ KERNEL_LOGS = []  # one stderr file per kernel started
 # ---------------------------------------------------------------- the remote host
 
 
-def ssh_master_exit(ssh_config, runtime_dir):
+def ssh_master_exit(ssh_config, runtime_dir, alias=ALIAS):
     """Closes a ControlMaster sshpyk opened with its private ControlPath in runtime_dir."""
     for entry in os.listdir(runtime_dir) if os.path.isdir(runtime_dir) else []:
         if entry.startswith("cm-"):
             subprocess.run(
-                ["ssh", "-F", ssh_config, "-o", f"ControlPath={os.path.join(runtime_dir, entry)}", "-O", "exit", ALIAS],
+                ["ssh", "-F", ssh_config, "-o", f"ControlPath={os.path.join(runtime_dir, entry)}", "-O", "exit", alias],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10,
             )
 
@@ -770,9 +844,10 @@ def ssh_processes_under(path):
     return found
 
 
-def start_testhost(testhost, mode, remote_env):
+def start_testhost(testhost, mode, remote_env, alias=ALIAS, rtt_ms=0):
     proc = subprocess.Popen(
-        [testhost, "--mode", mode, "--alias", ALIAS, "--sshd-option", "SetEnv " + remote_env],
+        [testhost, "--mode", mode, "--alias", alias, "--sshd-option", "SetEnv " + remote_env,
+         "--rtt-ms", str(rtt_ms)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     line = proc.stdout.readline()
@@ -945,6 +1020,139 @@ def notes(local, remote, idle, opts, load):
     return "\n".join(out)
 
 
+def cut_figures(info, kernel_name, py_sshpyk, errors):
+    """First answer after a link cut on `info`'s host, for ours and the Python sshpyk: seconds,
+    None (lost) or "n/a" (no figure; why goes to errors)."""
+    if not info.get("link_down"):
+        errors.append("first answer after a cut: cutting the link needs a network namespace (root)")
+        return {"ours": "n/a", "py": "n/a"}
+    link = {"link_down": info["link_down"], "link_up": info["link_up"]}
+    res = {}
+    log(f"sshpyk: a {CUT_SECONDS:g} s link cut on {kernel_name}")
+    try:
+        res["ours"] = cut_figure(kernel_name, link)
+    except Exception as e:  # a figure, never a failure
+        errors.append(f"ours, cut: {e}")
+        res["ours"] = "n/a"
+    res["py"], error = py_sshpyk.cut_figure(link)
+    if error is not None:
+        errors.append(f"Python sshpyk, cut: {error}")
+        res["py"] = "n/a"
+    return res
+
+
+def rtt_profile(testhost, mode, remote_env, sshpyk, add_env, tmp, opts, rtt_hosts):
+    """The core figures and the cut figure of ours and the Python sshpyk on a second host behind
+    sshpyk-testhost's delay proxy (RTT_MS), each kernel measured alone. Never raises: what
+    failed goes to "errors"."""
+    res = {"ours": None, "py": None, "cut": {"ours": "n/a", "py": "n/a"}, "errors": []}
+    try:
+        log(f"RTT profile: a host {RTT_MS} ms away (sshpyk-testhost's delay proxy)")
+        proc, info = start_testhost(testhost, mode, remote_env, RTT_ALIAS, RTT_MS)
+        if proc is None:
+            res["errors"].append(f"the host {RTT_MS} ms away failed to start (see above)")
+            return res
+        rtt_hosts.append((proc, info["ssh_config"], RTT_ALIAS))
+        subprocess.run(
+            [sshpyk, "add", "--kernel-name", SSH_KERNEL_RTT, "--ssh-host-alias", RTT_ALIAS, "--ssh-config",
+             info["ssh_config"], "--remote-python-prefix", VENV, "--remote-kernel-name", "python3"],
+            env=add_env, check=True, stdout=subprocess.DEVNULL,
+        )
+        # A master of its own for this host: the first start below is cold.
+        ssh_master_exit(info["ssh_config"], add_env["SSHPYK_RUNTIME_DIR"], RTT_ALIAS)
+        log(f"sshpyk: measuring {SSH_KERNEL_RTT} alone")
+        try:
+            res["ours"] = core_figures(SSH_KERNEL_RTT, opts)
+        except Exception as e:
+            res["errors"].append(f"ours: {e}")
+            shut_down_live_kernels()
+        py_sshpyk = PySshpyk(opts.py_sshpyk_venv, info["ssh_config"], tmp, RTT_ALIAS, PY_SSHPYK_KERNEL_RTT)
+        res["py"], error = py_sshpyk.core_figures(opts)
+        if error is not None:
+            res["errors"].append(f"Python sshpyk: {error}")
+        res["cut"] = cut_figures(info, SSH_KERNEL_RTT, py_sshpyk, res["errors"])
+    except Exception as e:
+        res["errors"].append(f"RTT profile: {e}")
+        shut_down_live_kernels()
+    return res
+
+
+def rtt_table(local, profiles, opts):
+    """The core figures at each RTT side by side: local (no link), then Python sshpyk and ours
+    per RTT, and issue 17's informational targets for ours at the longest RTT."""
+    rtts = sorted(profiles)
+    far = profiles[rtts[-1]]
+    header = ["metric", "local ipykernel"]
+    for rtt in rtts:
+        header += [f"Python sshpyk {rtt} ms", f"ours {rtt} ms"]
+    header.append(f"target for ours at {rtts[-1]} ms (informational)")
+
+    def cell(d, key, fmt):
+        v = d.get(key) if d else None
+        return fmt.format(v) if v is not None else "n/a"
+
+    def verdict(key, better):
+        ours, py = (far[who].get(key) if far[who] else None for who in ("ours", "py"))
+        if ours is None or py is None:
+            return "n/a"
+        return "meets" if better(ours, py) else "misses"
+
+    rows = []
+    core = [
+        ("start->ready, first (no master yet)", "start_first", "{:.3f} s", 1, None, None),
+        (f"start->ready, warm (median of {opts.cycles})", "start_warm", "{:.3f} s", 1,
+         "<= Python sshpyk", lambda o, p: o <= p),
+        (f"execute `pass` round trip p50 (n={opts.executions})", "exec_p50", "{:.2f} ms", 1e3,
+         "<= Python sshpyk", lambda o, p: o <= p),
+        (f"iopub throughput, {opts.iopub_mb} MB stdout (median of {opts.iopub_reps})", "iopub", "{:.1f} MB/s", 1,
+         ">= Python sshpyk", lambda o, p: o >= p),
+        (f"shutdown_kernel(now=False) (median of {opts.cycles})", "shutdown", "{:.3f} s", 1, None, None),
+    ]
+    for metric, key, fmt, scale, target, better in core:
+        scaled = lambda d: {key: d[key] * scale} if d and d.get(key) is not None else None  # noqa: E731
+        row = [metric, cell(scaled(local), key, fmt)]
+        for rtt in rtts:
+            row += [cell(scaled(profiles[rtt]["py"]), key, fmt), cell(scaled(profiles[rtt]["ours"]), key, fmt)]
+        row.append(f"{target}  {verdict(key, better)}" if target else "-")
+        rows.append(row)
+
+    def answer(v):
+        if v is None:
+            return "lost"
+        return v if isinstance(v, str) else f"{v:.2f} s"
+
+    row = [f"first answer after a {CUT_SECONDS:g} s cut (link-up -> reply)", "-"]
+    for rtt in rtts:
+        row += [answer(profiles[rtt]["cut"]["py"]), answer(profiles[rtt]["cut"]["ours"])]
+    ours_cut = far["cut"]["ours"]
+    row.append("answered  " + ("n/a" if isinstance(ours_cut, str) else "misses" if ours_cut is None else "meets"))
+    rows.append(row)
+
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    align = ["<"] + [">"] * (len(header) - 2) + ["<"]
+
+    def fmt_row(r):
+        return " | ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths)).rstrip()
+
+    return "\n".join([fmt_row(header), "-+-".join("-" * w for w in widths)] + [fmt_row(r) for r in rows])
+
+
+def rtt_notes(profiles):
+    rtts = sorted(profiles)
+    out = [
+        f"0 ms: the figures above (ours measured side by side with local, the Python sshpyk alone); "
+        f"{rtts[-1]} ms: a second host behind sshpyk-testhost's delay proxy (RTT/2 each way, no rate cap), "
+        "each kernel measured alone; a local kernel has no link, so it has one column",
+        f"first answer after a cut: the link down for {CUT_SECONDS:g} s, an execute_request sent "
+        f"{CUT_SECONDS / 2:g} s into it, the time from link-up to its execute_reply; lost: none within "
+        f"{CUT_WAIT:g} s; the cut is at sshd's end of the delayed path, so a request sent during it has already "
+        "made its way there and the figure holds only the way back (RTT/2), not the whole RTT",
+    ]
+    for rtt in rtts:
+        out += [f"{rtt} ms: no figure: {e}" for e in profiles[rtt]["errors"]]
+    return "\n".join(out)
+
+
 def shut_down_live_kernels():
     """Every kernel still running, however the run ended."""
     for kernel in list(LIVE):
@@ -954,12 +1162,18 @@ def shut_down_live_kernels():
             kernel["km"].shutdown_kernel(now=True)
         except Exception as e:  # keep cleaning up
             log(f"cleanup: shutting down a kernel failed: {e}")
+    LIVE.clear()
 
 
-def core_figures_worker(opts):
-    """--core-figures: the environment (Jupyter dirs, HOME) comes from the parent benchmark."""
+def worker(opts):
+    """--core-figures or --cut-figure: the environment (Jupyter dirs, HOME) comes from the
+    parent benchmark."""
     try:
-        print(json.dumps(core_figures(opts.core_figures, opts)), flush=True)
+        if opts.core_figures:
+            res = core_figures(opts.core_figures, opts)
+        else:
+            res = {"answer": cut_figure(opts.cut_figure, json.loads(opts.link))}
+        print(json.dumps(res), flush=True)
     finally:
         shut_down_live_kernels()
 
@@ -975,7 +1189,7 @@ def loadavg():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="fewer iterations: 2 warm cycles, 50 executions, 5 MB iopub, 10 s idle window")
+                        help="fewer iterations: 2 warm cycles, 50 executions, 2 × 20 MB iopub, 10 s idle window")
     parser.add_argument("--mode", choices=["netns", "loopback"],
                         help="where the remote sshd runs [default: netns when root, else loopback]")
     target_dir = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
@@ -984,13 +1198,16 @@ def main():
     parser.add_argument("--py-sshpyk-venv", help="the venv of the Python sshpyk from PyPI (third column)")
     parser.add_argument("--core-figures", metavar="KERNEL",
                         help="worker mode: measure KERNEL alone, print its figures as one JSON line")
+    parser.add_argument("--cut-figure", metavar="KERNEL",
+                        help="worker mode: KERNEL's first answer after a link cut, as one JSON line")
+    parser.add_argument("--link", help="with --cut-figure: JSON with the link_down and link_up command lines")
     opts = parser.parse_args()
     if opts.quick:
-        opts.cycles, opts.warmup, opts.executions, opts.iopub_mb, opts.iopub_reps, opts.idle = 2, 20, 50, 5, 2, 10.0
+        opts.cycles, opts.warmup, opts.executions, opts.iopub_mb, opts.iopub_reps, opts.idle = 2, 20, 50, 20, 2, 10.0
     else:
         opts.cycles, opts.warmup, opts.executions, opts.iopub_mb, opts.iopub_reps, opts.idle = 7, 20, 300, 20, 7, 30.0
-    if opts.core_figures:
-        return core_figures_worker(opts)
+    if opts.core_figures or opts.cut_figure:
+        return worker(opts)
     sshpyk = os.path.join(opts.bin_dir, "sshpyk")
     testhost = os.path.join(opts.bin_dir, "sshpyk-testhost")
 
@@ -1003,6 +1220,7 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="sshpyk-bench-")
     host = None
+    rtt_hosts = []  # (testhost process, ssh_config, alias) of the RTT profile
     dirs = {}
     try:
         for sub in ["data", "runtime", "config", "home", "ipython", "rt-add", "rt",
@@ -1074,7 +1292,9 @@ def main():
             remote["master_rss"], remote["master_pss"] = memory(masters)
         load_after = loadavg()
 
-        py, py_version, py_missing = python_sshpyk_figures(opts.py_sshpyk_venv, ssh_config, tmp, opts)
+        py_sshpyk = PySshpyk(opts.py_sshpyk_venv, ssh_config, tmp, ALIAS, PY_SSHPYK_KERNEL)
+        py, py_missing = py_sshpyk.core_figures(opts)
+        py_version = py_sshpyk.version
         log(f"sshpyk: {MANY_KERNELS} kernels started at once")
         many = many_at_once(SSH_KERNEL, MANY_KERNELS, info["dir"])
 
@@ -1094,7 +1314,17 @@ def main():
               + (f"all ready in {many['took']:.2f} s" if many["took"] is not None
                  else f"{many['failed']} failed to start (first error: {many['first_error']})")
               + f"; sshd side: {many['connections']} TCP connections open while they ran, {many['sessions']} ssh "
-              f"sessions started, {many['refused']} refusals (MaxSessions/MaxStartups) in its log")
+              f"sessions started, {many['refused']} refusals (MaxSessions/MaxStartups) in its log", flush=True)
+
+        near = {"ours": remote, "py": py, "errors": [] if py is not None else [f"Python sshpyk: {py_missing}"]}
+        near["cut"] = cut_figures(info, SSH_KERNEL, py_sshpyk, near["errors"])
+        far = rtt_profile(testhost, mode, remote_env, sshpyk, add_env, tmp, opts, rtt_hosts)
+        print()
+        print(f"RTT profile: 0 ms and {RTT_MS} ms")
+        print()
+        print(rtt_table(local, {0: near, RTT_MS: far}, opts))
+        print()
+        print(rtt_notes({0: near, RTT_MS: far}))
     except BaseException:
         for path in KERNEL_LOGS[-2:]:
             try:
@@ -1114,6 +1344,13 @@ def main():
                 except Exception as e:
                     log(f"cleanup: closing the master failed: {e}")
             stop_testhost(host)
+        for proc, config, alias in rtt_hosts:
+            for rt in ("rt-add", "rt"):
+                try:
+                    ssh_master_exit(config, dirs[rt], alias)
+                except Exception as e:
+                    log(f"cleanup: closing the master failed: {e}")
+            stop_testhost(proc)
         for pid in ssh_processes_under(tmp):
             log(f"cleanup: killing leftover ssh {pid}")
             try:

@@ -5,6 +5,7 @@ in its own network namespace (loopback when not root). Figures, next to a baseli
 the same run over the same link: sequential read of a 256 MB file by the remote kernel through
 the mount against `scp` of the same file to the remote; `find`+`stat` over 5,000 small files
 through the mount against the same walk on the local disk. Exits 0 whatever the figures.
+With --rtt-ms, the remote sits behind sshpyk-testhost's delay proxy: a link that long.
 """
 import argparse
 import json
@@ -22,6 +23,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mb", type=int, default=256)
     parser.add_argument("--files", type=int, default=5000)
+    parser.add_argument("--rtt-ms", type=int, default=0, help="round-trip time to the remote (delay proxy)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sshpyk-bench-mounts-") as tmp:
         env = dict(os.environ)
@@ -33,7 +35,8 @@ def main():
         mode = "netns" if os.geteuid() == 0 else "loopback"
         host = subprocess.Popen(
             [os.path.join(BIN, "sshpyk-testhost"), "--mode", mode, "--alias", "bench",
-             "--sshd-option", f"SetEnv HOME={remote_home} JUPYTER_RUNTIME_DIR={remote_home}/runtime"],
+             "--sshd-option", f"SetEnv HOME={remote_home} JUPYTER_RUNTIME_DIR={remote_home}/runtime",
+             "--rtt-ms", str(args.rtt_ms)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         try:
@@ -108,7 +111,7 @@ print(time.perf_counter() - t, n)
 
     mb = args.size_mb
     out = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
-    print(f"setup: remote via {mode}, {out}, {os.cpu_count()} CPUs")
+    print(f"setup: remote via {mode}, {args.rtt_ms} ms RTT, {out}, {os.cpu_count()} CPUs")
     print(f"{'metric':<46} | {'baseline':>16} | {'sshpyk mount':>14} | ratio | target")
     print("-" * 46 + "-+-" + "-" * 16 + "-+-" + "-" * 14 + "-+-------+----------------")
     ratio = (mb / read_s) / (mb / scp_s)

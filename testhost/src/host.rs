@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use nix::unistd::{geteuid, Gid, Uid};
 
+use crate::delay::{DelayProxy, Link};
 use crate::net::Netns;
 use crate::registry::{self, Record};
 use crate::sshd_files::{ensure_privsep_dir, keygen, quoted, read_public_key, sshd_config, write};
@@ -96,6 +97,7 @@ pub struct RemoteHostBuilder {
     login_user: TestUser,
     bastion: Option<Bastion>,
     slurm: Option<PathBuf>,
+    link: Link,
 }
 
 /// What a host behind a bastion needs to know of it.
@@ -116,6 +118,10 @@ impl Default for RemoteHostBuilder {
             login_user: TestUser::Current,
             bastion: None,
             slurm: None,
+            link: Link {
+                rtt: Duration::ZERO,
+                rate: None,
+            },
         }
     }
 }
@@ -175,12 +181,39 @@ impl RemoteHostBuilder {
         self
     }
 
+    /// Puts a delay proxy between the client and sshd: the client configuration's `HostName`
+    /// and `Port` become a loopback port of this process that forwards to sshd, holding every
+    /// chunk for half of `rtt` in each direction, as a long link would. Zero (the default) means
+    /// no proxy, unless [`RemoteHostBuilder::rate`] asks for one. [`RemoteHost::link_down`]
+    /// still cuts the link between the proxy and sshd. Not for a host behind a bastion.
+    pub fn rtt(mut self, rtt: Duration) -> Self {
+        self.link.rtt = rtt;
+        self
+    }
+
+    /// Caps each direction of the delay proxy (see [`RemoteHostBuilder::rtt`]) at
+    /// `bytes_per_sec`.
+    pub fn rate(mut self, bytes_per_sec: u64) -> Self {
+        self.link.rate = Some(bytes_per_sec);
+        self
+    }
+
+    fn wants_proxy(&self) -> bool {
+        !self.link.rtt.is_zero() || self.link.rate.is_some()
+    }
+
     pub fn start(self) -> Result<RemoteHost> {
         let mode = self.mode.resolve();
         if let Some(bastion) = &self.bastion {
             if mode != Mode::Netns || bastion.netns.is_empty() {
                 bail!("a host behind a bastion needs network namespaces (root), for both hosts");
             }
+            if self.wants_proxy() {
+                bail!("a host behind a bastion cannot have a delay proxy (rtt or rate)");
+            }
+        }
+        if self.link.rate == Some(0) {
+            bail!("a rate of 0 bytes per second would carry nothing");
         }
         ensure_privsep_dir()?;
         let tmp = tempfile::Builder::new()
@@ -211,6 +244,7 @@ impl RemoteHostBuilder {
             net: None,
             sshd: None,
             daemons: Vec::new(),
+            proxy: None,
             stopped: false,
         };
         // From here on, dropping `host` (on any error) tears down whatever exists so far.
@@ -226,6 +260,11 @@ impl RemoteHostBuilder {
             host.record.save()?;
         }
         host.setup(&self)?;
+        if self.wants_proxy() {
+            let upstream: SocketAddr = format!("{}:{}", host.address, host.port).parse()?;
+            host.proxy = Some(DelayProxy::start(upstream, self.link)?);
+            host.write_client_config(&self)?;
+        }
         if let (Some(dir), Some(netns)) = (&self.slurm, host.record.netns.clone()) {
             host.daemons = crate::slurm::start(dir, &netns, &host.address)?;
         }
@@ -251,6 +290,7 @@ pub struct RemoteHost {
     sshd: Option<Child>,
     /// Daemons beside sshd (Slurm's), ended by the namespace's teardown and reaped then.
     daemons: Vec<Child>,
+    proxy: Option<DelayProxy>,
     stopped: bool,
 }
 
@@ -284,12 +324,20 @@ impl RemoteHost {
         &self.ssh_config
     }
 
+    /// sshd's own address, not the delay proxy's.
     pub fn address(&self) -> &str {
         &self.address
     }
 
+    /// sshd's own port, not the delay proxy's.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The delay proxy's port on 127.0.0.1, which the client configuration points at, when
+    /// the host was built with an RTT or a rate.
+    pub fn proxy_port(&self) -> Option<u16> {
+        self.proxy.as_ref().map(DelayProxy::port)
     }
 
     /// The private directory holding keys, configurations and `sshd.log`.
@@ -354,6 +402,12 @@ impl RemoteHost {
         self.netns_only("link_up")?.set_link(true)
     }
 
+    /// The command line that does [`RemoteHost::link_down`] (`up` false) or
+    /// [`RemoteHost::link_up`], for a script or another process (netns mode only).
+    pub fn link_command(&self, up: bool) -> Result<Vec<String>> {
+        Ok(self.netns_only("link_command")?.link_command(up))
+    }
+
     /// Kills sshd's per-connection processes but not the listener, as when the server drops
     /// every connection; processes started by the sessions are left alone. Returns how many
     /// sshd processes were killed.
@@ -380,6 +434,8 @@ impl RemoteHost {
         if std::mem::replace(&mut self.stopped, true) {
             return Ok(());
         }
+        // Clients first see their connections close, as when the remote goes away.
+        self.proxy = None;
         let result = self.record.teardown();
         if let Some(mut sshd) = self.sshd.take() {
             // Already killed by the teardown unless that failed; this reaps it.
@@ -444,28 +500,40 @@ impl RemoteHost {
 
     fn write_configs(&self, options: &RemoteHostBuilder) -> Result<()> {
         let dir = self.dir();
-        let host_key = read_public_key(&dir.join("ssh_host_ed25519_key.pub"))?;
-        let known_host = if self.port == 22 {
-            self.address.clone()
-        } else {
-            format!("[{}]:{}", self.address, self.port)
-        };
-        write(
-            &dir.join("known_hosts"),
-            &format!("{known_host} {host_key}\n"),
-        )?;
         write(
             &dir.join("sshd_config"),
             &sshd_config(&self.address, self.port, dir, &options.extra_sshd_config),
         )?;
+        self.write_client_config(options)
+    }
+
+    /// known_hosts and the client configuration, pointed at the delay proxy once it runs.
+    fn write_client_config(&self, options: &RemoteHostBuilder) -> Result<()> {
+        let dir = self.dir();
+        let host_key = read_public_key(&dir.join("ssh_host_ed25519_key.pub"))?;
+        let known_host = |address: &str, port: u16| {
+            if port == 22 {
+                format!("{address} {host_key}\n")
+            } else {
+                format!("[{address}]:{port} {host_key}\n")
+            }
+        };
+        // sshd's own address stays known: tests also reach it directly (`ssh -W`).
+        let mut known_hosts = known_host(&self.address, self.port);
+        let (address, port) = match self.proxy_port() {
+            Some(port) => {
+                known_hosts.push_str(&known_host("127.0.0.1", port));
+                ("127.0.0.1", port)
+            }
+            None => (self.address.as_str(), self.port),
+        };
+        write(&dir.join("known_hosts"), &known_hosts)?;
         let mut client = format!(
             "Host {alias}\n    HostName {address}\n    Port {port}\n    User {user}\n    \
              IdentityFile {identity}\n    IdentitiesOnly yes\n    \
              UserKnownHostsFile {known_hosts}\n    StrictHostKeyChecking yes\n    \
              BatchMode yes\n    ConnectTimeout 5\n{jump}",
             alias = self.alias,
-            address = self.address,
-            port = self.port,
             user = self.login_user,
             identity = quoted(&self.identity_file()),
             known_hosts = quoted(&dir.join("known_hosts")),

@@ -1,6 +1,8 @@
 //! Throwaway "remote hosts" for sshpyk's tests, demo and benchmark: a real OpenSSH sshd with its
 //! own keys, reached through a generated `ssh_config` alias, either inside a network namespace
-//! (its own address, a link that can be cut) or on loopback.
+//! (its own address, a link that can be cut) or on loopback. With
+//! [`RemoteHostBuilder::rtt`] (and [`RemoteHostBuilder::rate`]) a delay proxy in this process
+//! puts a long link's round-trip time in front of it.
 //!
 //! ```no_run
 //! let host = sshpyk_testhost::RemoteHost::builder().alias("remote").start()?;
@@ -11,6 +13,7 @@
 //! # anyhow::Ok(())
 //! ```
 
+mod delay;
 mod host;
 mod net;
 mod procs;

@@ -5,6 +5,7 @@
 use std::io::{self, Write};
 use std::process::ExitCode;
 use std::thread;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -12,12 +13,18 @@ use nix::unistd::getpid;
 use sshpyk_testhost::{Mode, RemoteHost};
 
 const USAGE: &str = "usage: sshpyk-testhost [--mode auto|loopback|netns] [--alias NAME] \
-                     [--control-master] [--ignore-stdin] [--sshd-option LINE]...
+                     [--control-master] [--ignore-stdin] [--sshd-option LINE]... \
+                     [--rtt-ms N] [--rate BYTES_PER_SEC]
 
 Starts a throwaway OpenSSH host and prints one JSON line:
-  {\"alias\":..,\"ssh_config\":..,\"address\":..,\"port\":..,\"netns\":..|null,\"dir\":..}
+  {\"alias\":..,\"ssh_config\":..,\"address\":..,\"port\":..,\"netns\":..|null,\"dir\":..,
+   \"rtt_ms\":..,\"proxy_port\":..|null,\"link_down\":[argv]|null,\"link_up\":[argv]|null}
 then runs until stdin reaches EOF (unless --ignore-stdin) or SIGTERM/SIGINT/SIGHUP arrives,
-and cleans up.";
+and cleans up.
+
+--rtt-ms and --rate put a delay proxy in this process between the client configuration and
+sshd (address and port stay sshd's own; proxy_port is the proxy's on 127.0.0.1). link_down and
+link_up are the commands that cut and restore the host's link (netns mode, as root).";
 
 struct Args {
     mode: Mode,
@@ -25,6 +32,8 @@ struct Args {
     control_master: bool,
     ignore_stdin: bool,
     sshd_options: Vec<String>,
+    rtt_ms: u64,
+    rate: Option<u64>,
 }
 
 fn parse_args() -> Result<Option<Args>> {
@@ -34,6 +43,8 @@ fn parse_args() -> Result<Option<Args>> {
         control_master: false,
         ignore_stdin: false,
         sshd_options: Vec::new(),
+        rtt_ms: 0,
+        rate: None,
     };
     let mut argv = std::env::args().skip(1);
     while let Some(arg) = argv.next() {
@@ -45,6 +56,17 @@ fn parse_args() -> Result<Option<Args>> {
             "--sshd-option" => args
                 .sshd_options
                 .push(argv.next().context("--sshd-option needs a value")?),
+            "--rtt-ms" => {
+                args.rtt_ms = argv
+                    .next()
+                    .context("--rtt-ms needs a value")?
+                    .parse()
+                    .context("--rtt-ms needs a whole number of milliseconds")?;
+            }
+            "--rate" => {
+                let rate = argv.next().context("--rate needs a value")?;
+                args.rate = Some(rate.parse().context("--rate needs bytes per second")?);
+            }
             "-h" | "--help" => return Ok(None),
             _ => bail!("unexpected argument {arg:?}\n{USAGE}"),
         }
@@ -65,12 +87,16 @@ fn run() -> Result<()> {
     }
     signals.thread_block().context("blocking signals")?;
 
-    let host = RemoteHost::builder()
+    let mut builder = RemoteHost::builder()
         .mode(args.mode)
         .alias(&args.alias)
         .control_master(args.control_master)
         .extra_sshd_config(&args.sshd_options.join("\n"))
-        .start()?;
+        .rtt(Duration::from_millis(args.rtt_ms));
+    if let Some(rate) = args.rate {
+        builder = builder.rate(rate);
+    }
+    let host = builder.start()?;
     let line = serde_json::json!({
         "alias": host.alias(),
         "ssh_config": host.ssh_config(),
@@ -78,6 +104,10 @@ fn run() -> Result<()> {
         "port": host.port(),
         "netns": host.netns(),
         "dir": host.dir(),
+        "rtt_ms": args.rtt_ms,
+        "proxy_port": host.proxy_port(),
+        "link_down": host.link_command(false).ok(),
+        "link_up": host.link_command(true).ok(),
     });
     let mut stdout = io::stdout().lock();
     writeln!(stdout, "{line}")

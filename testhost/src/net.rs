@@ -128,8 +128,23 @@ impl Netns {
     /// (flagged linkdown) and the veth drops the packets: connections stall and new ones time
     /// out, as when a cable is pulled, rather than failing at once with "no route".
     pub fn set_link(&self, up: bool) -> Result<()> {
+        ip(&self.link_command(up)[1..])
+    }
+
+    /// The `ip` command line that `set_link` runs.
+    pub fn link_command(&self, up: bool) -> Vec<String> {
         let state = if up { "up" } else { "down" };
-        ip(&["-n", &self.name, "link", "set", &self.veth_remote, state])
+        [
+            "ip",
+            "-n",
+            &self.name,
+            "link",
+            "set",
+            &self.veth_remote,
+            state,
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     /// Kills everything in the namespace, then deletes the veth pair, the guard route and the

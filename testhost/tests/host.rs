@@ -1,9 +1,10 @@
 //! End-to-end tests of the fixture: real sshd, real ssh client.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -377,4 +378,238 @@ fn chatty_user_sessions_print_their_banners_before_the_command_output() {
     TestUser::Chatty.check_venv(&venv).unwrap();
     host.stop().unwrap();
     assert!(!running(sleep));
+}
+
+/// An `ssh <host> cat` session: lines written come back through the remote.
+struct CatSession {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl CatSession {
+    fn open(host: &RemoteHost) -> Self {
+        let mut child = Command::new("ssh")
+            .arg("-F")
+            .arg(host.ssh_config())
+            .arg(host.alias())
+            .arg("cat")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut session = CatSession {
+            child,
+            stdin,
+            lines,
+        };
+        // The login's round trips are behind us once a first line came back.
+        session.send("hello");
+        session.expect("hello", Duration::from_secs(15));
+        session
+    }
+
+    fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn expect(&self, line: &str, within: Duration) {
+        assert_eq!(self.lines.recv_timeout(within).unwrap(), line);
+    }
+
+    fn round_trip(&mut self) -> Duration {
+        let started = Instant::now();
+        self.send("ping");
+        self.expect("ping", Duration::from_secs(5));
+        started.elapsed()
+    }
+
+    /// Whether ssh ended within 5 s (its connection was closed).
+    fn ends(&mut self) -> bool {
+        eventually(|| self.child.try_wait().unwrap().is_some())
+    }
+}
+
+impl Drop for CatSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Seconds from ssh's start to its last byte of `head -c <bytes>`, and from its first byte.
+fn download(host: &RemoteHost, bytes: usize) -> (Duration, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new("ssh")
+        .arg("-F")
+        .arg(host.ssh_config())
+        .arg(host.alias())
+        .arg(format!("head -c {bytes} /dev/zero"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0; 1];
+    stdout.read_exact(&mut first).unwrap();
+    let first_byte = Instant::now();
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest.len() + 1, bytes);
+    assert!(child.wait().unwrap().success());
+    (started.elapsed(), first_byte.elapsed())
+}
+
+#[test]
+fn rtt_delays_every_round_trip_but_not_bulk_throughput() {
+    let rtt = Duration::from_millis(100);
+    let host = RemoteHost::builder().rtt(rtt).start().unwrap();
+    let port = host.proxy_port().unwrap();
+    let config = std::fs::read_to_string(host.ssh_config()).unwrap();
+    assert!(
+        config.contains(&format!("HostName 127.0.0.1\n    Port {port}\n")),
+        "{config}"
+    );
+
+    // TCP handshake, banners, key exchange, authentication, session: a round trip each at
+    // least.
+    let started = Instant::now();
+    assert_echo_ok(&host);
+    let login = started.elapsed();
+    assert!(login >= rtt * 5, "{login:?}");
+
+    let mut session = CatSession::open(&host);
+    for _ in 0..3 {
+        let took = session.round_trip();
+        assert!(took >= rtt && took < rtt * 3, "{took:?}");
+    }
+
+    // 8 MB, one 64 KiB chunk per RTT, would take 12 s; pipelined, ssh's 2 MiB channel window
+    // per RTT allows 20 MB/s.
+    let (_, streaming) = download(&host, 8_000_000);
+    assert!(streaming < Duration::from_secs(3), "{streaming:?}");
+
+    drop(host);
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    assert!(session.ends(), "the session outlived the host");
+}
+
+#[test]
+fn rate_caps_a_bulk_transfer() {
+    let host = RemoteHost::builder().rate(2_000_000).start().unwrap();
+    assert!(host.proxy_port().is_some());
+    let (_, streaming) = download(&host, 3_000_000);
+    assert!(
+        streaming >= Duration::from_millis(1300) && streaming < Duration::from_secs(6),
+        "{streaming:?}"
+    );
+}
+
+#[test]
+fn rtt_zero_adds_no_proxy() {
+    let host = RemoteHost::builder().rtt(Duration::ZERO).start().unwrap();
+    assert_eq!(host.proxy_port(), None);
+    let config = std::fs::read_to_string(host.ssh_config()).unwrap();
+    assert!(
+        config.contains(&format!(
+            "HostName {}\n    Port {}\n",
+            host.address(),
+            host.port()
+        )),
+        "{config}"
+    );
+    let mut session = CatSession::open(&host);
+    let took = session.round_trip();
+    assert!(took < Duration::from_millis(50), "{took:?}");
+}
+
+#[test]
+fn a_link_cut_stalls_the_delayed_link_without_closing_it() {
+    if !netns_available() {
+        return;
+    }
+    let host = RemoteHost::builder()
+        .mode(Mode::Netns)
+        .rtt(Duration::from_millis(50))
+        .start()
+        .unwrap();
+    let mut session = CatSession::open(&host);
+    host.link_down().unwrap();
+    let out = ssh(&host, &["-o", "ConnectTimeout=2"], "echo ok");
+    assert!(
+        !out.status.success(),
+        "a new connection got through the cut"
+    );
+    session.send("during the cut");
+    thread::sleep(Duration::from_secs(1));
+    assert!(
+        session.child.try_wait().unwrap().is_none(),
+        "the proxy closed the client's connection"
+    );
+    assert!(session.lines.try_recv().is_err());
+    host.link_up().unwrap();
+    // TCP's retransmission backoff after a 3 s outage is a few seconds.
+    session.expect("during the cut", Duration::from_secs(15));
+    assert_echo_ok(&host);
+}
+
+#[test]
+fn binary_puts_a_delay_proxy_in_front_with_rtt_ms() {
+    let (mut child, info) = spawn_binary(&["--alias", "far-host", "--rtt-ms", "100"]);
+    assert_eq!(info["rtt_ms"], 100);
+    let port = info["proxy_port"].as_u64().unwrap();
+    let ssh_ok = |timeout: &str| {
+        Command::new("ssh")
+            .arg("-F")
+            .arg(info["ssh_config"].as_str().unwrap())
+            .args([
+                "-o",
+                &format!("ConnectTimeout={timeout}"),
+                "far-host",
+                "true",
+            ])
+            .status()
+            .unwrap()
+            .success()
+    };
+    let started = Instant::now();
+    assert!(ssh_ok("5"));
+    assert!(started.elapsed() >= Duration::from_millis(500));
+
+    let run = |argv: &serde_json::Value| {
+        let argv: Vec<&str> = argv
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(Command::new(argv[0])
+            .args(&argv[1..])
+            .status()
+            .unwrap()
+            .success());
+    };
+    if info["netns"].is_string() {
+        run(&info["link_down"]);
+        assert!(!ssh_ok("2"));
+        run(&info["link_up"]);
+        assert!(eventually(|| ssh_ok("5")));
+    } else {
+        assert!(info["link_down"].is_null() && info["link_up"].is_null());
+    }
+
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    assert!(TcpStream::connect(("127.0.0.1", port as u16)).is_err());
 }

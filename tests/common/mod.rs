@@ -67,6 +67,12 @@ impl Env {
         Self::with_host_built(user, sshd_options, |_, builder| (builder, String::new()))
     }
 
+    /// With a real sshd "remote host" `rtt` away: sshpyk-testhost's delay proxy holds every
+    /// chunk for `rtt / 2` each way (a netns host's link can still be cut behind it).
+    pub fn with_host_rtt(rtt: Duration) -> Self {
+        Self::with_host_built(TestUser::Current, "", |_, b| (b.rtt(rtt), String::new()))
+    }
+
     /// With a real sshd "remote host" reachable only through another one, the bastion, as
     /// `ProxyJump` in the ssh config says (network namespaces: needs root).
     pub fn with_host_behind_bastion() -> Self {
