@@ -117,10 +117,19 @@ class Notebook:
 
 
 def drive(page, base, token, kernel):
-    page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}", timeout=STEP_MS)
-    nb = Notebook(page)
-    expect(nb.cells).to_have_count(len(CELLS), timeout=STEP_MS)
     display = api(base, token, "/api/kernelspecs")["kernelspecs"][kernel]["spec"]["display_name"]
+    nb = Notebook(page)
+    page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}", timeout=STEP_MS)
+    # Seen once on a loaded machine: JupyterLab's theme stylesheet failed to load, and the
+    # notebook came up without its toolbar. Nothing to do with the kernel: reload once, as a
+    # person would, and say so.
+    theme_error = page.locator(".jp-Dialog", has_text="Error Loading Theme")
+    ready = nb.kernel_name.and_(page.locator(f"[aria-label={json.dumps(display)}]"))
+    expect(ready.or_(theme_error).first).to_be_visible(timeout=STEP_MS)
+    if theme_error.count():
+        print(f"note: reloading the page after {theme_error.inner_text()!r}", flush=True)
+        page.reload(timeout=STEP_MS)
+    expect(nb.cells).to_have_count(len(CELLS), timeout=STEP_MS)
     expect(nb.kernel_name).to_have_attribute("aria-label", display, timeout=STEP_MS)
     nb.wait_idle()
     ok(f"the notebook is open on kernel {kernel} ({display!r}), idle")
@@ -193,6 +202,11 @@ def main():
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
             page.set_default_timeout(STEP_MS)
+            # What the browser could not load, for the failure report.
+            page.on("requestfailed", lambda r: print(
+                f"browser: request failed: {r.url} {r.failure}", file=sys.stderr, flush=True))
+            page.on("console", lambda m: m.type == "error" and print(
+                f"browser console: {m.text}", file=sys.stderr, flush=True))
             drive(page, base, token, kernel)
         except (Failure, PlaywrightError, AssertionError) as e:
             failed = e
