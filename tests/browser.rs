@@ -1,0 +1,244 @@
+//! A real JupyterLab in headless Chromium (Debian's, driven by playwright) on an sshpyk kernel:
+//! what a person sees in the browser, link cut included. The browser side is
+//! tests/clients/jupyterlab_browser.py; this side runs jupyter lab, cuts the link when the
+//! script asks, and checks the remote afterwards.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{eventually, venv_python, Env};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CUT: Duration = Duration::from_secs(20);
+
+/// A process we started in its own process group. Dropped while running: SIGTERM to the group
+/// (jupyter lab then shuts its kernels down, playwright closes its browser), SIGKILL after 30 s.
+struct Group(Child);
+
+impl Group {
+    fn spawn(cmd: &mut Command) -> Group {
+        Group(cmd.process_group(0).spawn().expect("spawn"))
+    }
+
+    /// Stops the group as its drop does; returns whether it ended on SIGTERM alone.
+    fn stop(&mut self) -> bool {
+        if self.0.try_wait().unwrap().is_some() {
+            return true;
+        }
+        let group = Pid::from_raw(self.0.id() as i32);
+        let _ = killpg(group, Signal::SIGTERM);
+        let ended = eventually(Duration::from_secs(30), || {
+            self.0.try_wait().unwrap().is_some()
+        });
+        // Also whatever the leader left in its group.
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = self.0.wait();
+        ended
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// SIGKILLs every process whose command line names `dir` (the test's temp dir): a backstop on
+/// failure for what left its group (sshpyk launchers get a session of their own from Jupyter,
+/// playwright's Chromium a group of its own).
+fn kill_left_in(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let named = std::fs::read(entry.path().join("cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle));
+        if pid != me && named {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let start = text.len().saturating_sub(12_000);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    text[start..].to_string()
+}
+
+/// Fails (never skips) when the browser tools are missing: CI must not pass without them.
+fn assert_browser_tools() {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "the browser test needs Debian's chromium at {CHROMIUM}: run scripts/setup"
+    );
+    let imports = Command::new(venv_python())
+        .args(["-c", "import jupyterlab, playwright"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        imports.success(),
+        "the browser test needs jupyterlab and playwright in the test venv ({}): run scripts/setup",
+        venv_python().display()
+    );
+}
+
+#[test]
+fn jupyterlab_in_chromium_runs_interrupts_restarts_and_shuts_down_through_a_link_cut() {
+    let env = Env::with_host();
+    if env.host().netns().is_none() {
+        eprintln!("skipped: cutting a link needs a network namespace (run as root)");
+        return;
+    }
+    assert_browser_tools();
+    let kernel = env.add_kernel("ssh_remote", &[]);
+    let started = Instant::now();
+
+    let [root, config, tmp] = ["lab-root", "lab-config", "tmp"].map(|d| {
+        let p = env.path(d);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    });
+    let lab_log = env.path("lab.log");
+    let driver_err = env.path("driver.stderr");
+    let screenshot = env.path("jupyterlab.png");
+    let port = sshpyk_testhost::free_port();
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let base = format!("http://127.0.0.1:{port}");
+    // Jupyter's and the browser's dirs all in the test's temp dir (HOME too, by env.apply).
+    let private_dirs = |cmd: &mut Command| {
+        env.apply(cmd);
+        cmd.env("JUPYTER_CONFIG_DIR", &config)
+            .env("IPYTHONDIR", env.path("home/.ipython"))
+            .env("TMPDIR", &tmp)
+            .env_remove("JUPYTER_CONFIG_PATH")
+            .env_remove("JUPYTER_TOKEN")
+            .env_remove("JUPYTER_PORT");
+    };
+
+    // Declared before the groups, so dropped after their SIGTERM had its chance.
+    let _backstop = scopeguard(|| kill_left_in(env.dir.path()));
+    let log = std::fs::File::create(&lab_log).unwrap();
+    let mut lab_cmd = Command::new(venv_python());
+    lab_cmd
+        .args([
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+        ])
+        .arg(format!("--ServerApp.port={port}"))
+        // The port free_port chose or nothing: another one would not be race-free.
+        .arg("--ServerApp.port_retries=0")
+        .arg(format!("--IdentityProvider.token={token}"))
+        .arg(format!("--ServerApp.root_dir={}", root.display()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    if nix::unistd::geteuid().is_root() {
+        lab_cmd.arg("--allow-root");
+    }
+    private_dirs(&mut lab_cmd);
+    let mut lab = Group::spawn(&mut lab_cmd);
+
+    let script = format!(
+        "{}/tests/clients/jupyterlab_browser.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut driver_cmd = Command::new(venv_python());
+    driver_cmd
+        .arg(script)
+        .args([&base, &token, &kernel])
+        .args([&root, &config, &screenshot])
+        .arg(CHROMIUM)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&driver_err).unwrap());
+    private_dirs(&mut driver_cmd);
+    let mut driver = Group::spawn(&mut driver_cmd);
+
+    let mut stdin = driver.0.stdin.take().unwrap();
+    let stdout = BufReader::new(driver.0.stdout.take().unwrap());
+    let mut transcript = String::new();
+    let mut cuts = 0;
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        transcript.push_str(&line);
+        transcript.push('\n');
+        if line == "cut" {
+            cuts += 1;
+            env.host().link_down().unwrap();
+            std::thread::sleep(CUT);
+            env.host().link_up().unwrap();
+            writeln!(stdin, "ok").unwrap();
+        }
+    }
+    let status = driver.0.wait().unwrap();
+    // For a look at what the browser showed (the temp dir goes at the end).
+    if let Some(keep) = std::env::var_os("SSHPYK_BROWSER_SCREENSHOT") {
+        let _ = std::fs::copy(&screenshot, keep);
+    }
+    let report = || {
+        format!(
+            "{transcript}\n--- driver stderr:\n{}\n--- jupyter lab log (last lines):\n{}",
+            tail(&driver_err),
+            tail(&lab_log)
+        )
+    };
+    assert!(status.success(), "the browser script failed:\n{}", report());
+    assert_eq!(cuts, 1, "{}", report());
+    // The launcher (its stderr is the server's) felt the cut: the cell really printed through it.
+    let log = std::fs::read_to_string(&lab_log).unwrap();
+    assert!(
+        log.contains("connection lost, reconnecting") && log.contains("reconnected after"),
+        "{}",
+        report()
+    );
+    assert!(screenshot.exists(), "no screenshot:\n{}", report());
+
+    assert!(
+        eventually(Duration::from_secs(15), || env
+            .remote_processes("ipykernel")
+            .is_empty()),
+        "Shut Down Kernel left a remote kernel:\n{}",
+        report()
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || env.remote_run_dirs().is_empty()),
+        "Shut Down Kernel left {:?}:\n{}",
+        env.remote_run_dirs(),
+        report()
+    );
+    assert!(
+        lab.stop(),
+        "jupyter lab did not stop on SIGTERM:\n{}",
+        report()
+    );
+    eprintln!("{transcript}took {:.0?}", started.elapsed());
+}
+
+/// Runs `f` when dropped (on success and on a panic alike).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
