@@ -1055,7 +1055,11 @@ async fn a_user_without_root_mounts_and_writes_back() {
     assert_eq!(mounts.len(), 1);
     let home = env.host().dir().join("home").join(env.host().login_user());
     let cache = cache_dir_of(mounts[0].0);
-    assert!(cache.starts_with(home.join(".cache/sshpyk/rclone")), "{}", cache.display());
+    assert!(
+        cache.starts_with(home.join(".cache/sshpyk/rclone")),
+        "{}",
+        cache.display()
+    );
     let private = mounts[0].1.parent().unwrap().to_owned();
     let name = private.file_name().unwrap().to_string_lossy().into_owned();
     assert!(
