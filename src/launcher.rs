@@ -446,7 +446,11 @@ impl Running {
     /// SIGINT always interrupts the remote kernel, whatever mode it prefers, so that clients
     /// that only know "signal" (VS Code) work with "message" kernels too.
     async fn interrupt(&mut self) {
-        tracing::info!("interrupting remote kernel {}", self.ready.pid);
+        // jupyter_client interrupts before every shutdown too: this line is no error.
+        tracing::info!(
+            "interrupting remote kernel {} (SIGINT; Jupyter also sends one before a shutdown)",
+            self.ready.pid
+        );
         match self.ready.interrupt_mode {
             InterruptMode::Message => {
                 if let Err(e) = self.interrupt_by_message().await {

@@ -256,10 +256,26 @@ impl Running {
             }
             Pending::Remove { remote, reply } => {
                 self.live.cloud.retain(|m| m.remote != remote);
-                tracing::info!("unmounted {remote} (asked while running)");
-                let _ = reply.send(Reply::Done {
-                    message: format!("unmounted {remote} from kernel {pid} on '{alias}'"),
-                });
+                // Unmounted either way; an error says what could not be uploaded, and where
+                // it is kept.
+                let answer = match report.error {
+                    Some(e) => {
+                        tracing::warn!("unmounted {remote}: {}", e.message);
+                        Reply::Failed {
+                            message: format!(
+                                "{remote} of kernel {pid} on '{alias}': {}",
+                                e.message
+                            ),
+                        }
+                    }
+                    None => {
+                        tracing::info!("unmounted {remote} (asked while running)");
+                        Reply::Done {
+                            message: format!("unmounted {remote} from kernel {pid} on '{alias}'"),
+                        }
+                    }
+                };
+                let _ = reply.send(answer);
             }
         }
     }
@@ -293,6 +309,7 @@ impl Running {
                 (Some(_), Some(s)) => (MountState::Failing, s.error.clone()),
                 (Some(_), None) => (MountState::Failing, Some("not mounted".into())),
             };
+            let pending = found.map_or(0, |s| s.pending.len());
             mounts.push(MountStatus {
                 remote: mount.remote.clone(),
                 kind: MountKind::Cloud,
@@ -300,7 +317,7 @@ impl Running {
                 read_only: !mount.rw,
                 state,
                 error,
-                detail: None,
+                detail: (pending > 0).then(|| format!("{pending} upload(s) pending")),
             });
         }
         KernelStatus {

@@ -381,6 +381,9 @@ pub struct CloudMountState {
     /// rclone's last error line, when failing.
     #[serde(default)]
     pub error: Option<String>,
+    /// Files written and not uploaded yet.
+    #[serde(default)]
+    pub pending: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

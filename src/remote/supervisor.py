@@ -658,14 +658,32 @@ class Supervisor:
                 self.stop_kernel("orphaned", 0)
 
     def finish(self):
-        """The kernel exited: its last words, cleanup, the report."""
+        """The kernel exited: its last words, cleanup, the report. Cleanup may wait for cloud
+        uploads (cloud.py, UPLOAD_WAIT): meanwhile pings are answered, so that the launcher
+        does not take the wait for a lost connection."""
         self.kernel.wait()
         self.pump_output()
         self.close_all_streams()
-        self.cleanup()
+        done = threading.Event()
+        threading.Thread(target=lambda: (self.cleanup(), done.set()), daemon=True).start()
+        while not done.wait(0.1):
+            self.answer_pings()
         self.message(**self.exit_report())
         if self.link:
             self.link.flush_blocking(2.0)
+
+    def answer_pings(self):
+        """While finishing: the session's pings are answered, everything else is left."""
+        if not self.link or not select.select([self.link.rfd], [], [], 0)[0]:
+            return
+        frames = self.link.read_frames()
+        if frames is None:
+            self.drop_link()
+            return
+        for _, kind, payload in frames:
+            if kind == NOTICE and json.loads(payload).get("op") == "ping":
+                self.notice(event="pong")
+        self.link.flush()
 
 
 def main():
