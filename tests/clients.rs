@@ -124,7 +124,7 @@ fn jupyter_server_websockets_get_a_cells_reply_and_output_through_a_link_cut() {
     );
     assert_eq!(
         said.lines().filter(|l| l.starts_with("ok:")).count(),
-        5,
+        6,
         "{said}"
     );
     assert!(

@@ -9,12 +9,10 @@ line on stderr otherwise. Shares the server and websocket helpers of jupyter_ser
 """
 import asyncio
 import json
-import shutil
 import sys
-import tempfile
 import time
 
-from jupyter_server_restart import Failure, Server, bounded, ok
+from jupyter_server_restart import Failure, bounded, ok, run_driver
 
 CELL = "import time\nfor i in range(12):\n    print(i, flush=True)\n    time.sleep(1)"
 EXPECTED = "".join(f"{i}\n" for i in range(12))
@@ -76,21 +74,7 @@ async def drive(server, kernel_name):
 def main():
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)
-    tmp = tempfile.mkdtemp(prefix="jupyter-server-cut-")
-    server = None
-    try:
-        server = Server(tmp)
-        asyncio.run(drive(server, sys.argv[1]))
-    except Failure as e:
-        print(f"FAILED: {e}", file=sys.stderr)
-        if server is not None:
-            server.stop()
-            print(f"--- jupyter_server log (last lines):\n{server.log()}", file=sys.stderr)
-        sys.exit(1)
-    finally:
-        if server is not None:
-            server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    run_driver("jupyter-server-cut-", drive, sys.argv[1])
 
 
 if __name__ == "__main__":

@@ -238,14 +238,14 @@ async def drive(server, kernel_name):
     ok("kernel deleted")
 
 
-def main():
-    if len(sys.argv) != 2:
-        raise SystemExit(__doc__)
-    tmp = tempfile.mkdtemp(prefix="jupyter-server-restart-")
+def run_driver(prefix, drive, kernel_name):
+    """Runs `drive(server, kernel_name)` against a fresh server in a temp dir; prints the
+    failure and the server's log, and exits 1, on a Failure; stops the server in any case."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
     server = None
     try:
         server = Server(tmp)
-        asyncio.run(drive(server, sys.argv[1]))
+        asyncio.run(drive(server, kernel_name))
         server.stop()
         ok("server stopped")
     except Failure as e:
@@ -258,6 +258,12 @@ def main():
         if server is not None:
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main():
+    if len(sys.argv) != 2:
+        raise SystemExit(__doc__)
+    run_driver("jupyter-server-restart-", drive, sys.argv[1])
 
 
 if __name__ == "__main__":
