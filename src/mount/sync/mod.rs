@@ -306,3 +306,32 @@ impl SyncMount {
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(local: &Path, options: &[&str]) -> MountSpec {
+        MountSpec {
+            local: local.display().to_string(),
+            remote: "/remote/x".into(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_project_is_synced_a_huge_tree_lazy_unless_the_spec_says() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.py"), "").unwrap();
+        assert!(wanted(&spec(dir.path(), &[])).unwrap());
+        assert!(!wanted(&spec(dir.path(), &["lazy"])).unwrap());
+        for i in 0..=MAX_FILES {
+            std::fs::write(dir.path().join(format!("f{i}")), "").unwrap();
+        }
+        assert!(!wanted(&spec(dir.path(), &[])).unwrap());
+        assert!(wanted(&spec(dir.path(), &["sync"])).unwrap());
+        // Excluded files do not count.
+        assert!(wanted(&spec(dir.path(), &["exclude=f*"])).unwrap());
+        assert!(is_sync_option("exclude=x") && is_sync_option("lazy") && !is_sync_option("ro"));
+    }
+}
