@@ -246,6 +246,13 @@ impl Link {
             let _ = frames.send(frame);
         }
         let wire = state.install(frames);
+        // The supervisor just answered (its `Attached`): a silence check right after the
+        // reattach must not count the outage.
+        *self
+            .shared
+            .last_heard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
         Ok(self.spawn_wire(wire, from_remote, to_remote, frames_rx))
     }
 
