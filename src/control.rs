@@ -202,20 +202,28 @@ async fn accept(listener: UnixListener, calls: mpsc::Sender<Call>) {
 async fn serve(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    tokio::io::AsyncReadExt::take(BufReader::new(read), MAX_LINE)
-        .read_line(&mut line)
-        .await?;
+    let mut read = tokio::io::AsyncReadExt::take(BufReader::new(read), MAX_LINE);
+    read.read_line(&mut line).await?;
     let reply = match serde_json::from_str::<Request>(&line) {
         Ok(request) => {
             let (tx, rx) = oneshot::channel();
             if calls.send(Call { request, reply: tx }).await.is_err() {
                 return Ok(());
             }
-            match rx.await {
-                Ok(reply) => reply,
-                Err(_) => Reply::Failed {
-                    message: "the launcher is stopping".into(),
+            // A client that hangs up (gave up waiting, Ctrl+C) drops the reply's receiver, so
+            // the launcher knows nobody takes the answer.
+            let gone = async {
+                let mut rest = Vec::new();
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut read, &mut rest).await;
+            };
+            tokio::select! {
+                reply = rx => match reply {
+                    Ok(reply) => reply,
+                    Err(_) => Reply::Failed {
+                        message: "the launcher is stopping".into(),
+                    },
                 },
+                () = gone => return Ok(()),
             }
         }
         Err(e) => Reply::Failed {

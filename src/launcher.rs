@@ -195,6 +195,7 @@ async fn start(
             orphan_timeout: settings.orphan_timeout,
             ping_interval: ping_interval(settings),
             cloud_mounts: &cloud_mounts,
+            shutdown_timeout: settings.shutdown_timeout,
         };
         let request = &request;
         let (master, (mut session, ready)) = with_room(&master, deadline, move |m| async move {

@@ -1398,7 +1398,8 @@ async fn writes_the_store_cannot_take_at_shutdown_are_kept_and_uploaded_by_the_n
     let port = server.port;
     let creds = write_private(&env, "dav.json", r#"{"pass": "dav-pass-123"}"#);
     let mnt = env.path("remote-dav");
-    env.add_kernel("k", &[]);
+    // The wait for uploads is bounded by the kernel's shutdown timeout.
+    env.add_kernel("k", &["--shutdown-timeout", "5"]);
     env.sshpyk()
         .args(["mounts", "add", "--kernel-name", "k", "--backend", "webdav"])
         .arg("--set")
@@ -1422,14 +1423,23 @@ async fn writes_the_store_cannot_take_at_shutdown_are_kept_and_uploaded_by_the_n
     )
     .await
     .unwrap();
-    // Gone before rclone's write-back (1 s).
+    // Gone before rclone's write-back (1 s): `ps` shows the upload pending.
     drop(server);
+    let ps = env.sshpyk().arg("ps").output().unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(ps.contains("1 upload(s) pending"), "{ps}");
     c.shutdown(false, STEP).await.unwrap();
-    // Not its status: the supervisor answers no ping while it waits, so the launcher takes
-    // the connection for lost after 3 s.
-    launcher
+    // The supervisor answers pings while it waits: the launcher hears the kernel's exit.
+    let stopping = std::time::Instant::now();
+    let status = launcher
         .wait_timeout(Duration::from_secs(60))
         .expect("launcher exits");
+    assert!(status.success(), "{}", launcher.log());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        stopping.elapsed()
+    );
     let log = launcher.log();
     assert!(
         log.contains(&format!(
@@ -1459,4 +1469,44 @@ async fn writes_the_store_cannot_take_at_shutdown_are_kept_and_uploaded_by_the_n
         .expect("exits")
         .success());
     assert_clean(&env, &[&mnt], &[], &[&mnt]);
+}
+
+/// `sshpyk mounts add` that gives up before the running kernel's mount is made (here: it is
+/// killed while the store does not answer): the mount made after all is not kept.
+#[tokio::test]
+async fn a_mount_made_after_its_add_gave_up_is_not_kept() {
+    let env = Env::with_host();
+    let dav = env.path("dav");
+    std::fs::create_dir_all(&dav).unwrap();
+    let server = support::webdav_server(&env, &dav, "dav-user", "dav-pass-123");
+    let creds = write_private(&env, "dav.json", r#"{"pass": "dav-pass-123"}"#);
+    let mnt = env.path("remote-dav");
+    let (launcher, _info) = env.start_kernel(&[]);
+    let server_pid = nix::unistd::Pid::from_raw(server.pid() as i32);
+    nix::sys::signal::kill(server_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let mut add = std::process::Command::new(env!("CARGO_BIN_EXE_sshpyk"));
+    env.apply(&mut add);
+    add.args(["mounts", "add", "--kernel-name", "k", "--backend", "webdav"])
+        .arg("--set")
+        .arg(format!("url=http://127.0.0.1:{}/", server.port))
+        .args(["--set", "vendor=other", "--set", "user=dav-user", "--rw"])
+        .arg("--creds")
+        .arg(&creds)
+        .arg(&mnt)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut add = add.spawn().unwrap();
+    launcher.wait_for_log("(asked while running)", Duration::from_secs(20));
+    add.kill().unwrap();
+    add.wait().unwrap();
+    nix::sys::signal::kill(server_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    launcher.wait_for_log(
+        "after `sshpyk mounts add` gave up waiting; unmounting it",
+        Duration::from_secs(60),
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || rclone_mounts(&env).is_empty()),
+        "{}",
+        launcher.log()
+    );
 }

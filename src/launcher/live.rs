@@ -231,6 +231,20 @@ impl Running {
             Pending::Describe(reply) => {
                 let _ = reply.send(Reply::Status(self.status(Some(&report))));
             }
+            // `sshpyk mounts add` gave up waiting (and took the mount out of the kernelspec):
+            // a mount made after all is not kept.
+            Pending::Add { mount, reply } if reply.is_closed() && report.error.is_none() => {
+                tracing::warn!(
+                    "mounted {} at {} after `sshpyk mounts add` gave up waiting; unmounting it",
+                    mount.describe(),
+                    mount.remote
+                );
+                let id = self.live.id();
+                self.session.request(&SupervisorRequest::UnmountCloud {
+                    id,
+                    remote: mount.remote,
+                });
+            }
             Pending::Add { mount, reply } => {
                 let answer = match report.error {
                     None => {

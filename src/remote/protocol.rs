@@ -317,6 +317,9 @@ pub enum Request {
         /// The stream window and [`OUTAGE_BOUND`], so that both ends agree.
         window: u64,
         outage_bound: u64,
+        /// How long an unmount waits for a read-write cloud mount's uploads (the kernel's
+        /// shutdown timeout); what is left then is kept for the next mount of that store.
+        upload_wait: f64,
     },
     /// From now on a lost launcher is waited for (`orphan_timeout`), not ended at once.
     Arm,

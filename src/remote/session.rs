@@ -72,6 +72,8 @@ pub struct StartRequest<'a> {
     pub ping_interval: Duration,
     /// Mounted by the supervisor before the kernel starts.
     pub cloud_mounts: &'a [CloudMountRequest],
+    /// Bounds the wait for cloud uploads at an unmount.
+    pub shutdown_timeout: f64,
 }
 
 /// Where a new session reaches a running kernel's supervisor again: `attach.py`, run by
@@ -248,6 +250,7 @@ impl Session {
             cloud_mounts: req.cloud_mounts.to_vec(),
             window: super::protocol::WINDOW,
             outage_bound: super::protocol::OUTAGE_BOUND,
+            upload_wait: req.shutdown_timeout,
         };
         preface.extend(link.first_request(&start));
         let mut command = python_command(req.remote_python, &["-u", "-c", LOADER], req.init);

@@ -133,6 +133,8 @@ class Supervisor:
         self.start_request = start
         self.orphan_timeout = float(start["orphan_timeout"])
         self.ping_interval = float(start["ping_interval"])
+        global UPLOAD_WAIT  # cloud.py's, in this same source
+        UPLOAD_WAIT = float(start.get("upload_wait", UPLOAD_WAIT))
         self.window = int(start["window"])
         self.ack_batch = self.window // 8
         self.outage_bound = int(start["outage_bound"])

@@ -75,6 +75,13 @@ pub struct Server {
     pub port: u16,
 }
 
+impl Server {
+    /// The server process (`ip netns exec` execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
