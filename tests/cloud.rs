@@ -1510,3 +1510,51 @@ async fn a_mount_made_after_its_add_gave_up_is_not_kept() {
         launcher.log()
     );
 }
+
+/// Another user of the remote made `/dev/shm/sshpyk-<uid>` first (the name a config dir once
+/// had): a kernel with a cloud mount still starts and reads it, since the private dirs are
+/// made with unpredictable names.
+#[tokio::test]
+async fn a_squatted_shm_name_on_the_remote_stops_no_cloud_mount() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: making a directory another user owns needs root");
+        return;
+    }
+    let env = Env::with_host();
+    let squat = PathBuf::from(format!("/dev/shm/sshpyk-{}", nix::unistd::geteuid()));
+    let made = std::fs::create_dir(&squat).is_ok();
+    if made {
+        std::os::unix::fs::chown(&squat, Some(65534), Some(65534)).unwrap();
+    }
+    let dav = env.path("dav");
+    std::fs::create_dir_all(&dav).unwrap();
+    std::fs::write(dav.join("data.txt"), "from the store\n").unwrap();
+    let server = support::webdav_server(&env, &dav, "dav-user", "dav-pass-123");
+    let creds = write_private(&env, "dav.json", r#"{"pass": "dav-pass-123"}"#);
+    let mnt = env.path("remote-dav");
+    env.add_kernel("k", &[]);
+    env.sshpyk()
+        .args(["mounts", "add", "--kernel-name", "k", "--backend", "webdav"])
+        .arg("--set")
+        .arg(format!("url=http://127.0.0.1:{}/", server.port))
+        .args(["--set", "vendor=other", "--set", "user=dav-user"])
+        .arg("--creds")
+        .arg(&creds)
+        .arg(&mnt)
+        .assert()
+        .success();
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch("k", &conn);
+    launcher.wait_ready(START);
+    let mut c = ready_client(&info).await;
+    let read = format!("print(open('{}/data.txt').read(), end='')", mnt.display());
+    let got = run(&mut c, &read).await;
+    c.shutdown(false, STEP).await.unwrap();
+    launcher
+        .wait_timeout(Duration::from_secs(30))
+        .expect("exits");
+    if made {
+        std::fs::remove_dir(&squat).unwrap();
+    }
+    assert_eq!(got, Ok("from the store\n".into()), "{}", launcher.log());
+}
