@@ -374,3 +374,48 @@ async fn a_master_killed_with_sigkill_leaves_a_stale_socket_that_is_replaced() {
     // One new master, and no plain connection left in the background.
     assert_eq!(masters().len(), 1, "{}", launcher.log());
 }
+
+/// Jupyter started as `jupyter lab 2>&1 | tee log`, and the tee gone: the launcher's stderr is a
+/// broken pipe. What the kernel process prints on its own stdout then costs that text, never
+/// the session (it used to panic the reader and reconnect at every line).
+#[tokio::test]
+async fn a_broken_stderr_costs_the_kernels_own_text_and_nothing_else() {
+    let env = Env::with_host();
+    let kernel = env.add_kernel("k", &[]);
+    let (conn, info) = env.connection_file("a");
+    let (reader, writer) = std::io::pipe().unwrap();
+    let mut cmd = env.launcher_command(&kernel, &conn);
+    cmd.stderr(writer);
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    let mut said = String::new();
+    let mut lines = std::io::BufReader::new(reader);
+    while !said.contains("ready: kernel pid") {
+        let mut line = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut lines, &mut line).unwrap() > 0,
+            "{said}"
+        );
+        said.push_str(&line);
+    }
+    drop(lines); // the pipe is broken from now on
+    let mut c = common::ready_client(&info).await;
+    let print_200 = "import os, sys\nfd = sys.stdout._original_stdstream_copy\n\
+for i in range(200):\n    os.write(fd, b'\\x1b]0;title\\x07line %d\\n' % i)";
+    c.execute(print_200, STEP).await.unwrap();
+    let r = c.execute("print(6 * 7)", STEP).await.unwrap();
+    assert_eq!(r.stdout, "42\n");
+    // The session stayed up: the launcher's own log file (`sshpyk logs`) tells no reconnection.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let logs = env.path("rt/logs/k");
+    let log: String = std::fs::read_dir(&logs)
+        .unwrap()
+        .flatten()
+        .map(|f| std::fs::read_to_string(f.path()).unwrap())
+        .collect();
+    assert!(log.contains("ready: kernel pid"), "{log}");
+    assert!(!log.contains("connection lost"), "{log}");
+    assert!(child.try_wait().unwrap().is_none(), "the launcher died");
+    let _ = child.kill();
+    let _ = child.wait();
+}

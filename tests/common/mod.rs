@@ -246,6 +246,19 @@ impl Env {
         connection_file: &Path,
         vars: &[(&str, &str)],
     ) -> Launcher {
+        let log = self.path(&format!("launcher-{}.log", uuid::Uuid::new_v4()));
+        let mut cmd = self.launcher_command(kernel, connection_file);
+        cmd.stderr(std::fs::File::create(&log).unwrap());
+        cmd.envs(vars.iter().copied());
+        Launcher {
+            child: cmd.spawn().expect("launcher starts"),
+            log,
+        }
+    }
+
+    /// The launcher's command line as Jupyter runs it from kernel.json (stderr left to the
+    /// caller).
+    pub fn launcher_command(&self, kernel: &str, connection_file: &Path) -> Command {
         let spec = self.read_kernel_json(kernel);
         let argv: Vec<String> = spec["argv"]
             .as_array()
@@ -257,20 +270,14 @@ impl Env {
                     .replace("{connection_file}", &connection_file.to_string_lossy())
             })
             .collect();
-        let log = self.path(&format!("launcher-{}.log", uuid::Uuid::new_v4()));
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+            .stdout(Stdio::null());
         // Like jupyter_client: the kernel gets its own process group.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         self.apply(&mut cmd);
-        cmd.envs(vars.iter().copied());
-        Launcher {
-            child: cmd.spawn().expect("launcher starts"),
-            log,
-        }
+        cmd
     }
 
     /// Closes the ControlMaster sshpyk opened for the test host (`ssh -O exit`).
