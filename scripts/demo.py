@@ -43,7 +43,8 @@ def main():
         env = dict(os.environ)
         for var, sub in [("JUPYTER_DATA_DIR", "data"), ("JUPYTER_RUNTIME_DIR", "runtime"), ("SSHPYK_RUNTIME_DIR", "rt")]:
             env[var] = os.path.join(tmp, sub)
-            os.makedirs(env[var])
+            # Private, as sshpyk wants its runtime dir (it refuses one others can enter).
+            os.makedirs(env[var], mode=0o700)
         os.environ.update(env)
         remote_runtime = os.path.join(tmp, "remote-runtime")
         remote_home = os.path.join(tmp, "remote-home")

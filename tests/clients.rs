@@ -132,3 +132,26 @@ fn jupyter_server_websockets_get_a_cells_reply_and_output_through_a_link_cut() {
         "a remote kernel was left behind"
     );
 }
+
+/// README's first command, `scripts/demo`, end to end (its python part, on the binaries this
+/// test run built): a kernel through a throwaway sshd runs code, and everything is cleaned up.
+#[test]
+fn the_demo_runs_end_to_end() {
+    let sshpyk = std::path::Path::new(env!("CARGO_BIN_EXE_sshpyk"));
+    // Never the real home: the demo keeps its Jupyter and sshpyk dirs in a temp dir already.
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::venv_python())
+        .env("HOME", home.path())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo.py"))
+        .env("SSHPYK_BIN", sshpyk)
+        .env(
+            "SSHPYK_TESTHOST_BIN",
+            sshpyk.with_file_name("sshpyk-testhost"),
+        )
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = assert_script_succeeded(&out);
+    assert!(stdout.contains("hello from pid"), "{stdout}");
+    assert!(stdout.contains("all cleaned up."), "{stdout}");
+}
