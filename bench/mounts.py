@@ -8,6 +8,7 @@ through the mount against the same walk on the local disk. Exits 0 whatever the 
 With --rtt-ms, the remote sits behind sshpyk-testhost's delay proxy: a link that long.
 """
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -25,7 +26,15 @@ def main():
     parser.add_argument("--files", type=int, default=5000)
     parser.add_argument("--rtt-ms", type=int, default=0, help="round-trip time to the remote (delay proxy)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="sshpyk-bench-mounts-") as tmp:
+    with bench_host("sshpyk-bench-mounts-", args.rtt_ms) as (tmp, env, info, mode):
+        run(args, tmp, env, info, mode)
+
+
+@contextlib.contextmanager
+def bench_host(prefix, rtt_ms):
+    """A temp dir standing in for every dir sshpyk and Jupyter touch, and a throwaway test host
+    `rtt_ms` away (alias "bench"): yields (tmp, env, the host's JSON line, its mode)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         env = dict(os.environ)
         for var, sub in [("JUPYTER_DATA_DIR", "data"), ("JUPYTER_RUNTIME_DIR", "runtime"), ("SSHPYK_RUNTIME_DIR", "rt"), ("HOME", "home")]:
             env[var] = os.path.join(tmp, sub)
@@ -37,12 +46,11 @@ def main():
         host = subprocess.Popen(
             [os.path.join(BIN, "sshpyk-testhost"), "--mode", mode, "--alias", "bench",
              "--sshd-option", f"SetEnv HOME={remote_home} JUPYTER_RUNTIME_DIR={remote_home}/runtime",
-             "--rtt-ms", str(args.rtt_ms)],
+             "--rtt-ms", str(rtt_ms)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         try:
-            info = json.loads(host.stdout.readline())
-            run(args, tmp, env, info, mode)
+            yield tmp, env, json.loads(host.stdout.readline()), mode
         finally:
             host.stdin.close()
             host.wait(timeout=60)

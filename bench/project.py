@@ -10,13 +10,13 @@ sshfs mount (`:lazy`, the mode before the copy) at 0 ms only unless --lazy-rtt i
 50 ms it takes minutes: every file access is a round trip). Figures only; exits 0.
 """
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
+
+from mounts import bench_host
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
@@ -151,26 +151,8 @@ def main():
 
 def one_run(rtt, mode):
     print(f"bench: {mode} at {rtt} ms", file=sys.stderr, flush=True)
-    with tempfile.TemporaryDirectory(prefix="sshpyk-bench-project-") as tmp:
-        env = dict(os.environ)
-        for var, sub in [("JUPYTER_DATA_DIR", "data"), ("JUPYTER_RUNTIME_DIR", "runtime"), ("SSHPYK_RUNTIME_DIR", "rt"), ("HOME", "home")]:
-            env[var] = os.path.join(tmp, sub)
-            os.makedirs(env[var], mode=0o700)
-        remote_home = os.path.join(tmp, "remote-home")
-        os.makedirs(remote_home)
-        host_mode = "netns" if os.geteuid() == 0 else "loopback"
-        host = subprocess.Popen(
-            [os.path.join(BIN, "sshpyk-testhost"), "--mode", host_mode, "--alias", "bench",
-             "--sshd-option", f"SetEnv HOME={remote_home} JUPYTER_RUNTIME_DIR={remote_home}/runtime",
-             "--rtt-ms", str(rtt)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
-        try:
-            info = json.loads(host.stdout.readline())
-            return run(tmp, env, info, mode)
-        finally:
-            host.stdin.close()
-            host.wait(timeout=60)
+    with bench_host("sshpyk-bench-project-", rtt) as (tmp, env, info, _):
+        return run(tmp, env, info, mode)
 
 
 def run(tmp, env, info, mode):

@@ -65,6 +65,33 @@ fn add_s3(
     cmd
 }
 
+/// A WebDAV store served by `rclone serve webdav` on the test host, its credentials file,
+/// and where the tests mount it: (store dir, server, creds, mount point).
+fn dav_store(env: &Env) -> (PathBuf, support::Server, PathBuf, PathBuf) {
+    let dav = env.path("dav");
+    std::fs::create_dir_all(&dav).unwrap();
+    let server = support::webdav_server(env, &dav, "dav-user", "dav-pass-123");
+    let creds = write_private(env, "dav.json", r#"{"pass": "dav-pass-123"}"#);
+    (dav, server, creds, env.path("remote-dav"))
+}
+
+/// `sshpyk mounts add` of that store at `mnt` for kernel "k".
+fn add_dav(env: &Env, port: u16, creds: &Path, mnt: &Path, rw: bool) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sshpyk"));
+    env.apply(&mut cmd);
+    cmd.args(["mounts", "add", "--kernel-name", "k", "--backend", "webdav"])
+        .arg("--set")
+        .arg(format!("url=http://127.0.0.1:{port}/"))
+        .args(["--set", "vendor=other", "--set", "user=dav-user"])
+        .arg("--creds")
+        .arg(creds);
+    if rw {
+        cmd.arg("--rw");
+    }
+    cmd.arg(mnt);
+    cmd
+}
+
 /// Whether any file under `dir` contains `secret`.
 fn files_containing(dir: &Path, secret: &str) -> bool {
     std::fs::read_dir(dir)
@@ -1108,22 +1135,8 @@ fn parent_of(pid: u32) -> i32 {
 #[tokio::test]
 async fn writes_just_before_mounts_remove_or_a_shutdown_reach_webdav() {
     let env = Env::with_host();
-    let dav = env.path("dav");
-    std::fs::create_dir_all(&dav).unwrap();
-    let webdav = support::webdav_server(&env, &dav, "dav-user", "dav-pass-123");
-    let creds = write_private(&env, "dav.json", r#"{"pass": "dav-pass-123"}"#);
-    let mnt = env.path("remote-dav");
-    let add = || {
-        let mut cmd = env.sshpyk();
-        cmd.args(["mounts", "add", "--kernel-name", "k", "--backend", "webdav"])
-            .arg("--set")
-            .arg(format!("url=http://127.0.0.1:{}/", webdav.port))
-            .args(["--set", "vendor=other", "--set", "user=dav-user", "--rw"])
-            .arg("--creds")
-            .arg(&creds)
-            .arg(&mnt);
-        cmd
-    };
+    let (dav, webdav, creds, mnt) = dav_store(&env);
+    let add = || assert_cmd::Command::from_std(add_dav(&env, webdav.port, &creds, &mnt, true));
     let write = |name: &str| {
         format!(
             "with open('{}/{name}', 'w') as f: f.write('{name} from the kernel')",
@@ -1392,22 +1405,11 @@ async fn mounts_remove_during_a_reconnection_fails_and_says_which_kernel_keeps_i
 #[tokio::test]
 async fn writes_the_store_cannot_take_at_shutdown_are_kept_and_uploaded_by_the_next_start() {
     let env = Env::with_host();
-    let dav = env.path("dav");
-    std::fs::create_dir_all(&dav).unwrap();
-    let server = support::webdav_server(&env, &dav, "dav-user", "dav-pass-123");
+    let (dav, server, creds, mnt) = dav_store(&env);
     let port = server.port;
-    let creds = write_private(&env, "dav.json", r#"{"pass": "dav-pass-123"}"#);
-    let mnt = env.path("remote-dav");
     // The wait for uploads is bounded by the kernel's shutdown timeout.
     env.add_kernel("k", &["--shutdown-timeout", "5"]);
-    env.sshpyk()
-        .args(["mounts", "add", "--kernel-name", "k", "--backend", "webdav"])
-        .arg("--set")
-        .arg(format!("url=http://127.0.0.1:{port}/"))
-        .args(["--set", "vendor=other", "--set", "user=dav-user", "--rw"])
-        .arg("--creds")
-        .arg(&creds)
-        .arg(&mnt)
+    assert_cmd::Command::from_std(add_dav(&env, port, &creds, &mnt, true))
         .assert()
         .success();
     let (conn, info) = env.connection_file("a");
@@ -1476,26 +1478,15 @@ async fn writes_the_store_cannot_take_at_shutdown_are_kept_and_uploaded_by_the_n
 #[tokio::test]
 async fn a_mount_made_after_its_add_gave_up_is_not_kept() {
     let env = Env::with_host();
-    let dav = env.path("dav");
-    std::fs::create_dir_all(&dav).unwrap();
-    let server = support::webdav_server(&env, &dav, "dav-user", "dav-pass-123");
-    let creds = write_private(&env, "dav.json", r#"{"pass": "dav-pass-123"}"#);
-    let mnt = env.path("remote-dav");
+    let (_dav, server, creds, mnt) = dav_store(&env);
     let (launcher, _info) = env.start_kernel(&[]);
     let server_pid = nix::unistd::Pid::from_raw(server.pid() as i32);
     nix::sys::signal::kill(server_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    let mut add = std::process::Command::new(env!("CARGO_BIN_EXE_sshpyk"));
-    env.apply(&mut add);
-    add.args(["mounts", "add", "--kernel-name", "k", "--backend", "webdav"])
-        .arg("--set")
-        .arg(format!("url=http://127.0.0.1:{}/", server.port))
-        .args(["--set", "vendor=other", "--set", "user=dav-user", "--rw"])
-        .arg("--creds")
-        .arg(&creds)
-        .arg(&mnt)
+    let mut add = add_dav(&env, server.port, &creds, &mnt, true)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut add = add.spawn().unwrap();
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     launcher.wait_for_log("(asked while running)", Duration::from_secs(20));
     add.kill().unwrap();
     add.wait().unwrap();
@@ -1526,21 +1517,10 @@ async fn a_squatted_shm_name_on_the_remote_stops_no_cloud_mount() {
     if made {
         std::os::unix::fs::chown(&squat, Some(65534), Some(65534)).unwrap();
     }
-    let dav = env.path("dav");
-    std::fs::create_dir_all(&dav).unwrap();
+    let (dav, server, creds, mnt) = dav_store(&env);
     std::fs::write(dav.join("data.txt"), "from the store\n").unwrap();
-    let server = support::webdav_server(&env, &dav, "dav-user", "dav-pass-123");
-    let creds = write_private(&env, "dav.json", r#"{"pass": "dav-pass-123"}"#);
-    let mnt = env.path("remote-dav");
     env.add_kernel("k", &[]);
-    env.sshpyk()
-        .args(["mounts", "add", "--kernel-name", "k", "--backend", "webdav"])
-        .arg("--set")
-        .arg(format!("url=http://127.0.0.1:{}/", server.port))
-        .args(["--set", "vendor=other", "--set", "user=dav-user"])
-        .arg("--creds")
-        .arg(&creds)
-        .arg(&mnt)
+    assert_cmd::Command::from_std(add_dav(&env, server.port, &creds, &mnt, false))
         .assert()
         .success();
     let (conn, info) = env.connection_file("a");
