@@ -3,7 +3,8 @@
 # the remote python from its ssh session's stdin (after the loader, like the supervisor), argv:
 # the copy's root, then "ro" or "rw". It speaks to the launcher over the session's stdin and
 # stdout: each message is `u32 length | JSON`, and a "put" or "data" message is followed by the
-# file's bytes (`size` of them). The launcher's side, typed: src/mount/sync/wire.rs.
+# file's bytes (`size` of them), after a marker line (the login shell may print before it). The
+# launcher's side, typed: src/mount/sync/wire.rs.
 #
 # - At start: the root is made (refused when it exists, is not empty and is not a copy of
 #   ours), then every entry under it is reported ("index").
@@ -29,6 +30,7 @@ POLL = 0.25
 MARK = ".sshpyk-sync"
 TMP = ".sshpyk-tmp-"
 LENGTH = struct.Struct(">I")
+MARKER = b"\nsshpyk-sync-1\n"
 # Directories never scanned (the launcher excludes them anyway): what the kernel writes there
 # is not the project's.
 SKIP_DIRS = {"__pycache__", ".git", ".ipynb_checkpoints"}
@@ -192,6 +194,8 @@ class Agent:
             yield msg, data
 
     def run(self):
+        # What the login shell printed before us is not ours: the launcher skips to this line.
+        self.out += MARKER
         error = self.prepare()
         if error:
             self.send({"op": "error", "message": error})

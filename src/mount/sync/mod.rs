@@ -207,6 +207,7 @@ impl SyncMount {
         )
         .await
         .map_err(lost)?;
+        wire::skip_to_marker(&mut from_agent).await.map_err(lost)?;
         let remote = match wire::receive(&mut from_agent, MAX_FILE).await.map_err(lost)? {
             Some((FromAgent::Index { entries }, _)) => entries,
             Some((FromAgent::Error { message }, _)) => {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The largest JSON part of a message the agent may send (an index of 20,000 entries is a few
 /// MiB); files come apart from it.
@@ -127,6 +127,36 @@ pub async fn send<W: AsyncWrite + Unpin>(
     buf.extend_from_slice(&json);
     buf.extend_from_slice(data);
     to.write_all(&buf).await
+}
+
+/// The line the agent writes before its first message.
+const MARKER: &[u8] = b"sshpyk-sync-1\n";
+/// What a login shell may print before the agent starts (banners, notices).
+const BEFORE_MARKER: usize = 16 << 20;
+
+/// Skips what the remote login shell printed before the agent's marker line.
+pub async fn skip_to_marker<R: AsyncBufRead + Unpin>(from: &mut R) -> std::io::Result<()> {
+    let mut skipped = 0;
+    loop {
+        let mut line = Vec::new();
+        let n = crate::bounded::read_line(from, &mut line, crate::bounded::MAX_LINE).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the sync agent ended before it started",
+            ));
+        }
+        if line == MARKER {
+            return Ok(());
+        }
+        skipped += n;
+        if skipped > BEFORE_MARKER {
+            return Err(invalid(format!(
+                "more than {} MiB before it started",
+                BEFORE_MARKER >> 20
+            )));
+        }
+    }
 }
 
 /// The next message and the bytes after it; `Ok(None)` at the end.
