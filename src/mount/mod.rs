@@ -604,30 +604,44 @@ fn confinement(_spec: &MountSpec) -> std::result::Result<String, String> {
     Err("not available on this platform (needs Linux openat2); only --ssh-host-alias-local-on-remote mounts work here".into())
 }
 
+/// How a mount reaches the remote ([`mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A synced copy on the remote's disk.
+    Synced,
+    /// sshfs; `forced`: the spec says `lazy` (else the tree is too big to copy).
+    Lazy { forced: bool },
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mode::Synced => f.write_str(
+                "synced copy on the remote's disk (imports and reads at disk speed; edits flow both ways)",
+            ),
+            Mode::Lazy { forced: true } => {
+                f.write_str("lazy: sshfs, every access asks this machine (':lazy' in the spec)")
+            }
+            Mode::Lazy { forced: false } => f.write_str(
+                "lazy: sshfs, every access asks this machine (a tree beyond 20000 files or 200 MiB; ':sync' copies it anyway)",
+            ),
+        }
+    }
+}
+
 /// For `list`: whether the mount is a synced copy or lazy (sshfs), and why.
-pub fn mode(spec: &MountSpec) -> std::result::Result<String, String> {
+pub fn mode(spec: &MountSpec) -> std::result::Result<Mode, String> {
     #[cfg(target_os = "linux")]
     let synced = sync::wanted(spec).map_err(|e| e.to_string())?;
     #[cfg(not(target_os = "linux"))]
     let synced = false;
     Ok(if synced {
-        "synced copy on the remote's disk (imports and reads at disk speed; edits flow both ways)"
-            .into()
+        Mode::Synced
     } else {
-        format!(
-            "lazy: sshfs, every access asks this machine ({})",
-            if spec.options.iter().any(|o| o == "lazy") {
-                "':lazy' in the spec"
-            } else {
-                "a tree beyond 20000 files or 200 MiB; ':sync' copies it anyway"
-            }
-        )
+        Mode::Lazy {
+            forced: spec.options.iter().any(|o| o == "lazy"),
+        }
     })
-}
-
-/// Whether `spec` needs sshfs and FUSE on the remote (a lazy mount).
-pub fn is_lazy(spec: &MountSpec) -> bool {
-    mode(spec).is_ok_and(|m| m.starts_with("lazy"))
 }
 
 /// For `list`: one round trip that checks FUSE and the configured sshfs paths on the remote.

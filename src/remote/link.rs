@@ -248,11 +248,7 @@ impl Link {
         let wire = state.install(frames);
         // The supervisor just answered (its `Attached`): a silence check right after the
         // reattach must not count the outage.
-        *self
-            .shared
-            .last_heard
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        self.heard();
         Ok(self.spawn_wire(wire, from_remote, to_remote, frames_rx))
     }
 
@@ -298,6 +294,14 @@ impl Link {
     /// The next report of the supervisor, from whichever session brought it. Cancel-safe.
     pub async fn next_report(&self) -> Option<Report> {
         self.shared.reports.lock().await.recv().await
+    }
+
+    fn heard(&self) {
+        *self
+            .shared
+            .last_heard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
     }
 
     /// When the remote last sent anything (a pong, output, stream bytes).
@@ -530,11 +534,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
                 return;
             }
         };
-        *link
-            .shared
-            .last_heard
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        link.heard();
         match link.handle(wire, frame) {
             Ok(true) => {}
             Ok(false) => return,

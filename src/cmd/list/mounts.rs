@@ -11,6 +11,8 @@ pub(super) fn checks(settings: &Settings, facts: Option<&RemoteMountFacts>) -> V
     if settings.mounts.is_empty() {
         return rows;
     }
+    // sshfs and FUSE on the remote matter to lazy mounts only.
+    let mut lazy = false;
     for m in &settings.mounts {
         let options = if m.options.is_empty() {
             String::new()
@@ -22,8 +24,10 @@ pub(super) fn checks(settings: &Settings, facts: Option<&RemoteMountFacts>) -> V
             "mount",
             format!("{} on remote {}{options}", m.local, m.remote),
         ));
-        rows.push(match mount::mode(m) {
-            Ok(mode) => check(Status::Info, "mount mode", mode),
+        let mode = mount::mode(m);
+        lazy |= matches!(mode, Ok(mount::Mode::Lazy { .. }));
+        rows.push(match mode {
+            Ok(mode) => check(Status::Info, "mount mode", mode.to_string()),
             Err(why) => check(Status::Error, "mount mode", why),
         });
         let local = mount::local_facts(&settings.mount_settings(), m);
@@ -36,7 +40,7 @@ pub(super) fn checks(settings: &Settings, facts: Option<&RemoteMountFacts>) -> V
             Err(why) => check(Status::Warning, "mount confinement", why),
         });
     }
-    if let (Some(facts), true) = (facts, settings.mounts.iter().any(mount::is_lazy)) {
+    if let (Some(facts), true) = (facts, lazy) {
         rows.extend(remote_checks(settings, facts));
     }
     rows
