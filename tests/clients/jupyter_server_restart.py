@@ -76,7 +76,8 @@ class Server:
         self.http = AsyncHTTPClient()
 
     async def wait_ready(self):
-        # The server writes its info file (with the port it got) once it listens.
+        # The server writes its info file (with the port it chose) just before its event loop
+        # starts, and only that loop binds the port: so a refused connection is retried.
         info_file = os.path.join(self.runtime, f"jpserver-{self.proc.pid}.json")
         while True:
             if self.proc.poll() is not None:
@@ -88,7 +89,14 @@ class Server:
             except (OSError, ValueError, KeyError):
                 await asyncio.sleep(0.1)
         self.base = f"127.0.0.1:{port}"
-        await self.request("GET", "/api/status")
+        while True:
+            try:
+                await self.request("GET", "/api/status")
+                return
+            except ConnectionRefusedError:
+                if self.proc.poll() is not None:
+                    raise Failure(f"jupyter_server exited ({self.proc.returncode}) before listening")
+                await asyncio.sleep(0.1)
 
     def headers(self):
         return {"Authorization": f"token {self.token}"}
