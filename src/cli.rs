@@ -54,7 +54,7 @@ pub enum Command {
     Launch(LaunchArgs),
     /// Mount a remote directory here with sshfs, for as long as a subshell (or the foreground
     /// command) runs.
-    #[command(after_help = crate::local_mount::OPTIONS_HELP)]
+    #[command(after_help = crate::mounts::remote_on_local::OPTIONS_HELP)]
     Mount(MountArgs),
     /// Show the log of a kernel's latest launcher run.
     Logs(LogsArgs),
@@ -96,7 +96,7 @@ pub struct MountsAddArgs {
         required_unless_present = "rclone_config",
         conflicts_with = "rclone_config"
     )]
-    pub backend: Option<crate::cloud::Backend>,
+    pub backend: Option<crate::mounts::cloud_on_remote::Backend>,
     /// A non-secret rclone config field of the backend (repeatable).
     #[arg(
         long = "set",
@@ -231,7 +231,7 @@ fn append_help(arg: clap::Arg, text: &str) -> clap::Arg {
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {
-    let (min, max) = crate::kernelspec::TIMEOUT_RANGE;
+    let (min, max) = crate::settings::TIMEOUT_RANGE;
     match text.parse::<f64>() {
         Ok(v) if (min..=max).contains(&v) => Ok(v),
         _ => Err(format!(

@@ -16,8 +16,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::cloud::CloudMount;
 use crate::error::{Error, Result};
+use crate::mounts::cloud_on_remote::CloudMount;
 use crate::slurm::Placement;
 
 const PREFIX: &str = "launch-";

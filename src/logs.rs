@@ -16,9 +16,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-use crate::cli::{Cli, Command};
 use crate::error::{Error, Result};
-use crate::kernelspec::Kernelspec;
 use crate::utc::UtcTime;
 
 /// One run's log file grows to this, then starts over (the older part kept in `.log.1`).
@@ -62,22 +60,17 @@ impl LogLevel {
     }
 }
 
-/// Sets up logging for this process: plain stderr, or for `launch` the prefixed stderr and the
-/// run's log file at the kernelspec's level (or `-v`'s, whichever says more).
-pub fn init(cli: &Cli) {
-    let Command::Launch(args) = &cli.command else {
-        init_stderr(LogLevel::from_verbose(cli.verbose), None, None);
+/// Sets up logging for this process at `level`: plain stderr, or for a launcher of kernel
+/// `name` the prefixed stderr and the run's log file.
+pub fn init(level: LogLevel, launcher_of: Option<&str>) {
+    let Some(name) = launcher_of else {
+        init_stderr(level, None, None);
         return;
     };
-    let name = kernel_name(&args.kernelspec);
-    let stored = Kernelspec::read(&args.kernelspec)
-        .ok()
-        .and_then(|k| k.spec.settings()?.ok()?.log_level);
-    let level = LogLevel::from_verbose(cli.verbose).max(stored.unwrap_or(LogLevel::Info));
-    match RunLog::create(&name) {
-        Ok(file) => init_stderr(level, Some(&name), Some(file)),
+    match RunLog::create(name) {
+        Ok(file) => init_stderr(level, Some(name), Some(file)),
         Err(e) => {
-            init_stderr(level, Some(&name), None);
+            init_stderr(level, Some(name), None);
             tracing::warn!("no log file for this run: {e}");
         }
     }

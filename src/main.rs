@@ -3,9 +3,9 @@ use sshpyk::cli::Cli;
 
 fn main() {
     let cli = Cli::parse();
-    sshpyk::logs::init(&cli);
+    sshpyk::cmd::init_logging(&cli);
     // One thread: children get PR_SET_PDEATHSIG from the thread that forks them, which must
-    // live as long as the process (see local_mount::sshfs).
+    // live as long as the process (see remote_on_local::sshfs).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

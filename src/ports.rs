@@ -1,6 +1,6 @@
 //! The five local ports. The launcher binds them itself (never `ssh -L`, whose forwards belong
 //! to the master and outlive a SIGKILLed launcher) and carries each accepted connection as a
-//! stream of the supervisor's session ([`crate::remote::Link`]): nothing is opened on the ssh
+//! stream of the supervisor's session ([`crate::supervisor::Link`]): nothing is opened on the ssh
 //! connection and nothing is started on the remote per client connection, however many clients
 //! come and go. Connections stay open, and new ones are taken, while the session is down: their
 //! streams resume with the next one.
@@ -11,9 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::connection::{Channel, ConnectionInfo};
 use crate::error::{Error, Result};
-use crate::remote::Link;
+use crate::jupyter::connection::{Channel, ConnectionInfo};
+use crate::supervisor::Link;
 
 /// The most a client read becomes in one frame.
 const READ_CHUNK: usize = 64 * 1024;

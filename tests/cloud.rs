@@ -764,7 +764,7 @@ async fn webdav_with_a_password_and_sftp_with_a_key_file_mount_through_the_kerne
 /// and a start against the real service fails in one clear line.
 #[tokio::test]
 async fn gcs_and_dropbox_render_as_rclone_reads_them_and_fail_in_one_line() {
-    use sshpyk::cloud::{Backend, CloudMount};
+    use sshpyk::mounts::cloud_on_remote::{Backend, CloudMount};
     let env = Env::with_host();
     let sa = serde_json::json!({
         "type": "service_account", "project_id": "p", "private_key_id": "1",

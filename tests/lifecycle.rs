@@ -41,7 +41,10 @@ signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
 while True:\n    time.sleep(0.01)\n";
 
 /// Starts descendants through the kernel; returns their tag once all three run.
-async fn spawn_descendants(env: &Env, info: &sshpyk::connection::ConnectionInfo) -> String {
+async fn spawn_descendants(
+    env: &Env,
+    info: &sshpyk::jupyter::connection::ConnectionInfo,
+) -> String {
     let mut c = ready_client(info).await;
     let tag = c
         .execute(SPAWN_DESCENDANTS, STEP)

@@ -48,7 +48,9 @@ fn a_run_logs_prefixed_lines_and_a_private_file_that_logs_shows_and_follows() {
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     assert_eq!(mode(&files[0]), 0o600);
-    let key = sshpyk::connection::ConnectionInfo::read(&conn).unwrap().key;
+    let key = sshpyk::jupyter::connection::ConnectionInfo::read(&conn)
+        .unwrap()
+        .key;
     let text = std::fs::read_to_string(&files[0]).unwrap();
     assert!(!text.contains(&key), "the key is never logged");
 

@@ -169,7 +169,7 @@ async fn mounts_come_back_after_a_link_cut() {
 
 /// Executes `code` with fresh clients until one answers (a client opened while the launcher was
 /// still switching connections may be cut once); returns the output.
-async fn first_answer(info: &sshpyk::connection::ConnectionInfo, code: &str) -> String {
+async fn first_answer(info: &sshpyk::jupyter::connection::ConnectionInfo, code: &str) -> String {
     let end = Instant::now() + STEP;
     loop {
         let step = Duration::from_secs(2);

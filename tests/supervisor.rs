@@ -1,12 +1,12 @@
-//! The remote supervisor (src/remote/*.py) on its own, over pipes: no ssh in between; its cloud
+//! The remote supervisor (src/supervisor/*.py) on its own, over pipes: no ssh in between; its cloud
 //! mounts (cloud.py) and the Slurm relay (slurm_relay.py) on their own.
 
 mod common;
 
-/// Runs `tests/remote/SCRIPT` on `src/remote` and checks it passed `checks` checks ("ok: ...").
+/// Runs `tests/remote/SCRIPT` on `src` and checks it passed `checks` checks ("ok: ...").
 fn passes(script: &str, checks: usize) {
     let script = format!("{}/tests/remote/{script}", env!("CARGO_MANIFEST_DIR"));
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/src/remote");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
     let out = std::process::Command::new(common::venv_python())
         .arg(script)
         .arg(src)

@@ -27,7 +27,7 @@ fn read(path: &Path) -> Option<String> {
 }
 
 /// Runs `code` in the kernel and returns its stdout.
-async fn run(info: &sshpyk::connection::ConnectionInfo, code: &str) -> String {
+async fn run(info: &sshpyk::jupyter::connection::ConnectionInfo, code: &str) -> String {
     let mut c = ready_client(info).await;
     let r = c.execute(code, STEP).await.unwrap();
     assert_eq!(r.status, "ok", "{code}: {r:?}");

@@ -3,7 +3,7 @@
 use super::settings;
 use crate::cli::AddArgs;
 use crate::error::{Error, Result};
-use crate::kernelspec;
+use crate::jupyter::kernelspec;
 
 pub async fn run(args: AddArgs) -> Result<()> {
     let settings = settings::new_settings(&args.spec)?;
@@ -11,8 +11,8 @@ pub async fn run(args: AddArgs) -> Result<()> {
         default_kernel_name(&settings.ssh_host_alias, &settings.remote_kernel_name)
     });
     kernelspec::validate_kernel_name(&name)?;
-    settings::validate_local(&settings)?;
-    let data_dir = kernelspec::user_data_dir()?;
+    crate::settings::validate_local(&settings)?;
+    let data_dir = crate::jupyter::paths::user_data_dir()?;
     let dir = data_dir.join("kernels").join(&name);
     if dir.exists() && !args.replace {
         return Err(Error::Invalid(format!(
@@ -29,10 +29,10 @@ pub async fn run(args: AddArgs) -> Result<()> {
         args.spec.language.as_deref(),
     )?;
     // What a replaced kernel's mounts kept in sshpyk's secrets dir goes with it.
-    let replaced_secrets = crate::cloud::secrets::named_in(&dir);
+    let replaced_secrets = crate::mounts::cloud_on_remote::secrets::named_in(&dir);
     kernelspec::write_new(&data_dir, &name, &spec, args.replace)?;
     for secrets in replaced_secrets {
-        crate::cloud::secrets::remove(&secrets);
+        crate::mounts::cloud_on_remote::secrets::remove(&secrets);
     }
     println!(
         "added kernel '{name}' (\"{}\") in {}",

@@ -2,7 +2,7 @@
 
 use crate::cli::DeleteArgs;
 use crate::error::{Error, Result};
-use crate::kernelspec;
+use crate::jupyter::kernelspec;
 
 pub fn run(args: DeleteArgs) -> Result<()> {
     // Check every name before removing any, so that one bad name deletes nothing.
@@ -29,11 +29,11 @@ pub fn run(args: DeleteArgs) -> Result<()> {
         found.push(spec);
     }
     for spec in found {
-        let secrets = crate::cloud::secrets::named_in(&spec.dir);
+        let secrets = crate::mounts::cloud_on_remote::secrets::named_in(&spec.dir);
         std::fs::remove_dir_all(&spec.dir)
             .map_err(Error::io(format!("cannot remove {}", spec.dir.display())))?;
         for name in secrets {
-            crate::cloud::secrets::remove(&name);
+            crate::mounts::cloud_on_remote::secrets::remove(&name);
         }
         println!("deleted kernel '{}' ({})", spec.name, spec.dir.display());
     }

@@ -6,8 +6,9 @@ use std::path::Path;
 use super::settings;
 use crate::cli::{EditArgs, SpecArgs};
 use crate::error::{Error, Result};
-use crate::kernelspec::{self, Kernelspec, Settings};
+use crate::jupyter::kernelspec::{self, Kernelspec};
 use crate::python_sshpyk;
+use crate::settings::Settings;
 
 pub async fn run(args: EditArgs) -> Result<()> {
     let found = kernelspec::find(&args.kernel_name)?;
@@ -27,7 +28,7 @@ pub async fn run(args: EditArgs) -> Result<()> {
         remote_env: args.clear_remote_env,
     };
     settings::apply(&mut new, &args.spec, clear)?;
-    settings::validate_local(&new)?;
+    crate::settings::validate_local(&new)?;
     let remote = settings::remote_kernelspec(&new).await?;
 
     // Keep the names the user sees unless asked, but follow a change of remote kernel.
@@ -62,7 +63,7 @@ pub async fn run(args: EditArgs) -> Result<()> {
     }
     spec.set_settings(&new);
     kernelspec::rewrite(&found.dir, &spec)?;
-    crate::cloud::secrets::remove_dropped(&old.cloud_mounts, &new.cloud_mounts);
+    crate::mounts::cloud_on_remote::secrets::remove_dropped(&old.cloud_mounts, &new.cloud_mounts);
     if args.adopt {
         println!(
             "adopted kernel '{}' (\"{}\") from the Python sshpyk in {}",
@@ -100,7 +101,7 @@ fn current_settings(found: &Kernelspec, adopt: bool) -> Result<Settings> {
                     dropped.join(", ")
                 );
             }
-            theirs.to_settings(settings::defaults()?).map_err(|missing| {
+            theirs.to_settings(crate::settings::defaults()?).map_err(|missing| {
                 Error::Invalid(format!(
                     "kernel '{}' ({}) lacks the Python sshpyk's {missing}; add it anew with `sshpyk add --replace`",
                     found.name,

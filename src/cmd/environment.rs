@@ -3,7 +3,7 @@
 use super::settings::require_remote_absolute;
 use crate::cli::SpecArgs;
 use crate::error::{Error, Result};
-use crate::kernelspec::Settings;
+use crate::settings::Settings;
 
 /// Applies the environment flags given; `clear_env` empties the variables first. An empty
 /// `--remote-cwd` or `--remote-init` removes the setting.

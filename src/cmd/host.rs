@@ -2,9 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::settings::default_ssh_config;
 use crate::error::{Error, Result};
-use crate::kernelspec;
+use crate::jupyter::kernelspec;
+use crate::settings::default_ssh_config;
 
 /// The ssh client, ssh config file and alias to reach a host with.
 pub struct Host {

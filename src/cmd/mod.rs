@@ -16,7 +16,24 @@ pub(crate) mod settings;
 
 use crate::cli::{Cli, Command};
 use crate::error::Result;
+use crate::jupyter::kernelspec::Kernelspec;
 use crate::launcher::{self, LaunchOptions};
+use crate::logs::LogLevel;
+
+/// Sets up logging: `-v`'s level, or for `launch` the kernelspec's (whichever says more), with
+/// the kernel's prefix on stderr and its own log file.
+pub fn init_logging(cli: &Cli) {
+    let asked = LogLevel::from_verbose(cli.verbose);
+    let Command::Launch(args) = &cli.command else {
+        crate::logs::init(asked, None);
+        return;
+    };
+    let stored = Kernelspec::read(&args.kernelspec)
+        .ok()
+        .and_then(|k| k.spec.settings()?.ok()?.log_level);
+    let level = asked.max(stored.unwrap_or(LogLevel::Info));
+    crate::logs::init(level, Some(&crate::logs::kernel_name(&args.kernelspec)));
+}
 
 pub async fn run(cli: Cli) -> Result<i32> {
     // Where the user manages kernels: not on Jupyter's stderr at every start, nor into a script.
@@ -24,7 +41,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         cli.command,
         Command::Add(_) | Command::Edit(_) | Command::Delete(_) | Command::List(_)
     ) {
-        crate::coexistence::notice_python_sshpyk();
+        crate::python_sshpyk::coexistence::notice_python_sshpyk();
     }
     match cli.command {
         Command::Add(args) => add::run(args).await.map(|()| 0),

@@ -1,13 +1,13 @@
-//! `sshpyk mount`: which host (an alias, or an sshpyk kernelspec's), then [`local_mount`].
+//! `sshpyk mount`: which host (an alias, or an sshpyk kernelspec's), then [`crate::mounts::remote_on_local`].
 
 use super::host::Host;
 use crate::cli::MountArgs;
 use crate::error::{Error, Result};
-use crate::local_mount::{self, MountRequest};
+use crate::mounts::remote_on_local::{self, MountRequest};
 
 pub async fn run(args: MountArgs, ssh_verbose: bool) -> Result<i32> {
     if args.umount {
-        return local_mount::umount(&args.mountpoint, args.lazy)
+        return remote_on_local::umount(&args.mountpoint, args.lazy)
             .await
             .map(|()| 0);
     }
@@ -20,7 +20,7 @@ pub async fn run(args: MountArgs, ssh_verbose: bool) -> Result<i32> {
             ))
         }
     };
-    local_mount::mount(MountRequest {
+    remote_on_local::mount(MountRequest {
         ssh: host.ssh,
         ssh_config: host.ssh_config,
         alias: host.alias,

@@ -8,12 +8,13 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::cli::{MountsAddArgs, MountsCommand, MountsListArgs, MountsRemoveArgs};
-use crate::cloud::backend::{self, RAW_CONFIG};
-use crate::cloud::{secrets, Backend, CloudMount};
 use crate::control::{self, KernelStatus, MountKind, MountState, MountStatus, Reply, Request};
 use crate::error::{Error, Result};
-use crate::kernelspec::{self, Kernelspec, Settings};
-use crate::local_mount::{self, ActiveMount};
+use crate::jupyter::kernelspec::{self, Kernelspec};
+use crate::mounts::cloud_on_remote::backend::{self, RAW_CONFIG};
+use crate::mounts::cloud_on_remote::{secrets, Backend, CloudMount};
+use crate::mounts::remote_on_local::{self, ActiveMount};
+use crate::settings::Settings;
 
 /// How long a running launcher gets to say what it is.
 const DESCRIBE_WAIT: Duration = Duration::from_secs(5);
@@ -330,7 +331,7 @@ async fn list(args: MountsListArgs) -> Result<()> {
     let running = control::running(DESCRIBE_WAIT).await?;
     let mut out = MountsList {
         kernels: Vec::new(),
-        remote_on_local: local_mount::active(),
+        remote_on_local: remote_on_local::active(),
     };
     for (found, settings) in kernels {
         let dir = canonical(&found.dir);

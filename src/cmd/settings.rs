@@ -6,18 +6,13 @@ use std::time::Duration;
 use super::environment;
 use crate::cli::SpecArgs;
 use crate::error::{Error, Result};
-use crate::kernelspec::{KernelJson, Settings, SETTINGS_VERSION};
-use crate::mount::MountSpec;
-use crate::remote::probe::{self, ProbeTarget, PythonProbe, RemoteKernelspec};
-use crate::slurm::{self, SlurmSettings};
-use crate::ssh::{config, Master};
+use crate::jupyter::kernelspec::KernelJson;
+use crate::mounts::local_on_remote::MountSpec;
+use crate::probe::{self, ProbeTarget, PythonProbe, RemoteKernelspec};
+use crate::settings::Settings;
 
-pub const DEFAULT_LAUNCH_TIMEOUT: f64 = 30.0;
-pub const DEFAULT_SHUTDOWN_TIMEOUT: f64 = 30.0;
-/// How long a kernel waits for a launcher whose connection is gone: a lunch break or an evening
-/// with the laptop closed (VS Code's remote server waits as long), not a night. Shorter on
-/// shared GPU hosts, where an abandoned kernel holds a GPU: `--orphan-timeout`.
-pub const DEFAULT_ORPHAN_TIMEOUT: f64 = 3.0 * 3600.0;
+use crate::ssh::Master;
+
 /// `add`/`edit` never wait longer than this for the remote to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -51,42 +46,10 @@ pub fn new_settings(args: &SpecArgs) -> Result<Settings> {
     let mut settings = Settings {
         ssh_host_alias: alias,
         remote_kernel_name: kernel,
-        ..defaults()?
+        ..crate::settings::defaults()?
     };
     apply(&mut settings, args, Clear::default())?;
     Ok(settings)
-}
-
-/// Every setting at its default; alias, remote python and kernel empty.
-pub fn defaults() -> Result<Settings> {
-    Ok(Settings {
-        version: SETTINGS_VERSION,
-        ssh_host_alias: String::new(),
-        ssh_config: default_ssh_config()?,
-        ssh: "ssh".into(),
-        remote_python: String::new(),
-        remote_kernel_name: String::new(),
-        launch_timeout: DEFAULT_LAUNCH_TIMEOUT,
-        shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
-        orphan_timeout: DEFAULT_ORPHAN_TIMEOUT,
-        mounts: Vec::new(),
-        remote_sshfs: None,
-        ssh_host_alias_local_on_remote: None,
-        log_level: None,
-        remote_env: Default::default(),
-        remote_cwd: None,
-        remote_init: None,
-        slurm: None,
-        cloud_mounts: Vec::new(),
-    })
-}
-
-pub(super) fn default_ssh_config() -> Result<PathBuf> {
-    dirs::home_dir()
-        .map(|h| h.join(".ssh/config"))
-        .ok_or_else(|| {
-            Error::Invalid("cannot find your home directory; pass --ssh-config FILE".into())
-        })
 }
 
 /// What `edit` empties before it applies the flags.
@@ -168,10 +131,10 @@ fn apply_slurm(settings: &mut Settings, args: &SpecArgs) -> Result<()> {
         let grace = settings
             .slurm
             .as_ref()
-            .map_or(slurm::DEFAULT_GRACE, |s| s.grace);
+            .map_or(crate::settings::DEFAULT_GRACE, |s| s.grace);
         settings.slurm = Some(options.trim())
             .filter(|o| !o.is_empty())
-            .map(|options| SlurmSettings {
+            .map(|options| crate::settings::SlurmSettings {
                 options: options.to_string(),
                 grace,
             });
@@ -221,20 +184,6 @@ pub(super) fn require_remote_absolute(path: &str, flag: &str) -> Result<()> {
 
 fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).map_err(Error::io(format!("cannot resolve {}", path.display())))
-}
-
-/// Local checks that need no network: the config file and alias, the mounts' local dirs.
-pub fn validate_local(settings: &Settings) -> Result<()> {
-    config::require_alias(&settings.ssh_config, &settings.ssh_host_alias)?;
-    for mount in &settings.mounts {
-        if !Path::new(&mount.local).is_dir() {
-            return Err(Error::Invalid(format!(
-                "local mount directory {} does not exist; create it or fix --mount-local-on-remote",
-                mount.local
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Reads the remote kernelspec over ssh. Remote facts that prove the settings wrong are errors;

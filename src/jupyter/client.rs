@@ -16,8 +16,8 @@ use zeromq::{
 };
 
 use super::wire::{Message, Signer};
-use crate::connection::{Channel, ConnectionInfo};
 use crate::error::{Error, Result};
+use crate::jupyter::connection::{Channel, ConnectionInfo};
 
 /// How often `wait_for_ready` resends kernel_info_request, as jupyter_client does.
 const READY_RETRY: Duration = Duration::from_millis(200);

@@ -8,6 +8,9 @@
 //! client is small, bounded by timeouts everywhere, and tested against a real ipykernel.
 
 pub mod client;
+pub mod connection;
+pub mod kernelspec;
+pub mod paths;
 pub mod wire;
 
 pub use client::{ExecuteResult, KernelClient};

@@ -7,8 +7,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::connection::{ConnectionInfo, SIGNATURE_SCHEME};
 use crate::error::{Error, Result};
+use crate::jupyter::connection::{ConnectionInfo, SIGNATURE_SCHEME};
 use crate::utc::UtcTime;
 
 /// Separates routing ids from the message proper.

@@ -2,7 +2,7 @@
 //! control socket ([`crate::control`]), and adds or removes mounts without a restart.
 //!
 //! Cloud requests go to the supervisor as typed requests with an id; its answers come back
-//! through the session ([`crate::remote::Session::forward_cloud_reports`]) while supervision
+//! through the session ([`crate::supervisor::Session::forward_cloud_reports`]) while supervision
 //! goes on, so a slow `rclone lsf` never holds up interrupts, signals or the lease.
 
 use std::collections::HashMap;
@@ -12,12 +12,12 @@ use std::time::SystemTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Running;
-use crate::cloud::{secrets, CloudMount};
 use crate::control::{
     Call, KernelState, KernelStatus, MountKind, MountState, MountStatus, Reply, Request, Server,
 };
 use crate::error::Result;
-use crate::remote::protocol::{
+use crate::mounts::cloud_on_remote::{secrets, CloudMount};
+use crate::supervisor::protocol::{
     CloudMountRequest, CloudReport, CloudState, Request as SupervisorRequest,
 };
 

@@ -7,7 +7,7 @@ use std::process::Stdio;
 
 use super::Master;
 use crate::error::{Error, Result};
-use crate::remote::shell_quote;
+use crate::ssh::shell::shell_quote;
 
 /// The command that opens `alias`'s connection interactively, as the user types it: named in
 /// every error that authentication needing a human causes (launch, `list`, mounts). The config

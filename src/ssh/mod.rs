@@ -1,9 +1,11 @@
 //! Everything that talks to OpenSSH: the ssh config, the ControlMaster and its mux protocol.
 
 pub mod config;
+pub mod init;
 mod interactive;
 pub mod master;
 pub mod mux;
+pub mod shell;
 
 pub use config::{declared_aliases, EffectiveConfig};
 pub use interactive::connect_hint;

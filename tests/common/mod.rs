@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use sshpyk::connection::ConnectionInfo;
+use sshpyk::jupyter::connection::ConnectionInfo;
 use sshpyk::jupyter::{ExecuteResult, KernelClient};
 use sshpyk_testhost::{RemoteHost, RemoteHostBuilder, TestUser};
 use tempfile::TempDir;
@@ -214,7 +214,10 @@ impl Env {
     /// A connection file as Jupyter writes it: five free local ports and a fresh key. The ports
     /// come from `free_port`, which never hands out a port twice in this process and stays out
     /// of the ephemeral range, so parallel tests cannot get the same ones.
-    pub fn connection_file(&self, name: &str) -> (PathBuf, sshpyk::connection::ConnectionInfo) {
+    pub fn connection_file(
+        &self,
+        name: &str,
+    ) -> (PathBuf, sshpyk::jupyter::connection::ConnectionInfo) {
         let ports: Vec<u16> = (0..5).map(|_| sshpyk_testhost::free_port()).collect();
         let key = uuid::Uuid::new_v4().to_string();
         let text = serde_json::json!({
@@ -230,7 +233,7 @@ impl Env {
             .unwrap();
         (
             path,
-            sshpyk::connection::ConnectionInfo::parse(&text).unwrap(),
+            sshpyk::jupyter::connection::ConnectionInfo::parse(&text).unwrap(),
         )
     }
 

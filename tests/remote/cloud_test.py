@@ -1,4 +1,4 @@
-"""src/remote/cloud.py on its own (no ssh, no server): the refusals before anything is mounted,
+"""src/supervisor/cloud.py on its own (no ssh, no server): the refusals before anything is mounted,
 the private directory, rclone's error lines. Each failure must leave nothing behind.
 
 Usage: python cloud_test.py SRC_REMOTE_DIR. Prints "ok: ..." per check; raises on failure.
@@ -11,7 +11,7 @@ import stat
 import sys
 import tempfile
 
-exec(compile(open(os.path.join(sys.argv[1], "cloud.py")).read(), "cloud.py", "exec"))
+exec(compile(open(os.path.join(sys.argv[1], "supervisor", "cloud.py")).read(), "cloud.py", "exec"))
 
 
 def check(cond, what):

@@ -1,5 +1,5 @@
 """What the tests of the remote side share: the sources as the launcher sends them, the frames,
-checks. `src` is the src/remote dir given as the test's first argument."""
+checks. `src` is the src dir given as the test's first argument."""
 import json
 import os
 import struct
@@ -7,15 +7,15 @@ import sys
 import time
 
 src = sys.argv[1]
-# As the launcher sends it (src/remote/session.rs): the definitions ahead of the supervisor.
-SUPERVISOR = b"".join(open(os.path.join(src, name), "rb").read() for name in ("cloud.py", "frames.py", "kernel.py", "supervisor.py"))
-LOADER = open(os.path.join(src, "loader.py")).read()
-ATTACH = open(os.path.join(src, "attach.py")).read()
+# As the launcher sends it (src/supervisor/session.rs): the definitions ahead of the supervisor.
+SUPERVISOR = b"".join(open(os.path.join(src, "supervisor", name), "rb").read() for name in ("cloud.py", "frames.py", "kernel.py", "supervisor.py"))
+LOADER = open(os.path.join(src, "supervisor", "loader.py")).read()
+ATTACH = open(os.path.join(src, "supervisor", "attach.py")).read()
 MARKER = b"sshpyk-frames-2\n"
 HEADER = struct.Struct(">IBI")
 OFFSET = struct.Struct(">Q")
 MESSAGE, OPEN, DATA, CLOSE, ACK, NOTICE = range(6)
-# What the launcher sends in its start request (src/remote/protocol.rs).
+# What the launcher sends in its start request (src/supervisor/protocol.rs).
 WINDOW = 4 << 20
 OUTAGE_BOUND = 64 << 20
 # The first bytes a ZMTP 3 peer sends: signature, then the major version.

@@ -16,7 +16,7 @@ import tempfile
 
 from remote_helpers import *  # noqa: F401,F403 (the sources, frames and checks)
 
-RELAY = b"".join(open(os.path.join(src, name), "rb").read() for name in ("frames.py", "slurm_relay.py"))
+RELAY = b"".join(open(os.path.join(src, *path), "rb").read() for path in (("supervisor", "frames.py"), ("slurm", "slurm_relay.py")))
 env = dict(os.environ, JUPYTER_RUNTIME_DIR=tempfile.mkdtemp(prefix="sshpyk-relay-test-"), TMPDIR=tempfile.mkdtemp(prefix="sshpyk-relay-tmp-"))
 for made in (env["JUPYTER_RUNTIME_DIR"], env["TMPDIR"]):
     atexit.register(shutil.rmtree, made, True)

@@ -5,9 +5,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::{check, mounts, Check, HostKey, Status};
-use crate::kernelspec::{Kernelspec, Settings};
-use crate::mount::{self, RemoteMountFacts};
-use crate::remote::probe::{self, ProbeTarget, PythonFacts, PythonProbe, RemoteFacts};
+use crate::jupyter::kernelspec::Kernelspec;
+use crate::mounts::local_on_remote::{self, RemoteMountFacts};
+use crate::probe::{self, ProbeTarget, PythonFacts, PythonProbe, RemoteFacts};
+use crate::settings::Settings;
 use crate::slurm::{self, LoginNode};
 use crate::ssh::{config, Master};
 
@@ -20,7 +21,7 @@ pub(super) fn launcher(spec: &Kernelspec) -> Vec<Check> {
     let argv = &spec.spec.argv;
     let mut rows = Vec::new();
     match argv.first() {
-        Some(exe) if crate::coexistence::replaced_by_python_sshpyk(Path::new(exe)) => rows.push(check(Status::Error, "launcher", format!("{exe} is now the Python sshpyk's command (pip installed it over this sshpyk); reinstall sshpyk-rs there (pip install --force-reinstall sshpyk-rs), or run `sshpyk edit --kernel-name {}` with another installed sshpyk", spec.name))),
+        Some(exe) if crate::python_sshpyk::coexistence::replaced_by_python_sshpyk(Path::new(exe)) => rows.push(check(Status::Error, "launcher", format!("{exe} is now the Python sshpyk's command (pip installed it over this sshpyk); reinstall sshpyk-rs there (pip install --force-reinstall sshpyk-rs), or run `sshpyk edit --kernel-name {}` with another installed sshpyk", spec.name))),
         Some(exe) if Path::new(exe).is_file() => {}
         Some(exe) => rows.push(check(Status::Error, "launcher", format!("{exe} does not exist; run `sshpyk edit --kernel-name {}` with the installed sshpyk", spec.name))),
         None => rows.push(check(Status::Error, "launcher", "kernel.json has an empty argv")),
@@ -210,7 +211,9 @@ async fn probe_mounts(master: &Master, sshfs: &[String]) -> Option<RemoteMountFa
         return None;
     }
     Some(
-        match tokio::time::timeout(PROBE_TIMEOUT, mount::probe_remote(master, sshfs)).await {
+        match tokio::time::timeout(PROBE_TIMEOUT, local_on_remote::probe_remote(master, sshfs))
+            .await
+        {
             Ok(Ok(facts)) => facts,
             Ok(Err(e)) => RemoteMountFacts::unknown(e.to_string()),
             Err(_) => RemoteMountFacts::unknown("the remote did not answer in time".into()),

@@ -16,9 +16,10 @@ use serde::Serialize;
 
 use crate::cli::ListArgs;
 use crate::error::{Error, Result};
-use crate::kernelspec::{self, Kernelspec, Settings};
-use crate::local_mount;
+use crate::jupyter::kernelspec::{self, Kernelspec};
+use crate::mounts::remote_on_local;
 use crate::python_sshpyk;
+use crate::settings::Settings;
 use checks::HostQuery;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -91,7 +92,7 @@ pub async fn run(args: ListArgs) -> Result<()> {
     if !args.no_check {
         check_hosts(&mut reports, hosts).await;
     }
-    let mounts = local_mount::active();
+    let mounts = remote_on_local::active();
     if args.json {
         println!(
             "{}",

@@ -1,8 +1,8 @@
 //! `list`'s rows for a kernel's mounts of local directories on the remote.
 
 use super::{check, Check, Status};
-use crate::kernelspec::Settings;
-use crate::mount::{self, RemoteMountFacts};
+use crate::mounts::local_on_remote::{self, RemoteMountFacts};
+use crate::settings::Settings;
 
 /// Rows for each mount: the local directory and its confinement here, sshfs and FUSE there
 /// (`facts` is `None` when the host could not be checked).
@@ -24,13 +24,13 @@ pub(super) fn checks(settings: &Settings, facts: Option<&RemoteMountFacts>) -> V
             "mount",
             format!("{} on remote {}{options}", m.local, m.remote),
         ));
-        let mode = mount::mode(m);
-        lazy |= matches!(mode, Ok(mount::Mode::Lazy { .. }));
+        let mode = local_on_remote::mode(m);
+        lazy |= matches!(mode, Ok(local_on_remote::Mode::Lazy { .. }));
         rows.push(match mode {
             Ok(mode) => check(Status::Info, "mount mode", mode.to_string()),
             Err(why) => check(Status::Error, "mount mode", why),
         });
-        let local = mount::local_facts(&settings.mount_settings(), m);
+        let local = local_on_remote::local_facts(&settings.mount_settings(), m);
         rows.push(match local.local_dir {
             Ok(()) => check(Status::Ok, "mount local dir", format!("{} exists", m.local)),
             Err(why) => check(Status::Error, "mount local dir", why),

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 
 use super::{KernelReport, Status};
-use crate::local_mount::ActiveMount;
+use crate::mounts::remote_on_local::ActiveMount;
 
 impl Status {
     fn mark(self, color: bool) -> String {

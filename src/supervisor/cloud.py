@@ -1,6 +1,6 @@
 # sshpyk remote cloud mounts: `rclone mount` as a child of the supervisor, for the kernel's life
-# or until removed. Sent ahead of supervisor.py in the same source (see src/remote/session.rs);
-# the launcher's side is src/cloud/.
+# or until removed. Sent ahead of supervisor.py in the same source (see src/supervisor/session.rs);
+# the launcher's side is src/mounts/cloud_on_remote/.
 #
 # Each mount: the rclone config (it holds the credentials) arrives in a frame of the session and
 # is written to a 0600 file in a new 0700 directory of an unpredictable name on /dev/shm (a tmpfs

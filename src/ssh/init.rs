@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 
-use super::sh_command;
+use super::shell::sh_command;
 use crate::error::Error;
 
 /// The wrapper around the snippet, in the user's shell.

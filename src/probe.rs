@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::init::{InitFailure, InitWatch};
 use crate::error::{Error, Result};
-use crate::kernelspec::Settings;
+use crate::settings::Settings;
+use crate::ssh::init::{InitFailure, InitWatch};
+use crate::ssh::shell::{python_command, run_command, run_sh};
 use crate::ssh::Master;
 
 const PROBE: &str = include_str!("probe.py");
@@ -143,7 +144,7 @@ pub async fn probe(master: &Master, targets: &[ProbeTarget]) -> Result<RemoteFac
         args.push(&target.python);
         args.push(target.cwd.as_deref().unwrap_or(""));
     }
-    let output = super::run_sh(master, SCRIPT, &args).await?;
+    let output = run_sh(master, SCRIPT, &args).await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.success() && !stdout.contains("sshpyk-uname") {
         return Err(Error::Ssh(format!(
@@ -180,9 +181,8 @@ pub async fn probe(master: &Master, targets: &[ProbeTarget]) -> Result<RemoteFac
 /// Probes `target`'s python as the launcher starts it: after its init snippet, in a login shell.
 async fn probe_after_init(master: &Master, target: &ProbeTarget) -> Result<PythonProbe> {
     let cwd = target.cwd.as_deref().unwrap_or("");
-    let command =
-        super::python_command(&target.python, &["-c", PROBE, cwd], target.init.as_deref());
-    let output = super::run_command(master, &command).await?;
+    let command = python_command(&target.python, &["-c", PROBE, cwd], target.init.as_deref());
+    let output = run_command(master, &command).await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let mut watch = InitWatch::default();
     for line in stdout.lines() {

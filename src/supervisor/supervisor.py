@@ -2,9 +2,9 @@
 # connection to it, and guards it.
 #
 # Run by the remote python from the ssh session's stdin (never a command line), after the files
-# that define what it uses (src/remote/session.rs): cloud.py (cloud mounts), frames.py (the
+# that define what it uses (src/supervisor/session.rs): cloud.py (cloud mounts), frames.py (the
 # session's frames, `Link`, `Stream`) and kernel.py (the kernel's start). The launcher's
-# side is src/remote/protocol.rs, which documents the frames. In short: after MARKER, both
+# side is src/supervisor/protocol.rs, which documents the frames. In short: after MARKER, both
 # directions are frames `u32 stream | u8 kind | u32 length | payload`; stream 0 carries JSON
 # requests ({"op": ...}) and reports ({"event": ...}); other streams are ZMQ connections that
 # the launcher opens and this loop relays to the kernel's sockets, each direction bounded by a

@@ -15,21 +15,20 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::connection::ConnectionInfo;
 use crate::error::{Error, Result};
+use crate::jupyter::connection::ConnectionInfo;
+use crate::jupyter::kernelspec::Kernelspec;
 use crate::jupyter::KernelClient;
-use crate::kernelspec::{Kernelspec, Settings};
 use crate::logs::LogLevel;
-use crate::mount::Mounts;
+use crate::mounts::local_on_remote::Mounts;
 use crate::parent::Parent;
 use crate::ports::{Forwarder, Listeners};
-use crate::remote::protocol::Request;
-use crate::remote::{
-    AttachPoint, EndReason, Event, Exit, InterruptMode, Ready, Session, StartRequest,
-};
+use crate::settings::Settings;
 use crate::slurm::Allocation;
 use crate::ssh::master::with_room;
 use crate::ssh::Master;
+use crate::supervisor::protocol::Request;
+use crate::supervisor::{EndReason, Event, Exit, InterruptMode, Ready, Session, StartRequest};
 
 /// How often the launcher renews the lease and checks that the remote answers (and that its
 /// parent lives).
@@ -398,18 +397,9 @@ impl Running {
     /// Reaches the supervisor again through `master`; `None` when it is gone.
     async fn attach(&self, master: Master, budget: Duration) -> Result<Option<(Master, Session)>> {
         let deadline = Instant::now() + budget;
-        // A Slurm kernel through the relay that holds its step on the login node; others at
-        // their supervisor, in its own interpreter (no init snippet needed).
-        let at = match self.session.relay() {
-            Some(relay) => relay.clone(),
-            None => AttachPoint {
-                python: match self.ready.python.as_str() {
-                    "" => self.settings.remote_python.clone(),
-                    own => own.to_string(),
-                },
-                socket: format!("{}/supervisor.sock", self.ready.run_dir),
-            },
-        };
+        let at = self
+            .session
+            .attach_point(&self.ready, &self.settings.remote_python);
         let at = &at;
         let link = &self.session.link();
         let ping = ping_interval(&self.settings);

@@ -12,7 +12,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 
 use super::handle_budget::HandleBudget;
-use super::{export, remote, sftp, MountSpec};
+use super::{export, sftp, wrapper, MountSpec};
 use crate::error::{Error, Result};
 
 /// How much a login script may print before the SFTP stream starts.
@@ -72,7 +72,7 @@ async fn serve(
         };
         match read {
             Ok(0) | Err(_) => return,
-            Ok(_) if line == remote::SFTP_START => break,
+            Ok(_) if line == wrapper::SFTP_START => break,
             Ok(n) => {
                 tracing::debug!("remote: {}", String::from_utf8_lossy(&line).trim_end());
                 noise += n;

@@ -1,23 +1,12 @@
-//! The remote side of a kernel: one ssh session carries the supervisor (a Python script embedded
-//! here), the session key, requests, reports and every client connection to the kernel
-//! ([`protocol`]), from a single round trip to start.
+//! Running commands on the remote through the master: a POSIX sh script from any login shell
+//! ([`sh_command`]), the remote python after the user's init snippet ([`python_command`]), and
+//! collecting what a command printed ([`run_sh`]).
 
 use tokio::net::unix::pipe;
 
+use super::{init, Master};
 use crate::bounded;
 use crate::error::{Error, Result};
-use crate::ssh::Master;
-
-pub mod init;
-mod link;
-mod output;
-pub mod probe;
-pub mod protocol;
-mod session;
-
-pub use link::{Link, Stream};
-pub use protocol::{EndReason, Endpoint, Exit, InterruptMode, Ready};
-pub use session::{AttachPoint, Event, Session, StartRequest};
 
 /// Runs the remote python with the given arguments, from the remote login shell's command line:
 /// nothing secret goes there, only the interpreter path and code. (The supervisor cannot be piped
@@ -64,7 +53,7 @@ pub async fn run_sh(master: &Master, script: &str, args: &[&str]) -> Result<Outp
 }
 
 /// Runs a remote command line in a session of the master, and collects its output.
-async fn run_command(master: &Master, command: &str) -> Result<Output> {
+pub(crate) async fn run_command(master: &Master, command: &str) -> Result<Output> {
     let (stdout, stdout_remote) = crate::ssh::pipe()?;
     let (stderr, stderr_remote) = crate::ssh::pipe()?;
     let stdin = std::fs::File::open("/dev/null")

@@ -20,7 +20,7 @@ use super::protocol::{
     Frame, LauncherNotice, Outbox, Received, Report, Request, StreamReceived, SupervisorNotice,
     Violation, ACK_BATCH, HEADER_LEN, WINDOW,
 };
-use crate::connection::Channel;
+use crate::jupyter::connection::Channel;
 
 /// Frames written to the session in one go, at most (many small ones are batched).
 const WRITE_BATCH: usize = 256 * 1024;

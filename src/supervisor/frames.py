@@ -1,7 +1,7 @@
 # sshpyk remote supervisor, its session: the frames to and from the launcher over the ssh
-# session's stdio. Sent ahead of supervisor.py in one source (see src/remote/session.rs), so
-# it shares supervisor.py's namespace (`Fatal`); ahead of slurm_relay.py too (src/slurm.rs).
-# The launcher's side is src/remote/protocol.rs, which documents the frames.
+# session's stdio. Sent ahead of supervisor.py in one source (see src/supervisor/session.rs), so
+# it shares supervisor.py's namespace (`Fatal`); ahead of slurm_relay.py too (src/slurm/mod.rs).
+# The launcher's side is src/supervisor/protocol.rs, which documents the frames.
 import array
 import collections
 import json

@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 
 use super::MountSpec;
 use crate::error::{Error, Result};
-use crate::remote::sh_command;
 use crate::ssh::mux::MuxChannel;
+use crate::ssh::shell::sh_command;
 use crate::ssh::Master;
 
 /// The line after which the session's stdout is SFTP.
@@ -438,7 +438,7 @@ impl RemoteMountFacts {
 
 pub async fn probe(master: &Master, sshfs: &[String]) -> Result<RemoteMountFacts> {
     let sshfs: Vec<&str> = sshfs.iter().map(String::as_str).collect();
-    let output = crate::remote::run_sh(master, &format!("{FUNCTIONS}{PROBE}"), &sshfs).await?;
+    let output = crate::ssh::shell::run_sh(master, &format!("{FUNCTIONS}{PROBE}"), &sshfs).await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let mut facts = RemoteMountFacts {
         fuse: Err("the remote did not answer the FUSE check".into()),

@@ -14,18 +14,18 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::init::InitWatch;
 use super::link::{self, Link, WireTasks};
 use super::protocol::{
     CloudMountRequest, CloudReport, Exit, Frame, LauncherNotice, Ready, Report, Request,
     SupervisorNotice, MARKER,
 };
-use super::python_command;
 use crate::bounded;
-use crate::connection::ConnectionInfo;
 use crate::error::{Error, Result};
+use crate::jupyter::connection::ConnectionInfo;
 use crate::slurm::{self, Allocation};
+use crate::ssh::init::InitWatch;
 use crate::ssh::mux::MuxChannel;
+use crate::ssh::shell::python_command;
 use crate::ssh::Master;
 
 /// The supervisor's source: definitions only (its cloud mounts, the frames of its session, the
@@ -96,7 +96,7 @@ pub struct Session {
     /// The Slurm job and node the supervisor runs in (a Slurm kernel's session is its step).
     slurm: Option<slurm::Placement>,
     /// The Slurm relay that holds the step, on the login node.
-    relay: Option<AttachPoint>,
+    relay: Option<slurm::Relay>,
 }
 
 impl Drop for Session {
@@ -351,9 +351,23 @@ impl Session {
         self.slurm.as_ref()
     }
 
-    /// The Slurm relay this session goes through; `None` off Slurm.
-    pub fn relay(&self) -> Option<&AttachPoint> {
-        self.relay.as_ref()
+    /// Where a new session reaches this session's supervisor again: through the Slurm relay
+    /// that holds its step, or at the supervisor's own socket in its own interpreter (`ready`
+    /// names both; no init snippet needed), else `python`, the kernel's setting.
+    pub fn attach_point(&self, ready: &Ready, python: &str) -> AttachPoint {
+        match &self.relay {
+            Some(relay) => AttachPoint {
+                python: relay.python.clone(),
+                socket: relay.socket.clone(),
+            },
+            None => AttachPoint {
+                python: match ready.python.as_str() {
+                    "" => python.to_string(),
+                    own => own.to_string(),
+                },
+                socket: format!("{}/supervisor.sock", ready.run_dir),
+            },
+        }
     }
 
     /// This session re-attached to the kernel that `old` started: it goes to the same place.
@@ -418,7 +432,7 @@ impl Session {
                 }
                 Report::Dropped { channel, bytes } => tracing::warn!(
                     "while the connection was down, the kernel sent more on its {channel} channel than the remote keeps ({} MiB per kernel): that connection was closed and {bytes} bytes dropped; its client reconnects",
-                    crate::remote::protocol::OUTAGE_BOUND >> 20
+                    crate::supervisor::protocol::OUTAGE_BOUND >> 20
                 ),
                 Report::Ready(_) | Report::Error { .. } => {}
             }

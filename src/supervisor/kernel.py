@@ -1,6 +1,6 @@
 # sshpyk remote supervisor, the kernel's start: its kernelspec, working directory, run
 # directory, argv, transport and connection file. Sent ahead of supervisor.py in one source
-# (see src/remote/session.rs), so it shares supervisor.py's namespace (`Fatal`, `CHANNELS`,
+# (see src/supervisor/session.rs), so it shares supervisor.py's namespace (`Fatal`, `CHANNELS`,
 # `prctl`).
 import json
 import os

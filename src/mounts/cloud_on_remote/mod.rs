@@ -9,7 +9,7 @@
 //!   file in a 0700 directory under sshpyk's config dir ([`secrets`]).
 //! - The launcher renders the rclone config ([`CloudMount::render`]) and sends it to the remote
 //!   supervisor inside a frame of its session (stdin): the start request, or a live
-//!   `mount_cloud` request. The supervisor (`src/remote/cloud.py`) writes it to a 0600 file in a
+//!   `mount_cloud` request. The supervisor (`src/supervisor/cloud.py`) writes it to a 0600 file in a
 //!   0700 directory on `/dev/shm` (a tmpfs that survives the user's sessions, unlike
 //!   `$XDG_RUNTIME_DIR`), checks the source with `rclone lsf`, runs `rclone mount` as its own
 //!   child, and at the kernel's end (or a `remove`) waits for rclone's uploads (bounded; what

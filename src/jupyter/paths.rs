@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::error::Result;
-use crate::kernelspec::user_data_dir;
+use crate::error::{Error, Result};
 
 /// `jupyter --paths` imports jupyter_core only; more than this means something is wrong.
 const ASK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -110,4 +109,23 @@ fn run_bounded(command: &mut Command) -> Option<Vec<u8>> {
     };
     let out = reader.join().ok()?.ok()?;
     status.success().then_some(out)
+}
+
+/// The user's Jupyter data dir, where `add` writes: `$JUPYTER_DATA_DIR`, else the platform
+/// default that jupyter_core uses (not `dirs::data_dir()`, which is wrong on macOS).
+pub fn user_data_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("JUPYTER_DATA_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    let home = dirs::home_dir().ok_or_else(|| {
+        Error::Local("cannot find your home directory: set HOME or JUPYTER_DATA_DIR".into())
+    })?;
+    if cfg!(target_os = "macos") {
+        return Ok(home.join("Library/Jupyter"));
+    }
+    let data_home = std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".local/share"));
+    Ok(data_home.join("jupyter"))
 }

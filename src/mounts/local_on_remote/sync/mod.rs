@@ -61,7 +61,7 @@ use wire::{FromAgent, Meta};
 
 /// The agent's source, sent on stdin after the loader (as the supervisor's is).
 const AGENT: &str = include_str!("agent.py");
-const LOADER: &str = include_str!("../../remote/loader.py");
+const LOADER: &str = include_str!("../../../supervisor/loader.py");
 
 /// Up to these, a project is synced (by default); a bigger tree keeps lazy access (sshfs).
 pub const MAX_FILES: usize = 20_000;

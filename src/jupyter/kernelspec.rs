@@ -1,94 +1,16 @@
-//! Jupyter kernelspecs: where Jupyter looks for them, the kernel.json model, and the sshpyk
-//! settings stored under one versioned key of its `metadata`.
+//! Jupyter kernelspecs: where Jupyter looks for them, and the kernel.json model, which keeps
+//! the sshpyk settings ([`crate::settings`]) under one versioned key of its `metadata`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::mount::{MountSettings, MountSpec};
-use crate::slurm::SlurmSettings;
+use crate::settings::{Settings, SETTINGS_VERSION};
 
 /// The key under `metadata` that holds our settings; its `version` says how to read them.
 pub const METADATA_KEY: &str = "sshpyk";
-pub const SETTINGS_VERSION: u32 = 1;
-/// Timeouts, in seconds, that the launcher can use (a year at most, so that no deadline overflows).
-pub const TIMEOUT_RANGE: (f64, f64) = (0.1, 31_536_000.0);
-
-/// Everything the launcher needs to start one remote kernel.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Settings {
-    pub version: u32,
-    pub ssh_host_alias: String,
-    /// Absolute path of the ssh config file the alias is declared in.
-    pub ssh_config: PathBuf,
-    /// The ssh client: `ssh` (looked up on PATH) or an absolute path.
-    pub ssh: String,
-    /// The remote interpreter that has jupyter_client (absolute, or `~/` for the remote home).
-    pub remote_python: String,
-    pub remote_kernel_name: String,
-    pub launch_timeout: f64,
-    pub shutdown_timeout: f64,
-    pub orphan_timeout: f64,
-    #[serde(default)]
-    pub mounts: Vec<MountSpec>,
-    #[serde(default)]
-    pub remote_sshfs: Option<String>,
-    #[serde(default)]
-    pub ssh_host_alias_local_on_remote: Option<String>,
-    /// The launcher's verbosity (`--log-level`); `None`: info, or what `-v` asks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log_level: Option<crate::logs::LogLevel>,
-    /// Variables set for the kernel, literally, after the init snippet (so they win).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub remote_env: BTreeMap<String, String>,
-    /// The kernel's working directory (absolute, or `~/`); the remote home when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote_cwd: Option<String>,
-    /// Shell code run in a login shell of the remote user's shell before the remote python.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote_init: Option<String>,
-    /// Run the kernel on a Slurm compute node allocated for it (the alias is the login node).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slurm: Option<SlurmSettings>,
-    /// Cloud storage on the remote (`sshpyk mounts add --backend`); secrets are elsewhere.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cloud_mounts: Vec<crate::cloud::CloudMount>,
-}
-
-impl Settings {
-    /// What the mounts of this kernel need to know.
-    pub fn mount_settings(&self) -> MountSettings<'_> {
-        MountSettings {
-            mounts: &self.mounts,
-            ssh_host_alias: &self.ssh_host_alias,
-            remote_sshfs: self.remote_sshfs.as_deref(),
-            ssh_host_alias_local_on_remote: self.ssh_host_alias_local_on_remote.as_deref(),
-            launch_timeout: self.launch_timeout,
-            remote_python: &self.remote_python,
-            remote_init: self.remote_init.as_deref(),
-        }
-    }
-
-    /// A hand-edited kernel.json may hold any number; the launcher needs sane durations.
-    fn check_timeouts(&self) -> Result<()> {
-        let (min, max) = TIMEOUT_RANGE;
-        for (name, value) in [
-            ("launch_timeout", self.launch_timeout),
-            ("shutdown_timeout", self.shutdown_timeout),
-            ("orphan_timeout", self.orphan_timeout),
-        ] {
-            if !(min..=max).contains(&value) {
-                return Err(Error::Invalid(format!(
-                    "sshpyk setting {name} = {value} is out of range ({min} to {max} s); fix it with `sshpyk edit`"
-                )));
-            }
-        }
-        Ok(())
-    }
-}
 
 /// A kernel.json, keeping fields we do not know so that editing never loses them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -189,28 +111,9 @@ pub fn validate_kernel_name(name: &str) -> Result<()> {
     }
 }
 
-/// The user's Jupyter data dir, where `add` writes: `$JUPYTER_DATA_DIR`, else the platform
-/// default that jupyter_core uses (not `dirs::data_dir()`, which is wrong on macOS).
-pub fn user_data_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("JUPYTER_DATA_DIR").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
-    }
-    let home = dirs::home_dir().ok_or_else(|| {
-        Error::Local("cannot find your home directory: set HOME or JUPYTER_DATA_DIR".into())
-    })?;
-    if cfg!(target_os = "macos") {
-        return Ok(home.join("Library/Jupyter"));
-    }
-    let data_home = std::env::var_os("XDG_DATA_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.join(".local/share"));
-    Ok(data_home.join("jupyter"))
-}
-
-/// The data dirs in Jupyter's search order (see [`crate::jupyter_paths`]).
+/// The data dirs in Jupyter's search order (see [`super::paths`]).
 pub fn search_path() -> Result<Vec<PathBuf>> {
-    crate::jupyter_paths::data_dirs()
+    super::paths::data_dirs()
 }
 
 /// Every kernelspec Jupyter would see, the first of each name winning as in Jupyter.

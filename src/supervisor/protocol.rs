@@ -54,7 +54,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::connection::Channel;
+use crate::jupyter::connection::Channel;
 
 /// The line that starts the framed stream.
 pub const MARKER: &str = "sshpyk-frames-2";
@@ -273,7 +273,7 @@ pub enum LauncherNotice {
     Resume { received: Received },
 }
 // One more notice reaches a supervisor on a Slurm node, never from the launcher:
-// `{"op": "relayed_attach"}`, from the relay on the login node (src/remote/slurm_relay.py) when a
+// `{"op": "relayed_attach"}`, from the relay on the login node (src/slurm/slurm_relay.py) when a
 // new session took over the step's stdio; answered with [`SupervisorNotice::Attached`].
 
 /// What the supervisor tells the launcher without sequencing.
@@ -334,7 +334,7 @@ pub enum Request {
     /// The state of every cloud mount; answered with [`Report::Cloud`].
     CloudStatus { id: u64 },
 }
-/// One cloud mount for the supervisor (src/remote/cloud.py). `config` holds the credentials:
+/// One cloud mount for the supervisor (src/supervisor/cloud.py). `config` holds the credentials:
 /// it only ever travels in a frame of the session, and `Debug` never shows it.
 #[derive(Clone, Serialize)]
 pub struct CloudMountRequest {

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::kernelspec::{KernelJson, Settings, SETTINGS_VERSION};
+use crate::jupyter::kernelspec::KernelJson;
+use crate::settings::{Settings, SETTINGS_VERSION};
 
 /// The provisioner name the Python sshpyk registers (its entry point).
 const PROVISIONER_NAME: &str = "sshpyk-provisioner";
@@ -133,7 +134,7 @@ mod tests {
     fn its_kernel_json_becomes_our_settings() {
         let spec: KernelJson = serde_json::from_str(KERNEL_JSON).unwrap();
         let theirs = settings_of(&spec).expect("recognised");
-        let defaults = crate::cmd::settings::defaults().unwrap();
+        let defaults = crate::settings::defaults().unwrap();
         let ours = theirs.to_settings(defaults).unwrap();
         assert_eq!(ours.ssh_host_alias, "gpu");
         assert_eq!(ours.remote_python, "/opt/env/bin/python");
@@ -141,10 +142,7 @@ mod tests {
         assert_eq!(ours.ssh_config, PathBuf::from("/home/me/.ssh/config"));
         assert_eq!(ours.ssh, "ssh");
         assert_eq!(ours.launch_timeout, 45.0);
-        assert_eq!(
-            ours.orphan_timeout,
-            crate::cmd::settings::DEFAULT_ORPHAN_TIMEOUT
-        );
+        assert_eq!(ours.orphan_timeout, crate::settings::DEFAULT_ORPHAN_TIMEOUT);
         assert!(theirs.dropped().is_empty());
     }
 

@@ -1,10 +1,10 @@
 # sshpyk's sync agent: keeps a copy of a local project directory on this host's own disk, so
-# that the kernel imports and reads it at disk speed (src/mount/sync/mod.rs says why). Run by
+# that the kernel imports and reads it at disk speed (src/mounts/local_on_remote/sync/mod.rs says why). Run by
 # the remote python from its ssh session's stdin (after the loader, like the supervisor), argv:
 # the copy's root, then "ro" or "rw". It speaks to the launcher over the session's stdin and
 # stdout: each message is `u32 length | JSON`, and a "put" or "data" message is followed by the
 # file's bytes (`size` of them), after a marker line (the login shell may print before it). The
-# launcher's side, typed: src/mount/sync/wire.rs.
+# launcher's side, typed: src/mounts/local_on_remote/sync/wire.rs.
 #
 # - At start: the root is made (refused when it exists, is not empty and is not a copy of
 #   ours), then every entry under it is reported ("index").
@@ -47,7 +47,7 @@ def meta(st, path):
 
 
 def same(a, b):
-    """Whether two entries hold the same thing (src/mount/sync/wire.rs, Meta::same)."""
+    """Whether two entries hold the same thing (src/mounts/local_on_remote/sync/wire.rs, Meta::same)."""
     if a is None or b is None:
         return a is None and b is None
     if a[0] != b[0]:

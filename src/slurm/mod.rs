@@ -25,37 +25,24 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::remote::{run_sh, sh_command, AttachPoint};
+use crate::settings::SlurmSettings;
+use crate::ssh::shell::{run_sh, sh_command};
 use crate::ssh::Master;
 
 /// Both scripts pick the relay's python by one rule (`slurm_python.sh`).
-const SCRIPT: &str = concat!(
-    include_str!("remote/slurm_python.sh"),
-    include_str!("remote/slurm.sh")
-);
-const KEEPER: &str = include_str!("remote/slurm_keeper.sh");
+const SCRIPT: &str = concat!(include_str!("slurm_python.sh"), include_str!("slurm.sh"));
+const KEEPER: &str = include_str!("slurm_keeper.sh");
 const COMMANDS_CHECK: &str = concat!(
-    include_str!("remote/slurm_python.sh"),
-    include_str!("remote/slurm_commands.sh")
+    include_str!("slurm_python.sh"),
+    include_str!("slurm_commands.sh")
 );
 /// Runs on the login node with the session's frames (one source).
 const RELAY: &str = concat!(
-    include_str!("remote/frames.py"),
-    include_str!("remote/slurm_relay.py")
+    include_str!("../supervisor/frames.py"),
+    include_str!("slurm_relay.py")
 );
 /// The Slurm commands sshpyk runs on the login node.
 pub const COMMANDS: [&str; 4] = ["sbatch", "srun", "squeue", "scancel"];
-pub const DEFAULT_GRACE: f64 = 60.0;
-
-/// The `--slurm` settings of a kernelspec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SlurmSettings {
-    /// sbatch options, split on blanks (`--partition gpu --gres gpu:1 --time 04:00:00`).
-    pub options: String,
-    /// Seconds the allocation outlives its last kernel, for a restart to adopt it.
-    pub grace: f64,
-}
-
 /// The allocation one kernel start asks for.
 #[derive(Debug, Clone)]
 pub struct Allocation {
@@ -140,7 +127,7 @@ pub enum Event {
         state: String,
     },
     /// The relay started the step: where a new session reaches it.
-    Relay(AttachPoint),
+    Relay(Relay),
 }
 
 impl Event {
@@ -163,7 +150,7 @@ impl Event {
                     .replace('|', "; "),
             },
             "ended" => Event::Ended { job, state: more },
-            "relay" => Event::Relay(AttachPoint {
+            "relay" => Event::Relay(Relay {
                 socket: job,
                 python: more,
             }),
@@ -173,6 +160,14 @@ impl Event {
             _ => return None,
         })
     }
+}
+
+/// The relay that holds a Slurm kernel's step on the login node: a new session reaches the
+/// supervisor through its Unix `socket`, handed over by `python` running `attach.py`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    pub socket: String,
+    pub python: String,
 }
 
 /// Where a Slurm kernel runs: its job and the node (`sshpyk ps` shows them).
@@ -188,7 +183,7 @@ pub struct Placement {
 pub struct Watch {
     pub submitted: Option<String>,
     pub placement: Option<Placement>,
-    pub relay: Option<AttachPoint>,
+    pub relay: Option<Relay>,
 }
 
 impl Watch {
@@ -354,7 +349,7 @@ mod tests {
         );
         assert_eq!(
             Event::parse("sshpyk-slurm relay /tmp/sshpyk-relay-x/relay.sock /opt/my python3"),
-            Some(Event::Relay(AttachPoint {
+            Some(Event::Relay(Relay {
                 socket: "/tmp/sshpyk-relay-x/relay.sock".into(),
                 python: "/opt/my python3".into()
             }))

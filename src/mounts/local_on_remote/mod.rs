@@ -9,7 +9,7 @@
 //! # How (lazy mounts)
 //!
 //! For each mount the launcher opens one ssh session over the ControlMaster it already uses for
-//! the kernel. That session runs a small POSIX sh wrapper on the remote (see [`remote`]) which
+//! the kernel. That session runs a small POSIX sh wrapper on the remote (see [`wrapper`]) which
 //! checks sshfs and FUSE, prepares the mount point (creating it when missing, refusing a
 //! non-empty directory that is not a mount, cleaning a dead FUSE mount left by a crash), then
 //! runs `sshfs -f -o passive,<user options> :/ <mount point>`. With `passive`, sshfs speaks
@@ -57,7 +57,6 @@ mod export;
 mod handle_budget;
 #[cfg(target_os = "linux")]
 mod names;
-mod remote;
 #[cfg(target_os = "linux")]
 mod serve;
 #[cfg(target_os = "linux")]
@@ -65,6 +64,7 @@ mod sftp;
 mod spec;
 #[cfg(target_os = "linux")]
 mod sync;
+mod wrapper;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,12 +78,12 @@ use crate::ssh::mux::MuxChannel;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-pub use remote::RemoteMountFacts;
 pub use spec::MountSpec;
+pub use wrapper::RemoteMountFacts;
 
 use crate::error::{Error, Result};
 use crate::ssh::Master;
-use remote::{Event, Source};
+use wrapper::{Event, Source};
 
 /// How long a stop waits for the remote to confirm the unmount.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -132,8 +132,8 @@ struct Active {
     output: Vec<String>,
 }
 
-/// What mounting needs of a kernel's settings (built by [`crate::kernelspec::Settings`], so
-/// that this module does not depend on the kernelspec).
+/// What mounting needs of a kernel's settings (built by `Settings::mount_settings`, so that
+/// mounts do not depend on the settings model, which holds their specs).
 pub struct MountSettings<'a> {
     pub mounts: &'a [MountSpec],
     pub ssh_host_alias: &'a str,
@@ -310,15 +310,15 @@ async fn mount_all(
             continue;
         }
         let (spec, export) = (&p.spec, &p.export);
-        let line = remote::command_line(spec, settings.remote_sshfs, &source, takeover);
+        let line = wrapper::command_line(spec, settings.remote_sshfs, &source, takeover);
         let (_, session) = with_room(master, deadline, |m| {
             let line = &line;
-            async move { remote::spawn(&m, line).await }
+            async move { wrapper::spawn(&m, line).await }
         })
         .await?;
         let what = format!("mount {}", spec.remote);
         let stopping = Arc::new(AtomicBool::new(false));
-        let events = remote::read_events(session.stderr, what, stopping.clone());
+        let events = wrapper::read_events(session.stderr, what, stopping.clone());
         let (stdout, stdin) = (session.stdout, session.stdin);
         let mut active = Active {
             spec: spec.clone(),
@@ -375,7 +375,7 @@ async fn sync_all(
     deadline: Instant,
 ) -> Result<Vec<sync::SyncMount>> {
     let python = |args: &[&str]| {
-        crate::remote::python_command(settings.remote_python, args, settings.remote_init)
+        crate::ssh::shell::python_command(settings.remote_python, args, settings.remote_init)
     };
     let mut synced = Vec::new();
     for p in planned {
@@ -475,7 +475,7 @@ impl Active {
                         .filter(|l| !l.starts_with("note: "))
                         .cloned()
                         .collect();
-                    return Err(remote::mount_error(
+                    return Err(wrapper::mount_error(
                         &self.spec, alias, &code, &detail, &output,
                     ));
                 }
@@ -491,7 +491,7 @@ impl Active {
                         "mount {}: the session ended (status {status:?})",
                         self.spec.remote
                     );
-                    return Err(remote::mount_error(
+                    return Err(wrapper::mount_error(
                         &self.spec,
                         alias,
                         "session",
@@ -646,5 +646,5 @@ pub fn mode(spec: &MountSpec) -> std::result::Result<Mode, String> {
 
 /// For `list`: one round trip that checks FUSE and the configured sshfs paths on the remote.
 pub async fn probe_remote(master: &Master, sshfs: &[String]) -> Result<RemoteMountFacts> {
-    remote::probe(master, sshfs).await
+    wrapper::probe(master, sshfs).await
 }

@@ -1,0 +1,16 @@
+//! Mounts, in the three directions a kernel's files can travel. Each is owned by what runs
+//! it and ends with it (a launcher, or `sshpyk mount`'s process), including when that is killed.
+//!
+//! | module              | what is mounted             | where            | driven by                                   |
+//! |---------------------|-----------------------------|------------------|---------------------------------------------|
+//! | [`local_on_remote`] | a local directory           | on the remote    | `--mount-local-on-remote` (add/edit), the launcher |
+//! | [`remote_on_local`] | a remote directory          | on this machine  | `sshpyk mount`                              |
+//! | [`cloud_on_remote`] | a bucket or share (rclone)  | on the remote    | `sshpyk mounts add --backend`, the launcher |
+//!
+//! `local_on_remote` copies a project-sized tree and keeps both sides in sync ([`local_on_remote`]'s
+//! `sync`), or serves it lazily over SFTP to the remote's sshfs; `cloud_on_remote`'s rclone runs
+//! as a child of the remote supervisor; `remote_on_local` runs the local sshfs.
+
+pub mod cloud_on_remote;
+pub mod local_on_remote;
+pub mod remote_on_local;
