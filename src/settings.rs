@@ -152,3 +152,14 @@ pub fn validate_local(settings: &Settings) -> Result<()> {
     }
     Ok(())
 }
+
+/// A remote path setting (`flag` names it) must be absolute, or start at the remote home.
+pub fn require_remote_absolute(path: &str, flag: &str) -> Result<()> {
+    if path.starts_with('/') || path.starts_with("~/") {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{flag} '{path}' is relative; give an absolute remote path (or one starting with ~/)"
+        )))
+    }
+}

@@ -1,8 +1,8 @@
 //! The remote environment flags of `add`/`edit`: `--remote-env`, `--remote-cwd`, `--remote-init`.
 
-use super::settings::require_remote_absolute;
 use crate::cli::SpecArgs;
 use crate::error::{Error, Result};
+use crate::settings::require_remote_absolute;
 use crate::settings::Settings;
 
 /// Applies the environment flags given; `clear_env` empties the variables first. An empty

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::jupyter::kernelspec::KernelJson;
 use crate::mounts::local_on_remote::MountSpec;
 use crate::probe::{self, ProbeTarget, PythonProbe, RemoteKernelspec};
-use crate::settings::Settings;
+use crate::settings::{require_remote_absolute, Settings};
 
 use crate::ssh::Master;
 
@@ -170,16 +170,6 @@ fn refuse_interpreter_as_prefix(prefix: &str) -> Result<()> {
         "--remote-python-prefix {prefix} is an interpreter, not an environment: pass --remote-python {prefix} (or --remote-python-prefix {})",
         env.display()
     )))
-}
-
-pub(super) fn require_remote_absolute(path: &str, flag: &str) -> Result<()> {
-    if path.starts_with('/') || path.starts_with("~/") {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "{flag} '{path}' is relative; give an absolute remote path (or one starting with ~/)"
-        )))
-    }
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {

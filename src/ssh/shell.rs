@@ -13,10 +13,7 @@ use crate::error::{Error, Result};
 /// to `sh -s` instead: dash reads its script in blocks, so it would swallow the supervisor and
 /// key meant for python, and handing them over costs one more round trip.)
 /// A python without a `/` is a command name, looked up on the PATH (after the init snippet).
-const RUN_PYTHON: &str = r#"py=$1; shift
-case $py in "~/"*) py=$HOME/${py#"~/"};; */*) ;; *) py=$(command -v "$py") || py=;; esac
-if [ -z "$py" ] || [ ! -x "$py" ]; then echo sshpyk-no-python; exit 0; fi
-exec "$py" "$@""#;
+const RUN_PYTHON: &str = include_str!("run_python.sh");
 
 /// The remote command line that runs `python args...`, after the user's init snippet (in a
 /// login shell, see [`init`]) when there is one.

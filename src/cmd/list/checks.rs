@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{check, mounts, Check, HostKey, Status};
+use super::{check, local_on_remote_rows, Check, HostKey, Status};
 use crate::jupyter::kernelspec::Kernelspec;
 use crate::mounts::local_on_remote::{self, RemoteMountFacts};
 use crate::probe::{self, ProbeTarget, PythonFacts, PythonProbe, RemoteFacts};
@@ -360,7 +360,7 @@ pub(super) fn kernel(settings: &Settings, host: &HostFacts, mut own: Vec<Check>)
             settings.launch_timeout, settings.shutdown_timeout, settings.orphan_timeout
         ),
     ));
-    rows.extend(mounts::checks(settings, host.mounts.as_ref()));
+    rows.extend(local_on_remote_rows::checks(settings, host.mounts.as_ref()));
     rows
 }
 

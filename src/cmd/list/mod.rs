@@ -6,7 +6,7 @@
 //! human output from [`print`].
 
 mod checks;
-mod mounts;
+mod local_on_remote_rows;
 mod print;
 
 use std::collections::BTreeMap;

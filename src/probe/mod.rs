@@ -13,18 +13,10 @@ use crate::ssh::init::{InitFailure, InitWatch};
 use crate::ssh::shell::{python_command, run_command, run_sh};
 use crate::ssh::Master;
 
-const PROBE: &str = include_str!("probe.py");
+const PROBE: &str = include_str!("python.py");
 
 /// Arguments: the probe, then pairs of python and working directory ("" for none).
-const SCRIPT: &str = r#"probe=$1; shift
-echo "sshpyk-uname $(uname -a)"
-while [ $# -ge 2 ]; do
-  py=$1; cwd=$2; shift 2
-  case $py in "~/"*) exe=$HOME/${py#"~/"};; */*) exe=$py;; *) exe=$(command -v "$py") || exe=;; esac
-  if [ -n "$exe" ] && [ -d "$exe" ]; then out=directory
-  elif [ -n "$exe" ] && [ -x "$exe" ]; then out=$("$exe" -c "$probe" "$cwd" 2>&1 | tr '\n' ' '); else out=missing; fi
-  printf 'sshpyk-python\t%s\t%s\t%s\n' "$py" "$cwd" "$out"
-done"#;
+const SCRIPT: &str = include_str!("host.sh");
 
 /// One way a kernelspec starts its remote python: the python, the init snippet before it, and
 /// the kernel's working directory.
