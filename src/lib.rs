@@ -1,4 +1,42 @@
 //! sshpyk: run Jupyter kernels on remote machines over OpenSSH, as if they were local.
+//!
+//! # Layout
+//!
+//! By flow. No top-level module imports one that imports it back, so each can be read with
+//! only what it imports in mind. README.rst's "Development" section holds the same map.
+//!
+//! **Edge.** `main.rs` parses ([`cli`]) and runs [`cmd`], one file per subcommand, which maps
+//! every failure to one [`error::Error`] and its documented exit code.
+//!
+//! **Launch** (what Jupyter starts from kernel.json), in the order a start uses them:
+//! - [`launcher`]: start, supervise, reconnect, stop; `live` answers control requests.
+//! - [`jupyter`]: the kernelspec and connection file, Jupyter's paths, our wire client.
+//! - [`settings`]: a kernel's sshpyk settings, their ranges, defaults and local checks.
+//! - [`ssh`]: the ssh config, the ControlMaster and its mux protocol, running sh and python
+//!   on the remote (`shell`, `init`: the user's init snippet in a login shell).
+//! - [`slurm`]: allocation on a login node, its scripts and the relay that holds the step.
+//! - [`supervisor`]: the remote supervisor and its session: frames, resumable streams,
+//!   the reattach; the Python it runs beside its Rust.
+//! - [`ports`]: the five local ports, each connection a stream of the supervisor's session.
+//! - [`control`]: each launcher's control socket (`ps`, live mount changes).
+//! - [`parent`]: the process that started the kernel (`JPY_PARENT_PID`).
+//!
+//! **Manage** (`add`, `edit`, `list`, `delete`, `ps`, `logs`, `connect`):
+//! - [`probe`]: one round trip that learns what `add` and `list` check on the remote.
+//! - [`python_sshpyk`]: the Python sshpyk's kernelspecs (`edit --adopt`) and living beside it.
+//! - [`logs`]: stderr lines and each launcher run's log file.
+//!
+//! **Mounts** ([`mounts`], one module per direction):
+//! - `local_on_remote`: a local directory on the remote, synced or served over SFTP.
+//! - `remote_on_local`: `sshpyk mount`, a remote directory here with the local sshfs.
+//! - `cloud_on_remote`: rclone on the remote, its backends and secrets at rest.
+//!
+//! **Shared ground:** [`runtime`] (the private runtime dir), [`bounded`] (bounded reads of what
+//! a remote sends), [`utc`] (calendar dates), [`error`].
+//!
+//! Remote-side code (sh, Python) sits in its own files beside the module that embeds it with
+//! `include_str!`: `ssh/*.sh`, `probe/`, `slurm/`, `supervisor/*.py`,
+//! `mounts/local_on_remote/{wrapper.sh, sync/agent.py}`.
 
 pub mod bounded;
 pub mod cli;
