@@ -3,7 +3,7 @@
 //! (`sshpyk ps`, `sshpyk mounts list`) and takes live mount requests (`sshpyk mounts add` and
 //! `remove`), so that a running kernel changes without a restart.
 //!
-//! One request per connection: a JSON line each way ([`Request`], [`Reply`]). Only our own uid
+//! One request per connection: a JSON line each way ([`ControlRequest`], [`ControlReply`]). Only our own uid
 //! reaches the socket (the directory is 0700; the peer's credentials are checked too). A socket
 //! left by a SIGKILLed launcher is found dead (nothing accepts) and removed by the next reader.
 
@@ -30,8 +30,8 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    /// Answered with [`Reply::Status`].
+pub enum ControlRequest {
+    /// Answered with [`ControlReply::Status`].
     Describe,
     /// Mount `mount` now (its secrets are read from sshpyk's secrets dir by the launcher).
     AddCloudMount { mount: CloudMount },
@@ -41,7 +41,7 @@ pub enum Request {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
-pub enum Reply {
+pub enum ControlReply {
     Status(KernelStatus),
     Done { message: String },
     Failed { message: String },
@@ -134,28 +134,28 @@ impl std::fmt::Display for KernelState {
 
 /// A request taken from the socket, and where its reply goes.
 pub struct Call {
-    pub request: Request,
-    pub reply: oneshot::Sender<Reply>,
+    pub request: ControlRequest,
+    pub reply: oneshot::Sender<ControlReply>,
 }
 
 /// The launcher's end: the socket, removed when dropped.
-pub struct Server {
+pub struct ControlServer {
     path: PathBuf,
     task: JoinHandle<()>,
     calls: mpsc::Receiver<Call>,
 }
 
-impl Server {
+impl ControlServer {
     /// Listens on `launch-<our pid>.sock` in the runtime dir. A failure is not fatal to the
     /// kernel: it only makes it invisible to `ps` and live mounts, which the caller logs.
-    pub fn bind() -> Result<Server> {
+    pub fn bind() -> Result<ControlServer> {
         let path = crate::runtime::dir()?.join(format!("{PREFIX}{}{SUFFIX}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)
             .map_err(Error::io(format!("cannot listen on {}", path.display())))?;
         let (tx, calls) = mpsc::channel(8);
         let task = tokio::spawn(accept(listener, tx));
-        Ok(Server { path, task, calls })
+        Ok(ControlServer { path, task, calls })
     }
 
     /// The next request. Cancel-safe.
@@ -164,7 +164,7 @@ impl Server {
     }
 }
 
-impl Drop for Server {
+impl Drop for ControlServer {
     fn drop(&mut self) {
         self.task.abort();
         let _ = std::fs::remove_file(&self.path);
@@ -204,7 +204,7 @@ async fn serve(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Result
     let mut line = String::new();
     let mut read = tokio::io::AsyncReadExt::take(BufReader::new(read), MAX_LINE);
     read.read_line(&mut line).await?;
-    let reply = match serde_json::from_str::<Request>(&line) {
+    let reply = match serde_json::from_str::<ControlRequest>(&line) {
         Ok(request) => {
             let (tx, rx) = oneshot::channel();
             if calls.send(Call { request, reply: tx }).await.is_err() {
@@ -219,14 +219,14 @@ async fn serve(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Result
             tokio::select! {
                 reply = rx => match reply {
                     Ok(reply) => reply,
-                    Err(_) => Reply::Failed {
+                    Err(_) => ControlReply::Failed {
                         message: "the launcher is stopping".into(),
                     },
                 },
                 () = gone => return Ok(()),
             }
         }
-        Err(e) => Reply::Failed {
+        Err(e) => ControlReply::Failed {
             message: format!(
                 "not a request this sshpyk knows ({e}); is the launcher of another version?"
             ),
@@ -271,7 +271,7 @@ pub fn launchers() -> Result<Vec<Launcher>> {
 }
 
 /// Sends one request and waits up to `wait` for the reply.
-pub async fn ask(socket: &Path, request: &Request, wait: Duration) -> Result<Reply> {
+pub async fn ask(socket: &Path, request: &ControlRequest, wait: Duration) -> Result<ControlReply> {
     let talk = async {
         let stream = UnixStream::connect(socket).await?;
         let (read, mut write) = stream.into_split();
@@ -304,8 +304,8 @@ pub async fn ask(socket: &Path, request: &Request, wait: Duration) -> Result<Rep
 pub async fn running(wait: Duration) -> Result<Vec<(Launcher, KernelStatus)>> {
     let mut out = Vec::new();
     for launcher in launchers()? {
-        match ask(&launcher.path, &Request::Describe, wait).await {
-            Ok(Reply::Status(status)) => out.push((launcher, status)),
+        match ask(&launcher.path, &ControlRequest::Describe, wait).await {
+            Ok(ControlReply::Status(status)) => out.push((launcher, status)),
             Ok(other) => tracing::warn!("launcher {}: unexpected reply {other:?}", launcher.pid),
             Err(e) => tracing::warn!("{e}"),
         }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::cli::{MountsAddArgs, MountsCommand, MountsListArgs, MountsRemoveArgs};
-use crate::control::{self, KernelStatus, MountKind, MountState, MountStatus, Reply, Request};
+use crate::control::{
+    self, ControlReply, ControlRequest, KernelStatus, MountKind, MountState, MountStatus,
+};
 use crate::error::{Error, Result};
 use crate::jupyter::kernelspec::{self, Kernelspec};
 use crate::mounts::cloud_on_remote::backend::{self, RAW_CONFIG};
@@ -163,16 +165,16 @@ async fn add(args: MountsAddArgs) -> Result<()> {
         }
     };
     for (launcher, _) in &running {
-        let request = Request::AddCloudMount {
+        let request = ControlRequest::AddCloudMount {
             mount: mount.clone(),
         };
         match control::ask(&launcher.path, &request, CHANGE_WAIT).await {
-            Ok(Reply::Done { message }) => {
+            Ok(ControlReply::Done { message }) => {
                 println!("{message}");
                 done.push(launcher);
             }
-            Ok(Reply::Failed { message }) => failures.push(message),
-            Ok(Reply::Status(_)) => failures.push(format!(
+            Ok(ControlReply::Failed { message }) => failures.push(message),
+            Ok(ControlReply::Status(_)) => failures.push(format!(
                 "launcher {} answered with its status",
                 launcher.pid
             )),
@@ -183,15 +185,15 @@ async fn add(args: MountsAddArgs) -> Result<()> {
         // All or nothing: the kernelspec and the kernels that took it go back as they were. A
         // kernel that cannot give it back (reconnecting, timed out) is named: it keeps it.
         for launcher in done {
-            let request = Request::RemoveMount {
+            let request = ControlRequest::RemoveMount {
                 remote: remote.clone(),
             };
             match control::ask(&launcher.path, &request, CHANGE_WAIT).await {
-                Ok(Reply::Done { .. }) => {}
-                Ok(Reply::Failed { message }) => {
+                Ok(ControlReply::Done { .. }) => {}
+                Ok(ControlReply::Failed { message }) => {
                     failures.push(kept_by(launcher.pid, remote, &message))
                 }
-                Ok(Reply::Status(_)) => {
+                Ok(ControlReply::Status(_)) => {
                     failures.push(kept_by(launcher.pid, remote, "it answered with its status"))
                 }
                 Err(e) => failures.push(kept_by(launcher.pid, remote, &e.to_string())),
@@ -230,16 +232,18 @@ async fn remove(args: MountsRemoveArgs) -> Result<()> {
         if !status.mounts.iter().any(|m| &m.remote == remote) {
             continue;
         }
-        let request = Request::RemoveMount {
+        let request = ControlRequest::RemoveMount {
             remote: remote.clone(),
         };
         match control::ask(&launcher.path, &request, CHANGE_WAIT).await {
-            Ok(Reply::Done { message }) => {
+            Ok(ControlReply::Done { message }) => {
                 println!("{message}");
                 live += 1;
             }
-            Ok(Reply::Failed { message }) => kept.push(kept_by(launcher.pid, remote, &message)),
-            Ok(Reply::Status(_)) => {
+            Ok(ControlReply::Failed { message }) => {
+                kept.push(kept_by(launcher.pid, remote, &message))
+            }
+            Ok(ControlReply::Status(_)) => {
                 kept.push(kept_by(launcher.pid, remote, "it answered with its status"))
             }
             Err(e) => kept.push(kept_by(launcher.pid, remote, &e.to_string())),

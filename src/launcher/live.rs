@@ -2,7 +2,7 @@
 //! control socket ([`crate::control`]), and adds or removes mounts without a restart.
 //!
 //! Cloud requests go to the supervisor as typed requests with an id; its answers come back
-//! through the session ([`crate::supervisor::Session::forward_cloud_reports`]) while supervision
+//! through the session ([`crate::supervisor::SupervisorSession::forward_cloud_reports`]) while supervision
 //! goes on, so a slow `rclone lsf` never holds up interrupts, signals or the lease.
 
 use std::collections::HashMap;
@@ -13,16 +13,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Running;
 use crate::control::{
-    Call, KernelState, KernelStatus, MountKind, MountState, MountStatus, Reply, Request, Server,
+    Call, ControlReply, ControlRequest, ControlServer, KernelState, KernelStatus, MountKind,
+    MountState, MountStatus,
 };
 use crate::error::Result;
 use crate::mounts::cloud_on_remote::{secrets, CloudMount};
-use crate::supervisor::protocol::{
-    CloudMountRequest, CloudReport, CloudState, Request as SupervisorRequest,
-};
+use crate::supervisor::protocol::{CloudMountRequest, CloudReport, CloudState, SupervisorRequest};
 
 pub(super) struct Live {
-    control: Option<Server>,
+    control: Option<ControlServer>,
     reports_tx: mpsc::UnboundedSender<CloudReport>,
     reports: mpsc::UnboundedReceiver<CloudReport>,
     pending: HashMap<u64, Pending>,
@@ -35,14 +34,14 @@ pub(super) struct Live {
 
 /// A control request waiting for the supervisor's answer.
 enum Pending {
-    Describe(oneshot::Sender<Reply>),
+    Describe(oneshot::Sender<ControlReply>),
     Add {
         mount: CloudMount,
-        reply: oneshot::Sender<Reply>,
+        reply: oneshot::Sender<ControlReply>,
     },
     Remove {
         remote: String,
-        reply: oneshot::Sender<Reply>,
+        reply: oneshot::Sender<ControlReply>,
     },
 }
 
@@ -54,7 +53,7 @@ pub(super) enum Heard {
 
 impl Live {
     pub fn new(kernelspec_dir: PathBuf, cloud: Vec<CloudMount>) -> Live {
-        let control = Server::bind()
+        let control = ControlServer::bind()
             .map_err(|e| tracing::warn!("no control socket ({e}); `sshpyk ps` will not list this kernel and its mounts cannot change while it runs"))
             .ok();
         let (reports_tx, reports) = mpsc::unbounded_channel();
@@ -122,8 +121,8 @@ impl Running {
     async fn call(&mut self, Call { request, reply }: Call) {
         if self.reconnecting() {
             let answer = match request {
-                Request::Describe => Reply::Status(self.status(None)),
-                _ => Reply::Failed {
+                ControlRequest::Describe => ControlReply::Status(self.status(None)),
+                _ => ControlReply::Failed {
                     message: format!(
                         "the kernel is reconnecting to '{}'; try again once it is back",
                         self.settings.ssh_host_alias
@@ -134,10 +133,10 @@ impl Running {
             return;
         }
         match request {
-            Request::Describe if self.live.cloud.is_empty() => {
-                let _ = reply.send(Reply::Status(self.status(None)));
+            ControlRequest::Describe if self.live.cloud.is_empty() => {
+                let _ = reply.send(ControlReply::Status(self.status(None)));
             }
-            Request::Describe => {
+            ControlRequest::Describe => {
                 let id = self.live.id();
                 self.send(
                     id,
@@ -145,8 +144,8 @@ impl Running {
                     Pending::Describe(reply),
                 );
             }
-            Request::AddCloudMount { mount } => self.add(mount, reply),
-            Request::RemoveMount { remote } => self.remove(remote, reply).await,
+            ControlRequest::AddCloudMount { mount } => self.add(mount, reply),
+            ControlRequest::RemoveMount { remote } => self.remove(remote, reply).await,
         }
     }
 
@@ -155,7 +154,7 @@ impl Running {
         self.live.pending.insert(id, pending);
     }
 
-    fn add(&mut self, mount: CloudMount, reply: oneshot::Sender<Reply>) {
+    fn add(&mut self, mount: CloudMount, reply: oneshot::Sender<ControlReply>) {
         if self.live.cloud.iter().any(|m| m.remote == mount.remote)
             || self
                 .settings
@@ -163,7 +162,7 @@ impl Running {
                 .iter()
                 .any(|m| m.remote == mount.remote)
         {
-            let _ = reply.send(Reply::Failed {
+            let _ = reply.send(ControlReply::Failed {
                 message: format!(
                     "kernel {} already has a mount at {}",
                     self.ready.pid, mount.remote
@@ -174,7 +173,7 @@ impl Running {
         let request = match cloud_request(&mount) {
             Ok(request) => request,
             Err(e) => {
-                let _ = reply.send(Reply::Failed {
+                let _ = reply.send(ControlReply::Failed {
                     message: e.to_string(),
                 });
                 return;
@@ -193,7 +192,7 @@ impl Running {
         );
     }
 
-    async fn remove(&mut self, remote: String, reply: oneshot::Sender<Reply>) {
+    async fn remove(&mut self, remote: String, reply: oneshot::Sender<ControlReply>) {
         let local = self.mounts.remove(&remote).await;
         if local {
             tracing::info!("unmounted {remote} (asked while running)");
@@ -211,11 +210,11 @@ impl Running {
             return;
         }
         let _ = reply.send(if local {
-            Reply::Done {
+            ControlReply::Done {
                 message: format!("unmounted {remote} from kernel {}", self.ready.pid),
             }
         } else {
-            Reply::Failed {
+            ControlReply::Failed {
                 message: format!("kernel {} has no mount at {remote}", self.ready.pid),
             }
         });
@@ -229,7 +228,7 @@ impl Running {
         let alias = &self.settings.ssh_host_alias;
         match pending {
             Pending::Describe(reply) => {
-                let _ = reply.send(Reply::Status(self.status(Some(&report))));
+                let _ = reply.send(ControlReply::Status(self.status(Some(&report))));
             }
             // `sshpyk mounts add` gave up waiting (and took the mount out of the kernelspec):
             // a mount made after all is not kept.
@@ -255,9 +254,9 @@ impl Running {
                             mount.remote
                         );
                         self.live.cloud.push(mount);
-                        Reply::Done { message }
+                        ControlReply::Done { message }
                     }
-                    Some(e) => Reply::Failed {
+                    Some(e) => ControlReply::Failed {
                         message: format!(
                             "cannot mount {} at {} on '{alias}' for kernel {pid}: {}",
                             mount.describe(),
@@ -275,7 +274,7 @@ impl Running {
                 let answer = match report.error {
                     Some(e) => {
                         tracing::warn!("unmounted {remote}: {}", e.message);
-                        Reply::Failed {
+                        ControlReply::Failed {
                             message: format!(
                                 "{remote} of kernel {pid} on '{alias}': {}",
                                 e.message
@@ -284,7 +283,7 @@ impl Running {
                     }
                     None => {
                         tracing::info!("unmounted {remote} (asked while running)");
-                        Reply::Done {
+                        ControlReply::Done {
                             message: format!("unmounted {remote} from kernel {pid} on '{alias}'"),
                         }
                     }

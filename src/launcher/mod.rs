@@ -25,10 +25,12 @@ use crate::parent::Parent;
 use crate::ports::{Forwarder, Listeners};
 use crate::settings::Settings;
 use crate::slurm::Allocation;
-use crate::ssh::master::with_room;
+use crate::ssh::master::retry_on_session_refused;
 use crate::ssh::Master;
-use crate::supervisor::protocol::Request;
-use crate::supervisor::{EndReason, Event, Exit, InterruptMode, Ready, Session, StartRequest};
+use crate::supervisor::protocol::SupervisorRequest;
+use crate::supervisor::{
+    EndReason, Exit, InterruptMode, Ready, SessionEvent, StartRequest, SupervisorSession,
+};
 
 /// How often the launcher renews the lease and checks that the remote answers (and that its
 /// parent lives).
@@ -94,7 +96,7 @@ enum Outcome {
 /// A running remote kernel and everything the launcher owns for it.
 struct Running {
     master: Master,
-    session: Session,
+    session: SupervisorSession,
     forwarder: Forwarder,
     mounts: Mounts,
     /// Since when no session is up (client connections stay open and wait).
@@ -197,10 +199,11 @@ async fn start(
             shutdown_timeout: settings.shutdown_timeout,
         };
         let request = &request;
-        let (master, (mut session, ready)) = with_room(&master, deadline, move |m| async move {
-            Session::start(&m, request).await
-        })
-        .await?;
+        let (master, (mut session, ready)) =
+            retry_on_session_refused(&master, deadline, move |m| async move {
+                SupervisorSession::start(&m, request).await
+            })
+            .await?;
         tracing::info!(
             "forwarding ports {} to the kernel ({}) over one ssh session",
             port_list(&info),
@@ -267,8 +270,8 @@ impl Running {
         loop {
             let trouble = tokio::select! {
                 event = self.session.next_event() => match event {
-                    Event::Exited(exit) => return exit_outcome(exit),
-                    Event::Lost => Trouble::Lost,
+                    SessionEvent::Exited(exit) => return exit_outcome(exit),
+                    SessionEvent::Lost => Trouble::Lost,
                 },
                 _ = tick.tick() => {
                     if parent.is_gone() {
@@ -357,8 +360,8 @@ impl Running {
                     }
                 }
                 event = self.session.next_event(), if old_session => match event {
-                    Event::Exited(exit) => return Some(exit_outcome(exit)),
-                    Event::Lost => old_session = false,
+                    SessionEvent::Exited(exit) => return Some(exit_outcome(exit)),
+                    SessionEvent::Lost => old_session = false,
                 },
                 _ = next_attempt.tick(), if attempts.len() < MAX_ATTEMPTS => {
                     started += 1;
@@ -395,7 +398,11 @@ impl Running {
     }
 
     /// Reaches the supervisor again through `master`; `None` when it is gone.
-    async fn attach(&self, master: Master, budget: Duration) -> Result<Option<(Master, Session)>> {
+    async fn attach(
+        &self,
+        master: Master,
+        budget: Duration,
+    ) -> Result<Option<(Master, SupervisorSession)>> {
         let deadline = Instant::now() + budget;
         let at = self
             .session
@@ -403,8 +410,8 @@ impl Running {
         let at = &at;
         let link = &self.session.link();
         let ping = ping_interval(&self.settings);
-        let work = with_room(&master, deadline, |m| async move {
-            Session::attach(&m, at, link, ping).await
+        let work = retry_on_session_refused(&master, deadline, |m| async move {
+            SupervisorSession::attach(&m, at, link, ping).await
         });
         let (master, session) = tokio::time::timeout_at(deadline, work)
             .await
@@ -414,9 +421,9 @@ impl Running {
 
     /// The new connection and session replace the old ones (dropping the old session asks its
     /// master to close the channel); clients reconnect over the new one; mounts come back.
-    async fn adopt(&mut self, master: Master, mut session: Session, since: Instant) {
+    async fn adopt(&mut self, master: Master, mut session: SupervisorSession, since: Instant) {
         self.master = master;
-        session.succeed(&self.session);
+        session.inherit_placement(&self.session);
         session.forward_cloud_reports(self.live.reports_sink());
         self.session = session;
         tracing::info!(
@@ -448,7 +455,7 @@ impl Running {
                     tracing::warn!("interrupt failed: {e}");
                 }
             }
-            InterruptMode::Signal => self.session.request(&Request::Signal {
+            InterruptMode::Signal => self.session.request(&SupervisorRequest::Signal {
                 signal: "SIGINT".into(),
             }),
         }
@@ -469,7 +476,7 @@ impl Running {
             "{why}: ending remote kernel {} and what it started",
             self.ready.pid
         );
-        self.session.request(&Request::Stop {
+        self.session.request(&SupervisorRequest::Stop {
             grace: STOP_GRACE.as_secs_f64(),
         });
         match tokio::time::timeout(STOP_WAIT, self.session.next_event()).await {
@@ -519,10 +526,10 @@ fn exit_outcome(exit: Exit) -> Outcome {
     }
 }
 
-fn event_outcome(event: Event) -> Outcome {
+fn event_outcome(event: SessionEvent) -> Outcome {
     match event {
-        Event::Exited(exit) => exit_outcome(exit),
-        Event::Lost => Outcome::Lost,
+        SessionEvent::Exited(exit) => exit_outcome(exit),
+        SessionEvent::Lost => Outcome::Lost,
     }
 }
 

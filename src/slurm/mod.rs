@@ -99,7 +99,7 @@ fn kernel_id(connection_file: &Path) -> String {
 
 /// A line `slurm.sh` printed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub enum SlurmEvent {
     Submitted {
         job: String,
     },
@@ -130,31 +130,31 @@ pub enum Event {
     Relay(Relay),
 }
 
-impl Event {
-    pub fn parse(line: &str) -> Option<Event> {
+impl SlurmEvent {
+    pub fn parse(line: &str) -> Option<SlurmEvent> {
         let rest = line.strip_prefix("sshpyk-slurm ")?;
         let mut words = rest.splitn(3, ' ');
         let kind = words.next()?;
         let job = words.next().unwrap_or_default().to_string();
         let more = words.next().unwrap_or_default().trim().to_string();
         Some(match kind {
-            "submitted" => Event::Submitted { job },
-            "adopted" => Event::Adopted { job },
-            "pending" => Event::Pending { job, reason: more },
-            "waiting" => Event::Waiting,
-            "running" => Event::Running { job, node: more },
-            "refused" => Event::Refused {
+            "submitted" => SlurmEvent::Submitted { job },
+            "adopted" => SlurmEvent::Adopted { job },
+            "pending" => SlurmEvent::Pending { job, reason: more },
+            "waiting" => SlurmEvent::Waiting,
+            "running" => SlurmEvent::Running { job, node: more },
+            "refused" => SlurmEvent::Refused {
                 message: rest["refused".len()..]
                     .trim()
                     .trim_end_matches('|')
                     .replace('|', "; "),
             },
-            "ended" => Event::Ended { job, state: more },
-            "relay" => Event::Relay(Relay {
+            "ended" => SlurmEvent::Ended { job, state: more },
+            "relay" => SlurmEvent::Relay(Relay {
                 socket: job,
                 python: more,
             }),
-            "missing" => Event::Missing {
+            "missing" => SlurmEvent::Missing {
                 commands: rest["missing".len()..].trim().replace(' ', ", "),
             },
             _ => return None,
@@ -188,35 +188,35 @@ pub struct Watch {
 
 impl Watch {
     /// `Err` when the allocation failed.
-    pub fn on(&mut self, event: Event, alias: &str) -> Result<()> {
+    pub fn on(&mut self, event: SlurmEvent, alias: &str) -> Result<()> {
         match event {
-            Event::Submitted { job } => {
+            SlurmEvent::Submitted { job } => {
                 tracing::info!("slurm job {job} submitted on '{alias}'");
                 self.submitted = Some(job);
             }
-            Event::Adopted { job } => {
+            SlurmEvent::Adopted { job } => {
                 tracing::info!("adopting slurm job {job}, kept from this kernel's last start")
             }
-            Event::Pending { job, reason } => {
+            SlurmEvent::Pending { job, reason } => {
                 tracing::info!("slurm job {job} queued ({reason})")
             }
-            Event::Waiting => {}
-            Event::Running { job, node } => {
+            SlurmEvent::Waiting => {}
+            SlurmEvent::Running { job, node } => {
                 tracing::info!("slurm job {job} running on node {node}");
                 self.placement = Some(Placement { job_id: job, node });
             }
-            Event::Relay(point) => self.relay = Some(point),
-            Event::Refused { message } => {
+            SlurmEvent::Relay(point) => self.relay = Some(point),
+            SlurmEvent::Refused { message } => {
                 return Err(Error::Remote(format!(
                     "slurm on '{alias}' refused the job: {message}; fix --slurm with `sshpyk edit`"
                 )))
             }
-            Event::Missing { commands } => {
+            SlurmEvent::Missing { commands } => {
                 return Err(Error::Remote(format!(
                     "{commands} not found on the login node '{alias}'; see `sshpyk list` for the fix"
                 )))
             }
-            Event::Ended { job, state } => {
+            SlurmEvent::Ended { job, state } => {
                 return Err(Error::Remote(format!(
                     "slurm job {job} on '{alias}' ended before the kernel started ({}); see `sacct -j {job}` there",
                     if state.is_empty() { "gone" } else { &state }
@@ -320,41 +320,41 @@ mod tests {
     #[test]
     fn script_lines_parse_into_events() {
         assert_eq!(
-            Event::parse("sshpyk-slurm pending 12 Resources"),
-            Some(Event::Pending {
+            SlurmEvent::parse("sshpyk-slurm pending 12 Resources"),
+            Some(SlurmEvent::Pending {
                 job: "12".into(),
                 reason: "Resources".into()
             })
         );
         assert_eq!(
-            Event::parse("sshpyk-slurm running 12 node-1"),
-            Some(Event::Running {
+            SlurmEvent::parse("sshpyk-slurm running 12 node-1"),
+            Some(SlurmEvent::Running {
                 job: "12".into(),
                 node: "node-1".into()
             })
         );
         assert_eq!(
-            Event::parse(
+            SlurmEvent::parse(
                 "sshpyk-slurm refused invalid partition specified: x|Batch job submission failed|"
             ),
-            Some(Event::Refused {
+            Some(SlurmEvent::Refused {
                 message: "invalid partition specified: x; Batch job submission failed".into()
             })
         );
         assert_eq!(
-            Event::parse("sshpyk-slurm missing squeue scancel"),
-            Some(Event::Missing {
+            SlurmEvent::parse("sshpyk-slurm missing squeue scancel"),
+            Some(SlurmEvent::Missing {
                 commands: "squeue, scancel".into()
             })
         );
         assert_eq!(
-            Event::parse("sshpyk-slurm relay /tmp/sshpyk-relay-x/relay.sock /opt/my python3"),
-            Some(Event::Relay(Relay {
+            SlurmEvent::parse("sshpyk-slurm relay /tmp/sshpyk-relay-x/relay.sock /opt/my python3"),
+            Some(SlurmEvent::Relay(Relay {
                 socket: "/tmp/sshpyk-relay-x/relay.sock".into(),
                 python: "/opt/my python3".into()
             }))
         );
-        assert_eq!(Event::parse("banner"), None);
+        assert_eq!(SlurmEvent::parse("banner"), None);
     }
 
     /// The check script run by a real sh, on a PATH with only some of the commands.

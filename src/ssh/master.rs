@@ -11,7 +11,7 @@ use tokio::process::Command;
 use tokio::time::Instant;
 
 use super::config::{last_message, spawn_error, EffectiveConfig};
-use super::mux::MuxChannel;
+use super::mux::{MuxChannel, MuxError};
 use crate::error::{Error, Result};
 
 /// How long a master we open stays after its last client, when the user's config says nothing.
@@ -195,7 +195,7 @@ impl Master {
     /// The `n`th extra connection to this host, shared by every launcher, for when the server
     /// refuses one more session on the ones before (sshd's `MaxSessions`). Open it with
     /// [`Master::ensure`].
-    pub fn overflow(&self, n: u32) -> Master {
+    pub fn extra_connection(&self, n: u32) -> Master {
         self.sibling(&format!("cm-{:016x}-{n}", self.host_hash()), &self.persist)
     }
 
@@ -222,19 +222,12 @@ impl Master {
         stdin: OwnedFd,
         stdout: OwnedFd,
         stderr: OwnedFd,
-    ) -> Result<MuxChannel> {
+    ) -> Result<MuxChannel, OpenSessionError> {
         MuxChannel::session(&self.control_socket, command, stdin, stdout, stderr)
             .await
-            .map_err(|e| {
-                let message = format!(
-                    "cannot open a session to '{}' through its ssh connection: {e}",
-                    self.alias
-                );
-                if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                    Error::SessionRefused(message)
-                } else {
-                    Error::Ssh(message)
-                }
+            .map_err(|source| OpenSessionError {
+                alias: self.alias.clone(),
+                source,
             })
     }
 
@@ -453,6 +446,28 @@ impl Master {
     }
 }
 
+/// A session the master of `alias` did not open ([`Master::open_session`]).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open a session to '{alias}' through its ssh connection: {source}")]
+pub struct OpenSessionError {
+    alias: String,
+    source: MuxError,
+}
+
+/// A refusal (sshd's `MaxSessions`) keeps an error of its own: [`retry_on_session_refused`]
+/// recovers from it, far from here, on another connection.
+impl From<OpenSessionError> for Error {
+    fn from(e: OpenSessionError) -> Error {
+        let refused = matches!(e.source, MuxError::Refused(_));
+        let message = e.to_string();
+        if refused {
+            Error::SessionRefused(message)
+        } else {
+            Error::Ssh(message)
+        }
+    }
+}
+
 /// A ControlPath value for `-o`: quoted, since ssh splits option values on spaces, and with the
 /// `%` of literal text doubled, since ssh expands tokens again; `tokens` is left to ssh.
 fn control_path_option(literal: &str, tokens: &str) -> String {
@@ -461,8 +476,9 @@ fn control_path_option(literal: &str, tokens: &str) -> String {
 
 /// Runs `open` (which opens a session) on `master`'s connection; when the server refuses one
 /// more session there (sshd's `MaxSessions`: many kernels, or the user's own sessions on a shared
-/// ControlPath), on the host's next connection, opening it if needed. Says so once per process.
-pub async fn with_room<T, F, Fut>(
+/// ControlPath), runs it again on the host's next connection, opening it if needed. Says so once
+/// per process.
+pub async fn retry_on_session_refused<T, F, Fut>(
     master: &Master,
     deadline: Instant,
     mut open: F,
@@ -483,11 +499,74 @@ where
                     )
                 });
                 tracing::debug!("{reason}");
-                connection = master.overflow(n);
+                connection = master.extra_connection(n);
                 connection.ensure(deadline).await?;
             }
             other => return other.map(|value| (connection, value)),
         }
     }
     unreachable!("the last connection's answer is returned")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapped(source: MuxError) -> Error {
+        Error::from(OpenSessionError {
+            alias: "gpu".into(),
+            source,
+        })
+    }
+
+    /// Only a refusal is [`Error::SessionRefused`]; the messages and exit codes are the user's.
+    #[test]
+    fn mux_errors_map_to_the_exit_code_enum() {
+        let prefix = "cannot open a session to 'gpu' through its ssh connection: ";
+        let refused = mapped(MuxError::Refused("Session open refused by peer".into()));
+        assert!(matches!(refused, Error::SessionRefused(_)), "{refused:?}");
+        assert_eq!(
+            refused.to_string(),
+            format!("{prefix}the ControlMaster could not open the channel: Session open refused by peer")
+        );
+        assert_eq!(refused.exit_code(), 4);
+        let cases = [
+            (
+                MuxError::Failed("open failed".into()),
+                "the ControlMaster could not open the channel: open failed",
+            ),
+            (
+                MuxError::Denied("Permission denied".into()),
+                "the ControlMaster refused the channel: Permission denied",
+            ),
+            (
+                MuxError::Protocol("malformed message from the ControlMaster".into()),
+                "malformed message from the ControlMaster",
+            ),
+            (
+                MuxError::Unreachable {
+                    socket: "/run/cm".into(),
+                    source: std::io::Error::other("gone"),
+                },
+                "cannot reach the ControlMaster at /run/cm: gone",
+            ),
+            (
+                MuxError::NotOurs {
+                    socket: "/run/cm".into(),
+                    owner: 7,
+                },
+                "the ControlMaster socket /run/cm belongs to uid 7, not to us; remove it or fix ControlPath",
+            ),
+            (
+                MuxError::Io(std::io::Error::other("broken")),
+                "broken",
+            ),
+        ];
+        for (source, said) in cases {
+            let e = mapped(source);
+            assert!(matches!(e, Error::Ssh(_)), "{e:?}");
+            assert_eq!(e.to_string(), format!("{prefix}{said}"));
+            assert_eq!(e.exit_code(), 4);
+        }
+    }
 }

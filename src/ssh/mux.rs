@@ -13,7 +13,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
@@ -36,6 +36,45 @@ const NO_ESCAPE_CHAR: u32 = 0xffff_ffff;
 const MAX_PACKET: usize = 256 * 1024;
 /// The one request a control connection of ours makes.
 const REQUEST_ID: u32 = 0;
+/// The reason mux.c's `mux_session_confirm` gives when the server refused the session: the one
+/// way the protocol tells a refusal (sshd's `MaxSessions`) from other failures.
+const REFUSED_BY_PEER: &str = "refused by peer";
+
+/// Why the master did not give us a channel, or the channel failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MuxError {
+    /// Nothing answers at the control socket.
+    #[error("cannot reach the ControlMaster at {}: {source}", socket.display())]
+    Unreachable { socket: PathBuf, source: io::Error },
+    /// Another user listens at the control socket: our key and descriptors are not for them.
+    #[error("the ControlMaster socket {} belongs to uid {owner}, not to us; remove it or fix ControlPath", socket.display())]
+    NotOurs { socket: PathBuf, owner: u32 },
+    /// The server refused one more session on this connection (sshd's `MaxSessions`).
+    #[error("the ControlMaster could not open the channel: {0}")]
+    Refused(String),
+    /// `MUX_S_FAILURE` for any other reason.
+    #[error("the ControlMaster could not open the channel: {0}")]
+    Failed(String),
+    /// `MUX_S_PERMISSION_DENIED`: the master itself said no (a declined `ControlMaster ask`).
+    #[error("the ControlMaster refused the channel: {0}")]
+    Denied(String),
+    /// The master said something this client does not expect.
+    #[error("{0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl MuxError {
+    /// `MUX_S_FAILURE` and its reason.
+    fn failure(reason: String) -> MuxError {
+        if reason.contains(REFUSED_BY_PEER) {
+            MuxError::Refused(reason)
+        } else {
+            MuxError::Failed(reason)
+        }
+    }
+}
 
 /// One session channel through the master. Dropping it closes the control connection, and the
 /// master then closes the channel.
@@ -57,34 +96,29 @@ impl MuxChannel {
         stdin: OwnedFd,
         stdout: OwnedFd,
         stderr: OwnedFd,
-    ) -> io::Result<Self> {
+    ) -> Result<Self, MuxError> {
         let request = new_session(REQUEST_ID, command);
         Self::open(control_path, &request, &[&stdin, &stdout, &stderr]).await
     }
 
     /// Hello, the request, its descriptors, the answer. The descriptors are ours to close
     /// afterwards: the master holds its own copies.
-    async fn open(control_path: &Path, request: &[u8], fds: &[&OwnedFd]) -> io::Result<Self> {
-        let control = UnixStream::connect(control_path).await.map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot reach the ControlMaster at {}: {e}",
-                    control_path.display()
-                ),
-            )
-        })?;
+    async fn open(control_path: &Path, request: &[u8], fds: &[&OwnedFd]) -> Result<Self, MuxError> {
+        let control =
+            UnixStream::connect(control_path)
+                .await
+                .map_err(|source| MuxError::Unreachable {
+                    socket: control_path.to_owned(),
+                    source,
+                })?;
         // The session key and our descriptors go to whoever listens there: only to a master of
         // ours (a socket path in a shared directory could be anyone's).
         let owner = control.peer_cred()?.uid();
         if owner != nix::unistd::getuid().as_raw() {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "the ControlMaster socket {} belongs to uid {owner}, not to us; remove it or fix ControlPath",
-                    control_path.display()
-                ),
-            ));
+            return Err(MuxError::NotOurs {
+                socket: control_path.to_owned(),
+                owner,
+            });
         }
         let mut channel = MuxChannel {
             control,
@@ -96,7 +130,7 @@ impl MuxChannel {
         match channel.read_reply().await? {
             Some(Reply::Hello { version: VERSION }) => {}
             Some(Reply::Hello { version }) => {
-                return Err(io::Error::other(format!(
+                return Err(MuxError::Protocol(format!(
                     "the ControlMaster speaks mux protocol version {version}, not {VERSION}"
                 )))
             }
@@ -113,23 +147,9 @@ impl MuxChannel {
                     channel.session_id = session_id;
                     return Ok(channel);
                 }
-                Some(Reply::Failure { reason, .. }) => {
-                    // The one way the protocol tells a server's refusal (MaxSessions) apart.
-                    let kind = if reason.contains("refused by peer") {
-                        io::ErrorKind::ConnectionRefused
-                    } else {
-                        io::ErrorKind::Other
-                    };
-                    return Err(io::Error::new(
-                        kind,
-                        format!("the ControlMaster could not open the channel: {reason}"),
-                    ));
-                }
+                Some(Reply::Failure { reason, .. }) => return Err(MuxError::failure(reason)),
                 Some(Reply::PermissionDenied { reason, .. }) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::PermissionDenied,
-                        format!("the ControlMaster refused the channel: {reason}"),
-                    ))
+                    return Err(MuxError::Denied(reason))
                 }
                 Some(Reply::TtyAllocFail { .. }) => continue,
                 Some(other) => return Err(unexpected(&other)),
@@ -159,7 +179,7 @@ impl MuxChannel {
 
     /// The remote command's exit status, once the channel ended; `None` when the master closed
     /// the channel without one (the connection lost, the command killed by a signal). Cancel-safe.
-    pub async fn exit_status(&mut self) -> io::Result<Option<u32>> {
+    pub async fn exit_status(&mut self) -> Result<Option<u32>, MuxError> {
         if let Some(ended) = self.ended {
             return Ok(ended);
         }
@@ -178,7 +198,7 @@ impl MuxChannel {
                     return Ok(None);
                 }
                 // A reset connection is a master gone away, too.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                Err(MuxError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
                     self.ended = Some(None);
                     return Ok(None);
                 }
@@ -188,7 +208,7 @@ impl MuxChannel {
     }
 
     /// The next whole packet from the master; `None` at a clean end of the connection.
-    async fn read_reply(&mut self) -> io::Result<Option<Reply>> {
+    async fn read_reply(&mut self) -> Result<Option<Reply>, MuxError> {
         loop {
             if let Some((reply, used)) = parse_packet(&self.pending)? {
                 self.pending.drain(..used);
@@ -198,24 +218,20 @@ impl MuxChannel {
                 if self.pending.is_empty() {
                     return Ok(None);
                 }
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the ControlMaster closed the connection in the middle of a message",
+                return Err(MuxError::Protocol(
+                    "the ControlMaster closed the connection in the middle of a message".into(),
                 ));
             }
         }
     }
 }
 
-fn closed() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        "the ControlMaster closed the connection before answering",
-    )
+fn closed() -> MuxError {
+    MuxError::Protocol("the ControlMaster closed the connection before answering".into())
 }
 
-fn unexpected(reply: &Reply) -> io::Error {
-    io::Error::other(format!(
+fn unexpected(reply: &Reply) -> MuxError {
+    MuxError::Protocol(format!(
         "unexpected answer from the ControlMaster: {reply:?}"
     ))
 }
@@ -279,7 +295,7 @@ fn new_session(request_id: u32, command: &str) -> Vec<u8> {
 struct Reader<'a>(&'a [u8]);
 
 impl Reader<'_> {
-    fn u32(&mut self) -> io::Result<u32> {
+    fn u32(&mut self) -> Result<u32, MuxError> {
         if self.0.len() < 4 {
             return Err(malformed());
         }
@@ -288,7 +304,7 @@ impl Reader<'_> {
         Ok(u32::from_be_bytes(head.try_into().expect("4 bytes")))
     }
 
-    fn string(&mut self) -> io::Result<String> {
+    fn string(&mut self) -> Result<String, MuxError> {
         let len = self.u32()? as usize;
         if self.0.len() < len {
             return Err(malformed());
@@ -299,15 +315,12 @@ impl Reader<'_> {
     }
 }
 
-fn malformed() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        "malformed message from the ControlMaster",
-    )
+fn malformed() -> MuxError {
+    MuxError::Protocol("malformed message from the ControlMaster".into())
 }
 
 /// One whole packet from the front of `buf` and the bytes it took, if it is all there.
-fn parse_packet(buf: &[u8]) -> io::Result<Option<(Reply, usize)>> {
+fn parse_packet(buf: &[u8]) -> Result<Option<(Reply, usize)>, MuxError> {
     if buf.len() < 4 {
         return Ok(None);
     }
@@ -323,7 +336,7 @@ fn parse_packet(buf: &[u8]) -> io::Result<Option<(Reply, usize)>> {
 
 /// The layouts of mux.c's replies (`reply_error`, `mux_session_confirm`, `mux_exit_message`,
 /// `mux_tty_alloc_failed`).
-fn parse_reply(body: &[u8]) -> io::Result<Reply> {
+fn parse_reply(body: &[u8]) -> Result<Reply, MuxError> {
     let mut r = Reader(body);
     let kind = r.u32()?;
     Ok(match kind {
@@ -431,6 +444,21 @@ mod tests {
         );
     }
 
+    /// The master's reason is the one place the protocol says "refused by the server".
+    #[test]
+    fn a_refusal_by_the_server_is_its_own_error() {
+        assert!(matches!(
+            MuxError::failure("Session open refused by peer".into()),
+            MuxError::Refused(_)
+        ));
+        let other = MuxError::failure("open failed".into());
+        assert!(matches!(other, MuxError::Failed(_)), "{other:?}");
+        assert_eq!(
+            other.to_string(),
+            "the ControlMaster could not open the channel: open failed"
+        );
+    }
+
     #[test]
     fn partial_and_bad_packets() {
         assert_eq!(parse_packet(&[0, 0]).unwrap(), None);
@@ -489,7 +517,10 @@ mod tests {
             .unwrap_err();
         let _ = nobody.kill();
         let _ = nobody.wait();
-        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        assert!(
+            matches!(err, MuxError::NotOurs { owner: 65534, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("belongs to uid 65534"), "{err}");
     }
 

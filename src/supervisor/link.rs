@@ -17,8 +17,8 @@ use tokio::time::Instant;
 
 use super::output;
 use super::protocol::{
-    Frame, LauncherNotice, Outbox, Received, Report, Request, StreamReceived, SupervisorNotice,
-    Violation, ACK_BATCH, HEADER_LEN, WINDOW,
+    Frame, LauncherNotice, Outbox, Received, Report, StreamReceived, SupervisorNotice,
+    SupervisorRequest, Violation, ACK_BATCH, HEADER_LEN, WINDOW,
 };
 use crate::jupyter::connection::Channel;
 
@@ -158,7 +158,7 @@ impl Link {
 
     /// The first request of a new supervisor, encoded for the session's preface: it counts as
     /// sent, so that it is never sent twice.
-    pub fn first_request(&self, request: &Request) -> Vec<u8> {
+    pub fn first_request(&self, request: &SupervisorRequest) -> Vec<u8> {
         let json = serde_json::to_vec(request).expect("requests serialise");
         let mut frame = Vec::new();
         Frame::Message(json.clone()).encode_into(&mut frame);
@@ -248,7 +248,7 @@ impl Link {
         let wire = state.install(frames);
         // The supervisor just answered (its `Attached`): a silence check right after the
         // reattach must not count the outage.
-        self.heard();
+        self.mark_heard_now();
         Ok(self.spawn_wire(wire, from_remote, to_remote, frames_rx))
     }
 
@@ -274,7 +274,7 @@ impl Link {
     }
 
     /// Sends a request now, or with the next session when none is up.
-    pub fn request(&self, request: &Request) {
+    pub fn request(&self, request: &SupervisorRequest) {
         let json = serde_json::to_vec(request).expect("requests serialise");
         let mut state = self.state();
         if state.requests.in_flight() + json.len() as u64 > WINDOW {
@@ -296,7 +296,8 @@ impl Link {
         self.shared.reports.lock().await.recv().await
     }
 
-    fn heard(&self) {
+    /// The remote spoke just now (read back by [`Link::last_heard`]).
+    fn mark_heard_now(&self) {
         *self
             .shared
             .last_heard
@@ -534,7 +535,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
                 return;
             }
         };
-        link.heard();
+        link.mark_heard_now();
         match link.handle(wire, frame) {
             Ok(true) => {}
             Ok(false) => return,
@@ -701,7 +702,7 @@ mod tests {
         let _ = read_frames_from(&mut old_in, 4).await; // two opens, two data
         drop((old_wire, old_out, old_in));
         // Sent while no session is up: a request, more bytes, a stream opened meanwhile.
-        link.request(&Request::Arm);
+        link.request(&SupervisorRequest::Arm);
         assert!(kept.send(b"gh").await);
         let (opened, _) = link.open(Channel::Control);
         assert!(opened.send(b"new").await);

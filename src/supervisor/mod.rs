@@ -11,4 +11,4 @@ mod session;
 
 pub use link::{Link, Stream};
 pub use protocol::{EndReason, Endpoint, Exit, InterruptMode, Ready};
-pub use session::{AttachPoint, Event, Session, StartRequest};
+pub use session::{AttachPoint, SessionEvent, StartRequest, SupervisorSession};

@@ -24,7 +24,7 @@
 //!
 //! # Frames
 //!
-//! `u32 stream | u8 kind | u32 length | payload`, big endian. Stream 0 carries [`Request`]s and
+//! `u32 stream | u8 kind | u32 length | payload`, big endian. Stream 0 carries [`SupervisorRequest`]s and
 //! [`Report`]s as JSON (`Message`), and [`LauncherNotice`]s and [`SupervisorNotice`]s, which are
 //! not sequenced (`Notice`: pings, the kernel's output, the resume handshake). Other streams are
 //! ZMQ connections, opened by the launcher.
@@ -81,7 +81,7 @@ const NOTICE: u8 = 5;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    /// A [`Request`] or [`Report`] as JSON, on stream 0; sequenced and acknowledged.
+    /// A [`SupervisorRequest`] or [`Report`] as JSON, on stream 0; sequenced and acknowledged.
     Message(Vec<u8>),
     /// A [`LauncherNotice`] or [`SupervisorNotice`] as JSON, on stream 0; never resent.
     Notice(Vec<u8>),
@@ -298,7 +298,7 @@ pub enum SupervisorNotice {
 /// What the launcher asks of the supervisor.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
+pub enum SupervisorRequest {
     /// The first message: start the kernel. Holds the key, so it only ever travels here.
     Start {
         key: String,
@@ -458,7 +458,7 @@ pub enum EndReason {
     Orphaned,
     /// The launcher's channel closed while its ssh connection lived: the launcher is gone.
     LauncherGone,
-    /// The launcher asked ([`Request::Stop`]).
+    /// The launcher asked ([`SupervisorRequest::Stop`]).
     Stopped,
 }
 
@@ -595,7 +595,7 @@ mod tests {
 
     #[test]
     fn requests_and_reports_are_tagged() {
-        let json = serde_json::to_value(Request::Signal {
+        let json = serde_json::to_value(SupervisorRequest::Signal {
             signal: "SIGINT".into(),
         })
         .unwrap();
@@ -625,7 +625,7 @@ mod tests {
             flags: vec!["--read-only".into()],
             label: "s3:b".into(),
         };
-        let json = serde_json::to_value(Request::MountCloud {
+        let json = serde_json::to_value(SupervisorRequest::MountCloud {
             id: 7,
             mount: mount.clone(),
         })

@@ -1,7 +1,7 @@
 //! The session with the remote supervisor: opened through the master's mux protocol (no `ssh`
 //! process), it runs the supervisor, then carries frames both ways ([`super::link`]).
 //!
-//! Dropping a [`Session`] closes its mux control connection, and the master then closes the
+//! Dropping a [`SupervisorSession`] closes its mux control connection, and the master then closes the
 //! channel (so does the kernel for a SIGKILLed launcher): the supervisor sees the end of the
 //! session while the connection's sshd lives on, and ends the kernel.
 
@@ -16,8 +16,8 @@ use tokio::task::JoinHandle;
 
 use super::link::{self, Link, WireTasks};
 use super::protocol::{
-    CloudMountRequest, CloudReport, Exit, Frame, LauncherNotice, Ready, Report, Request,
-    SupervisorNotice, MARKER,
+    CloudMountRequest, CloudReport, Exit, Frame, LauncherNotice, Ready, Report, SupervisorNotice,
+    SupervisorRequest, MARKER,
 };
 use crate::bounded;
 use crate::error::{Error, Result};
@@ -50,7 +50,7 @@ const GONE: u32 = 3;
 const BEFORE_MARKER: usize = 16 << 20;
 
 #[derive(Debug)]
-pub enum Event {
+pub enum SessionEvent {
     Exited(Exit),
     /// The session ended without an exit report: the connection (or the supervisor) is gone.
     Lost,
@@ -85,13 +85,13 @@ pub struct AttachPoint {
     pub socket: String,
 }
 
-pub struct Session {
+pub struct SupervisorSession {
     channel: MuxChannel,
     /// The streams, which outlive this session.
     link: Link,
     wire: WireTasks,
     pinger: Option<JoinHandle<()>>,
-    /// Where answers to cloud requests go ([`Session::forward_cloud_reports`]).
+    /// Where answers to cloud requests go ([`SupervisorSession::forward_cloud_reports`]).
     cloud_reports: Option<mpsc::UnboundedSender<CloudReport>>,
     /// The Slurm job and node the supervisor runs in (a Slurm kernel's session is its step).
     slurm: Option<slurm::Placement>,
@@ -99,7 +99,7 @@ pub struct Session {
     relay: Option<slurm::Relay>,
 }
 
-impl Drop for Session {
+impl Drop for SupervisorSession {
     fn drop(&mut self) {
         if let Some(pinger) = &self.pinger {
             pinger.abort();
@@ -125,7 +125,7 @@ enum Opened {
     Failed(Error),
 }
 
-impl Session {
+impl SupervisorSession {
     /// One session over the master running `remote_command`, fed `preface` on stdin at once;
     /// what it prints on stderr (login scripts, the kernel) goes to the launcher's log.
     async fn open(
@@ -187,7 +187,9 @@ impl Session {
             if let Some(failure) = init.line(text) {
                 return Ok(Opened::Failed(failure.error(master.alias())));
             }
-            if let (Some(watch), Some(event)) = (slurm.as_deref_mut(), slurm::Event::parse(text)) {
+            if let (Some(watch), Some(event)) =
+                (slurm.as_deref_mut(), slurm::SlurmEvent::parse(text))
+            {
                 if let Err(e) = watch.on(event, master.alias()) {
                     return Ok(Opened::Failed(e));
                 }
@@ -207,8 +209,8 @@ impl Session {
         }))
     }
 
-    fn new(channel: MuxChannel, link: Link, wire: WireTasks) -> Session {
-        Session {
+    fn new(channel: MuxChannel, link: Link, wire: WireTasks) -> SupervisorSession {
+        SupervisorSession {
             channel,
             link,
             wire,
@@ -221,9 +223,12 @@ impl Session {
 
     /// Starts the supervisor and the kernel: one round trip (on a Slurm node: once the job runs).
     /// A Slurm job this start submitted is cancelled when it fails.
-    pub async fn start(master: &Master, req: &StartRequest<'_>) -> Result<(Session, Ready)> {
+    pub async fn start(
+        master: &Master,
+        req: &StartRequest<'_>,
+    ) -> Result<(SupervisorSession, Ready)> {
         let mut watch = slurm::Watch::default();
-        let started = Session::start_watched(master, req, &mut watch).await;
+        let started = SupervisorSession::start_watched(master, req, &mut watch).await;
         if let (Err(_), Some(job)) = (&started, &watch.submitted) {
             slurm::cancel(master, job).await;
         }
@@ -234,12 +239,12 @@ impl Session {
         master: &Master,
         req: &StartRequest<'_>,
         watch: &mut slurm::Watch,
-    ) -> Result<(Session, Ready)> {
+    ) -> Result<(SupervisorSession, Ready)> {
         let alias = master.alias();
         let mut preface = format!("{:012}{SUPERVISOR}", SUPERVISOR.len()).into_bytes();
         // The key travels in this first frame, through stdin: never argv.
         let link = Link::new();
-        let start = Request::Start {
+        let start = SupervisorRequest::Start {
             key: req.info.key.clone(),
             signature_scheme: req.info.signature_scheme.clone(),
             kernel_name: req.kernel_name.to_string(),
@@ -258,10 +263,10 @@ impl Session {
             command = allocation.command(&command, req.remote_python);
         }
         let slurm_watch = req.slurm.map(|_| &mut *watch);
-        let mut session = match Session::open(master, &command, &preface, slurm_watch).await? {
+        let mut session = match SupervisorSession::open(master, &command, &preface, slurm_watch).await? {
             Opened::Framed(f) => {
                 let wire = link.connect(f.from_remote, f.to_remote);
-                Session::new(f.channel, link, wire)
+                SupervisorSession::new(f.channel, link, wire)
             }
             Opened::NoPython => {
                 return Err(Error::Remote(format!(
@@ -305,7 +310,7 @@ impl Session {
         at: &AttachPoint,
         link: &Link,
         ping_interval: Duration,
-    ) -> Result<Option<Session>> {
+    ) -> Result<Option<SupervisorSession>> {
         let command = python_command(&at.python, &["-S", "-c", ATTACH, &at.socket], None);
         let unreachable = || {
             Error::Ssh(format!(
@@ -313,7 +318,7 @@ impl Session {
                 master.alias()
             ))
         };
-        let mut framed = match Session::open(master, &command, b"", None).await? {
+        let mut framed = match SupervisorSession::open(master, &command, b"", None).await? {
             Opened::Framed(framed) => framed,
             Opened::Ended(Some(GONE)) => return Ok(None),
             Opened::Ended(_) | Opened::NoPython | Opened::Failed(_) => return Err(unreachable()),
@@ -341,7 +346,7 @@ impl Session {
         let wire = link
             .resume(framed.from_remote, framed.to_remote, &received, last_open)
             .map_err(|violation| Error::Ssh(format!("{violation}; reattaching failed")))?;
-        let mut session = Session::new(framed.channel, link.clone(), wire);
+        let mut session = SupervisorSession::new(framed.channel, link.clone(), wire);
         session.keep_alive(ping_interval);
         Ok(Some(session))
     }
@@ -370,8 +375,9 @@ impl Session {
         }
     }
 
-    /// This session re-attached to the kernel that `old` started: it goes to the same place.
-    pub fn succeed(&mut self, old: &Session) {
+    /// This session reattached to the kernel that `old` started: it takes over where that
+    /// kernel runs (its Slurm job and node) and the relay the next reattach goes through.
+    pub fn inherit_placement(&mut self, old: &SupervisorSession) {
         self.slurm = old.slurm.clone();
         self.relay = old.relay.clone();
     }
@@ -385,7 +391,7 @@ impl Session {
     /// abandoned"); and the lease is renewed every `ping_interval` from a task of its own, so
     /// that nothing the launcher does in the meantime (a remount, an interrupt) lets it lapse.
     pub fn arm(&mut self, ping_interval: Duration) {
-        self.request(&Request::Arm);
+        self.request(&SupervisorRequest::Arm);
         self.keep_alive(ping_interval);
     }
 
@@ -401,7 +407,7 @@ impl Session {
     }
 
     /// Sends a request now, or with the next session if this one is lost.
-    pub fn request(&self, request: &Request) {
+    pub fn request(&self, request: &SupervisorRequest) {
         self.link.request(request)
     }
 
@@ -414,17 +420,17 @@ impl Session {
         }
     }
 
-    /// Answers to cloud requests go to `to` from now on (they arrive while [`Session::next_event`]
+    /// Answers to cloud requests go to `to` from now on (they arrive while [`SupervisorSession::next_event`]
     /// waits).
     pub fn forward_cloud_reports(&mut self, to: mpsc::UnboundedSender<CloudReport>) {
         self.cloud_reports = Some(to);
     }
 
     /// Waits for the kernel's exit or the end of the session. Cancel-safe.
-    pub async fn next_event(&mut self) -> Event {
+    pub async fn next_event(&mut self) -> SessionEvent {
         while let Some(report) = self.next_report().await {
             match report {
-                Report::Exited(exit) => return Event::Exited(exit),
+                Report::Exited(exit) => return SessionEvent::Exited(exit),
                 Report::Cloud(report) => {
                     if let Some(to) = &self.cloud_reports {
                         let _ = to.send(report);
@@ -437,7 +443,7 @@ impl Session {
                 Report::Ready(_) | Report::Error { .. } => {}
             }
         }
-        Event::Lost
+        SessionEvent::Lost
     }
 }
 

@@ -73,7 +73,7 @@ use std::time::Duration;
 
 use std::os::fd::OwnedFd;
 
-use crate::ssh::master::with_room;
+use crate::ssh::master::retry_on_session_refused;
 use crate::ssh::mux::MuxChannel;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -83,7 +83,7 @@ pub use wrapper::RemoteMountFacts;
 
 use crate::error::{Error, Result};
 use crate::ssh::Master;
-use wrapper::{Event, Source};
+use wrapper::{Source, WrapperEvent};
 
 /// How long a stop waits for the remote to confirm the unmount.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -121,7 +121,7 @@ struct Active {
     spec: MountSpec,
     /// Dropping it ends the session.
     channel: MuxChannel,
-    events: mpsc::Receiver<Event>,
+    events: mpsc::Receiver<WrapperEvent>,
     /// Set once the launcher ends the mount: its end is then no surprise.
     stopping: Arc<AtomicBool>,
     /// Compatibility mode: closing the session's stdin tells the wrapper to unmount.
@@ -311,7 +311,7 @@ async fn mount_all(
         }
         let (spec, export) = (&p.spec, &p.export);
         let line = wrapper::command_line(spec, settings.remote_sshfs, &source, takeover);
-        let (_, session) = with_room(master, deadline, |m| {
+        let (_, session) = retry_on_session_refused(master, deadline, |m| {
             let line = &line;
             async move { wrapper::spawn(&m, line).await }
         })
@@ -382,7 +382,7 @@ async fn sync_all(
         let (Some(base), Some(export)) = (&p.sync, &p.export) else {
             continue;
         };
-        let started = with_room(master, deadline, |m| {
+        let started = retry_on_session_refused(master, deadline, |m| {
             let (export, base) = (export.clone(), base.clone());
             async move { sync::SyncMount::start(&m, &p.spec, &python, export, base, deadline).await }
         })
@@ -417,8 +417,8 @@ async fn stop_all(mut mounts: Vec<Active>) {
         let confirmed = tokio::time::timeout_at(deadline, async {
             loop {
                 match active.events.recv().await {
-                    Some(Event::Unmounted) => return true,
-                    Some(Event::Closed) | None => return false,
+                    Some(WrapperEvent::Unmounted) => return true,
+                    Some(WrapperEvent::Closed) | None => return false,
                     Some(_) => {}
                 }
             }
@@ -444,7 +444,7 @@ impl Active {
     async fn ready(&mut self, alias: &str) -> Result<()> {
         loop {
             match self.events.recv().await {
-                Some(Event::Ready) => {
+                Some(WrapperEvent::Ready) => {
                     tracing::info!(
                         "mounted {} on '{alias}' at {}",
                         self.spec.local,
@@ -452,18 +452,18 @@ impl Active {
                     );
                     return Ok(());
                 }
-                Some(Event::Output(line)) => {
+                Some(WrapperEvent::Output(line)) => {
                     self.output.push(line);
                     if self.output.len() > 5 {
                         self.output.remove(0);
                     }
                 }
-                Some(Event::Error { code, detail }) => {
+                Some(WrapperEvent::Error { code, detail }) => {
                     // sshfs's own last words come before the wrapper's verdict; give them a
                     // moment to arrive.
                     let _ = tokio::time::timeout(Duration::from_millis(200), async {
                         while let Some(event) = self.events.recv().await {
-                            if let Event::Output(line) = event {
+                            if let WrapperEvent::Output(line) = event {
                                 self.output.push(line);
                             }
                         }
@@ -479,8 +479,8 @@ impl Active {
                         &self.spec, alias, &code, &detail, &output,
                     ));
                 }
-                Some(Event::Unmounted) => {}
-                Some(Event::Closed) | None => {
+                Some(WrapperEvent::Unmounted) => {}
+                Some(WrapperEvent::Closed) | None => {
                     let status =
                         tokio::time::timeout(Duration::from_secs(2), self.channel.exit_status())
                             .await

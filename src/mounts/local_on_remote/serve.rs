@@ -93,7 +93,11 @@ async fn serve(
         stopped: Some(stopped),
         _done: done,
     };
-    sftp::run(stream, sftp::Server::new(export, budget, what.to_string())).await;
+    sftp::run(
+        stream,
+        sftp::SftpServer::new(export, budget, what.to_string()),
+    )
+    .await;
     let _ = over.await;
 }
 

@@ -74,7 +74,7 @@ struct Listing {
 }
 
 /// Serves `server` on `stream` (the remote sshfs's SFTP) until the stream ends.
-pub async fn run<S>(stream: S, server: Server)
+pub async fn run<S>(stream: S, server: SftpServer)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -85,7 +85,7 @@ where
 }
 
 /// The SFTP side of one mount.
-pub struct Server {
+pub struct SftpServer {
     export: Arc<Export>,
     handles: HashMap<String, Open>,
     budget: Arc<HandleBudget>,
@@ -96,9 +96,9 @@ pub struct Server {
     skipped_a_name: bool,
 }
 
-impl Server {
+impl SftpServer {
     pub fn new(export: Arc<Export>, budget: Arc<HandleBudget>, what: String) -> Self {
-        Server {
+        SftpServer {
             export,
             handles: HashMap::new(),
             budget,
@@ -265,7 +265,7 @@ fn next_batch(listing: &mut Listing) -> io::Result<(Vec<Entry>, Option<CString>)
     Ok((files, skipped))
 }
 
-impl Handler for Server {
+impl Handler for SftpServer {
     type Error = StatusReply;
 
     fn unimplemented(&self) -> Self::Error {

@@ -246,7 +246,7 @@ pub fn command_line(
 }
 
 /// One mount's session: the wrapper runs on the remote; its stdio are pipes to us.
-pub struct Session {
+pub struct WrapperSession {
     /// Dropping it asks the master to close the session (so does our death, SIGKILL included):
     /// the wrapper then unmounts and cleans up.
     pub channel: MuxChannel,
@@ -256,7 +256,7 @@ pub struct Session {
 }
 
 /// Starts the wrapper for one mount in a session of the master.
-pub async fn spawn(master: &Master, line: &str) -> Result<Session> {
+pub async fn spawn(master: &Master, line: &str) -> Result<WrapperSession> {
     let (stdin_remote, stdin) = crate::ssh::pipe()?;
     let (stdout, stdout_remote) = crate::ssh::pipe()?;
     let (stderr, stderr_remote) = crate::ssh::pipe()?;
@@ -264,7 +264,7 @@ pub async fn spawn(master: &Master, line: &str) -> Result<Session> {
         .open_session(line, stdin_remote, stdout_remote, stderr_remote)
         .await?;
     let stderr = pipe::Receiver::from_owned_fd(stderr).map_err(crate::ssh::setup_error)?;
-    Ok(Session {
+    Ok(WrapperSession {
         channel,
         stdin,
         stdout,
@@ -274,7 +274,7 @@ pub async fn spawn(master: &Master, line: &str) -> Result<Session> {
 
 /// What the wrapper says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub enum WrapperEvent {
     Ready,
     Unmounted,
     Error {
@@ -287,24 +287,24 @@ pub enum Event {
     Closed,
 }
 
-impl Event {
-    fn parse(line: &str) -> Event {
+impl WrapperEvent {
+    fn parse(line: &str) -> WrapperEvent {
         let Some(rest) = line.strip_prefix("sshpyk-mount ") else {
-            return Event::Output(line.to_string());
+            return WrapperEvent::Output(line.to_string());
         };
         let (word, detail) = rest.split_once(' ').unwrap_or((rest, ""));
         match word {
-            "ready" => Event::Ready,
-            "unmounted" => Event::Unmounted,
+            "ready" => WrapperEvent::Ready,
+            "unmounted" => WrapperEvent::Unmounted,
             "error" => {
                 let (code, detail) = detail.split_once(' ').unwrap_or((detail, ""));
-                Event::Error {
+                WrapperEvent::Error {
                     code: code.to_string(),
                     detail: detail.to_string(),
                 }
             }
-            "note" => Event::Output(format!("note: {detail}")),
-            _ => Event::Output(line.to_string()),
+            "note" => WrapperEvent::Output(format!("note: {detail}")),
+            _ => WrapperEvent::Output(line.to_string()),
         }
     }
 }
@@ -315,7 +315,7 @@ pub fn read_events(
     stderr: pipe::Receiver,
     what: String,
     stopping: Arc<AtomicBool>,
-) -> mpsc::Receiver<Event> {
+) -> mpsc::Receiver<WrapperEvent> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let mut from_wrapper = BufReader::new(stderr);
@@ -331,25 +331,25 @@ pub fn read_events(
                 Ok(_) => {}
             }
             let line = String::from_utf8_lossy(&bytes);
-            let event = Event::parse(line.trim_end_matches(['\n', '\r']));
+            let event = WrapperEvent::parse(line.trim_end_matches(['\n', '\r']));
             match &event {
-                Event::Output(text) if text.starts_with("note: ") => {
+                WrapperEvent::Output(text) if text.starts_with("note: ") => {
                     tracing::info!("{what}: {}", &text[6..])
                 }
-                Event::Output(text) => {
+                WrapperEvent::Output(text) => {
                     tracing::debug!("{what}: {text}");
                     last.push(text.clone());
                     if last.len() > 3 {
                         last.remove(0);
                     }
                 }
-                Event::Ready => mounted = true,
+                WrapperEvent::Ready => mounted = true,
                 _ => tracing::debug!("{what}: {event:?}"),
             }
             // Other output is only kept while someone listens (during start); it is dropped
             // rather than ever blocking the session.
             let _ = match event {
-                Event::Output(_) => tx.try_send(event).map_err(drop),
+                WrapperEvent::Output(_) => tx.try_send(event).map_err(drop),
                 event => tx.send(event).await.map_err(drop),
             };
         }
@@ -361,7 +361,7 @@ pub fn read_events(
             };
             tracing::warn!("{what} ended: the remote sshfs or its ssh channel is gone{said}; the kernel no longer sees the local directory there");
         }
-        let _ = tx.send(Event::Closed).await;
+        let _ = tx.send(WrapperEvent::Closed).await;
     });
     rx
 }
@@ -483,18 +483,24 @@ mod tests {
 
     #[test]
     fn wrapper_lines_become_events() {
-        assert_eq!(Event::parse("sshpyk-mount ready"), Event::Ready);
-        assert_eq!(Event::parse("sshpyk-mount unmounted"), Event::Unmounted);
         assert_eq!(
-            Event::parse("sshpyk-mount error not-empty /x is not empty"),
-            Event::Error {
+            WrapperEvent::parse("sshpyk-mount ready"),
+            WrapperEvent::Ready
+        );
+        assert_eq!(
+            WrapperEvent::parse("sshpyk-mount unmounted"),
+            WrapperEvent::Unmounted
+        );
+        assert_eq!(
+            WrapperEvent::parse("sshpyk-mount error not-empty /x is not empty"),
+            WrapperEvent::Error {
                 code: "not-empty".into(),
                 detail: "/x is not empty".into()
             }
         );
         assert_eq!(
-            Event::parse("read: Connection reset"),
-            Event::Output("read: Connection reset".into())
+            WrapperEvent::parse("read: Connection reset"),
+            WrapperEvent::Output("read: Connection reset".into())
         );
     }
 

@@ -16,7 +16,11 @@ async fn session_within(
 ) -> RawSftpSession {
     let (client, server) = tokio::io::duplex(1 << 20);
     let export = Arc::new(Export::open(root, read_only).unwrap());
-    run(server, Server::new(export, budget, "mount /test".into())).await;
+    run(
+        server,
+        SftpServer::new(export, budget, "mount /test".into()),
+    )
+    .await;
     let session = RawSftpSession::new(client);
     let version = session.init().await.unwrap();
     assert!(version.extensions.contains_key("posix-rename@openssh.com"));
@@ -205,7 +209,7 @@ async fn names_that_are_not_utf8_are_refused_never_merged() {
     let (mut client, server) = tokio::io::duplex(1 << 20);
     run(
         server,
-        Server::new(
+        SftpServer::new(
             Arc::new(Export::open(&root, false).unwrap()),
             HandleBudget::new(64),
             "mount /test".into(),
