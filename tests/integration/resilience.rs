@@ -1,11 +1,9 @@
 //! Network drops: the launcher rides them out with the kernel's state intact, and the remote
 //! guard reaps kernels whose launcher is gone for longer than the orphan timeout.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{assert_kept_state, eventually, port_is_free, ready_client, Env};
+use crate::common::{assert_kept_state, eventually, port_is_free, ready_client, Env};
 use nix::sys::signal::Signal;
 
 const STEP: Duration = Duration::from_secs(20);

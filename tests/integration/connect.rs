@@ -1,8 +1,6 @@
 //! `sshpyk connect` end to end: a test sshd that takes only a password, the prompt answered
 //! through a pseudo-terminal, then kernels that start without any prompt over that connection.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -10,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{eventually, ready_client, Env};
+use crate::common::{eventually, ready_client, Env};
 use sshpyk_testhost::{password_user_password, TestUser, PASSWORD_USER};
 
 const STEP: Duration = Duration::from_secs(20);

@@ -1,11 +1,9 @@
 //! Living beside Jupyter and the Python sshpyk: `list` sees what Jupyter sees, Python-sshpyk
 //! kernelspecs are recognised and adopted, `edit` says what it changes, mixed-up flags are named.
 
-mod common;
-
 use std::path::Path;
 
-use common::Env;
+use crate::common::{self, Env};
 use predicates::prelude::*;
 
 /// A kernel.json exactly as the Python sshpyk 1.25's `sshpyk add` writes it, for the test host.

@@ -1,10 +1,8 @@
 //! Real Jupyter clients (jupyter_client, nbclient, jupyter_server) driving an sshpyk kernel.
 
-mod common;
-
 use std::process::Output;
 
-use common::Env;
+use crate::common::{self, Env};
 
 /// Runs `tests/clients/<script>` with the test venv's python and `env`'s Jupyter dirs.
 fn run_client_script(env: &Env, script: &str, kernel: &str) -> Output {

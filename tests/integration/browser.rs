@@ -3,15 +3,13 @@
 //! tests/clients/jupyterlab_browser.py; this side runs jupyter lab, cuts the link when the
 //! script asks, and checks the remote afterwards.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, venv_python, Env};
+use crate::common::{eventually, venv_python, Env};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 

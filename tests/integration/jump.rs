@@ -1,12 +1,10 @@
 //! `ProxyJump` end to end: the remote host sits in a network namespace linked only to a
 //! bastion's (each with its own sshd), so every byte goes through the bastion.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, ready_client, Env};
+use crate::common::{eventually, ready_client, Env};
 
 const STEP: Duration = Duration::from_secs(20);
 

@@ -1,8 +1,6 @@
 //! The management CLI against a real sshd: add, edit, delete, list, and every bad input.
 
-mod common;
-
-use common::Env;
+use crate::common::{self, Env};
 use predicates::prelude::*;
 
 /// Snapshot settings that make output stable: temp paths, addresses, versions, timings.

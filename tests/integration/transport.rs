@@ -2,11 +2,9 @@
 //! sshd's stock limits (10 sessions per connection), and a login shell that prints on stdout
 //! cannot reach a stream.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{assert_kept_state, eventually, ready_client, Env};
+use crate::common::{assert_kept_state, eventually, ready_client, Env};
 use sshpyk_testhost::TestUser;
 
 const STEP: Duration = Duration::from_secs(60);

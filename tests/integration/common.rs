@@ -1,7 +1,6 @@
 //! Test environment: a private temp dir standing in for every directory sshpyk would touch
 //! (Jupyter data and runtime dirs, HOME, its runtime dir), a real remote host from
 //! sshpyk-testhost, and helpers to run the real binary.
-#![allow(dead_code)] // each test crate uses its own subset
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;

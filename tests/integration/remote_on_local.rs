@@ -1,8 +1,6 @@
 //! `sshpyk mount`: a remote directory mounted here by a real local sshfs over FUSE, against the
 //! real test sshd; the subshell driven through a pseudo-terminal.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
@@ -10,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, Env};
+use crate::common::{eventually, Env};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sshpyk_testhost::TestUser;

@@ -1,10 +1,8 @@
 //! The launcher end to end: a real sshd "remote host", a real ipykernel, our own zmq client.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{eventually, interrupt_busy_kernel, port_is_free, ready_client, Env};
+use crate::common::{self, eventually, interrupt_busy_kernel, port_is_free, ready_client, Env};
 use nix::sys::signal::Signal;
 
 const START: Duration = Duration::from_secs(60);

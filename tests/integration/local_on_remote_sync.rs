@@ -3,12 +3,10 @@
 //! nothing leads out of the tree. The "remote" shares this machine's file system, so the copy
 //! is checked on disk too.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{eventually, ready_client, Env};
+use crate::common::{eventually, ready_client, Env};
 
 const STEP: Duration = Duration::from_secs(20);
 const SYNCED: Duration = Duration::from_secs(10);

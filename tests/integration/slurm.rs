@@ -1,12 +1,10 @@
 //! Kernels on a Slurm compute node, through the login node, on a real single-node Slurm
 //! (slurm-wlm + munge from Debian, its daemons in the test host's network namespace).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{eventually, interrupt_busy_kernel, ready_client, Env, Launcher};
+use crate::common::{eventually, interrupt_busy_kernel, ready_client, Env, Launcher};
 use nix::sys::signal::Signal;
 use sshpyk_testhost::{SLURM_NODE, SLURM_PARTITION};
 

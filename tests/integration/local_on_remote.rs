@@ -2,13 +2,11 @@
 //! `ip netns exec`, its own mount namespace), the real sshfs and FUSE there, the SFTP server in
 //! the launcher, a real ipykernel that uses the mount.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{eventually, ready_client, Env, Launcher};
+use crate::common::{self, eventually, ready_client, Env, Launcher};
 use nix::sys::signal::Signal;
 use sshpyk::jupyter::KernelClient;
 

@@ -2,14 +2,12 @@
 //! the highest verbosity, not in a file that others can read. Names that another user can take
 //! first are passed by.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::Env;
+use crate::common::{self, Env};
 use nix::sys::signal::Signal;
 use sshpyk::jupyter::KernelClient;
 

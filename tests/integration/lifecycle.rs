@@ -2,12 +2,10 @@
 //! connection), within Jupyter's budget on SIGTERM whatever the kernel ignores, with the process
 //! that started them; and whatever a kernel started ends with it.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{eventually, ready_client, venv_python, Env};
+use crate::common::{eventually, ready_client, venv_python, Env};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
