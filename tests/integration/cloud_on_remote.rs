@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cloud_support::{
-    self, add_dav, add_s3, assert_clean, dav_store, json_of, put, rclone, rclone_mounts,
-    remote_command_lines, run, secret_files, secrets_dir, write_private, CLEANUP, START, STEP,
+    self, add_dav, add_s3, assert_clean, dav_store, json_of, launch_ready, mounts_remove,
+    print_file, put, rclone, rclone_mounts, remote_command_lines, run, secret_files, secrets_dir,
+    shut_down, start, store_holds, write_private, CLEANUP, START, STEP,
 };
-use crate::common::{eventually, ready_client, Env};
+use crate::common::{eventually, one_line_error, ready_client, Env, Launcher};
 use nix::sys::signal::Signal;
 
 fn mode(path: &Path) -> u32 {
@@ -55,107 +56,14 @@ fn the_error_line(log: &str) -> &str {
     errors[0]
 }
 
-#[tokio::test]
-async fn an_s3_bucket_is_read_through_the_kernel_read_only_unless_rw_and_secrets_stay_private() {
-    let env = Env::with_host();
-    let (server, creds) = cloud_support::s3_server(&env);
-    let secret = serde_json::from_str::<serde_json::Value>(&creds).unwrap()["secret_access_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let config = cloud_support::s3_config(&env, server.port, &creds);
-    rclone(&env, &config, &["mkdir", "s3:data"]);
-    put(&env, &config, "s3:data/in/data.txt", "from s3\n");
-    let creds_file = write_private(&env, "creds.json", &creds);
-    // The highest verbosity: trace, and ssh's own debug output.
-    let kernel = env.add_kernel("k", &["--log-level", "ssh"]);
-    let top = env.path("remote-mnt");
-    let (ro, rw) = (top.join("ro"), top.join("rw"));
-    add_s3(
-        &env,
-        &kernel,
-        server.port,
-        &creds_file,
-        "data/in",
-        &ro,
-        false,
-    )
-    .assert()
-    .success()
-    .stdout(predicates::str::contains("(read-only)"));
-    add_s3(
-        &env,
-        &kernel,
-        server.port,
-        &creds_file,
-        "data/out",
-        &rw,
-        true,
-    )
-    .assert()
-    .success();
-
-    // The kernelspec names the mounts but holds no secret; the secrets are 0600 in a 0700 dir.
-    let spec = std::fs::read_to_string(env.kernel_dir(&kernel).join("kernel.json")).unwrap();
-    assert!(spec.contains("\"cloud_mounts\""), "{spec}");
-    assert!(!spec.contains(&secret), "{spec}");
-    assert_eq!(mode(&secrets_dir(&env)), 0o700);
-    let files = secret_files(&env);
-    assert_eq!(files.len(), 2);
-    for file in &files {
-        assert_eq!(mode(file), 0o600);
-    }
-
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(START);
-    let mut c = ready_client(&info).await;
-    // Mounted before the kernel started.
-    assert_eq!(
-        run(
-            &mut c,
-            &format!("print(open('{}/data.txt').read(), end='')", ro.display())
-        )
-        .await,
-        Ok("from s3\n".into())
-    );
-    // Read-only: the kernel's write is refused.
-    let refused = run(
-        &mut c,
-        &format!("open('{}/new.txt', 'w').write('x')", ro.display()),
-    )
-    .await;
-    assert!(
-        refused
-            .as_ref()
-            .is_err_and(|e| e.contains("Read-only file system")),
-        "{refused:?}"
-    );
-    // Read-write: written back to the bucket.
-    run(
-        &mut c,
-        &format!(
-            "with open('{}/result.txt', 'w') as f: f.write('from the kernel')",
-            rw.display()
-        ),
-    )
-    .await
-    .unwrap();
-    assert!(
-        eventually(Duration::from_secs(30), || {
-            let mut cmd = env.host().remote_command("rclone", ["--config"]);
-            cmd.arg(&config).args(["cat", "s3:data/out/result.txt"]);
-            cloud_support::clean_env(&mut cmd)
-                .output()
-                .is_ok_and(|o| o.stdout == b"from the kernel")
-        }),
-        "the write never reached the bucket"
-    );
-
-    // Credentials: in no command line (here or there), no log; the remote config is 0600 in
-    // a 0700 directory of its own.
-    let mounts = rclone_mounts(&env);
-    assert_eq!(mounts.len(), 2, "{mounts:?}");
+/// The remote rclone configs hold `secret`, each 0600 in a 0700 directory of its own on
+/// /dev/shm; no command line here or there shows it. Returns the rclone mounts.
+fn assert_remote_configs_private(
+    env: &Env,
+    launcher: &Launcher,
+    secret: &str,
+) -> Vec<(u32, PathBuf)> {
+    let mounts = rclone_mounts(env);
     for (_, remote_config) in &mounts {
         assert!(
             remote_config.starts_with("/dev/shm"),
@@ -166,13 +74,16 @@ async fn an_s3_bucket_is_read_through_the_kernel_read_only_unless_rw_and_secrets
         assert_eq!(mode(remote_config.parent().unwrap()), 0o700);
         assert!(std::fs::read_to_string(remote_config)
             .unwrap()
-            .contains(&secret));
+            .contains(secret));
     }
-    assert!(!remote_command_lines(&env).contains(&secret));
+    assert!(!remote_command_lines(env).contains(secret));
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", launcher.pid())).unwrap();
-    assert!(!String::from_utf8_lossy(&cmdline).contains(&secret));
+    assert!(!String::from_utf8_lossy(&cmdline).contains(secret));
+    mounts
+}
 
-    // `ps` and `mounts list` see the kernel and its mounts, live.
+/// `ps` and `mounts list` show the S3 test's kernel with its two mounts, `ro` and `rw`.
+fn assert_listed_live(env: &Env, launcher: &Launcher, ro: &Path, rw: &Path) {
     let ps = json_of(env.sshpyk().args(["ps", "--json"]));
     let row = &ps.as_array().unwrap()[0];
     assert_eq!(row["kernel_name"], "k");
@@ -217,13 +128,104 @@ async fn an_s3_bucket_is_read_through_the_kernel_read_only_unless_rw_and_secrets
         )),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn an_s3_bucket_is_read_through_the_kernel_read_only_unless_rw_and_secrets_stay_private() {
+    let env = Env::with_host();
+    let (server, creds, config) = cloud_support::s3_bucket(&env, "data");
+    let secret = serde_json::from_str::<serde_json::Value>(&creds).unwrap()["secret_access_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    put(&env, &config, "s3:data/in/data.txt", "from s3\n");
+    let creds_file = write_private(&env, "creds.json", &creds);
+    // The highest verbosity: trace, and ssh's own debug output.
+    let kernel = env.add_kernel("k", &["--log-level", "ssh"]);
+    let top = env.path("remote-mnt");
+    let (ro, rw) = (top.join("ro"), top.join("rw"));
+    add_s3(
+        &env,
+        &kernel,
+        server.port,
+        &creds_file,
+        "data/in",
+        &ro,
+        false,
+    )
+    .assert()
+    .success()
+    .stdout(predicates::str::contains("(read-only)"));
+    add_s3(
+        &env,
+        &kernel,
+        server.port,
+        &creds_file,
+        "data/out",
+        &rw,
+        true,
+    )
+    .assert()
+    .success();
+
+    // The kernelspec names the mounts but holds no secret; the secrets are 0600 in a 0700 dir.
+    let spec = std::fs::read_to_string(env.kernel_dir(&kernel).join("kernel.json")).unwrap();
+    assert!(spec.contains("\"cloud_mounts\""), "{spec}");
+    assert!(!spec.contains(&secret), "{spec}");
+    assert_eq!(mode(&secrets_dir(&env)), 0o700);
+    let files = secret_files(&env);
+    assert_eq!(files.len(), 2);
+    for file in &files {
+        assert_eq!(mode(file), 0o600);
+    }
+
+    let (mut launcher, mut c) = start(&env, &kernel, "a").await;
+    // Mounted before the kernel started.
+    assert_eq!(
+        run(&mut c, &print_file(&ro.join("data.txt"))).await,
+        Ok("from s3\n".into())
+    );
+    // Read-only: the kernel's write is refused.
+    let refused = run(
+        &mut c,
+        &format!("open('{}/new.txt', 'w').write('x')", ro.display()),
+    )
+    .await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("Read-only file system")),
+        "{refused:?}"
+    );
+    // Read-write: written back to the bucket.
+    run(
+        &mut c,
+        &format!(
+            "with open('{}/result.txt', 'w') as f: f.write('from the kernel')",
+            rw.display()
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || store_holds(
+            &env,
+            &config,
+            "s3:data/out/result.txt",
+            "from the kernel"
+        )),
+        "the write never reached the bucket"
+    );
+
+    // Credentials: in no command line (here or there), no log; the remote config is 0600 in
+    // a 0700 directory of its own.
+    let mounts = assert_remote_configs_private(&env, &launcher, &secret);
+    assert_eq!(mounts.len(), 2, "{mounts:?}");
+    // `ps` and `mounts list` see the kernel and its mounts, live.
+    assert_listed_live(&env, &launcher, &ro, &rw);
 
     // A normal shutdown unmounts and removes everything there.
-    c.shutdown(false, STEP).await.unwrap();
-    let status = launcher
-        .wait_timeout(Duration::from_secs(20))
-        .expect("launcher exits");
-    assert!(status.success(), "{status}: {}", launcher.log());
+    shut_down(&mut c, &mut launcher, Duration::from_secs(20)).await;
     let configs: Vec<PathBuf> = mounts.iter().map(|(_, c)| c.clone()).collect();
     assert_clean(&env, &[&ro, &rw], &configs, &[&top]);
     let log = launcher.log();
@@ -274,11 +276,7 @@ async fn a_bad_cloud_mount_fails_the_start_in_one_line_and_leaves_nothing() {
     let full = env.path("remote-full");
     std::fs::create_dir_all(&full).unwrap();
     std::fs::write(full.join("keep"), "x").unwrap();
-    env.sshpyk()
-        .args(["mounts", "remove", "--kernel-name", "k"])
-        .arg(&mnt)
-        .assert()
-        .success();
+    mounts_remove(&env, &mnt).success();
     let config = cloud_support::s3_config(&env, server.port, &creds);
     rclone(&env, &config, &["mkdir", "s3:there"]);
     add_s3(
@@ -369,11 +367,8 @@ async fn webdav_with_a_password_and_sftp_with_a_key_file_mount_through_the_kerne
         "{spec}"
     );
 
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(START);
-    let mut c = ready_client(&info).await;
-    let read = |dir: &Path| format!("print(open('{}/hello.txt').read(), end='')", dir.display());
+    let (mut launcher, mut c) = start(&env, &kernel, "a").await;
+    let read = |dir: &Path| print_file(&dir.join("hello.txt"));
     assert_eq!(
         run(&mut c, &read(&dav_mnt)).await,
         Ok("over webdav\n".into())
@@ -407,11 +402,7 @@ async fn webdav_with_a_password_and_sftp_with_a_key_file_mount_through_the_kerne
     assert!(!remote_command_lines(&env)
         .lines()
         .any(|l| l.contains("dav-pass-123") && !l.contains("serve webdav")));
-    c.shutdown(false, STEP).await.unwrap();
-    assert!(launcher
-        .wait_timeout(Duration::from_secs(20))
-        .expect("exits")
-        .success());
+    shut_down(&mut c, &mut launcher, Duration::from_secs(20)).await;
     assert_clean(&env, &[&dav_mnt, &sftp_mnt], &[], &[&dav_mnt, &sftp_mnt]);
 }
 
@@ -554,11 +545,7 @@ async fn an_azure_container_on_azurite_is_read_through_the_kernel_and_a_bad_sign
     };
     add(&creds, &mnt).assert().success();
     assert_eq!(
-        run(
-            &mut c,
-            &format!("print(open('{}/data.txt').read(), end='')", mnt.display())
-        )
-        .await,
+        run(&mut c, &print_file(&mnt.join("data.txt"))).await,
         Ok("from azure\n".into())
     );
     let bad = write_private(
@@ -568,8 +555,7 @@ async fn an_azure_container_on_azurite_is_read_through_the_kernel_and_a_bad_sign
     );
     let other = env.path("remote-azure-bad");
     let out = add(&bad, &other).assert().code(5);
-    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let err = one_line_error(&out);
     assert!(
         err.contains("refused the credentials for azureblob:cont"),
         "{err}"
@@ -581,14 +567,10 @@ async fn an_azure_container_on_azurite_is_read_through_the_kernel_and_a_bad_sign
 
 #[tokio::test]
 async fn a_raw_rclone_config_mount_rides_out_a_link_cut_and_ps_says_reconnecting_meanwhile() {
-    let env = Env::with_host();
-    if env.host().netns().is_none() {
-        eprintln!("skipped: cutting the link needs the network namespace (root)");
+    let Some(env) = Env::with_host_to_cut() else {
         return;
-    }
-    let (server, creds) = cloud_support::s3_server(&env);
-    let config = cloud_support::s3_config(&env, server.port, &creds);
-    rclone(&env, &config, &["mkdir", "s3:cut"]);
+    };
+    let (_server, _creds, config) = cloud_support::s3_bucket(&env, "cut");
     put(&env, &config, "s3:cut/data.txt", "kept\n");
     env.add_kernel("k", &[]);
     let mnt = env.path("remote-cut");
@@ -600,11 +582,9 @@ async fn a_raw_rclone_config_mount_rides_out_a_link_cut_and_ps_says_reconnecting
         .arg(&mnt)
         .assert()
         .success();
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch("k", &conn);
-    launcher.wait_ready(START);
+    let (launcher, info) = launch_ready(&env, "k", "a");
     let rclone_before = rclone_mounts(&env);
-    let read = format!("print(open('{}/data.txt').read(), end='')", mnt.display());
+    let read = print_file(&mnt.join("data.txt"));
 
     env.host().link_down().unwrap();
     launcher.wait_for_log("connection lost, reconnecting", Duration::from_secs(30));
@@ -639,9 +619,7 @@ async fn a_user_without_root_mounts_and_writes_back() {
         return;
     }
     let env = Env::with_host_as(sshpyk_testhost::TestUser::Chatty);
-    let (server, creds) = cloud_support::s3_server(&env);
-    let config = cloud_support::s3_config(&env, server.port, &creds);
-    rclone(&env, &config, &["mkdir", "s3:user"]);
+    let (server, creds, config) = cloud_support::s3_bucket(&env, "user");
     put(&env, &config, "s3:user/data.txt", "for the user\n");
     let creds_file = write_private(&env, "creds.json", &creds);
     env.add_kernel("k", &[]);
@@ -651,17 +629,10 @@ async fn a_user_without_root_mounts_and_writes_back() {
     add_s3(&env, "k", server.port, &creds_file, "user", &mnt, true)
         .assert()
         .success();
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch("k", &conn);
-    launcher.wait_ready(START);
-    let mut c = ready_client(&info).await;
+    let (mut launcher, mut c) = start(&env, "k", "a").await;
     let m = mnt.display();
     assert_eq!(
-        run(
-            &mut c,
-            &format!("print(open('{m}/data.txt').read(), end='')")
-        )
-        .await,
+        run(&mut c, &print_file(&mnt.join("data.txt"))).await,
         Ok("for the user\n".into())
     );
     run(
@@ -671,13 +642,12 @@ async fn a_user_without_root_mounts_and_writes_back() {
     .await
     .unwrap();
     assert!(
-        eventually(Duration::from_secs(30), || {
-            let mut cmd = env.host().remote_command("rclone", ["--config"]);
-            cmd.arg(&config).args(["cat", "s3:user/data.txt"]);
-            cloud_support::clean_env(&mut cmd)
-                .output()
-                .is_ok_and(|o| o.stdout == b"for the user\nappended\n")
-        }),
+        eventually(Duration::from_secs(30), || store_holds(
+            &env,
+            &config,
+            "s3:user/data.txt",
+            "for the user\nappended\n"
+        )),
         "the append never reached the bucket"
     );
     let (uid, _) = env.host().login_ids();
@@ -703,11 +673,7 @@ async fn a_user_without_root_mounts_and_writes_back() {
         (std::os::unix::fs::MetadataExt::uid(&meta), mode(&private)),
         (uid.as_raw(), 0o700)
     );
-    c.shutdown(false, STEP).await.unwrap();
-    assert!(launcher
-        .wait_timeout(Duration::from_secs(20))
-        .expect("exits")
-        .success());
+    shut_down(&mut c, &mut launcher, Duration::from_secs(20)).await;
     let configs: Vec<PathBuf> = mounts.into_iter().map(|(_, c)| c).collect();
     assert_clean(&env, &[&mnt], &configs, &[&top]);
     // The cache dir of this test's store is emptied by the upload (its lock is left).
@@ -748,11 +714,7 @@ async fn writes_just_before_mounts_remove_or_a_shutdown_reach_webdav() {
     };
     let stored = |name: &str| std::fs::read_to_string(dav.join(name)).ok();
     let remove = || {
-        env.sshpyk()
-            .args(["mounts", "remove", "--kernel-name", "k"])
-            .arg(&mnt)
-            .assert()
-            .success();
+        mounts_remove(&env, &mnt).success();
     };
     // Every child of a remote process reaped: no `[rclone] <defunct>` (a zombie's own /proc
     // entry no longer tells whose namespace it is in; its parent's does).
@@ -771,10 +733,7 @@ async fn writes_just_before_mounts_remove_or_a_shutdown_reach_webdav() {
     };
     env.add_kernel("k", &[]);
     add().assert().success();
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch("k", &conn);
-    launcher.wait_ready(START);
-    let mut c = ready_client(&info).await;
+    let (mut launcher, mut c) = start(&env, "k", "a").await;
 
     // The rclone mounted at the start dies: reaped at once, not when someone asks for its state.
     let (rclone_pid, _) = rclone_mounts(&env)[0].clone();
@@ -801,11 +760,7 @@ async fn writes_just_before_mounts_remove_or_a_shutdown_reach_webdav() {
 
     add().assert().success();
     run(&mut c, &write("shutdown.csv")).await.unwrap();
-    c.shutdown(false, STEP).await.unwrap();
-    let status = launcher
-        .wait_timeout(Duration::from_secs(40))
-        .expect("launcher exits");
-    assert!(status.success(), "{status}: {}", launcher.log());
+    shut_down(&mut c, &mut launcher, Duration::from_secs(40)).await;
     assert_eq!(
         stored("shutdown.csv").as_deref(),
         Some("shutdown.csv from the kernel")
@@ -828,9 +783,7 @@ async fn writes_just_before_mounts_remove_or_a_shutdown_reach_webdav() {
 #[tokio::test]
 async fn writes_before_a_sigkill_reach_s3_at_once_or_at_the_next_start() {
     let env = Env::with_host();
-    let (server, creds) = cloud_support::s3_server(&env);
-    let config = cloud_support::s3_config(&env, server.port, &creds);
-    rclone(&env, &config, &["mkdir", "s3:kill"]);
+    let (server, creds, config) = cloud_support::s3_bucket(&env, "kill");
     let creds_file = write_private(&env, "creds.json", &creds);
     let kernel = env.add_kernel("k", &[]);
     let mnt = env.path("remote-kill");
@@ -844,17 +797,11 @@ async fn writes_before_a_sigkill_reach_s3_at_once_or_at_the_next_start() {
         )
     };
     let in_bucket = |name: &str| {
-        let mut cmd = env.host().remote_command("rclone", ["--config"]);
-        cmd.arg(&config).arg("cat").arg(format!("s3:kill/{name}"));
-        cloud_support::clean_env(&mut cmd)
-            .output()
-            .is_ok_and(|o| o.stdout == format!("{name} from the kernel").as_bytes())
+        let text = format!("{name} from the kernel");
+        store_holds(&env, &config, &format!("s3:kill/{name}"), &text)
     };
 
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(START);
-    let mut c = ready_client(&info).await;
+    let (mut launcher, mut c) = start(&env, &kernel, "a").await;
     run(&mut c, &write("killed.csv")).await.unwrap();
     c.close();
     launcher.signal(Signal::SIGKILL);
@@ -869,10 +816,7 @@ async fn writes_before_a_sigkill_reach_s3_at_once_or_at_the_next_start() {
     );
     assert_clean(&env, &[&mnt], &[], &[&mnt]);
 
-    let (conn, info) = env.connection_file("b");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(START);
-    let mut c = ready_client(&info).await;
+    let (mut launcher, mut c) = start(&env, &kernel, "b").await;
     let (rclone_pid, dead_config) = rclone_mounts(&env)[0].clone();
     let supervisor = parent_of(rclone_pid);
     run(&mut c, &write("crashed.csv")).await.unwrap();
@@ -886,20 +830,14 @@ async fn writes_before_a_sigkill_reach_s3_at_once_or_at_the_next_start() {
     );
     assert!(dead_config.exists(), "nothing left for the sweep to do");
 
-    let (conn, info) = env.connection_file("c");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(START);
+    let (mut launcher, info) = launch_ready(&env, &kernel, "c");
     assert!(
         eventually(Duration::from_secs(20), || in_bucket("crashed.csv")),
         "the leftover never reached the bucket"
     );
     assert!(!dead_config.parent().unwrap().exists());
     let mut c = ready_client(&info).await;
-    c.shutdown(false, STEP).await.unwrap();
-    assert!(launcher
-        .wait_timeout(Duration::from_secs(40))
-        .expect("exits")
-        .success());
+    shut_down(&mut c, &mut launcher, Duration::from_secs(40)).await;
     let configs: Vec<PathBuf> = rclone_mounts(&env).into_iter().map(|(_, c)| c).collect();
     assert_clean(&env, &[&mnt], &configs, &[]);
 }
@@ -916,10 +854,7 @@ async fn writes_the_store_cannot_take_at_shutdown_are_kept_and_uploaded_by_the_n
     assert_cmd::Command::from_std(add_dav(&env, port, &creds, &mnt, true))
         .assert()
         .success();
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch("k", &conn);
-    launcher.wait_ready(START);
-    let mut c = ready_client(&info).await;
+    let (mut launcher, mut c) = start(&env, "k", "a").await;
     run(
         &mut c,
         &format!(
@@ -958,9 +893,7 @@ async fn writes_the_store_cannot_take_at_shutdown_are_kept_and_uploaded_by_the_n
     assert_clean(&env, &[&mnt], &[], &[&mnt]);
 
     let _server = cloud_support::webdav_server_on(&env, &dav, "dav-user", "dav-pass-123", port);
-    let (conn, info) = env.connection_file("b");
-    let mut launcher = env.launch("k", &conn);
-    launcher.wait_ready(START);
+    let (mut launcher, info) = launch_ready(&env, "k", "b");
     assert!(
         eventually(Duration::from_secs(20), || std::fs::read_to_string(
             dav.join("late.csv")
@@ -969,11 +902,7 @@ async fn writes_the_store_cannot_take_at_shutdown_are_kept_and_uploaded_by_the_n
         "the kept file never reached the store"
     );
     let mut c = ready_client(&info).await;
-    c.shutdown(false, STEP).await.unwrap();
-    assert!(launcher
-        .wait_timeout(Duration::from_secs(40))
-        .expect("exits")
-        .success());
+    shut_down(&mut c, &mut launcher, Duration::from_secs(40)).await;
     assert_clean(&env, &[&mnt], &[], &[&mnt]);
 }
 
@@ -998,11 +927,8 @@ async fn a_squatted_shm_name_on_the_remote_stops_no_cloud_mount() {
     assert_cmd::Command::from_std(add_dav(&env, server.port, &creds, &mnt, false))
         .assert()
         .success();
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch("k", &conn);
-    launcher.wait_ready(START);
-    let mut c = ready_client(&info).await;
-    let read = format!("print(open('{}/data.txt').read(), end='')", mnt.display());
+    let (mut launcher, mut c) = start(&env, "k", "a").await;
+    let read = print_file(&mnt.join("data.txt"));
     let got = run(&mut c, &read).await;
     c.shutdown(false, STEP).await.unwrap();
     launcher

@@ -184,9 +184,7 @@ fn a_kernel_that_never_listens_is_bounded_and_cleaned_up() {
     assert_eq!(code, Some(6), "{line}");
     assert!(line.contains("did not finish within 3 s"), "{line}");
     assert!(
-        eventually(Duration::from_secs(5), || env
-            .remote_processes("stuck kernel")
-            .is_empty()),
+        env.remote_processes_end("stuck kernel", Duration::from_secs(5)),
         "the stuck kernel was left running"
     );
 }

@@ -205,9 +205,7 @@ fn jupyter_client_restart_of_a_stuck_kernel_and_a_dead_client() {
             );
         }
         assert!(
-            eventually(Duration::from_secs(10), || env
-                .remote_processes("ipykernel")
-                .is_empty()),
+            env.remote_processes_end("ipykernel", Duration::from_secs(10)),
             "{scenario}: a remote kernel was left behind"
         );
     }

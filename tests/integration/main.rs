@@ -17,20 +17,25 @@
 //!   (`sshpyk mount`): `remote_on_local`; cloud storage on the remote, per backend:
 //!   `cloud_on_remote`; the `sshpyk mounts` command itself: `mounts_command`.
 //!
-//! Helpers every module may use are in `common`; cloud stores and their `mounts add` in
-//! `cloud_support`. A test starts from an [`common::Env`]: a private temp dir standing in for
-//! HOME and the Jupyter dirs, and, from its constructors, a real sshd "remote host" to add
-//! kernels for:
+//! Helpers every module may use are in `common`; the cloud stores, their `mounts add` and the
+//! kernel-side steps of the cloud tests in `cloud_support`. Python a test runs stays beside the
+//! binary: `tests/clients/` (Jupyter's clients), `tests/remote/` (the supervisor's own tests),
+//! `cloud_support/*.py`. A test starts from a [`common::Env`]: a private temp dir standing in
+//! for HOME, the Jupyter dirs and the runtime dir, and, as its constructor says, a real sshd
+//! "remote host" (`with_host`, `with_host_as(user)`, `with_host_to_cut` for link cuts,
+//! `with_host_rtt`, `with_host_behind_bastion`, `with_slurm_host`, ...), or none (`local`):
 //!
 //! ```ignore
-//! let env = Env::with_host(); // or Env::local(), Env::with_host_as(TestUser::Chatty), ...
+//! let env = Env::with_host();
 //! let (mut launcher, info) = env.start_kernel(&["--orphan-timeout", "4"]); // kernel "k"
 //! let mut client = ready_client(&info).await;
-//! env.sshpyk().args(["ps", "--json"]).assert().success();
+//! env.sshpyk().args(["ps", "--json"]).assert().success(); // the binary, in the Env's dirs
 //! ```
 //!
-//! All tests share this one process: nothing may change its environment, current directory or
-//! signal dispositions; per-test state lives in the Env's temp dir.
+//! All tests share this one process, two or more at a time: none may change its environment,
+//! current directory or signal dispositions, and what it opens must be closed on exec (std's
+//! files, pipes and sockets are; `common::pty` makes its terminals so), else another test's
+//! children inherit it. Per-test state lives in the Env's temp dir.
 
 mod common;
 

@@ -7,18 +7,32 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cloud_support::{
-    self, add_dav, add_s3, assert_clean, dav_store, is_mounted, json_of, put, rclone,
-    rclone_mounts, run, secret_files, write_private, CLEANUP, START,
+    self, add_dav, add_s3, assert_clean, dav_store, is_mounted, json_of, launch_ready,
+    mounts_remove, print_file, put, rclone_mounts, run, secret_files, write_private, CLEANUP,
 };
-use crate::common::{eventually, ready_client, Env};
+use crate::common::{eventually, one_line_error, ready_client, Env};
 use nix::sys::signal::Signal;
+
+/// `sshpyk mounts add` of Dropbox at /mnt/box for kernel "k", its token from stdin.
+fn add_dropbox(env: &Env, token: &str) -> assert_cmd::assert::Assert {
+    env.sshpyk()
+        .args([
+            "mounts",
+            "add",
+            "--kernel-name",
+            "k",
+            "--backend",
+            "dropbox",
+        ])
+        .args(["--creds", "-", "/mnt/box"])
+        .write_stdin(format!(r#"{{"token": "{token}"}}"#))
+        .assert()
+}
 
 #[tokio::test]
 async fn mounts_change_on_a_running_kernel_and_go_with_a_sigkilled_launcher() {
     let env = Env::with_host();
-    let (server, creds) = cloud_support::s3_server(&env);
-    let config = cloud_support::s3_config(&env, server.port, &creds);
-    rclone(&env, &config, &["mkdir", "s3:live"]);
+    let (server, creds, config) = cloud_support::s3_bucket(&env, "live");
     put(&env, &config, "s3:live/data.txt", "live data\n");
     let creds_file = write_private(&env, "creds.json", &creds);
     let mut wrong: serde_json::Value = serde_json::from_str(&creds).unwrap();
@@ -39,11 +53,7 @@ async fn mounts_change_on_a_running_kernel_and_go_with_a_sigkilled_launcher() {
     );
     assert!(out.contains("mounted now on 1 running kernel(s)"), "{out}");
     assert_eq!(
-        run(
-            &mut c,
-            &format!("print(open('{}/data.txt').read(), end='')", mnt.display())
-        )
-        .await,
+        run(&mut c, &print_file(&mnt.join("data.txt"))).await,
         Ok("live data\n".into())
     );
 
@@ -61,11 +71,7 @@ async fn mounts_change_on_a_running_kernel_and_go_with_a_sigkilled_launcher() {
         ps[0]["mounts"][0]["state"] == "failing"
     });
     assert!(failing, "{ps}");
-    env.sshpyk()
-        .args(["mounts", "remove", "--kernel-name", "k"])
-        .arg(&mnt)
-        .assert()
-        .success();
+    mounts_remove(&env, &mnt).success();
     assert!(!is_mounted(&env, &mnt));
     add_s3(&env, "k", server.port, &creds_file, "live", &mnt, false)
         .assert()
@@ -77,8 +83,7 @@ async fn mounts_change_on_a_running_kernel_and_go_with_a_sigkilled_launcher() {
     let failed = add_s3(&env, "k", server.port, &wrong_file, "live", &other, false)
         .assert()
         .code(5);
-    let err = String::from_utf8_lossy(&failed.get_output().stderr).into_owned();
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let err = one_line_error(&failed);
     assert!(err.contains("refused the credentials"), "{err}");
     assert!(err.contains("SignatureDoesNotMatch"), "{err}");
     assert_eq!(
@@ -104,11 +109,7 @@ async fn mounts_change_on_a_running_kernel_and_go_with_a_sigkilled_launcher() {
     assert_eq!(rclone_mounts(&env).len(), 1);
 
     // Removed while the kernel runs: gone there at once, and from the kernelspec.
-    env.sshpyk()
-        .args(["mounts", "remove", "--kernel-name", "k"])
-        .arg(&mnt)
-        .assert()
-        .success();
+    mounts_remove(&env, &mnt).success();
     assert_eq!(
         run(
             &mut c,
@@ -163,9 +164,8 @@ fn bad_input_is_refused_before_anything_is_written() {
             .args(args)
             .assert()
             .code(3);
-        let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+        let err = one_line_error(&out);
         assert!(err.contains(message), "{args:?}: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     };
     refused(
         &["--backend", "s3", "--set", "bucket=x", "/mnt/x"],
@@ -207,20 +207,7 @@ fn bad_input_is_refused_before_anything_is_written() {
     assert!(!spec.contains("cloud_mounts"));
 
     // Secrets from stdin; with no kernel running, only the kernelspec changes.
-    env.sshpyk()
-        .args([
-            "mounts",
-            "add",
-            "--kernel-name",
-            "k",
-            "--backend",
-            "dropbox",
-            "--creds",
-            "-",
-            "/mnt/box",
-        ])
-        .write_stdin(r#"{"token": "tok-from-stdin"}"#)
-        .assert()
+    add_dropbox(&env, "tok-from-stdin")
         .success()
         .stdout(predicates::str::contains("it is mounted at every start"));
     let spec = std::fs::read_to_string(spec_dir.join("kernel.json")).unwrap();
@@ -258,10 +245,7 @@ async fn local_dirs_on_the_remote_are_listed_and_removed_live_too() {
     assert_eq!(live["mounts"][0]["state"], "mounted");
     assert_eq!(live["mounts"][0]["source"], local.to_str().unwrap());
 
-    env.sshpyk()
-        .args(["mounts", "remove", "--kernel-name", "k"])
-        .arg(&remote)
-        .assert()
+    mounts_remove(&env, &remote)
         .success()
         .stdout(predicates::str::contains("unmounted"));
     assert_eq!(
@@ -280,12 +264,7 @@ async fn local_dirs_on_the_remote_are_listed_and_removed_live_too() {
     let ps = json_of(env.sshpyk().args(["ps", "--json"]));
     assert!(ps[0]["mounts"].as_array().unwrap().is_empty(), "{ps}");
     // Nothing left to remove: one clear line.
-    let out = env
-        .sshpyk()
-        .args(["mounts", "remove", "--kernel-name", "k"])
-        .arg(&remote)
-        .assert()
-        .code(3);
+    let out = mounts_remove(&env, &remote).code(3);
     let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
     assert!(err.contains("has no mount at"), "{err}");
 }
@@ -296,19 +275,7 @@ async fn local_dirs_on_the_remote_are_listed_and_removed_live_too() {
 fn replaced_or_deleted_kernels_leave_no_secrets_behind() {
     let env = Env::with_host();
     let add_mount = || {
-        env.sshpyk()
-            .args([
-                "mounts",
-                "add",
-                "--kernel-name",
-                "k",
-                "--backend",
-                "dropbox",
-            ])
-            .args(["--creds", "-", "/mnt/box"])
-            .write_stdin(r#"{"token": "tok"}"#)
-            .assert()
-            .success();
+        add_dropbox(&env, "tok").success();
         assert_eq!(secret_files(&env).len(), 1);
     };
     env.add_kernel("k", &[]);
@@ -330,33 +297,21 @@ fn replaced_or_deleted_kernels_leave_no_secrets_behind() {
 /// kernel keeps it, and the command says so and fails; once the kernel is back, it removes it.
 #[tokio::test]
 async fn mounts_remove_during_a_reconnection_fails_and_says_which_kernel_keeps_it() {
-    let env = Env::with_host();
-    if env.host().netns().is_none() {
-        eprintln!("skipped: cutting the link needs the network namespace (root)");
+    let Some(env) = Env::with_host_to_cut() else {
         return;
-    }
-    let (server, creds) = cloud_support::s3_server(&env);
-    let config = cloud_support::s3_config(&env, server.port, &creds);
-    rclone(&env, &config, &["mkdir", "s3:cut"]);
+    };
+    let (server, creds, _config) = cloud_support::s3_bucket(&env, "cut");
     let creds_file = write_private(&env, "creds.json", &creds);
     let kernel = env.add_kernel("k", &[]);
     let mnt = env.path("remote-cut");
     add_s3(&env, &kernel, server.port, &creds_file, "cut", &mnt, false)
         .assert()
         .success();
-    let (conn, _) = env.connection_file("a");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(START);
+    let (launcher, _) = launch_ready(&env, &kernel, "a");
     env.host().link_down().unwrap();
     launcher.wait_for_log("connection lost, reconnecting", Duration::from_secs(30));
-    let out = env
-        .sshpyk()
-        .args(["mounts", "remove", "--kernel-name", "k"])
-        .arg(&mnt)
-        .assert()
-        .failure();
-    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let out = mounts_remove(&env, &mnt).failure();
+    let err = one_line_error(&out);
     assert!(
         err.contains(&format!(
             "the running kernel of launcher {} still has {}",
@@ -381,11 +336,7 @@ async fn mounts_remove_during_a_reconnection_fails_and_says_which_kernel_keeps_i
         "{}",
         launcher.log()
     );
-    env.sshpyk()
-        .args(["mounts", "remove", "--kernel-name", "k"])
-        .arg(&mnt)
-        .assert()
-        .success();
+    mounts_remove(&env, &mnt).success();
     assert!(eventually(CLEANUP, || !is_mounted(&env, &mnt)));
 }
 

@@ -12,9 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
+use sshpyk::connection::ConnectionInfo;
 use sshpyk::jupyter::KernelClient;
 
-use crate::common::{eventually, Env};
+use crate::common::{eventually, ready_client, Env, Launcher};
 
 /// How long a start with cloud mounts may take, a cell, a cleanup on the remote.
 pub const START: Duration = Duration::from_secs(90);
@@ -144,6 +145,15 @@ fn wait_listening(env: &Env, port: u16, what: &str) {
     );
 }
 
+/// [`s3_server`] with `bucket` made in it: (server, key, the tests' own rclone config for it,
+/// see [`s3_config`]).
+pub fn s3_bucket(env: &Env, bucket: &str) -> (Server, String, PathBuf) {
+    let (server, creds) = s3_server(env);
+    let config = s3_config(env, server.port, &creds);
+    rclone(env, &config, &["mkdir", &format!("s3:{bucket}")]);
+    (server, creds, config)
+}
+
 /// `rclone serve webdav` of `dir` with a user and password.
 pub fn webdav_server(env: &Env, dir: &Path, user: &str, pass: &str) -> Server {
     webdav_server_on(env, dir, user, pass, sshpyk_testhost::free_port())
@@ -197,6 +207,15 @@ pub fn rclone(env: &Env, config: &Path, args: &[&str]) -> String {
     let mut cmd = env.host().remote_command("rclone", ["--config"]);
     cmd.arg(config).args(args);
     run_ok(&mut cmd)
+}
+
+/// Whether `path` of the store holds `text`, no more (`rclone cat`).
+pub fn store_holds(env: &Env, config: &Path, path: &str, text: &str) -> bool {
+    let mut cmd = env.host().remote_command("rclone", ["--config"]);
+    cmd.arg(config).args(["cat", path]);
+    clean_env(&mut cmd)
+        .output()
+        .is_ok_and(|o| o.stdout == text.as_bytes())
 }
 
 /// `rclone rcat`: `text` into `path` of the store.
@@ -421,4 +440,38 @@ pub fn assert_clean(env: &Env, mount_points: &[&Path], configs: &[PathBuf], crea
             dir.display()
         );
     }
+}
+
+/// Starts `kernel` as Jupyter would (connection file `name`), up to "ready".
+pub fn launch_ready(env: &Env, kernel: &str, name: &str) -> (Launcher, ConnectionInfo) {
+    let (conn, info) = env.connection_file(name);
+    let mut launcher = env.launch(kernel, &conn);
+    launcher.wait_ready(START);
+    (launcher, info)
+}
+
+/// [`launch_ready`], and a client of the kernel.
+pub async fn start(env: &Env, kernel: &str, name: &str) -> (Launcher, KernelClient) {
+    let (launcher, info) = launch_ready(env, kernel, name);
+    (launcher, ready_client(&info).await)
+}
+
+/// Shuts the kernel down through `c`: its launcher exits 0 within `timeout`.
+pub async fn shut_down(c: &mut KernelClient, launcher: &mut Launcher, timeout: Duration) {
+    c.shutdown(false, STEP).await.unwrap();
+    let status = launcher.wait_timeout(timeout).expect("launcher exits");
+    assert!(status.success(), "{status}: {}", launcher.log());
+}
+
+/// Code that prints the text of `file`, for [`run`].
+pub fn print_file(file: &Path) -> String {
+    format!("print(open('{}').read(), end='')", file.display())
+}
+
+/// `sshpyk mounts remove` of `mnt` from kernel "k".
+pub fn mounts_remove(env: &Env, mnt: &Path) -> assert_cmd::assert::Assert {
+    env.sshpyk()
+        .args(["mounts", "remove", "--kernel-name", "k"])
+        .arg(mnt)
+        .assert()
 }
