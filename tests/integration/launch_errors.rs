@@ -1,11 +1,9 @@
 //! Every way a launch can go wrong gives one clear line, a documented exit code, and leaves
 //! nothing behind (no remote process, no remote file, no bound port).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, port_is_free, Env};
+use crate::common::{self, eventually, port_is_free, Env};
 
 /// Launches kernel `k` after `change` edited its settings; returns (exit code, last log line).
 fn launch_with(env: &Env, change: impl FnOnce(&mut serde_json::Value)) -> (Option<i32>, String) {
@@ -186,9 +184,7 @@ fn a_kernel_that_never_listens_is_bounded_and_cleaned_up() {
     assert_eq!(code, Some(6), "{line}");
     assert!(line.contains("did not finish within 3 s"), "{line}");
     assert!(
-        eventually(Duration::from_secs(5), || env
-            .remote_processes("stuck kernel")
-            .is_empty()),
+        env.remote_processes_end("stuck kernel", Duration::from_secs(5)),
         "the stuck kernel was left running"
     );
 }

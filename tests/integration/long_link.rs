@@ -1,10 +1,8 @@
 //! sshpyk over a long link: the remote host 50 ms away, behind sshpyk-testhost's delay proxy.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Env;
+use crate::common::{self, Env};
 
 #[tokio::test]
 async fn a_kernel_50_ms_away_starts_runs_and_stops() {

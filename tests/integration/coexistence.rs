@@ -1,11 +1,9 @@
 //! Living beside Jupyter and the Python sshpyk: `list` sees what Jupyter sees, Python-sshpyk
 //! kernelspecs are recognised and adopted, `edit` says what it changes, mixed-up flags are named.
 
-mod common;
-
 use std::path::Path;
 
-use common::Env;
+use crate::common::{self, Env};
 use predicates::prelude::*;
 
 /// A kernel.json exactly as the Python sshpyk 1.25's `sshpyk add` writes it, for the test host.
@@ -169,41 +167,31 @@ fn edit_says_when_there_is_nothing_to_change_and_when_it_repoints_argv() {
     );
 }
 
+/// `sshpyk add` of python3 on the test host with one python flag, `flag path`.
+fn add_with_python_flag(env: &Env, flag: &str, path: &Path) -> assert_cmd::assert::Assert {
+    env.add_on("remote", "python3")
+        .arg("--ssh-config")
+        .arg(env.ssh_config())
+        .arg(flag)
+        .arg(path)
+        .assert()
+}
+
 #[test]
 fn mixed_up_python_flags_name_the_flag_that_was_meant() {
     let env = Env::with_host();
     let python = env.remote_venv.join("bin/python");
-    let mut cmd = env.sshpyk();
-    cmd.args([
-        "add",
-        "--ssh-host-alias",
-        "remote",
-        "--remote-kernel-name",
-        "python3",
-    ])
-    .arg("--ssh-config")
-    .arg(env.ssh_config())
-    .arg("--remote-python-prefix")
-    .arg(&python);
-    cmd.assert().code(3).stderr(predicate::str::contains(format!(
+    add_with_python_flag(&env, "--remote-python-prefix", &python)
+        .code(3)
+        .stderr(predicate::str::contains(format!(
         "--remote-python-prefix {} is an interpreter, not an environment: pass --remote-python {} (or --remote-python-prefix {})",
         python.display(),
         python.display(),
         env.remote_venv.display()
     )));
-    let mut cmd = env.sshpyk();
-    cmd.args([
-        "add",
-        "--ssh-host-alias",
-        "remote",
-        "--remote-kernel-name",
-        "python3",
-    ])
-    .arg("--ssh-config")
-    .arg(env.ssh_config())
-    .arg("--remote-python")
-    .arg(&env.remote_venv);
-    cmd.assert().code(3).stderr(predicate::str::contains(format!(
+    add_with_python_flag(&env, "--remote-python", &env.remote_venv)
+        .code(3)
+        .stderr(predicate::str::contains(format!(
         "remote python {} is a directory on 'remote': for an environment pass --remote-python-prefix {}",
         env.remote_venv.display(),
         env.remote_venv.display()

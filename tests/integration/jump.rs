@@ -1,12 +1,10 @@
 //! `ProxyJump` end to end: the remote host sits in a network namespace linked only to a
 //! bastion's (each with its own sshd), so every byte goes through the bastion.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, ready_client, Env};
+use crate::common::{ready_client, Env};
 
 const STEP: Duration = Duration::from_secs(20);
 
@@ -60,9 +58,7 @@ async fn a_kernel_behind_a_bastion_starts_runs_and_ends_through_proxyjump() {
     launcher.child.kill().unwrap();
     launcher.child.wait().unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || env
-            .remote_processes("ipykernel")
-            .is_empty()),
+        env.remote_processes_end("ipykernel", Duration::from_secs(5)),
         "kernel {pid} still runs"
     );
 }

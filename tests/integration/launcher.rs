@@ -1,10 +1,8 @@
 //! The launcher end to end: a real sshd "remote host", a real ipykernel, our own zmq client.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{eventually, interrupt_busy_kernel, port_is_free, ready_client, Env};
+use crate::common::{self, eventually, interrupt_busy_kernel, port_is_free, ready_client, Env};
 use nix::sys::signal::Signal;
 
 const START: Duration = Duration::from_secs(60);
@@ -75,16 +73,12 @@ async fn runs_code_on_the_remote_keeps_state_and_shuts_down_cleanly() {
         "remote kernel left behind"
     );
     assert!(
-        eventually(Duration::from_secs(2), || env
-            .remote_processes("sshpyk-relay")
-            .is_empty()),
+        env.remote_processes_end("sshpyk-relay", Duration::from_secs(2)),
         "a relay to the kernel's sockets was left behind"
     );
     // The supervisor reports the exit just before its own interpreter ends.
     assert!(
-        eventually(Duration::from_secs(2), || env
-            .remote_processes("sshpyk-supervisor")
-            .is_empty()),
+        env.remote_processes_end("sshpyk-supervisor", Duration::from_secs(2)),
         "remote supervisor left behind"
     );
     assert!(
@@ -137,9 +131,7 @@ async fn restart_on_the_same_ports_after_sigterm_and_after_sigkill() {
     eprintln!("launcher exited {:?} after SIGTERM", signalled.elapsed());
     // The kernel's own status: ended by SIGTERM.
     assert_eq!(status.code(), Some(143), "{}", first.log());
-    assert!(eventually(Duration::from_secs(5), || env
-        .remote_processes("ipykernel")
-        .is_empty()));
+    assert!(env.remote_processes_end("ipykernel", Duration::from_secs(5)));
 
     // Same ports again at once; the new kernel is fresh.
     let mut second = env.launch(&kernel, &conn);
@@ -162,9 +154,7 @@ async fn restart_on_the_same_ports_after_sigterm_and_after_sigkill() {
         );
     }
     assert!(
-        eventually(Duration::from_secs(15), || env
-            .remote_processes("ipykernel")
-            .is_empty()),
+        env.remote_processes_end("ipykernel", Duration::from_secs(15)),
         "remote kernel {remote_pid} not ended after its launcher was killed"
     );
     assert!(eventually(Duration::from_secs(5), || env

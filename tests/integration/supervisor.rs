@@ -1,7 +1,7 @@
 //! The remote supervisor (src/supervisor/*.py) on its own, over pipes: no ssh in between; its cloud
 //! mounts (cloud.py) and the Slurm relay (slurm_relay.py) on their own.
 
-mod common;
+use crate::common;
 
 /// Runs `tests/remote/SCRIPT` on `src` and checks it passed `checks` checks ("ok: ...").
 fn passes(script: &str, checks: usize) {

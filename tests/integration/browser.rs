@@ -3,15 +3,13 @@
 //! tests/clients/jupyterlab_browser.py; this side runs jupyter lab, cuts the link when the
 //! script asks, and checks the remote afterwards.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, venv_python, Env};
+use crate::common::{eventually, venv_python, Env};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
@@ -98,11 +96,9 @@ fn assert_browser_tools() {
 
 #[test]
 fn jupyterlab_in_chromium_runs_interrupts_restarts_and_shuts_down_through_a_link_cut() {
-    let env = Env::with_host();
-    if env.host().netns().is_none() {
-        eprintln!("skipped: cutting a link needs a network namespace (run as root)");
+    let Some(env) = Env::with_host_to_cut() else {
         return;
-    }
+    };
     assert_browser_tools();
     let kernel = env.add_kernel("ssh_remote", &[]);
     let started = Instant::now();
@@ -210,9 +206,7 @@ fn jupyterlab_in_chromium_runs_interrupts_restarts_and_shuts_down_through_a_link
     assert!(screenshot.exists(), "no screenshot:\n{}", report());
 
     assert!(
-        eventually(Duration::from_secs(15), || env
-            .remote_processes("ipykernel")
-            .is_empty()),
+        env.remote_processes_end("ipykernel", Duration::from_secs(15)),
         "Shut Down Kernel left a remote kernel:\n{}",
         report()
     );

@@ -1,95 +1,23 @@
-//! Cloud storage on the remote, end to end: a real sshd "remote host", real S3 (moto, with IAM
-//! authentication) and WebDAV servers beside it, the real rclone and FUSE there, a real
-//! ipykernel reading and writing through the mount; `sshpyk mounts`, `sshpyk ps` and the
-//! launchers' control sockets.
-
-mod common;
-#[path = "cloud_support/mod.rs"]
-mod support;
+//! Cloud storage mounted on the remote (rclone there), per backend, end to end: a real sshd
+//! "remote host", real S3 (moto, with IAM authentication), WebDAV and Azure (Azurite) servers
+//! beside it, SFTP to the host itself, GCS and Dropbox rendered for rclone; the real rclone and
+//! FUSE there, a real ipykernel reading and writing through the mount; what reaches the store
+//! at `mounts remove`, a shutdown or a SIGKILL. `sshpyk mounts` itself: mounts_command.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{eventually, ready_client, Env};
+use crate::cloud_support::{
+    self, add_dav, add_s3, assert_clean, dav_store, json_of, launch_ready, mounts_remove,
+    print_file, put, rclone, rclone_mounts, remote_command_lines, run, secret_files, secrets_dir,
+    shut_down, start, store_holds, write_private, CLEANUP, START, STEP,
+};
+use crate::common::{eventually, one_line_error, ready_client, Env, Launcher};
 use nix::sys::signal::Signal;
-use sshpyk::jupyter::KernelClient;
-use support::{is_mounted, put, rclone, rclone_mounts, remote_command_lines};
-
-const START: Duration = Duration::from_secs(90);
-const STEP: Duration = Duration::from_secs(30);
-const CLEANUP: Duration = Duration::from_secs(10);
-
-/// Runs `code` in the remote kernel; its stdout, or the error's name and value.
-async fn run(c: &mut KernelClient, code: &str) -> Result<String, String> {
-    let r = c.execute(code, STEP).await.expect("execute");
-    match r.status.as_str() {
-        "ok" => Ok(r.stdout),
-        _ => Err(format!("{:?}", r.error)),
-    }
-}
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-fn write_private(env: &Env, name: &str, text: &str) -> PathBuf {
-    let path = env.path(name);
-    std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
-
-/// `sshpyk mounts add` of an S3 source on the test server.
-fn add_s3(
-    env: &Env,
-    kernel: &str,
-    port: u16,
-    creds: &Path,
-    source: &str,
-    remote: &Path,
-    rw: bool,
-) -> assert_cmd::Command {
-    let mut cmd = env.sshpyk();
-    cmd.args(["mounts", "add", "--kernel-name", kernel, "--backend", "s3"])
-        .args(["--set", "provider=Other"])
-        .arg("--set")
-        .arg(format!("endpoint=http://127.0.0.1:{port}"))
-        .arg("--creds")
-        .arg(creds)
-        .args(["--source", source]);
-    if rw {
-        cmd.arg("--rw");
-    }
-    cmd.arg(remote);
-    cmd
-}
-
-/// A WebDAV store served by `rclone serve webdav` on the test host, its credentials file,
-/// and where the tests mount it: (store dir, server, creds, mount point).
-fn dav_store(env: &Env) -> (PathBuf, support::Server, PathBuf, PathBuf) {
-    let dav = env.path("dav");
-    std::fs::create_dir_all(&dav).unwrap();
-    let server = support::webdav_server(env, &dav, "dav-user", "dav-pass-123");
-    let creds = write_private(env, "dav.json", r#"{"pass": "dav-pass-123"}"#);
-    (dav, server, creds, env.path("remote-dav"))
-}
-
-/// `sshpyk mounts add` of that store at `mnt` for kernel "k".
-fn add_dav(env: &Env, port: u16, creds: &Path, mnt: &Path, rw: bool) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sshpyk"));
-    env.apply(&mut cmd);
-    cmd.args(["mounts", "add", "--kernel-name", "k", "--backend", "webdav"])
-        .arg("--set")
-        .arg(format!("url=http://127.0.0.1:{port}/"))
-        .args(["--set", "vendor=other", "--set", "user=dav-user"])
-        .arg("--creds")
-        .arg(creds);
-    if rw {
-        cmd.arg("--rw");
-    }
-    cmd.arg(mnt);
-    cmd
 }
 
 /// Whether any file under `dir` contains `secret`.
@@ -128,154 +56,14 @@ fn the_error_line(log: &str) -> &str {
     errors[0]
 }
 
-fn secrets_dir(env: &Env) -> PathBuf {
-    env.path("home/.config/sshpyk/secrets")
-}
-
-fn secret_files(env: &Env) -> Vec<PathBuf> {
-    std::fs::read_dir(secrets_dir(env))
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default()
-}
-
-fn json_of(cmd: &mut assert_cmd::Command) -> serde_json::Value {
-    let out = cmd.assert().success().get_output().stdout.clone();
-    serde_json::from_slice(&out).unwrap()
-}
-
-/// Nothing of a cloud mount is left on the remote: no rclone, no mount, no config directory,
-/// no mount point we created.
-fn assert_clean(env: &Env, mount_points: &[&Path], configs: &[PathBuf], created: &[&Path]) {
-    assert!(
-        eventually(CLEANUP, || rclone_mounts(env).is_empty()),
-        "rclone left running: {:?}",
-        rclone_mounts(env)
-    );
-    for mp in mount_points {
-        assert!(
-            eventually(CLEANUP, || !is_mounted(env, mp)),
-            "{} is still mounted",
-            mp.display()
-        );
-    }
-    for config in configs {
-        let dir = config.parent().unwrap();
-        assert!(
-            eventually(CLEANUP, || !dir.exists()),
-            "{} is still there",
-            dir.display()
-        );
-    }
-    for dir in created {
-        assert!(
-            eventually(CLEANUP, || !dir.exists()),
-            "{} was created and is still there",
-            dir.display()
-        );
-    }
-}
-
-#[tokio::test]
-async fn an_s3_bucket_is_read_through_the_kernel_read_only_unless_rw_and_secrets_stay_private() {
-    let env = Env::with_host();
-    let (server, creds) = support::s3_server(&env);
-    let secret = serde_json::from_str::<serde_json::Value>(&creds).unwrap()["secret_access_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let config = support::s3_config(&env, server.port, &creds);
-    rclone(&env, &config, &["mkdir", "s3:data"]);
-    put(&env, &config, "s3:data/in/data.txt", "from s3\n");
-    let creds_file = write_private(&env, "creds.json", &creds);
-    // The highest verbosity: trace, and ssh's own debug output.
-    let kernel = env.add_kernel("k", &["--log-level", "ssh"]);
-    let top = env.path("remote-mnt");
-    let (ro, rw) = (top.join("ro"), top.join("rw"));
-    add_s3(
-        &env,
-        &kernel,
-        server.port,
-        &creds_file,
-        "data/in",
-        &ro,
-        false,
-    )
-    .assert()
-    .success()
-    .stdout(predicates::str::contains("(read-only)"));
-    add_s3(
-        &env,
-        &kernel,
-        server.port,
-        &creds_file,
-        "data/out",
-        &rw,
-        true,
-    )
-    .assert()
-    .success();
-
-    // The kernelspec names the mounts but holds no secret; the secrets are 0600 in a 0700 dir.
-    let spec = std::fs::read_to_string(env.kernel_dir(&kernel).join("kernel.json")).unwrap();
-    assert!(spec.contains("\"cloud_mounts\""), "{spec}");
-    assert!(!spec.contains(&secret), "{spec}");
-    assert_eq!(mode(&secrets_dir(&env)), 0o700);
-    let files = secret_files(&env);
-    assert_eq!(files.len(), 2);
-    for file in &files {
-        assert_eq!(mode(file), 0o600);
-    }
-
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(START);
-    let mut c = ready_client(&info).await;
-    // Mounted before the kernel started.
-    assert_eq!(
-        run(
-            &mut c,
-            &format!("print(open('{}/data.txt').read(), end='')", ro.display())
-        )
-        .await,
-        Ok("from s3\n".into())
-    );
-    // Read-only: the kernel's write is refused.
-    let refused = run(
-        &mut c,
-        &format!("open('{}/new.txt', 'w').write('x')", ro.display()),
-    )
-    .await;
-    assert!(
-        refused
-            .as_ref()
-            .is_err_and(|e| e.contains("Read-only file system")),
-        "{refused:?}"
-    );
-    // Read-write: written back to the bucket.
-    run(
-        &mut c,
-        &format!(
-            "with open('{}/result.txt', 'w') as f: f.write('from the kernel')",
-            rw.display()
-        ),
-    )
-    .await
-    .unwrap();
-    assert!(
-        eventually(Duration::from_secs(30), || {
-            let mut cmd = env.host().remote_command("rclone", ["--config"]);
-            cmd.arg(&config).args(["cat", "s3:data/out/result.txt"]);
-            support::clean_env(&mut cmd)
-                .output()
-                .is_ok_and(|o| o.stdout == b"from the kernel")
-        }),
-        "the write never reached the bucket"
-    );
-
-    // Credentials: in no command line (here or there), no log; the remote config is 0600 in
-    // a 0700 directory of its own.
-    let mounts = rclone_mounts(&env);
-    assert_eq!(mounts.len(), 2, "{mounts:?}");
+/// The remote rclone configs hold `secret`, each 0600 in a 0700 directory of its own on
+/// /dev/shm; no command line here or there shows it. Returns the rclone mounts.
+fn assert_remote_configs_private(
+    env: &Env,
+    launcher: &Launcher,
+    secret: &str,
+) -> Vec<(u32, PathBuf)> {
+    let mounts = rclone_mounts(env);
     for (_, remote_config) in &mounts {
         assert!(
             remote_config.starts_with("/dev/shm"),
@@ -286,13 +74,16 @@ async fn an_s3_bucket_is_read_through_the_kernel_read_only_unless_rw_and_secrets
         assert_eq!(mode(remote_config.parent().unwrap()), 0o700);
         assert!(std::fs::read_to_string(remote_config)
             .unwrap()
-            .contains(&secret));
+            .contains(secret));
     }
-    assert!(!remote_command_lines(&env).contains(&secret));
+    assert!(!remote_command_lines(env).contains(secret));
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", launcher.pid())).unwrap();
-    assert!(!String::from_utf8_lossy(&cmdline).contains(&secret));
+    assert!(!String::from_utf8_lossy(&cmdline).contains(secret));
+    mounts
+}
 
-    // `ps` and `mounts list` see the kernel and its mounts, live.
+/// `ps` and `mounts list` show the S3 test's kernel with its two mounts, `ro` and `rw`.
+fn assert_listed_live(env: &Env, launcher: &Launcher, ro: &Path, rw: &Path) {
     let ps = json_of(env.sshpyk().args(["ps", "--json"]));
     let row = &ps.as_array().unwrap()[0];
     assert_eq!(row["kernel_name"], "k");
@@ -337,13 +128,104 @@ async fn an_s3_bucket_is_read_through_the_kernel_read_only_unless_rw_and_secrets
         )),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn an_s3_bucket_is_read_through_the_kernel_read_only_unless_rw_and_secrets_stay_private() {
+    let env = Env::with_host();
+    let (server, creds, config) = cloud_support::s3_bucket(&env, "data");
+    let secret = serde_json::from_str::<serde_json::Value>(&creds).unwrap()["secret_access_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    put(&env, &config, "s3:data/in/data.txt", "from s3\n");
+    let creds_file = write_private(&env, "creds.json", &creds);
+    // The highest verbosity: trace, and ssh's own debug output.
+    let kernel = env.add_kernel("k", &["--log-level", "ssh"]);
+    let top = env.path("remote-mnt");
+    let (ro, rw) = (top.join("ro"), top.join("rw"));
+    add_s3(
+        &env,
+        &kernel,
+        server.port,
+        &creds_file,
+        "data/in",
+        &ro,
+        false,
+    )
+    .assert()
+    .success()
+    .stdout(predicates::str::contains("(read-only)"));
+    add_s3(
+        &env,
+        &kernel,
+        server.port,
+        &creds_file,
+        "data/out",
+        &rw,
+        true,
+    )
+    .assert()
+    .success();
+
+    // The kernelspec names the mounts but holds no secret; the secrets are 0600 in a 0700 dir.
+    let spec = std::fs::read_to_string(env.kernel_dir(&kernel).join("kernel.json")).unwrap();
+    assert!(spec.contains("\"cloud_mounts\""), "{spec}");
+    assert!(!spec.contains(&secret), "{spec}");
+    assert_eq!(mode(&secrets_dir(&env)), 0o700);
+    let files = secret_files(&env);
+    assert_eq!(files.len(), 2);
+    for file in &files {
+        assert_eq!(mode(file), 0o600);
+    }
+
+    let (mut launcher, mut c) = start(&env, &kernel, "a").await;
+    // Mounted before the kernel started.
+    assert_eq!(
+        run(&mut c, &print_file(&ro.join("data.txt"))).await,
+        Ok("from s3\n".into())
+    );
+    // Read-only: the kernel's write is refused.
+    let refused = run(
+        &mut c,
+        &format!("open('{}/new.txt', 'w').write('x')", ro.display()),
+    )
+    .await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("Read-only file system")),
+        "{refused:?}"
+    );
+    // Read-write: written back to the bucket.
+    run(
+        &mut c,
+        &format!(
+            "with open('{}/result.txt', 'w') as f: f.write('from the kernel')",
+            rw.display()
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || store_holds(
+            &env,
+            &config,
+            "s3:data/out/result.txt",
+            "from the kernel"
+        )),
+        "the write never reached the bucket"
+    );
+
+    // Credentials: in no command line (here or there), no log; the remote config is 0600 in
+    // a 0700 directory of its own.
+    let mounts = assert_remote_configs_private(&env, &launcher, &secret);
+    assert_eq!(mounts.len(), 2, "{mounts:?}");
+    // `ps` and `mounts list` see the kernel and its mounts, live.
+    assert_listed_live(&env, &launcher, &ro, &rw);
 
     // A normal shutdown unmounts and removes everything there.
-    c.shutdown(false, STEP).await.unwrap();
-    let status = launcher
-        .wait_timeout(Duration::from_secs(20))
-        .expect("launcher exits");
-    assert!(status.success(), "{status}: {}", launcher.log());
+    shut_down(&mut c, &mut launcher, Duration::from_secs(20)).await;
     let configs: Vec<PathBuf> = mounts.iter().map(|(_, c)| c.clone()).collect();
     assert_clean(&env, &[&ro, &rw], &configs, &[&top]);
     let log = launcher.log();
@@ -366,142 +248,9 @@ async fn an_s3_bucket_is_read_through_the_kernel_read_only_unless_rw_and_secrets
 }
 
 #[tokio::test]
-async fn mounts_change_on_a_running_kernel_and_go_with_a_sigkilled_launcher() {
-    let env = Env::with_host();
-    let (server, creds) = support::s3_server(&env);
-    let config = support::s3_config(&env, server.port, &creds);
-    rclone(&env, &config, &["mkdir", "s3:live"]);
-    put(&env, &config, "s3:live/data.txt", "live data\n");
-    let creds_file = write_private(&env, "creds.json", &creds);
-    let mut wrong: serde_json::Value = serde_json::from_str(&creds).unwrap();
-    wrong["secret_access_key"] = "not-the-key".into();
-    let wrong_file = write_private(&env, "wrong.json", &wrong.to_string());
-    let (mut launcher, info) = env.start_kernel(&[]);
-    let mut c = ready_client(&info).await;
-    let mnt = env.path("remote-live/bucket");
-
-    // Added while the kernel runs: it sees the bucket at once, no restart.
-    let added = add_s3(&env, "k", server.port, &creds_file, "live", &mnt, false)
-        .assert()
-        .success();
-    let out = String::from_utf8_lossy(&added.get_output().stdout).into_owned();
-    assert!(
-        out.contains(&format!("for kernel {}", launcher.remote_pid())),
-        "{out}"
-    );
-    assert!(out.contains("mounted now on 1 running kernel(s)"), "{out}");
-    assert_eq!(
-        run(
-            &mut c,
-            &format!("print(open('{}/data.txt').read(), end='')", mnt.display())
-        )
-        .await,
-        Ok("live data\n".into())
-    );
-
-    // A mount whose rclone dies is reported failing, with rclone's last words.
-    let (rclone_pid, _) = rclone_mounts(&env)[0].clone();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(rclone_pid as i32),
-        Signal::SIGKILL,
-    )
-    .unwrap();
-    // Its death reaches the supervisor's bookkeeping a moment later.
-    let mut ps = serde_json::Value::Null;
-    let failing = eventually(Duration::from_secs(10), || {
-        ps = json_of(env.sshpyk().args(["ps", "--json"]));
-        ps[0]["mounts"][0]["state"] == "failing"
-    });
-    assert!(failing, "{ps}");
-    env.sshpyk()
-        .args(["mounts", "remove", "--kernel-name", "k"])
-        .arg(&mnt)
-        .assert()
-        .success();
-    assert!(!is_mounted(&env, &mnt));
-    add_s3(&env, "k", server.port, &creds_file, "live", &mnt, false)
-        .assert()
-        .success();
-
-    // Refused credentials: one line, exit 5, the kernelspec and the secrets as they were.
-    let before = std::fs::read_to_string(env.kernel_dir("k").join("kernel.json")).unwrap();
-    let other = env.path("remote-live/other");
-    let failed = add_s3(&env, "k", server.port, &wrong_file, "live", &other, false)
-        .assert()
-        .code(5);
-    let err = String::from_utf8_lossy(&failed.get_output().stderr).into_owned();
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(err.contains("refused the credentials"), "{err}");
-    assert!(err.contains("SignatureDoesNotMatch"), "{err}");
-    assert_eq!(
-        std::fs::read_to_string(env.kernel_dir("k").join("kernel.json")).unwrap(),
-        before
-    );
-    assert_eq!(secret_files(&env).len(), 1);
-    assert!(!other.exists());
-    // A missing bucket, the same way.
-    let failed = add_s3(
-        &env,
-        "k",
-        server.port,
-        &creds_file,
-        "nobucket",
-        &other,
-        false,
-    )
-    .assert()
-    .code(5);
-    let err = String::from_utf8_lossy(&failed.get_output().stderr).into_owned();
-    assert!(err.contains("s3:nobucket does not exist"), "{err}");
-    assert_eq!(rclone_mounts(&env).len(), 1);
-
-    // Removed while the kernel runs: gone there at once, and from the kernelspec.
-    env.sshpyk()
-        .args(["mounts", "remove", "--kernel-name", "k"])
-        .arg(&mnt)
-        .assert()
-        .success();
-    assert_eq!(
-        run(
-            &mut c,
-            &format!("import os; print(os.path.exists('{}'))", mnt.display())
-        )
-        .await,
-        Ok("False\n".into())
-    );
-    assert!(rclone_mounts(&env).is_empty());
-    assert!(secret_files(&env).is_empty());
-    assert!(
-        !std::fs::read_to_string(env.kernel_dir("k").join("kernel.json"))
-            .unwrap()
-            .contains("cloud_mounts")
-    );
-
-    // Added again, then the launcher is SIGKILLed: the remote cleans up by itself.
-    add_s3(&env, "k", server.port, &creds_file, "live", &mnt, true)
-        .assert()
-        .success();
-    let mounts = rclone_mounts(&env);
-    assert_eq!(mounts.len(), 1);
-    c.close();
-    launcher.signal(Signal::SIGKILL);
-    launcher
-        .wait_timeout(Duration::from_secs(5))
-        .expect("killed");
-    let configs: Vec<PathBuf> = mounts.into_iter().map(|(_, c)| c).collect();
-    assert_clean(&env, &[&mnt], &configs, &[&env.path("remote-live")]);
-    // Its control socket is found dead and removed by the next reader.
-    let socket = env.path(&format!("rt/launch-{}.sock", launcher.pid()));
-    assert!(socket.exists());
-    let ps = env.sshpyk().arg("ps").assert().success();
-    assert!(String::from_utf8_lossy(&ps.get_output().stdout).contains("no running sshpyk kernels"));
-    assert!(!socket.exists());
-}
-
-#[tokio::test]
 async fn a_bad_cloud_mount_fails_the_start_in_one_line_and_leaves_nothing() {
     let env = Env::with_host();
-    let (server, creds) = support::s3_server(&env);
+    let (server, creds) = cloud_support::s3_server(&env);
     let creds_file = write_private(&env, "creds.json", &creds);
     let kernel = env.add_kernel("k", &[]);
     let mnt = env.path("remote-bad/x");
@@ -527,12 +276,8 @@ async fn a_bad_cloud_mount_fails_the_start_in_one_line_and_leaves_nothing() {
     let full = env.path("remote-full");
     std::fs::create_dir_all(&full).unwrap();
     std::fs::write(full.join("keep"), "x").unwrap();
-    env.sshpyk()
-        .args(["mounts", "remove", "--kernel-name", "k"])
-        .arg(&mnt)
-        .assert()
-        .success();
-    let config = support::s3_config(&env, server.port, &creds);
+    mounts_remove(&env, &mnt).success();
+    let config = cloud_support::s3_config(&env, server.port, &creds);
     rclone(&env, &config, &["mkdir", "s3:there"]);
     add_s3(
         &env,
@@ -551,105 +296,13 @@ async fn a_bad_cloud_mount_fails_the_start_in_one_line_and_leaves_nothing() {
     assert!(rclone_mounts(&env).is_empty());
 }
 
-#[test]
-fn bad_input_is_refused_before_anything_is_written() {
-    let env = Env::local();
-    let spec_dir = env.kernel_dir("k");
-    std::fs::create_dir_all(&spec_dir).unwrap();
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("kernelspecs/ssh_gpu_python3/kernel.json"),
-        spec_dir.join("kernel.json"),
-    )
-    .unwrap();
-    let refused = |args: &[&str], message: &str| {
-        let out = env
-            .sshpyk()
-            .args(["mounts", "add", "--kernel-name", "k"])
-            .args(args)
-            .assert()
-            .code(3);
-        let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
-        assert!(err.contains(message), "{args:?}: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    };
-    refused(
-        &["--backend", "s3", "--set", "bucket=x", "/mnt/x"],
-        "s3 has no key 'bucket'; known keys: access_key_id",
-    );
-    refused(
-        &["--backend", "s3", "--set", "secret_access_key=x", "/mnt/x"],
-        "is a secret",
-    );
-    refused(
-        &["--backend", "s3", "/mnt/x"],
-        "s3 needs access_key_id + secret_access_key",
-    );
-    refused(&["--backend", "s3", "relative"], "must be absolute");
-    let raw = write_private(&env, "raw.conf", "[mine]\ntype = s3\n");
-    refused(
-        &[
-            "--rclone-config",
-            raw.to_str().unwrap(),
-            "--source",
-            "other:b",
-            "/mnt/x",
-        ],
-        "a section of",
-    );
-    refused(
-        &[
-            "--backend",
-            "webdav",
-            "--set",
-            "url=http://h",
-            "--rclone-flag=--config=/x",
-            "/mnt/x",
-        ],
-        "set by sshpyk itself",
-    );
-    assert!(secret_files(&env).is_empty());
-    let spec = std::fs::read_to_string(spec_dir.join("kernel.json")).unwrap();
-    assert!(!spec.contains("cloud_mounts"));
-
-    // Secrets from stdin; with no kernel running, only the kernelspec changes.
-    env.sshpyk()
-        .args([
-            "mounts",
-            "add",
-            "--kernel-name",
-            "k",
-            "--backend",
-            "dropbox",
-            "--creds",
-            "-",
-            "/mnt/box",
-        ])
-        .write_stdin(r#"{"token": "tok-from-stdin"}"#)
-        .assert()
-        .success()
-        .stdout(predicates::str::contains("it is mounted at every start"));
-    let spec = std::fs::read_to_string(spec_dir.join("kernel.json")).unwrap();
-    assert!(
-        spec.contains("/mnt/box") && !spec.contains("tok-from-stdin"),
-        "{spec}"
-    );
-    let files = secret_files(&env);
-    assert_eq!(files.len(), 1);
-    assert!(std::fs::read_to_string(&files[0])
-        .unwrap()
-        .contains("tok-from-stdin"));
-    // `delete` takes the secrets along.
-    env.sshpyk().args(["delete", "k"]).assert().success();
-    assert!(secret_files(&env).is_empty());
-}
-
 #[tokio::test]
 async fn webdav_with_a_password_and_sftp_with_a_key_file_mount_through_the_kernel() {
     let env = Env::with_host();
     let dav = env.path("dav");
     std::fs::create_dir_all(&dav).unwrap();
     std::fs::write(dav.join("hello.txt"), "over webdav\n").unwrap();
-    let _webdav = support::webdav_server(&env, &dav, "dav-user", "dav-pass-123");
+    let _webdav = cloud_support::webdav_server(&env, &dav, "dav-user", "dav-pass-123");
     let served = env.path("sftp-served");
     std::fs::create_dir_all(&served).unwrap();
     std::fs::write(served.join("hello.txt"), "over sftp\n").unwrap();
@@ -714,11 +367,8 @@ async fn webdav_with_a_password_and_sftp_with_a_key_file_mount_through_the_kerne
         "{spec}"
     );
 
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(START);
-    let mut c = ready_client(&info).await;
-    let read = |dir: &Path| format!("print(open('{}/hello.txt').read(), end='')", dir.display());
+    let (mut launcher, mut c) = start(&env, &kernel, "a").await;
+    let read = |dir: &Path| print_file(&dir.join("hello.txt"));
     assert_eq!(
         run(&mut c, &read(&dav_mnt)).await,
         Ok("over webdav\n".into())
@@ -752,11 +402,7 @@ async fn webdav_with_a_password_and_sftp_with_a_key_file_mount_through_the_kerne
     assert!(!remote_command_lines(&env)
         .lines()
         .any(|l| l.contains("dav-pass-123") && !l.contains("serve webdav")));
-    c.shutdown(false, STEP).await.unwrap();
-    assert!(launcher
-        .wait_timeout(Duration::from_secs(20))
-        .expect("exits")
-        .success());
+    shut_down(&mut c, &mut launcher, Duration::from_secs(20)).await;
     assert_clean(&env, &[&dav_mnt, &sftp_mnt], &[], &[&dav_mnt, &sftp_mnt]);
 }
 
@@ -803,7 +449,7 @@ async fn gcs_and_dropbox_render_as_rclone_reads_them_and_fail_in_one_line() {
         };
         let rendered = mount.render(&secrets).unwrap();
         let file = write_private(&env, "render.conf", &rendered.config);
-        let shown = support::run_ok(
+        let shown = cloud_support::run_ok(
             std::process::Command::new("rclone")
                 .args(["config", "show", "--config"])
                 .arg(&file)
@@ -861,61 +507,9 @@ async fn gcs_and_dropbox_render_as_rclone_reads_them_and_fail_in_one_line() {
 }
 
 #[tokio::test]
-async fn local_dirs_on_the_remote_are_listed_and_removed_live_too() {
-    let env = Env::with_host();
-    let local = env.path("project");
-    std::fs::create_dir_all(&local).unwrap();
-    std::fs::write(local.join("data.txt"), "local\n").unwrap();
-    let remote = env.path("remote-project");
-    let spec = format!("{}:{}", local.display(), remote.display());
-    let (launcher, info) = env.start_kernel(&["--mount-local-on-remote", &spec]);
-    let mut c = ready_client(&info).await;
-    let list = json_of(env.sshpyk().args(["mounts", "list", "--json"]));
-    let kernel = &list["kernels"][0];
-    assert_eq!(kernel["kernel_name"], "k");
-    assert_eq!(kernel["configured"][0]["kind"], "local-on-remote");
-    assert_eq!(kernel["configured"][0]["state"], "configured");
-    let live = &kernel["running"][0];
-    assert_eq!(live["remote_pid"], launcher.remote_pid());
-    assert_eq!(live["mounts"][0]["state"], "mounted");
-    assert_eq!(live["mounts"][0]["source"], local.to_str().unwrap());
-
-    env.sshpyk()
-        .args(["mounts", "remove", "--kernel-name", "k"])
-        .arg(&remote)
-        .assert()
-        .success()
-        .stdout(predicates::str::contains("unmounted"));
-    assert_eq!(
-        run(
-            &mut c,
-            &format!("import os; print(os.path.ismount('{}'))", remote.display())
-        )
-        .await,
-        Ok("False\n".into())
-    );
-    assert!(env.remote_processes("sshfs").is_empty());
-    assert!(env.read_kernel_json("k")["metadata"]["sshpyk"]["mounts"]
-        .as_array()
-        .unwrap()
-        .is_empty());
-    let ps = json_of(env.sshpyk().args(["ps", "--json"]));
-    assert!(ps[0]["mounts"].as_array().unwrap().is_empty(), "{ps}");
-    // Nothing left to remove: one clear line.
-    let out = env
-        .sshpyk()
-        .args(["mounts", "remove", "--kernel-name", "k"])
-        .arg(&remote)
-        .assert()
-        .code(3);
-    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
-    assert!(err.contains("has no mount at"), "{err}");
-}
-
-#[tokio::test]
 async fn an_azure_container_on_azurite_is_read_through_the_kernel_and_a_bad_signature_refused() {
     let env = Env::with_host();
-    let (server, sas_url) = support::azurite(&env);
+    let (server, sas_url) = cloud_support::azurite(&env);
     let config = env.path("azure-test.conf");
     std::fs::write(
         &config,
@@ -951,22 +545,17 @@ async fn an_azure_container_on_azurite_is_read_through_the_kernel_and_a_bad_sign
     };
     add(&creds, &mnt).assert().success();
     assert_eq!(
-        run(
-            &mut c,
-            &format!("print(open('{}/data.txt').read(), end='')", mnt.display())
-        )
-        .await,
+        run(&mut c, &print_file(&mnt.join("data.txt"))).await,
         Ok("from azure\n".into())
     );
     let bad = write_private(
         &env,
         "az-bad.json",
-        &serde_json::json!({ "sas_url": support::azure_sas(server.port, true) }).to_string(),
+        &serde_json::json!({ "sas_url": cloud_support::azure_sas(server.port, true) }).to_string(),
     );
     let other = env.path("remote-azure-bad");
     let out = add(&bad, &other).assert().code(5);
-    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let err = one_line_error(&out);
     assert!(
         err.contains("refused the credentials for azureblob:cont"),
         "{err}"
@@ -978,14 +567,10 @@ async fn an_azure_container_on_azurite_is_read_through_the_kernel_and_a_bad_sign
 
 #[tokio::test]
 async fn a_raw_rclone_config_mount_rides_out_a_link_cut_and_ps_says_reconnecting_meanwhile() {
-    let env = Env::with_host();
-    if env.host().netns().is_none() {
-        eprintln!("skipped: cutting the link needs the network namespace (root)");
+    let Some(env) = Env::with_host_to_cut() else {
         return;
-    }
-    let (server, creds) = support::s3_server(&env);
-    let config = support::s3_config(&env, server.port, &creds);
-    rclone(&env, &config, &["mkdir", "s3:cut"]);
+    };
+    let (_server, _creds, config) = cloud_support::s3_bucket(&env, "cut");
     put(&env, &config, "s3:cut/data.txt", "kept\n");
     env.add_kernel("k", &[]);
     let mnt = env.path("remote-cut");
@@ -997,11 +582,9 @@ async fn a_raw_rclone_config_mount_rides_out_a_link_cut_and_ps_says_reconnecting
         .arg(&mnt)
         .assert()
         .success();
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch("k", &conn);
-    launcher.wait_ready(START);
+    let (launcher, info) = launch_ready(&env, "k", "a");
     let rclone_before = rclone_mounts(&env);
-    let read = format!("print(open('{}/data.txt').read(), end='')", mnt.display());
+    let read = print_file(&mnt.join("data.txt"));
 
     env.host().link_down().unwrap();
     launcher.wait_for_log("connection lost, reconnecting", Duration::from_secs(30));
@@ -1036,9 +619,7 @@ async fn a_user_without_root_mounts_and_writes_back() {
         return;
     }
     let env = Env::with_host_as(sshpyk_testhost::TestUser::Chatty);
-    let (server, creds) = support::s3_server(&env);
-    let config = support::s3_config(&env, server.port, &creds);
-    rclone(&env, &config, &["mkdir", "s3:user"]);
+    let (server, creds, config) = cloud_support::s3_bucket(&env, "user");
     put(&env, &config, "s3:user/data.txt", "for the user\n");
     let creds_file = write_private(&env, "creds.json", &creds);
     env.add_kernel("k", &[]);
@@ -1048,17 +629,10 @@ async fn a_user_without_root_mounts_and_writes_back() {
     add_s3(&env, "k", server.port, &creds_file, "user", &mnt, true)
         .assert()
         .success();
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch("k", &conn);
-    launcher.wait_ready(START);
-    let mut c = ready_client(&info).await;
+    let (mut launcher, mut c) = start(&env, "k", "a").await;
     let m = mnt.display();
     assert_eq!(
-        run(
-            &mut c,
-            &format!("print(open('{m}/data.txt').read(), end='')")
-        )
-        .await,
+        run(&mut c, &print_file(&mnt.join("data.txt"))).await,
         Ok("for the user\n".into())
     );
     run(
@@ -1068,13 +642,12 @@ async fn a_user_without_root_mounts_and_writes_back() {
     .await
     .unwrap();
     assert!(
-        eventually(Duration::from_secs(30), || {
-            let mut cmd = env.host().remote_command("rclone", ["--config"]);
-            cmd.arg(&config).args(["cat", "s3:user/data.txt"]);
-            support::clean_env(&mut cmd)
-                .output()
-                .is_ok_and(|o| o.stdout == b"for the user\nappended\n")
-        }),
+        eventually(Duration::from_secs(30), || store_holds(
+            &env,
+            &config,
+            "s3:user/data.txt",
+            "for the user\nappended\n"
+        )),
         "the append never reached the bucket"
     );
     let (uid, _) = env.host().login_ids();
@@ -1100,11 +673,7 @@ async fn a_user_without_root_mounts_and_writes_back() {
         (std::os::unix::fs::MetadataExt::uid(&meta), mode(&private)),
         (uid.as_raw(), 0o700)
     );
-    c.shutdown(false, STEP).await.unwrap();
-    assert!(launcher
-        .wait_timeout(Duration::from_secs(20))
-        .expect("exits")
-        .success());
+    shut_down(&mut c, &mut launcher, Duration::from_secs(20)).await;
     let configs: Vec<PathBuf> = mounts.into_iter().map(|(_, c)| c).collect();
     assert_clean(&env, &[&mnt], &configs, &[&top]);
     // The cache dir of this test's store is emptied by the upload (its lock is left).
@@ -1145,11 +714,7 @@ async fn writes_just_before_mounts_remove_or_a_shutdown_reach_webdav() {
     };
     let stored = |name: &str| std::fs::read_to_string(dav.join(name)).ok();
     let remove = || {
-        env.sshpyk()
-            .args(["mounts", "remove", "--kernel-name", "k"])
-            .arg(&mnt)
-            .assert()
-            .success();
+        mounts_remove(&env, &mnt).success();
     };
     // Every child of a remote process reaped: no `[rclone] <defunct>` (a zombie's own /proc
     // entry no longer tells whose namespace it is in; its parent's does).
@@ -1168,10 +733,7 @@ async fn writes_just_before_mounts_remove_or_a_shutdown_reach_webdav() {
     };
     env.add_kernel("k", &[]);
     add().assert().success();
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch("k", &conn);
-    launcher.wait_ready(START);
-    let mut c = ready_client(&info).await;
+    let (mut launcher, mut c) = start(&env, "k", "a").await;
 
     // The rclone mounted at the start dies: reaped at once, not when someone asks for its state.
     let (rclone_pid, _) = rclone_mounts(&env)[0].clone();
@@ -1198,11 +760,7 @@ async fn writes_just_before_mounts_remove_or_a_shutdown_reach_webdav() {
 
     add().assert().success();
     run(&mut c, &write("shutdown.csv")).await.unwrap();
-    c.shutdown(false, STEP).await.unwrap();
-    let status = launcher
-        .wait_timeout(Duration::from_secs(40))
-        .expect("launcher exits");
-    assert!(status.success(), "{status}: {}", launcher.log());
+    shut_down(&mut c, &mut launcher, Duration::from_secs(40)).await;
     assert_eq!(
         stored("shutdown.csv").as_deref(),
         Some("shutdown.csv from the kernel")
@@ -1225,9 +783,7 @@ async fn writes_just_before_mounts_remove_or_a_shutdown_reach_webdav() {
 #[tokio::test]
 async fn writes_before_a_sigkill_reach_s3_at_once_or_at_the_next_start() {
     let env = Env::with_host();
-    let (server, creds) = support::s3_server(&env);
-    let config = support::s3_config(&env, server.port, &creds);
-    rclone(&env, &config, &["mkdir", "s3:kill"]);
+    let (server, creds, config) = cloud_support::s3_bucket(&env, "kill");
     let creds_file = write_private(&env, "creds.json", &creds);
     let kernel = env.add_kernel("k", &[]);
     let mnt = env.path("remote-kill");
@@ -1241,17 +797,11 @@ async fn writes_before_a_sigkill_reach_s3_at_once_or_at_the_next_start() {
         )
     };
     let in_bucket = |name: &str| {
-        let mut cmd = env.host().remote_command("rclone", ["--config"]);
-        cmd.arg(&config).arg("cat").arg(format!("s3:kill/{name}"));
-        support::clean_env(&mut cmd)
-            .output()
-            .is_ok_and(|o| o.stdout == format!("{name} from the kernel").as_bytes())
+        let text = format!("{name} from the kernel");
+        store_holds(&env, &config, &format!("s3:kill/{name}"), &text)
     };
 
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(START);
-    let mut c = ready_client(&info).await;
+    let (mut launcher, mut c) = start(&env, &kernel, "a").await;
     run(&mut c, &write("killed.csv")).await.unwrap();
     c.close();
     launcher.signal(Signal::SIGKILL);
@@ -1266,10 +816,7 @@ async fn writes_before_a_sigkill_reach_s3_at_once_or_at_the_next_start() {
     );
     assert_clean(&env, &[&mnt], &[], &[&mnt]);
 
-    let (conn, info) = env.connection_file("b");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(START);
-    let mut c = ready_client(&info).await;
+    let (mut launcher, mut c) = start(&env, &kernel, "b").await;
     let (rclone_pid, dead_config) = rclone_mounts(&env)[0].clone();
     let supervisor = parent_of(rclone_pid);
     run(&mut c, &write("crashed.csv")).await.unwrap();
@@ -1283,121 +830,16 @@ async fn writes_before_a_sigkill_reach_s3_at_once_or_at_the_next_start() {
     );
     assert!(dead_config.exists(), "nothing left for the sweep to do");
 
-    let (conn, info) = env.connection_file("c");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(START);
+    let (mut launcher, info) = launch_ready(&env, &kernel, "c");
     assert!(
         eventually(Duration::from_secs(20), || in_bucket("crashed.csv")),
         "the leftover never reached the bucket"
     );
     assert!(!dead_config.parent().unwrap().exists());
     let mut c = ready_client(&info).await;
-    c.shutdown(false, STEP).await.unwrap();
-    assert!(launcher
-        .wait_timeout(Duration::from_secs(40))
-        .expect("exits")
-        .success());
+    shut_down(&mut c, &mut launcher, Duration::from_secs(40)).await;
     let configs: Vec<PathBuf> = rclone_mounts(&env).into_iter().map(|(_, c)| c).collect();
     assert_clean(&env, &[&mnt], &configs, &[]);
-}
-
-/// `add --replace` and `delete` take the kernel's secrets files along, `delete` even when the
-/// kernel's settings no longer parse.
-#[test]
-fn replaced_or_deleted_kernels_leave_no_secrets_behind() {
-    let env = Env::with_host();
-    let add_mount = || {
-        env.sshpyk()
-            .args([
-                "mounts",
-                "add",
-                "--kernel-name",
-                "k",
-                "--backend",
-                "dropbox",
-            ])
-            .args(["--creds", "-", "/mnt/box"])
-            .write_stdin(r#"{"token": "tok"}"#)
-            .assert()
-            .success();
-        assert_eq!(secret_files(&env).len(), 1);
-    };
-    env.add_kernel("k", &[]);
-    add_mount();
-    env.add_kernel("k", &["--replace"]);
-    assert!(secret_files(&env).is_empty());
-
-    add_mount();
-    let path = env.kernel_dir("k").join("kernel.json");
-    let mut json = env.read_kernel_json("k");
-    json["metadata"]["sshpyk"]["shutdown_timeout"] = "soon".into();
-    std::fs::write(&path, json.to_string()).unwrap();
-    env.sshpyk().args(["delete", "k"]).assert().success();
-    assert!(!path.exists());
-    assert!(secret_files(&env).is_empty());
-}
-
-/// `mounts remove` while the kernel reconnects: the kernelspec loses the mount, the running
-/// kernel keeps it, and the command says so and fails; once the kernel is back, it removes it.
-#[tokio::test]
-async fn mounts_remove_during_a_reconnection_fails_and_says_which_kernel_keeps_it() {
-    let env = Env::with_host();
-    if env.host().netns().is_none() {
-        eprintln!("skipped: cutting the link needs the network namespace (root)");
-        return;
-    }
-    let (server, creds) = support::s3_server(&env);
-    let config = support::s3_config(&env, server.port, &creds);
-    rclone(&env, &config, &["mkdir", "s3:cut"]);
-    let creds_file = write_private(&env, "creds.json", &creds);
-    let kernel = env.add_kernel("k", &[]);
-    let mnt = env.path("remote-cut");
-    add_s3(&env, &kernel, server.port, &creds_file, "cut", &mnt, false)
-        .assert()
-        .success();
-    let (conn, _) = env.connection_file("a");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(START);
-    env.host().link_down().unwrap();
-    launcher.wait_for_log("connection lost, reconnecting", Duration::from_secs(30));
-    let out = env
-        .sshpyk()
-        .args(["mounts", "remove", "--kernel-name", "k"])
-        .arg(&mnt)
-        .assert()
-        .failure();
-    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(
-        err.contains(&format!(
-            "the running kernel of launcher {} still has {}",
-            launcher.pid(),
-            mnt.display()
-        )) && err.contains("reconnecting"),
-        "{err}"
-    );
-    assert!(!env
-        .read_kernel_json("k")
-        .to_string()
-        .contains("cloud_mounts"));
-    assert!(secret_files(&env).is_empty());
-    assert!(is_mounted(&env, &mnt));
-
-    env.host().link_up().unwrap();
-    assert!(
-        eventually(Duration::from_secs(30), || {
-            let log = launcher.log();
-            log.contains("reconnected after") || log.contains("answers again after")
-        }),
-        "{}",
-        launcher.log()
-    );
-    env.sshpyk()
-        .args(["mounts", "remove", "--kernel-name", "k"])
-        .arg(&mnt)
-        .assert()
-        .success();
-    assert!(eventually(CLEANUP, || !is_mounted(&env, &mnt)));
 }
 
 /// The store unreachable at shutdown: the supervisor waits its bound, says in the launcher's log
@@ -1412,10 +854,7 @@ async fn writes_the_store_cannot_take_at_shutdown_are_kept_and_uploaded_by_the_n
     assert_cmd::Command::from_std(add_dav(&env, port, &creds, &mnt, true))
         .assert()
         .success();
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch("k", &conn);
-    launcher.wait_ready(START);
-    let mut c = ready_client(&info).await;
+    let (mut launcher, mut c) = start(&env, "k", "a").await;
     run(
         &mut c,
         &format!(
@@ -1453,10 +892,8 @@ async fn writes_the_store_cannot_take_at_shutdown_are_kept_and_uploaded_by_the_n
     assert!(!dav.join("late.csv").exists());
     assert_clean(&env, &[&mnt], &[], &[&mnt]);
 
-    let _server = support::webdav_server_on(&env, &dav, "dav-user", "dav-pass-123", port);
-    let (conn, info) = env.connection_file("b");
-    let mut launcher = env.launch("k", &conn);
-    launcher.wait_ready(START);
+    let _server = cloud_support::webdav_server_on(&env, &dav, "dav-user", "dav-pass-123", port);
+    let (mut launcher, info) = launch_ready(&env, "k", "b");
     assert!(
         eventually(Duration::from_secs(20), || std::fs::read_to_string(
             dav.join("late.csv")
@@ -1465,41 +902,8 @@ async fn writes_the_store_cannot_take_at_shutdown_are_kept_and_uploaded_by_the_n
         "the kept file never reached the store"
     );
     let mut c = ready_client(&info).await;
-    c.shutdown(false, STEP).await.unwrap();
-    assert!(launcher
-        .wait_timeout(Duration::from_secs(40))
-        .expect("exits")
-        .success());
+    shut_down(&mut c, &mut launcher, Duration::from_secs(40)).await;
     assert_clean(&env, &[&mnt], &[], &[&mnt]);
-}
-
-/// `sshpyk mounts add` that gives up before the running kernel's mount is made (here: it is
-/// killed while the store does not answer): the mount made after all is not kept.
-#[tokio::test]
-async fn a_mount_made_after_its_add_gave_up_is_not_kept() {
-    let env = Env::with_host();
-    let (_dav, server, creds, mnt) = dav_store(&env);
-    let (launcher, _info) = env.start_kernel(&[]);
-    let server_pid = nix::unistd::Pid::from_raw(server.pid() as i32);
-    nix::sys::signal::kill(server_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    let mut add = add_dav(&env, server.port, &creds, &mnt, true)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    launcher.wait_for_log("(asked while running)", Duration::from_secs(20));
-    add.kill().unwrap();
-    add.wait().unwrap();
-    nix::sys::signal::kill(server_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
-    launcher.wait_for_log(
-        "after `sshpyk mounts add` gave up waiting; unmounting it",
-        Duration::from_secs(60),
-    );
-    assert!(
-        eventually(Duration::from_secs(20), || rclone_mounts(&env).is_empty()),
-        "{}",
-        launcher.log()
-    );
 }
 
 /// Another user of the remote made `/dev/shm/sshpyk-<uid>` first (the name a config dir once
@@ -1523,11 +927,8 @@ async fn a_squatted_shm_name_on_the_remote_stops_no_cloud_mount() {
     assert_cmd::Command::from_std(add_dav(&env, server.port, &creds, &mnt, false))
         .assert()
         .success();
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch("k", &conn);
-    launcher.wait_ready(START);
-    let mut c = ready_client(&info).await;
-    let read = format!("print(open('{}/data.txt').read(), end='')", mnt.display());
+    let (mut launcher, mut c) = start(&env, "k", "a").await;
+    let read = print_file(&mnt.join("data.txt"));
     let got = run(&mut c, &read).await;
     c.shutdown(false, STEP).await.unwrap();
     launcher

@@ -1,16 +1,13 @@
 //! `sshpyk mount`: a remote directory mounted here by a real local sshfs over FUSE, against the
 //! real test sshd; the subshell driven through a pseudo-terminal.
 
-mod common;
-
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, Env};
+use crate::common::{eventually, on_terminal, pty, Env};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sshpyk_testhost::TestUser;
@@ -60,8 +57,9 @@ impl Mount {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn wait(&mut self, timeout: Duration) -> Option<i32> {
-        self.child.wait(timeout)
+    /// Waits (`timeout` at most) for `sshpyk mount` to exit with `code` (-1: a signal).
+    fn assert_exit(&mut self, timeout: Duration, code: i32) {
+        assert_eq!(self.child.wait(timeout), Some(code), "{}", self.log());
     }
 }
 
@@ -69,6 +67,15 @@ fn is_mounted(path: &Path) -> bool {
     let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let path = path.to_str().unwrap();
     table.lines().any(|l| l.split(' ').nth(4) == Some(path))
+}
+
+/// Nothing is mounted at `mountpoint` any more, and the mount point sshpyk made is removed.
+fn assert_unmounted_and_removed(mountpoint: &Path) {
+    assert!(!is_mounted(mountpoint));
+    assert!(
+        !mountpoint.exists(),
+        "the mount point sshpyk created is removed"
+    );
 }
 
 /// sshfs processes serving `mountpoint`.
@@ -230,17 +237,8 @@ fn foreground_mount_reads_writes_shows_in_list_and_ends_on_ctrl_c() {
     assert!(one_line(&stderr).contains("is already mounted"), "{stderr}");
 
     kill(mount.pid(), Signal::SIGINT).unwrap();
-    assert_eq!(
-        mount.wait(Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        mount.log()
-    );
-    assert!(!is_mounted(&mountpoint));
-    assert!(
-        !mountpoint.exists(),
-        "the mount point sshpyk created is removed"
-    );
+    mount.assert_exit(Duration::from_secs(10), 0);
+    assert_unmounted_and_removed(&mountpoint);
     assert!(sshfs_for(&mountpoint).is_empty(), "sshfs ended");
     assert!(
         !std::fs::read_dir(env.path("rt"))
@@ -289,12 +287,7 @@ fn users_options_win_over_sshpyks_defaults_for_ssh_and_sshfs() {
             "the remote home is mounted"
         );
         kill(mount.pid(), Signal::SIGTERM).unwrap();
-        assert_eq!(
-            mount.wait(Duration::from_secs(10)),
-            Some(0),
-            "{}",
-            mount.log()
-        );
+        mount.assert_exit(Duration::from_secs(10), 0);
         (uid, mount.log())
     };
 
@@ -336,30 +329,12 @@ struct Terminal {
 impl Terminal {
     fn spawn(mut cmd: Command) -> Terminal {
         // Wide enough that the line editor never folds the prompt.
-        let size = nix::pty::Winsize {
-            ws_row: 50,
-            ws_col: 500,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let pty = nix::pty::openpty(Some(&size), None).unwrap();
-        let slave: OwnedFd = pty.slave;
-        cmd.stdin(slave.try_clone().unwrap())
-            .stdout(slave.try_clone().unwrap())
-            .stderr(slave.try_clone().unwrap());
-        // SAFETY: setsid and ioctl are async-signal-safe.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        let (controller, terminal) = pty(Some((50, 500)));
+        on_terminal(&mut cmd, &terminal);
         let child = cmd.spawn().expect("starts on the terminal");
         drop(cmd);
-        drop(slave);
-        let master = std::fs::File::from(pty.master);
+        drop(terminal);
+        let master = std::fs::File::from(controller);
         let mut reader = master.try_clone().unwrap();
         let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let collected = output.clone();
@@ -397,8 +372,10 @@ impl Terminal {
         );
     }
 
-    fn wait(&mut self, timeout: Duration) -> Option<i32> {
-        self.child.wait(timeout)
+    /// Waits (20 s at most) for the command to exit with `code`.
+    fn assert_exit(&mut self, code: i32) {
+        let got = self.child.wait(Duration::from_secs(20));
+        assert_eq!(got, Some(code), "{}", self.output());
     }
 }
 
@@ -436,12 +413,7 @@ fn subshell_holds_the_mount_and_its_exit_status_becomes_ours() {
     // Something still in the mount when the shell exits: named, then detached lazily.
     terminal.type_line(r#"(cd "$SSHPYK_MOUNT" && exec sleep 301) &"#);
     terminal.type_line("sleep 0.5; exit 7");
-    assert_eq!(
-        terminal.wait(Duration::from_secs(20)),
-        Some(7),
-        "{}",
-        terminal.output()
-    );
+    terminal.assert_exit(7);
     let said = terminal.output();
     let busy = said
         .lines()
@@ -467,14 +439,8 @@ fn zsh_shows_the_mount_in_its_prompt_after_the_users_zshrc() {
     terminal.type_line(r#"echo "rc=$FROM_USER_RC"; cat "$SSHPYK_MOUNT/hello.txt"; exit 3"#);
     terminal.wait_for("rc=yes");
     terminal.wait_for("hello from the remote");
-    assert_eq!(
-        terminal.wait(Duration::from_secs(20)),
-        Some(3),
-        "{}",
-        terminal.output()
-    );
-    assert!(!is_mounted(&mountpoint));
-    assert!(!mountpoint.exists());
+    terminal.assert_exit(3);
+    assert_unmounted_and_removed(&mountpoint);
 }
 
 #[test]
@@ -484,14 +450,8 @@ fn a_closed_terminal_hangs_up_the_subshell_and_unmounts() {
     let mut terminal = subshell_on_terminal(&env, &mountpoint);
     kill(terminal.child.pid(), Signal::SIGHUP).unwrap();
     // bash ended by SIGHUP: 128 + 1.
-    assert_eq!(
-        terminal.wait(Duration::from_secs(20)),
-        Some(129),
-        "{}",
-        terminal.output()
-    );
-    assert!(!is_mounted(&mountpoint));
-    assert!(!mountpoint.exists());
+    terminal.assert_exit(129);
+    assert_unmounted_and_removed(&mountpoint);
     assert!(sshfs_for(&mountpoint).is_empty());
 }
 
@@ -502,7 +462,7 @@ fn a_sigkilled_sshpyk_leaves_no_sshfs_and_no_mount() {
     assert_eq!(sshfs_for(&mountpoint).len(), 1);
     kill(mount.pid(), Signal::SIGKILL).unwrap();
     // Reaped, as the shell that started it would.
-    assert_eq!(mount.wait(Duration::from_secs(5)), Some(-1));
+    mount.assert_exit(Duration::from_secs(5), -1);
     assert!(
         eventually(Duration::from_secs(10), || !is_mounted(&mountpoint)
             && sshfs_for(&mountpoint).is_empty()),
@@ -693,22 +653,26 @@ fn each_error_is_one_line_with_its_exit_code_and_leaves_nothing() {
     );
     assert!(!fresh.exists());
 
-    // Missing tools and an unusable /dev/fuse, before anything is touched.
-    let no_sshfs = path_with(&env, "bin-no-sshfs", &["ssh", "fusermount3"]);
-    let mut cmd = mount_cmd(&env, &base).arg(&fresh).command();
-    cmd.env("PATH", &no_sshfs);
-    let out = cmd.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(7), "{stderr}");
-    assert!(one_line(&stderr).contains("apt install sshfs"), "{stderr}");
-
-    let no_fuse = path_with(&env, "bin-no-fuse", &["ssh", "sshfs"]);
-    let mut cmd = mount_cmd(&env, &base).arg(&fresh).command();
-    cmd.env("PATH", &no_fuse);
-    let out = cmd.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(7), "{stderr}");
-    assert!(one_line(&stderr).contains("apt install fuse3"), "{stderr}");
+    // Missing tools and an unusable /dev/fuse, before anything is touched: exit code 7.
+    let unusable = |mut cmd: Command, needle: &str| {
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(7), "{stderr}");
+        assert!(one_line(&stderr).contains(needle), "{stderr}");
+    };
+    let with_only = |name: &str, programs: &[&str]| {
+        let mut cmd = mount_cmd(&env, &base).arg(&fresh).command();
+        cmd.env("PATH", path_with(&env, name, programs));
+        cmd
+    };
+    unusable(
+        with_only("bin-no-sshfs", &["ssh", "fusermount3"]),
+        "apt install sshfs",
+    );
+    unusable(
+        with_only("bin-no-fuse", &["ssh", "sshfs"]),
+        "apt install fuse3",
+    );
 
     // /dev/fuse replaced by /dev/null in a mount namespace of its own.
     let inner = mount_cmd(&env, &base).arg(&fresh).command();
@@ -718,13 +682,7 @@ fn each_error_is_one_line_with_its_exit_code_and_leaves_nothing() {
         .arg(inner.get_program())
         .args(inner.get_args());
     env.apply(&mut cmd);
-    let out = cmd.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(7), "{stderr}");
-    assert!(
-        one_line(&stderr).contains("/dev/fuse is missing or not the FUSE device"),
-        "{stderr}"
-    );
+    unusable(cmd, "/dev/fuse is missing or not the FUSE device");
 }
 
 #[test]
@@ -824,8 +782,7 @@ fn allow_other_refused_by_fuse_is_retried_without_it_for_a_non_root_user() {
     kill(Pid::from_raw(sshpyk), Signal::SIGTERM).unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{}", said());
-    assert!(!is_mounted(&mountpoint));
-    assert!(!mountpoint.exists());
+    assert_unmounted_and_removed(&mountpoint);
 }
 
 #[test]
@@ -835,19 +792,13 @@ fn a_lost_connection_ends_a_foreground_mount_with_one_line_and_nothing_left() {
     assert!(env.host().kill_sshd_connections().unwrap() > 0);
     // sshfs notices on its next request.
     let _ = std::fs::metadata(mountpoint.join("hello.txt"));
-    assert_eq!(
-        mount.wait(Duration::from_secs(20)),
-        Some(4),
-        "{}",
-        mount.log()
-    );
+    mount.assert_exit(Duration::from_secs(20), 4);
     let log = mount.log();
     let last = log.lines().last().unwrap();
     assert!(
         last.contains("the mount of remote:") && last.contains("-o reconnect"),
         "{log}"
     );
-    assert!(!is_mounted(&mountpoint));
-    assert!(!mountpoint.exists());
+    assert_unmounted_and_removed(&mountpoint);
     assert!(sshfs_for(&mountpoint).is_empty());
 }

@@ -1,61 +1,27 @@
 //! `sshpyk connect` end to end: a test sshd that takes only a password, the prompt answered
 //! through a pseudo-terminal, then kernels that start without any prompt over that connection.
 
-mod common;
-
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{eventually, ready_client, Env};
+use crate::common::{eventually, on_terminal, pty, ready_client, Env};
 use sshpyk_testhost::{password_user_password, TestUser, PASSWORD_USER};
 
 const STEP: Duration = Duration::from_secs(20);
 
-/// A pseudo-terminal: (controller, terminal).
-fn pty() -> (OwnedFd, OwnedFd) {
-    let (mut controller, mut terminal) = (0, 0);
-    let rc = unsafe {
-        libc::openpty(
-            &mut controller,
-            &mut terminal,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    unsafe {
-        (
-            OwnedFd::from_raw_fd(controller),
-            OwnedFd::from_raw_fd(terminal),
-        )
-    }
-}
-
 /// Runs `sshpyk connect ...` on a terminal of its own, typing one of `passwords` at each
 /// prompt; returns its exit code and what the terminal showed.
 fn connect_on_a_terminal(env: &Env, args: &[&str], passwords: &[&str]) -> (Option<i32>, String) {
-    let (controller, terminal) = pty();
+    let (controller, terminal) = pty(None);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sshpyk"));
     env.apply(&mut cmd);
     cmd.arg("connect").args(args);
-    cmd.stdin(Stdio::from(terminal.try_clone().unwrap()))
-        .stdout(Stdio::from(terminal.try_clone().unwrap()))
-        .stderr(Stdio::from(terminal));
     // A session of its own whose controlling terminal is the pty: ssh reads /dev/tty.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    on_terminal(&mut cmd, &terminal);
     let mut child = cmd.spawn().unwrap();
+    drop(terminal);
     let _group = KillGroupOnDrop(child.id() as i32);
     drop(cmd);
     let shown = Arc::new(Mutex::new(String::new()));

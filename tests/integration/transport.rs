@@ -2,11 +2,10 @@
 //! sshd's stock limits (10 sessions per connection), and a login shell that prints on stdout
 //! cannot reach a stream.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{assert_kept_state, eventually, ready_client, Env};
+use crate::common::{assert_kept_state, ready_client, Env, Launcher};
+use sshpyk::connection::ConnectionInfo;
 use sshpyk_testhost::TestUser;
 
 const STEP: Duration = Duration::from_secs(60);
@@ -72,24 +71,31 @@ async fn twelve_kernels_with_two_clients_each_share_one_stock_host() {
     for (launcher, _) in &mut kernels {
         assert!(launcher.wait_timeout(Duration::from_secs(10)).is_some());
     }
-    assert!(eventually(Duration::from_secs(10), || env
-        .remote_processes("ipykernel")
-        .is_empty()));
+    assert!(env.remote_processes_end("ipykernel", Duration::from_secs(10)));
 }
 
-#[tokio::test]
-async fn a_login_shell_that_prints_cannot_reach_the_streams() {
+/// A host that `user` logs in to, and kernel "k" there with `x = 42` set: (env, launcher,
+/// connection, the kernel's pid). `None`, said on stderr, without root (the test users need it).
+async fn kernel_as(user: TestUser) -> Option<(Env, Launcher, ConnectionInfo, u32)> {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: the chatty test user needs root");
-        return;
+        eprintln!("skipped: the {user:?} test user needs root");
+        return None;
     }
-    let env = Env::with_host_as(TestUser::Chatty);
-    let (mut launcher, info) = env.start_kernel(&[]);
+    let env = Env::with_host_as(user);
+    let (launcher, info) = env.start_kernel(&[]);
     let pid = launcher.remote_pid();
     let mut c = ready_client(&info).await;
     let r = c.execute("x = 6 * 7; print(x)", STEP).await.unwrap();
     assert_eq!(r.stdout, "42\n");
     c.close();
+    Some((env, launcher, info, pid))
+}
+
+#[tokio::test]
+async fn a_login_shell_that_prints_cannot_reach_the_streams() {
+    let Some((env, mut launcher, info, pid)) = kernel_as(TestUser::Chatty).await else {
+        return;
+    };
     // Reattaching goes through the login shell again.
     env.close_master();
     launcher.wait_for_log("reconnected after", Duration::from_secs(20));
@@ -101,17 +107,9 @@ async fn a_login_shell_that_prints_cannot_reach_the_streams() {
 /// sshd hands every command to the login shell: with csh-family and fish shells (whose quoting
 /// differs from sh's), `add`'s checks, `list`'s, the start and the re-attach all still work.
 async fn a_kernel_runs_with_the_login_shell_of(user: TestUser) {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: the {user:?} test user needs root");
+    let Some((env, mut launcher, info, pid)) = kernel_as(user).await else {
         return;
-    }
-    let env = Env::with_host_as(user);
-    let (mut launcher, info) = env.start_kernel(&[]);
-    let pid = launcher.remote_pid();
-    let mut c = ready_client(&info).await;
-    let r = c.execute("x = 6 * 7; print(x)", STEP).await.unwrap();
-    assert_eq!(r.stdout, "42\n");
-    c.close();
+    };
     env.sshpyk()
         .args(["list", "-r"])
         .assert()

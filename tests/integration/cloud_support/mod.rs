@@ -1,16 +1,26 @@
 //! Real storage servers on the test host's side of the network (inside its namespace, on its
 //! loopback, where the remote's rclone reaches them): S3 from `moto` in server mode (with IAM
 //! authentication on, so that wrong credentials are refused), WebDAV from `rclone serve webdav`.
-//! And what the tests look at on the remote: rclone processes, mounts, config files.
+//! And what the tests look at on the remote: rclone processes, mounts, config files; what they
+//! do there: `sshpyk mounts add` of those stores, code in the kernel. For cloud_on_remote and
+//! mounts_command.
 
 use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
+use sshpyk::connection::ConnectionInfo;
+use sshpyk::jupyter::KernelClient;
 
-use crate::common::{eventually, Env};
+use crate::common::{eventually, ready_client, Env, Launcher};
+
+/// How long a start with cloud mounts may take, a cell, a cleanup on the remote.
+pub const START: Duration = Duration::from_secs(90);
+pub const STEP: Duration = Duration::from_secs(30);
+pub const CLEANUP: Duration = Duration::from_secs(10);
 
 /// What the cloud venv has (scripts/setup installs the same).
 const CLOUD_PACKAGES: [&str; 2] = ["moto[server]", "azure-storage-blob"];
@@ -108,7 +118,8 @@ pub fn s3_server(env: &Env) -> (Server, String) {
         port,
     };
     wait_listening(env, port, "moto_server");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cloud_support/s3_user.py");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/cloud_support/s3_user.py");
     let mut cmd = env.host().remote_command(
         venv.join("bin/python"),
         [
@@ -132,6 +143,15 @@ fn wait_listening(env: &Env, port: u16, what: &str) {
         }),
         "{what} did not listen on port {port}"
     );
+}
+
+/// [`s3_server`] with `bucket` made in it: (server, key, the tests' own rclone config for it,
+/// see [`s3_config`]).
+pub fn s3_bucket(env: &Env, bucket: &str) -> (Server, String, PathBuf) {
+    let (server, creds) = s3_server(env);
+    let config = s3_config(env, server.port, &creds);
+    rclone(env, &config, &["mkdir", &format!("s3:{bucket}")]);
+    (server, creds, config)
 }
 
 /// `rclone serve webdav` of `dir` with a user and password.
@@ -187,6 +207,15 @@ pub fn rclone(env: &Env, config: &Path, args: &[&str]) -> String {
     let mut cmd = env.host().remote_command("rclone", ["--config"]);
     cmd.arg(config).args(args);
     run_ok(&mut cmd)
+}
+
+/// Whether `path` of the store holds `text`, no more (`rclone cat`).
+pub fn store_holds(env: &Env, config: &Path, path: &str, text: &str) -> bool {
+    let mut cmd = env.host().remote_command("rclone", ["--config"]);
+    cmd.arg(config).args(["cat", path]);
+    clean_env(&mut cmd)
+        .output()
+        .is_ok_and(|o| o.stdout == text.as_bytes())
 }
 
 /// `rclone rcat`: `text` into `path` of the store.
@@ -288,11 +317,161 @@ pub fn azurite(env: &Env) -> (Server, String) {
 
 /// An account SAS URL for Azurite at `port`; `bad`: with a wrong signature.
 pub fn azure_sas(port: u16, bad: bool) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cloud_support/azure_sas.py");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/cloud_support/azure_sas.py");
     let mut cmd = Command::new(cloud_venv().join("bin/python"));
     cmd.arg(script).arg(format!("http://127.0.0.1:{port}"));
     if bad {
         cmd.arg("bad");
     }
     run_ok(&mut cmd).trim().to_string()
+}
+
+/// Runs `code` in the remote kernel; its stdout, or the error's name and value.
+pub async fn run(c: &mut KernelClient, code: &str) -> Result<String, String> {
+    let r = c.execute(code, STEP).await.expect("execute");
+    match r.status.as_str() {
+        "ok" => Ok(r.stdout),
+        _ => Err(format!("{:?}", r.error)),
+    }
+}
+
+pub fn write_private(env: &Env, name: &str, text: &str) -> PathBuf {
+    let path = env.path(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// `sshpyk mounts add` of an S3 source on the test server.
+pub fn add_s3(
+    env: &Env,
+    kernel: &str,
+    port: u16,
+    creds: &Path,
+    source: &str,
+    remote: &Path,
+    rw: bool,
+) -> assert_cmd::Command {
+    let mut cmd = env.sshpyk();
+    cmd.args(["mounts", "add", "--kernel-name", kernel, "--backend", "s3"])
+        .args(["--set", "provider=Other"])
+        .arg("--set")
+        .arg(format!("endpoint=http://127.0.0.1:{port}"))
+        .arg("--creds")
+        .arg(creds)
+        .args(["--source", source]);
+    if rw {
+        cmd.arg("--rw");
+    }
+    cmd.arg(remote);
+    cmd
+}
+
+/// A WebDAV store served by `rclone serve webdav` on the test host, its credentials file,
+/// and where the tests mount it: (store dir, server, creds, mount point).
+pub fn dav_store(env: &Env) -> (PathBuf, Server, PathBuf, PathBuf) {
+    let dav = env.path("dav");
+    std::fs::create_dir_all(&dav).unwrap();
+    let server = webdav_server(env, &dav, "dav-user", "dav-pass-123");
+    let creds = write_private(env, "dav.json", r#"{"pass": "dav-pass-123"}"#);
+    (dav, server, creds, env.path("remote-dav"))
+}
+
+/// `sshpyk mounts add` of that store at `mnt` for kernel "k".
+pub fn add_dav(env: &Env, port: u16, creds: &Path, mnt: &Path, rw: bool) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sshpyk"));
+    env.apply(&mut cmd);
+    cmd.args(["mounts", "add", "--kernel-name", "k", "--backend", "webdav"])
+        .arg("--set")
+        .arg(format!("url=http://127.0.0.1:{port}/"))
+        .args(["--set", "vendor=other", "--set", "user=dav-user"])
+        .arg("--creds")
+        .arg(creds);
+    if rw {
+        cmd.arg("--rw");
+    }
+    cmd.arg(mnt);
+    cmd
+}
+
+pub fn secrets_dir(env: &Env) -> PathBuf {
+    env.path("home/.config/sshpyk/secrets")
+}
+
+pub fn secret_files(env: &Env) -> Vec<PathBuf> {
+    std::fs::read_dir(secrets_dir(env))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+pub fn json_of(cmd: &mut assert_cmd::Command) -> serde_json::Value {
+    let out = cmd.assert().success().get_output().stdout.clone();
+    serde_json::from_slice(&out).unwrap()
+}
+
+/// Nothing of a cloud mount is left on the remote: no rclone, no mount, no config directory,
+/// no mount point we created.
+pub fn assert_clean(env: &Env, mount_points: &[&Path], configs: &[PathBuf], created: &[&Path]) {
+    assert!(
+        eventually(CLEANUP, || rclone_mounts(env).is_empty()),
+        "rclone left running: {:?}",
+        rclone_mounts(env)
+    );
+    for mp in mount_points {
+        assert!(
+            eventually(CLEANUP, || !is_mounted(env, mp)),
+            "{} is still mounted",
+            mp.display()
+        );
+    }
+    for config in configs {
+        let dir = config.parent().unwrap();
+        assert!(
+            eventually(CLEANUP, || !dir.exists()),
+            "{} is still there",
+            dir.display()
+        );
+    }
+    for dir in created {
+        assert!(
+            eventually(CLEANUP, || !dir.exists()),
+            "{} was created and is still there",
+            dir.display()
+        );
+    }
+}
+
+/// Starts `kernel` as Jupyter would (connection file `name`), up to "ready".
+pub fn launch_ready(env: &Env, kernel: &str, name: &str) -> (Launcher, ConnectionInfo) {
+    let (conn, info) = env.connection_file(name);
+    let mut launcher = env.launch(kernel, &conn);
+    launcher.wait_ready(START);
+    (launcher, info)
+}
+
+/// [`launch_ready`], and a client of the kernel.
+pub async fn start(env: &Env, kernel: &str, name: &str) -> (Launcher, KernelClient) {
+    let (launcher, info) = launch_ready(env, kernel, name);
+    (launcher, ready_client(&info).await)
+}
+
+/// Shuts the kernel down through `c`: its launcher exits 0 within `timeout`.
+pub async fn shut_down(c: &mut KernelClient, launcher: &mut Launcher, timeout: Duration) {
+    c.shutdown(false, STEP).await.unwrap();
+    let status = launcher.wait_timeout(timeout).expect("launcher exits");
+    assert!(status.success(), "{status}: {}", launcher.log());
+}
+
+/// Code that prints the text of `file`, for [`run`].
+pub fn print_file(file: &Path) -> String {
+    format!("print(open('{}').read(), end='')", file.display())
+}
+
+/// `sshpyk mounts remove` of `mnt` from kernel "k".
+pub fn mounts_remove(env: &Env, mnt: &Path) -> assert_cmd::assert::Assert {
+    env.sshpyk()
+        .args(["mounts", "remove", "--kernel-name", "k"])
+        .arg(mnt)
+        .assert()
 }

@@ -1,10 +1,8 @@
 //! Real Jupyter clients (jupyter_client, nbclient, jupyter_server) driving an sshpyk kernel.
 
-mod common;
-
 use std::process::Output;
 
-use common::Env;
+use crate::common::{self, Env};
 
 /// Runs `tests/clients/<script>` with the test venv's python and `env`'s Jupyter dirs.
 fn run_client_script(env: &Env, script: &str, kernel: &str) -> Output {
@@ -83,11 +81,9 @@ fn jupyter_server_websockets_survive_a_restart_of_an_sshpyk_kernel() {
 /// reply and all its output (JupyterLab shows its execution count, not `[*]`).
 #[test]
 fn jupyter_server_websockets_get_a_cells_reply_and_output_through_a_link_cut() {
-    let env = Env::with_host();
-    if env.host().netns().is_none() {
-        eprintln!("skipped: cutting a link needs a network namespace (run as root)");
+    let Some(env) = Env::with_host_to_cut() else {
         return;
-    }
+    };
     env.add_kernel("ssh_remote", &[]);
     let path = format!(
         "{}/tests/clients/jupyter_server_cut.py",

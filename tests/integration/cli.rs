@@ -1,8 +1,6 @@
 //! The management CLI against a real sshd: add, edit, delete, list, and every bad input.
 
-mod common;
-
-use common::Env;
+use crate::common::{self, Env};
 use predicates::prelude::*;
 
 /// Snapshot settings that make output stable: temp paths, addresses, versions, timings.
@@ -26,6 +24,15 @@ fn stable(env: &Env) -> insta::Settings {
     settings.add_filter(r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]");
     settings.add_filter(r"\b\w+@(\[ADDR\]|127)", "[USER]@$1");
     settings
+}
+
+/// `sshpyk ARGS` about kernel 'ghost', which does not exist: refused in one line, exit code 3.
+fn ghost_is_not_found(env: &Env, args: &[&str]) {
+    env.sshpyk()
+        .args(args)
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("kernel 'ghost' not found"));
 }
 
 #[test]
@@ -89,19 +96,14 @@ fn list_marks_a_healthy_kernel_ok_and_an_unreachable_one_with_the_reason() {
         ),
     )
     .unwrap();
-    env.sshpyk()
+    env.add_on("dead", "python3")
         .args([
-            "add",
             "--kernel-name",
             "dead",
-            "--ssh-host-alias",
-            "dead",
-            "--remote-kernel-name",
-            "python3",
             "--remote-python",
             "/usr/bin/python3",
-            "--ssh-config",
         ])
+        .arg("--ssh-config")
         .arg(&dead_config)
         .assert()
         .success()
@@ -299,11 +301,7 @@ fn delete_removes_sshpyk_kernels_and_refuses_others_without_force() {
         .assert()
         .success();
     assert!(!other.exists());
-    env.sshpyk()
-        .args(["delete", "ghost"])
-        .assert()
-        .code(3)
-        .stderr(predicate::str::contains("kernel 'ghost' not found"));
+    ghost_is_not_found(&env, &["delete", "ghost"]);
 }
 
 #[test]
@@ -464,27 +462,18 @@ fn bad_input_gets_one_clear_line_and_writes_nothing() {
             "{args:?} wrote something"
         );
     }
-    env.sshpyk()
-        .args(["edit", "--kernel-name", "ghost", "--launch-timeout", "3"])
-        .assert()
-        .code(3)
-        .stderr(predicate::str::contains("kernel 'ghost' not found"));
+    ghost_is_not_found(
+        &env,
+        &["edit", "--kernel-name", "ghost", "--launch-timeout", "3"],
+    );
 }
 
 #[test]
 fn timeouts_out_of_range_are_refused() {
     let env = Env::local();
     for value in ["0", "1e300", "-5", "soon"] {
-        env.sshpyk()
-            .args([
-                "add",
-                "--ssh-host-alias",
-                "x",
-                "--remote-kernel-name",
-                "k",
-                "--remote-python",
-                "/p",
-            ])
+        env.add_on("x", "k")
+            .args(["--remote-python", "/p"])
             .arg(format!("--orphan-timeout={value}"))
             .assert()
             .code(2)
@@ -542,14 +531,7 @@ fn warnings_are_prefixed_and_an_empty_mounts_list_says_so() {
     )
     .unwrap();
     let out = env
-        .sshpyk()
-        .args([
-            "add",
-            "--ssh-host-alias",
-            "down",
-            "--remote-kernel-name",
-            "python3",
-        ])
+        .add_on("down", "python3")
         .args(["--remote-python-prefix", "/opt/env", "--ssh-config"])
         .arg(&config)
         .output()

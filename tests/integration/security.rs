@@ -2,14 +2,12 @@
 //! the highest verbosity, not in a file that others can read. Names that another user can take
 //! first are passed by.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::Env;
+use crate::common::{self, one_line_error, Env};
 use nix::sys::signal::Signal;
 use sshpyk::jupyter::KernelClient;
 
@@ -290,8 +288,7 @@ async fn a_control_path_that_another_user_listens_on_is_refused() {
     .unwrap();
     let refused = |cmd: &mut assert_cmd::Command| {
         let out = cmd.assert().failure();
-        let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
-        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        let err = one_line_error(&out);
         assert!(
             err.contains(&format!(
                 "the ControlMaster socket {} belongs to uid 65534",
@@ -345,8 +342,7 @@ fn a_runtime_dir_the_user_named_is_never_chmoded() {
         .arg("ps")
         .assert()
         .failure();
-    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let err = one_line_error(&out);
     assert!(
         err.contains(&format!(
             "SSHPYK_RUNTIME_DIR {} is mode 755, not private",

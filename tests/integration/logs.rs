@@ -2,14 +2,12 @@
 //! written to a private file that `sshpyk logs` shows (and follows), and `--log-level` stored
 //! in the kernelspec sets the verbosity without touching kernel.json by hand.
 
-mod common;
-
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{eventually, Env};
+use crate::common::{eventually, Env};
 use predicates::prelude::*;
 
 fn mode(path: &std::path::Path) -> u32 {

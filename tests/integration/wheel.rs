@@ -6,12 +6,10 @@
 //! binaries in `target/debug` stay untouched while other tests run them); the first run compiles
 //! the dependencies once, later ones only what changed.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::Env;
+use crate::common::{self, Env};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 

@@ -2,12 +2,10 @@
 //! connection), within Jupyter's budget on SIGTERM whatever the kernel ignores, with the process
 //! that started them; and whatever a kernel started ends with it.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{eventually, ready_client, venv_python, Env};
+use crate::common::{eventually, ready_client, venv_python, Env};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
@@ -210,9 +208,7 @@ fn jupyter_client_restart_of_a_stuck_kernel_and_a_dead_client() {
             );
         }
         assert!(
-            eventually(Duration::from_secs(10), || env
-                .remote_processes("ipykernel")
-                .is_empty()),
+            env.remote_processes_end("ipykernel", Duration::from_secs(10)),
             "{scenario}: a remote kernel was left behind"
         );
     }

@@ -1,13 +1,12 @@
 //! Kernels on a Slurm compute node, through the login node, on a real single-node Slurm
 //! (slurm-wlm + munge from Debian, its daemons in the test host's network namespace).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{eventually, interrupt_busy_kernel, ready_client, Env, Launcher};
+use crate::common::{eventually, interrupt_busy_kernel, ready_client, Env, Launcher};
 use nix::sys::signal::Signal;
+use sshpyk::connection::ConnectionInfo;
 use sshpyk_testhost::{SLURM_NODE, SLURM_PARTITION};
 
 const STEP: Duration = Duration::from_secs(20);
@@ -65,6 +64,35 @@ fn add_slurm_kernel(env: &Env, options: &str, extra: &[&str]) {
     env.add_kernel("k", &args);
 }
 
+/// Kernel "k" in a 10-minute job on the test partition, started as Jupyter would with
+/// connection file `name`: see [`launch_ready`].
+fn start_in_a_job(env: &Env, name: &str) -> (Launcher, PathBuf, ConnectionInfo) {
+    add_slurm_kernel(
+        env,
+        &format!("--partition {SLURM_PARTITION} --time 10"),
+        &[],
+    );
+    launch_ready(env, name)
+}
+
+/// Starts kernel "k" as Jupyter would with connection file `name`, up to "ready": the
+/// launcher, the connection file and what it says.
+fn launch_ready(env: &Env, name: &str) -> (Launcher, PathBuf, ConnectionInfo) {
+    let (conn, info) = env.connection_file(name);
+    let mut launcher = env.launch("k", &conn);
+    launcher.wait_ready(Duration::from_secs(60));
+    (launcher, conn, info)
+}
+
+/// Starts kernel "k" with `conn`, which gives up within 20 s: its exit code and log.
+fn launch_failing(env: &Env, conn: &Path) -> (Option<i32>, String) {
+    let mut launcher = env.launch("k", conn);
+    let status = launcher
+        .wait_timeout(Duration::from_secs(20))
+        .expect("gave up in time");
+    (status.code(), launcher.log())
+}
+
 #[tokio::test]
 async fn a_kernel_runs_in_a_job_step_restarts_into_the_same_job_and_the_job_ends_after_the_grace() {
     let Some(env) = slurm_env() else { return };
@@ -97,9 +125,7 @@ async fn a_kernel_runs_in_a_job_step_restarts_into_the_same_job_and_the_job_ends
         )),
         "{text}"
     );
-    let (conn, info) = env.connection_file("slurmk");
-    let mut launcher = env.launch("k", &conn);
-    launcher.wait_ready(Duration::from_secs(60));
+    let (mut launcher, conn, info) = launch_ready(&env, "slurmk");
     let log = launcher.log();
     assert!(
         log.contains(&format!("running on node {SLURM_NODE}")),
@@ -153,9 +179,7 @@ fn sigkill_ends_the_kernel_now_and_the_job_after_the_grace(env: &Env, launcher: 
     launcher.child.wait().unwrap();
     let killed = Instant::now();
     assert!(
-        eventually(Duration::from_secs(5), || env
-            .remote_processes("ipykernel")
-            .is_empty()),
+        env.remote_processes_end("ipykernel", Duration::from_secs(5)),
         "the kernel outlived its launcher"
     );
     assert_eq!(jobs(env).len(), 1, "the job must wait for the grace");
@@ -190,14 +214,7 @@ async fn cut_link(env: &Env, secs: u64, drop_connections: bool) {
 #[tokio::test]
 async fn a_network_drop_keeps_the_kernel_in_its_job_and_a_launcher_killed_after_it_still_ends_it() {
     let Some(env) = slurm_env() else { return };
-    add_slurm_kernel(
-        &env,
-        &format!("--partition {SLURM_PARTITION} --time 10"),
-        &[],
-    );
-    let (conn, info) = env.connection_file("slurmnet");
-    let mut launcher = env.launch("k", &conn);
-    launcher.wait_ready(Duration::from_secs(60));
+    let (mut launcher, _, info) = start_in_a_job(&env, "slurmnet");
     let job = job_in(&launcher.log());
     let pid = launcher.remote_pid();
     let mut c = ready_client(&info).await;
@@ -266,17 +283,13 @@ async fn a_lease_run_out_with_the_link_down_ends_the_kernel_and_cancels_the_job_
             "4",
         ],
     );
-    let (conn, _info) = env.connection_file("slurmlease");
-    let mut launcher = env.launch("k", &conn);
-    launcher.wait_ready(Duration::from_secs(60));
+    let (mut launcher, _, _info) = launch_ready(&env, "slurmlease");
     let job = job_in(&launcher.log());
     assert_eq!(jobs(&env), [format!("{job} sshpyk-slurmlease RUNNING")]);
 
     env.host().link_down().unwrap();
     assert!(
-        eventually(Duration::from_secs(30), || env
-            .remote_processes("ipykernel")
-            .is_empty()),
+        env.remote_processes_end("ipykernel", Duration::from_secs(30)),
         "the lease did not end the kernel"
     );
     assert!(
@@ -286,11 +299,7 @@ async fn a_lease_run_out_with_the_link_down_ends_the_kernel_and_cancels_the_job_
     );
     assert!(env.remote_processes("sshpyk-relay").is_empty());
     env.host().link_up().unwrap();
-    let status = launcher
-        .wait_timeout(Duration::from_secs(30))
-        .expect("the launcher gives up");
-    assert_eq!(status.code(), Some(8), "{}", launcher.log());
-    assert!(launcher.log().contains("is gone"), "{}", launcher.log());
+    launcher.assert_gives_up_on_a_gone_kernel();
 }
 
 /// The relay's pid among `relays` (the processes with its source): the child of the process that
@@ -332,14 +341,7 @@ fn relay_socket(relay: u32) -> PathBuf {
 #[tokio::test]
 async fn a_relay_killed_leaves_no_socket_dir_and_its_kernel_and_job_end() {
     let Some(env) = slurm_env() else { return };
-    add_slurm_kernel(
-        &env,
-        &format!("--partition {SLURM_PARTITION} --time 10"),
-        &[],
-    );
-    let (conn, _info) = env.connection_file("slurmrelay");
-    let mut launcher = env.launch("k", &conn);
-    launcher.wait_ready(Duration::from_secs(60));
+    let (mut launcher, _, _info) = start_in_a_job(&env, "slurmrelay");
     let relay = relay_among(&env.remote_processes("sshpyk-relay"));
     let socket = relay_socket(relay);
     let dir = socket.parent().unwrap().to_path_buf();
@@ -354,23 +356,15 @@ async fn a_relay_killed_leaves_no_socket_dir_and_its_kernel_and_job_end() {
     );
     // The waiting process exits right after it removed the dir.
     assert!(
-        eventually(Duration::from_secs(5), || env
-            .remote_processes("sshpyk-relay")
-            .is_empty()),
+        env.remote_processes_end("sshpyk-relay", Duration::from_secs(5)),
         "a relay process is left"
     );
     // The step's stdin ended with the relay: the kernel ends, the job after the grace.
     assert!(
-        eventually(Duration::from_secs(10), || env
-            .remote_processes("ipykernel")
-            .is_empty()),
+        env.remote_processes_end("ipykernel", Duration::from_secs(10)),
         "the kernel outlived its relay"
     );
-    let status = launcher
-        .wait_timeout(Duration::from_secs(30))
-        .expect("the launcher gives up");
-    assert_eq!(status.code(), Some(8), "{}", launcher.log());
-    assert!(launcher.log().contains("is gone"), "{}", launcher.log());
+    launcher.assert_gives_up_on_a_gone_kernel();
     assert!(
         eventually(Duration::from_secs(GRACE + 15), || jobs(&env).is_empty()),
         "job still there: {:?}",
@@ -442,12 +436,8 @@ fn list_names_the_slurm_commands_missing_on_the_login_node() {
     // A start there fails at once in one line, and queues nothing (no squeue to ask here: no
     // Slurm runs for this host).
     let (conn, _info) = env.connection_file("nocommands");
-    let mut launcher = env.launch("k", &conn);
-    let status = launcher
-        .wait_timeout(Duration::from_secs(20))
-        .expect("gave up in time");
-    let log = launcher.log();
-    assert_eq!(status.code(), Some(5), "{log}");
+    let (code, log) = launch_failing(&env, &conn);
+    assert_eq!(code, Some(5), "{log}");
     assert_eq!(
         log.lines().last().unwrap(),
         "sshpyk: error: squeue, scancel not found on the login node 'remote'; see `sshpyk list` for the fix",
@@ -464,12 +454,8 @@ fn a_partition_that_does_not_exist_is_one_clear_line_and_nothing_is_queued() {
         &["--launch-timeout", "20"],
     );
     let (conn, _info) = env.connection_file("nopart");
-    let mut launcher = env.launch("k", &conn);
-    let status = launcher
-        .wait_timeout(Duration::from_secs(20))
-        .expect("gave up in time");
-    let log = launcher.log();
-    assert_eq!(status.code(), Some(5), "{log}");
+    let (code, log) = launch_failing(&env, &conn);
+    assert_eq!(code, Some(5), "{log}");
     let last = log.lines().last().unwrap();
     assert!(
         last.starts_with("sshpyk: error: slurm on 'remote' refused the job: invalid partition specified: nosuchpartition"),
@@ -484,12 +470,8 @@ fn a_partition_that_does_not_exist_is_one_clear_line_and_nothing_is_queued() {
         format!("--partition {SLURM_PARTITION}").into();
     spec["metadata"]["sshpyk"]["remote_kernel_name"] = "nosuchkernel".into();
     std::fs::write(&kernel_json, spec.to_string()).unwrap();
-    let mut launcher = env.launch("k", &conn);
-    let status = launcher
-        .wait_timeout(Duration::from_secs(20))
-        .expect("gave up in time");
-    let log = launcher.log();
-    assert_eq!(status.code(), Some(5), "{log}");
+    let (code, log) = launch_failing(&env, &conn);
+    assert_eq!(code, Some(5), "{log}");
     assert!(
         log.contains("remote kernel 'nosuchkernel' not found"),
         "{log}"
@@ -509,12 +491,8 @@ fn a_job_still_queued_when_the_launch_timeout_runs_out_is_cancelled() {
     // More CPUs than the node has: queued for good.
     add_slurm_kernel(&env, "--cpus-per-task 8", &["--launch-timeout", "4"]);
     let (conn, _info) = env.connection_file("queued");
-    let mut launcher = env.launch("k", &conn);
-    let status = launcher
-        .wait_timeout(Duration::from_secs(20))
-        .expect("gave up in time");
-    let log = launcher.log();
-    assert_eq!(status.code(), Some(6), "{log}");
+    let (code, log) = launch_failing(&env, &conn);
+    assert_eq!(code, Some(6), "{log}");
     assert!(log.contains("queued ("), "{log}");
     assert!(
         eventually(Duration::from_secs(5), || jobs(&env).is_empty()),

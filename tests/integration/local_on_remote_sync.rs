@@ -3,12 +3,10 @@
 //! nothing leads out of the tree. The "remote" shares this machine's file system, so the copy
 //! is checked on disk too.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{eventually, ready_client, Env};
+use crate::common::{eventually, ready_client, Env};
 
 const STEP: Duration = Duration::from_secs(20);
 const SYNCED: Duration = Duration::from_secs(10);
@@ -214,11 +212,9 @@ async fn nothing_leads_out_of_the_tree_excludes_stay_here_and_read_only_copies_t
 /// Both sides change while the link is cut: after it, they converge.
 #[tokio::test]
 async fn after_a_link_cut_both_sides_converge() {
-    let env = Env::with_host();
-    if env.host().netns().is_none() {
-        eprintln!("skipped: cutting a link needs a network namespace (run as root)");
+    let Some(env) = Env::with_host_to_cut() else {
         return;
-    }
+    };
     let local = project(&env);
     let remote = env.path("remote-mnt/project");
     let spec = format!("{}:{}", local.display(), remote.display());

@@ -1,13 +1,11 @@
 //! The remote environment of a kernel (`--remote-env`, `--remote-cwd`, `--remote-init`) end to
 //! end: a real sshd, a login shell running the init snippet, a real ipykernel.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{ready_client, Env};
+use crate::common::{self, ready_client, Env};
 
 const STEP: Duration = Duration::from_secs(20);
 /// Literal: spaces, both quotes, a `$` and a backslash, none of which any shell may touch.

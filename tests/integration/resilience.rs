@@ -1,28 +1,18 @@
 //! Network drops: the launcher rides them out with the kernel's state intact, and the remote
 //! guard reaps kernels whose launcher is gone for longer than the orphan timeout.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{assert_kept_state, eventually, port_is_free, ready_client, Env};
+use crate::common::{assert_kept_state, eventually, port_is_free, ready_client, Env};
 use nix::sys::signal::Signal;
 
 const STEP: Duration = Duration::from_secs(20);
 
-/// A remote host in its own network namespace (the link can only be cut there).
-fn env_with_link() -> Option<Env> {
-    let env = Env::with_host();
-    if env.host().netns().is_none() {
-        eprintln!("skipped: cutting a link needs a network namespace (run as root)");
-        return None;
-    }
-    Some(env)
-}
-
 #[tokio::test]
 async fn a_twenty_second_link_cut_keeps_the_kernel_and_its_state() {
-    let Some(env) = env_with_link() else { return };
+    let Some(env) = Env::with_host_to_cut() else {
+        return;
+    };
     let (mut launcher, info) = env.start_kernel(&[]);
     let pid = launcher.remote_pid();
     let mut c = ready_client(&info).await;
@@ -58,25 +48,21 @@ async fn a_twenty_second_link_cut_keeps_the_kernel_and_its_state() {
 
 #[tokio::test]
 async fn a_cut_longer_than_the_orphan_timeout_reaps_the_kernel_and_ends_the_launcher() {
-    let Some(env) = env_with_link() else { return };
+    let Some(env) = Env::with_host_to_cut() else {
+        return;
+    };
     let (mut launcher, info) = env.start_kernel(&["--orphan-timeout", "4"]);
 
     env.host().link_down().unwrap();
     assert!(
-        eventually(Duration::from_secs(30), || env
-            .remote_processes("ipykernel")
-            .is_empty()),
+        env.remote_processes_end("ipykernel", Duration::from_secs(30)),
         "the remote guard did not reap the kernel"
     );
     assert!(eventually(Duration::from_secs(5), || env
         .remote_run_dirs()
         .is_empty()));
     env.host().link_up().unwrap();
-    let status = launcher
-        .wait_timeout(Duration::from_secs(30))
-        .expect("the launcher gives up");
-    assert_eq!(status.code(), Some(8), "{}", launcher.log());
-    assert!(launcher.log().contains("is gone"), "{}", launcher.log());
+    launcher.assert_gives_up_on_a_gone_kernel();
     for (_, port) in info.ports() {
         assert!(port_is_free(port));
     }
@@ -116,12 +102,14 @@ async fn a_master_closed_mid_session_is_reopened() {
 
 #[tokio::test]
 async fn mounts_come_back_after_a_link_cut() {
-    let Some(env) = env_with_link() else { return };
+    let Some(env) = Env::with_host_to_cut() else {
+        return;
+    };
     let project = env.path("project");
     std::fs::create_dir_all(&project).unwrap();
     std::fs::write(project.join("a.txt"), "before").unwrap();
     let remote = env.path("remote-mnt/project");
-    // The lazy (sshfs) mount is mounted again; a synced copy catches up (tests/sync.rs).
+    // The lazy (sshfs) mount is mounted again; a synced copy catches up (local_on_remote_sync).
     let spec = format!("{}:{}:lazy", project.display(), remote.display());
     let (mut launcher, info) = env.start_kernel(&["--mount-local-on-remote", &spec]);
     let read = format!("print(open('{}/a.txt').read())", remote.display());
@@ -193,7 +181,9 @@ async fn first_answer(info: &sshpyk::jupyter::connection::ConnectionInfo, code: 
 /// link is back. The launcher races a fresh connection against it instead.
 #[tokio::test]
 async fn after_a_cut_the_kernel_answers_within_three_seconds_whatever_the_keepalive_settings() {
-    let Some(env) = env_with_link() else { return };
+    let Some(env) = Env::with_host_to_cut() else {
+        return;
+    };
     let config = env.ssh_config();
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
@@ -241,7 +231,9 @@ async fn after_a_cut_the_kernel_answers_within_three_seconds_whatever_the_keepal
 /// returning launcher is answered and the kernel kept.
 #[tokio::test]
 async fn a_kernel_printing_through_an_outage_is_reattached() {
-    let Some(env) = env_with_link() else { return };
+    let Some(env) = Env::with_host_to_cut() else {
+        return;
+    };
     let (mut launcher, info) = env.start_kernel(&["--orphan-timeout", "30"]);
     let pid = launcher.remote_pid();
     // ipykernel captures fd 1 for its clients; its copy of the original is the process's stdout.
@@ -286,7 +278,9 @@ async fn cut_soon(env: &Env, secs: u64) {
 /// and its reply reach the same client connection (no `[*]` forever in JupyterLab).
 #[tokio::test]
 async fn a_cell_printing_through_a_cut_ends_with_all_its_output_in_order() {
-    let Some(env) = env_with_link() else { return };
+    let Some(env) = Env::with_host_to_cut() else {
+        return;
+    };
     let (launcher, info) = env.start_kernel(&[]);
     let mut c = ready_client(&info).await;
     let (r, ()) = tokio::join!(
@@ -307,7 +301,9 @@ async fn a_cell_printing_through_a_cut_ends_with_all_its_output_in_order() {
 /// moment the link returns is answered within 1 s of the reattach.
 #[tokio::test]
 async fn requests_sent_during_a_cut_and_at_its_end_are_answered() {
-    let Some(env) = env_with_link() else { return };
+    let Some(env) = Env::with_host_to_cut() else {
+        return;
+    };
     let (launcher, info) = env.start_kernel(&[]);
     let mut c = ready_client(&info).await;
     c.execute("x = 42", STEP).await.unwrap();
@@ -359,7 +355,9 @@ async fn requests_sent_during_a_cut_and_at_its_end_are_answered() {
 /// says so, and keeps the kernel; the launcher's memory stays bounded.
 #[tokio::test]
 async fn output_past_the_outage_bound_closes_one_stream_and_keeps_the_kernel() {
-    let Some(env) = env_with_link() else { return };
+    let Some(env) = Env::with_host_to_cut() else {
+        return;
+    };
     let (launcher, info) = env.start_kernel(&[]);
     let pid = launcher.remote_pid();
     let mut c = ready_client(&info).await;
@@ -394,7 +392,9 @@ threading.Thread(target=flood, daemon=True).start()";
 /// same, and the cell that was running completes in its client with all its output.
 #[tokio::test]
 async fn a_frozen_laptop_wakes_to_the_same_kernel_and_the_cells_whole_output() {
-    let Some(env) = env_with_link() else { return };
+    let Some(env) = Env::with_host_to_cut() else {
+        return;
+    };
     let (launcher, info) = env.start_kernel(&[]);
     let pid = launcher.remote_pid();
     let mut c = ready_client(&info).await;
@@ -430,7 +430,9 @@ fn signal_all(pids: &[u32], signal: Signal) {
 /// says what happens next; the kernel ends after the orphan timeout, as README says.
 #[tokio::test]
 async fn a_shutdown_during_a_cut_exits_at_once_and_the_kernel_ends_after_the_orphan_timeout() {
-    let Some(env) = env_with_link() else { return };
+    let Some(env) = Env::with_host_to_cut() else {
+        return;
+    };
     let (mut launcher, _info) = env.start_kernel(&["--orphan-timeout", "8"]);
     env.host().link_down().unwrap();
     launcher.wait_for_log("racing a new connection", Duration::from_secs(10));
@@ -448,9 +450,7 @@ async fn a_shutdown_during_a_cut_exits_at_once_and_the_kernel_ends_after_the_orp
     );
     assert!(!env.remote_processes("ipykernel").is_empty());
     assert!(
-        eventually(Duration::from_secs(30), || env
-            .remote_processes("ipykernel")
-            .is_empty()),
+        env.remote_processes_end("ipykernel", Duration::from_secs(30)),
         "the remote guard did not end the kernel"
     );
     env.host().link_up().unwrap();

@@ -1,9 +1,9 @@
 //! Test environment: a private temp dir standing in for every directory sshpyk would touch
 //! (Jupyter data and runtime dirs, HOME, its runtime dir), a real remote host from
 //! sshpyk-testhost, and helpers to run the real binary.
-#![allow(dead_code)] // each test crate uses its own subset
 
 use std::net::TcpListener;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -59,6 +59,17 @@ impl Env {
     /// With a real sshd "remote host" that the client logs in to as `user`.
     pub fn with_host_as(user: TestUser) -> Self {
         Self::with_host_configured(user, "")
+    }
+
+    /// [`Env::with_host`] for a test that cuts the link (`link_down`): only a host in a network
+    /// namespace of its own has one to cut, which needs root. `None`, said on stderr, without.
+    pub fn with_host_to_cut() -> Option<Self> {
+        let env = Self::with_host();
+        if env.host().netns().is_none() {
+            eprintln!("skipped: cutting a link needs a network namespace (run as root)");
+            return None;
+        }
+        Some(env)
     }
 
     /// With a real sshd "remote host" whose sshd_config starts with `sshd_options` (they win
@@ -183,21 +194,22 @@ impl Env {
         name.to_string()
     }
 
+    /// `sshpyk add` of `remote_kernel` on host `alias`, the other flags left to the caller.
+    pub fn add_on(&self, alias: &str, remote_kernel: &str) -> assert_cmd::Command {
+        let mut cmd = self.sshpyk();
+        cmd.args(["add", "--ssh-host-alias", alias])
+            .args(["--remote-kernel-name", remote_kernel]);
+        cmd
+    }
+
     /// `sshpyk add` of `remote_kernel` on the test host's venv, plus `extra` flags.
     pub fn add_command(&self, remote_kernel: &str, extra: &[&str]) -> assert_cmd::Command {
-        let mut cmd = self.sshpyk();
-        cmd.args([
-            "add",
-            "--ssh-host-alias",
-            "remote",
-            "--remote-kernel-name",
-            remote_kernel,
-        ])
-        .arg("--remote-python-prefix")
-        .arg(&self.remote_venv)
-        .arg("--ssh-config")
-        .arg(self.ssh_config())
-        .args(extra);
+        let mut cmd = self.add_on("remote", remote_kernel);
+        cmd.arg("--remote-python-prefix")
+            .arg(&self.remote_venv)
+            .arg("--ssh-config")
+            .arg(self.ssh_config())
+            .args(extra);
         cmd
     }
 
@@ -317,6 +329,11 @@ impl Env {
                     .unwrap_or(false)
             })
             .collect()
+    }
+
+    /// Whether every remote process whose command line contains `needle` ends within `timeout`.
+    pub fn remote_processes_end(&self, needle: &str, timeout: Duration) -> bool {
+        eventually(timeout, || self.remote_processes(needle).is_empty())
     }
 
     /// Processes of this machine outside the remote host whose command line contains `needle`
@@ -481,6 +498,16 @@ impl Launcher {
         );
     }
 
+    /// Waits (30 s at most) for the launcher to give up on a kernel that is gone: exit code 8,
+    /// and its log says so.
+    pub fn assert_gives_up_on_a_gone_kernel(&mut self) {
+        let status = self
+            .wait_timeout(Duration::from_secs(30))
+            .expect("the launcher gives up");
+        assert_eq!(status.code(), Some(8), "{}", self.log());
+        assert!(self.log().contains("is gone"), "{}", self.log());
+    }
+
     /// The remote kernel pid from the "ready" line.
     pub fn remote_pid(&self) -> u32 {
         let log = self.log();
@@ -507,6 +534,48 @@ pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What a finished command said on stderr, checked to be one line (sshpyk's errors are).
+pub fn one_line_error(out: &assert_cmd::assert::Assert) -> String {
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    err
+}
+
+/// A pseudo-terminal of `size` (rows, columns; none: 0 x 0): (controller, terminal). Both are
+/// closed on exec: the other tests of this process start children meanwhile, and a terminal one
+/// of them held would never hang up.
+pub fn pty(size: Option<(u16, u16)>) -> (OwnedFd, OwnedFd) {
+    let size = size.map(|(ws_row, ws_col)| nix::pty::Winsize {
+        ws_row,
+        ws_col,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    });
+    let pty = nix::pty::openpty(size.as_ref(), None).expect("openpty");
+    for fd in [&pty.master, &pty.slave] {
+        let cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
+        nix::fcntl::fcntl(fd, cloexec).expect("FD_CLOEXEC");
+    }
+    (pty.master, pty.slave)
+}
+
+/// Runs `cmd` on `terminal` as a terminal emulator would: its stdin, stdout and stderr, and
+/// its controlling terminal, in a session of its own.
+pub fn on_terminal(cmd: &mut Command, terminal: &OwnedFd) {
+    cmd.stdin(terminal.try_clone().unwrap())
+        .stdout(terminal.try_clone().unwrap())
+        .stderr(terminal.try_clone().unwrap());
+    // SAFETY: setsid and ioctl are async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, || {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

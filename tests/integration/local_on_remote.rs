@@ -1,14 +1,13 @@
-//! Mounts end to end: a real sshd "remote host" (its own network namespace and, through
+//! Local directories mounted on the remote (`--mount-local-on-remote`, lazy: sshfs there over
+//! SFTP) end to end: a real sshd "remote host" (its own network namespace and, through
 //! `ip netns exec`, its own mount namespace), the real sshfs and FUSE there, the SFTP server in
 //! the launcher, a real ipykernel that uses the mount.
-
-mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{eventually, ready_client, Env, Launcher};
+use crate::common::{self, eventually, ready_client, Env, Launcher};
 use nix::sys::signal::Signal;
 use sshpyk::jupyter::KernelClient;
 
@@ -35,7 +34,7 @@ async fn read_data(c: &mut KernelClient, remote: &dyn std::fmt::Display) -> Stri
     .unwrap()
 }
 
-/// A lazy (sshfs) mount: what this file tests. Synced copies are tested in sync.rs.
+/// A lazy (sshfs) mount: what this module tests. Synced copies are tested in local_on_remote_sync.
 fn spec(local: &Path, remote: &Path, options: &str) -> String {
     let mut s = format!("{}:{}:lazy", local.display(), remote.display());
     if !options.is_empty() {
@@ -434,9 +433,7 @@ async fn restart_sigkill_and_a_stale_mount_leave_nothing_behind() {
         "expected a dead mount left behind"
     );
     // The kernel of the SIGKILLed launcher goes after the orphan timeout.
-    assert!(eventually(Duration::from_secs(15), || env
-        .remote_processes("ipykernel")
-        .is_empty()));
+    assert!(env.remote_processes_end("ipykernel", Duration::from_secs(15)));
 
     let mut fourth = env.launch(&kernel, &conn);
     fourth.wait_ready(START);
@@ -511,7 +508,7 @@ fn assert_fails(env: &Env, kernel: &str, code: i32, message: &str) -> String {
         assert!(common::port_is_free(port));
     }
     assert!(
-        eventually(CLEANUP, || env.remote_processes("ipykernel").is_empty()),
+        env.remote_processes_end("ipykernel", CLEANUP),
         "a remote kernel was left"
     );
     log
