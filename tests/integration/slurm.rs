@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{eventually, interrupt_busy_kernel, ready_client, Env, Launcher};
 use nix::sys::signal::Signal;
-use sshpyk::connection::ConnectionInfo;
+use sshpyk::jupyter::connection::ConnectionInfo;
 use sshpyk_testhost::{SLURM_NODE, SLURM_PARTITION};
 
 const STEP: Duration = Duration::from_secs(20);

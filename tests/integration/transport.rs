@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{assert_kept_state, ready_client, Env, Launcher};
-use sshpyk::connection::ConnectionInfo;
+use sshpyk::jupyter::connection::ConnectionInfo;
 use sshpyk_testhost::TestUser;
 
 const STEP: Duration = Duration::from_secs(60);

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
-use sshpyk::connection::ConnectionInfo;
+use sshpyk::jupyter::connection::ConnectionInfo;
 use sshpyk::jupyter::KernelClient;
 
 use crate::common::{eventually, ready_client, Env, Launcher};
