@@ -443,6 +443,36 @@ impl<W: AsyncWrite + Unpin> Sync<W> {
     /// stream, no round trip per file) and written as they come. A conflict copy's meta names
     /// the remote path it is fetched from.
     async fn pull(&mut self, pulls: Vec<Pull>) -> std::io::Result<()> {
+        let mut wanted = self.ask_for(pulls).await?;
+        while !wanted.is_empty() {
+            let Some((from, meta, data)) = self.next_data().await? else {
+                continue;
+            };
+            let (Some(targets), Some(meta)) = (wanted.remove(&from), meta) else {
+                continue;
+            };
+            for path in targets {
+                self.write_pulled(&from, path, &meta, &data);
+            }
+        }
+        // What came while we waited for the data, in the order it came.
+        for report in std::mem::take(&mut self.early) {
+            match report {
+                Early::Changed(entries) => Box::pin(self.remote_changed(entries)).await?,
+                Early::Refused(path, meta, expected) => {
+                    Box::pin(self.refused(path, meta, expected)).await?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the pulled directories here and asks the agent for the files' contents, once per
+    /// remote file: what `pull` then waits for, each remote path with the local paths it goes to.
+    async fn ask_for(
+        &mut self,
+        pulls: Vec<Pull>,
+    ) -> std::io::Result<BTreeMap<String, Vec<String>>> {
         let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for Pull {
             to: path,
@@ -481,82 +511,65 @@ impl<W: AsyncWrite + Unpin> Sync<W> {
                 }
             }
         }
-        while !wanted.is_empty() {
-            let Some((msg, data)) = self.receive().await? else {
-                return Err(std::io::Error::other("the agent's session ended"));
-            };
-            let (from, meta) = match msg {
-                FromAgent::Data { path, meta, .. } => (path, meta),
-                FromAgent::Changed { entries } => {
-                    self.early.push(Early::Changed(entries));
-                    continue;
-                }
-                FromAgent::Refused {
-                    path,
-                    meta,
-                    expected,
-                } => {
-                    self.early.push(Early::Refused(path, meta, expected));
-                    continue;
-                }
-                FromAgent::Applied { path } => {
-                    self.applied(&path);
-                    continue;
-                }
-                FromAgent::Failed {
-                    path: Some(path), ..
-                } => {
-                    self.landed(&path);
-                    continue;
-                }
-                _ => continue,
-            };
-            let Some(targets) = wanted.remove(&from) else {
-                continue;
-            };
-            for mut path in targets {
-                let Some(meta) = meta.clone() else { continue };
-                // Edited here since our last look: ours stays, theirs goes beside it.
-                if path == from
-                    && !Meta::same(
-                        tree::stat(&self.export, &path).as_ref(),
-                        self.local.get(&path),
-                    )
-                {
-                    path = conflict_name(&from);
-                }
-                let conflict = path != from;
-                let mut state = lock(&self.state);
-                state.pending = state.pending.saturating_sub(meta.size());
-                drop(state);
-                if let Err(e) = tree::write_file(&self.export, &path, &meta, &data) {
-                    tracing::warn!("sync {}: cannot write {path} here: {e}", self.label);
-                    continue;
-                }
-                if conflict {
-                    tracing::warn!(
-                        "sync {}: {from} changed on both sides; kept the local version, and the remote's as {path}",
-                        self.label
-                    );
-                    lock(&self.state).conflicts.push(path.clone());
-                    // The copy goes to the remote too, at the next local scan.
-                    continue;
-                }
-                self.local.insert(path.clone(), meta.clone());
-                self.remote.insert(path.clone(), meta.clone());
-                self.set_base(&path, Some(&meta));
+        Ok(wanted)
+    }
+
+    /// The agent's next message when it is a file's data (its path, meta and contents); other
+    /// messages are handled, or set aside for after the pull, and give `None`.
+    async fn next_data(&mut self) -> std::io::Result<Option<(String, Option<Meta>, Vec<u8>)>> {
+        let Some((msg, data)) = self.receive().await? else {
+            return Err(std::io::Error::other("the agent's session ended"));
+        };
+        match msg {
+            FromAgent::Data { path, meta, .. } => return Ok(Some((path, meta, data))),
+            FromAgent::Changed { entries } => self.early.push(Early::Changed(entries)),
+            FromAgent::Refused {
+                path,
+                meta,
+                expected,
+            } => self.early.push(Early::Refused(path, meta, expected)),
+            FromAgent::Applied { path } => self.applied(&path),
+            FromAgent::Failed {
+                path: Some(path), ..
+            } => {
+                self.landed(&path);
             }
+            _ => {}
         }
-        let early = std::mem::take(&mut self.early);
-        for report in early {
-            match report {
-                Early::Changed(entries) => Box::pin(self.remote_changed(entries)).await?,
-                Early::Refused(path, meta, expected) => {
-                    Box::pin(self.refused(path, meta, expected)).await?
-                }
-            }
+        Ok(None)
+    }
+
+    /// Writes the remote file `from`'s contents at `path` here. A file edited here since our
+    /// last look stays: theirs goes beside it, as a conflict copy.
+    fn write_pulled(&mut self, from: &str, mut path: String, meta: &Meta, data: &[u8]) {
+        if path == from
+            && !Meta::same(
+                tree::stat(&self.export, &path).as_ref(),
+                self.local.get(&path),
+            )
+        {
+            path = conflict_name(from);
         }
-        Ok(())
+        let conflict = path != from;
+        let mut state = lock(&self.state);
+        state.pending = state.pending.saturating_sub(meta.size());
+        drop(state);
+        if let Err(e) = tree::write_file(&self.export, &path, meta, data) {
+            tracing::warn!("sync {}: cannot write {path} here: {e}", self.label);
+            return;
+        }
+        if conflict {
+            tracing::warn!(
+                "sync {}: {from} changed on both sides; kept the local version, and the remote's as {path}",
+                self.label
+            );
+            lock(&self.state).conflicts.push(path);
+            // The copy goes to the remote too, at the next local scan.
+            return;
+        }
+        self.local.insert(path.clone(), meta.clone());
+        self.remote.insert(path.clone(), meta.clone());
+        self.set_base(&path, Some(meta));
     }
 
     async fn ask(&mut self, path: &str) -> std::io::Result<()> {

@@ -54,6 +54,7 @@ use tokio::time::Instant;
 use super::export::Export;
 use super::MountSpec;
 use crate::error::{Error, Result};
+use crate::ssh::mux::MuxChannel;
 use crate::ssh::Master;
 use engine::Sync;
 use tree::Excludes;
@@ -135,6 +136,80 @@ pub fn is_sync_option(option: &str) -> bool {
     matches!(option, "sync" | "lazy" | "no-default-excludes") || option.starts_with("exclude=")
 }
 
+/// The sync agent's session on the remote: started, sent its source, and past what the login
+/// shell printed before it.
+struct Agent {
+    channel: MuxChannel,
+    to: pipe::Sender,
+    from: BufReader<pipe::Receiver>,
+}
+
+impl Agent {
+    /// Starts the agent for `spec`'s remote dir; with the index of what that dir holds.
+    async fn start(
+        master: &Master,
+        spec: &MountSpec,
+        python_command: &dyn Fn(&[&str]) -> String,
+        lost: impl Fn(std::io::Error) -> Error,
+    ) -> Result<(Agent, BTreeMap<String, Meta>)> {
+        let mode = if spec.read_only() { "ro" } else { "rw" };
+        let command = python_command(&["-u", "-c", LOADER, &spec.remote, mode]);
+        let (stdin_remote, stdin_local) = crate::ssh::pipe()?;
+        let (stdout_local, stdout_remote) = crate::ssh::pipe()?;
+        let stderr = std::fs::File::open("/dev/null")
+            .map_err(crate::ssh::setup_error)?
+            .into();
+        let channel = master
+            .open_session(&command, stdin_remote, stdout_remote, stderr)
+            .await?;
+        let mut to = pipe::Sender::from_owned_fd(stdin_local).map_err(crate::ssh::setup_error)?;
+        let from = pipe::Receiver::from_owned_fd(stdout_local).map_err(crate::ssh::setup_error)?;
+        let mut from = BufReader::with_capacity(1 << 20, from);
+        tokio::io::AsyncWriteExt::write_all(
+            &mut to,
+            format!("{:012}{AGENT}", AGENT.len()).as_bytes(),
+        )
+        .await
+        .map_err(&lost)?;
+        wire::skip_to_marker(&mut from).await.map_err(&lost)?;
+        let index = match wire::receive(&mut from, MAX_FILE).await.map_err(&lost)? {
+            Some((FromAgent::Index { entries }, _)) => entries,
+            Some((FromAgent::Error { message }, _)) => {
+                return Err(Error::Remote(format!(
+                    "cannot copy {} to '{}': {message}",
+                    spec.local,
+                    master.alias()
+                )))
+            }
+            _ => {
+                return Err(Error::Remote(format!(
+                    "the sync agent for {} did not start on '{}'; check the remote python with `sshpyk list`",
+                    spec.remote,
+                    master.alias()
+                )))
+            }
+        };
+        Ok((Agent { channel, to, from }, index))
+    }
+}
+
+/// Local changes under `spec`'s dir wake the sync; the watcher is the mount's, so it ends with
+/// it.
+fn watch(spec: &MountSpec) -> Result<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)> {
+    let (changes_tx, changes) = mpsc::unbounded_channel();
+    let cannot = |e: notify::Error| Error::Local(format!("cannot watch {}: {e}", spec.local));
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = changes_tx.send(());
+        }
+    })
+    .map_err(cannot)?;
+    watcher
+        .watch(Path::new(&spec.local), notify::RecursiveMode::Recursive)
+        .map_err(cannot)?;
+    Ok((watcher, changes))
+}
+
 fn excludes(spec: &MountSpec) -> Result<Excludes> {
     let user: Vec<String> = spec
         .options
@@ -157,7 +232,7 @@ pub struct SyncMount {
     stop: Option<oneshot::Sender<oneshot::Sender<()>>>,
     task: JoinHandle<()>,
     _watcher: notify::RecommendedWatcher,
-    _channel: crate::ssh::mux::MuxChannel,
+    _channel: MuxChannel,
 }
 
 impl Drop for SyncMount {
@@ -179,21 +254,6 @@ impl SyncMount {
     ) -> Result<SyncMount> {
         let excludes = excludes(spec)?;
         let budget = deadline.saturating_duration_since(Instant::now());
-        let mode = if spec.read_only() { "ro" } else { "rw" };
-        let command = python_command(&["-u", "-c", LOADER, &spec.remote, mode]);
-        let (stdin_remote, stdin_local) = crate::ssh::pipe()?;
-        let (stdout_local, stdout_remote) = crate::ssh::pipe()?;
-        let stderr = std::fs::File::open("/dev/null")
-            .map_err(crate::ssh::setup_error)?
-            .into();
-        let channel = master
-            .open_session(&command, stdin_remote, stdout_remote, stderr)
-            .await?;
-        let mut to_agent =
-            pipe::Sender::from_owned_fd(stdin_local).map_err(crate::ssh::setup_error)?;
-        let from_agent =
-            pipe::Receiver::from_owned_fd(stdout_local).map_err(crate::ssh::setup_error)?;
-        let mut from_agent = BufReader::with_capacity(1 << 20, from_agent);
         let lost = |e: std::io::Error| {
             Error::Ssh(format!(
                 "the sync of {} to '{}' stopped: {e}",
@@ -201,42 +261,8 @@ impl SyncMount {
                 master.alias()
             ))
         };
-        tokio::io::AsyncWriteExt::write_all(
-            &mut to_agent,
-            format!("{:012}{AGENT}", AGENT.len()).as_bytes(),
-        )
-        .await
-        .map_err(lost)?;
-        wire::skip_to_marker(&mut from_agent).await.map_err(lost)?;
-        let remote = match wire::receive(&mut from_agent, MAX_FILE).await.map_err(lost)? {
-            Some((FromAgent::Index { entries }, _)) => entries,
-            Some((FromAgent::Error { message }, _)) => {
-                return Err(Error::Remote(format!(
-                    "cannot copy {} to '{}': {message}",
-                    spec.local,
-                    master.alias()
-                )))
-            }
-            _ => {
-                return Err(Error::Remote(format!(
-                    "the sync agent for {} did not start on '{}'; check the remote python with `sshpyk list`",
-                    spec.remote,
-                    master.alias()
-                )))
-            }
-        };
-        // Local changes wake the sync; the watcher is ours, so it ends with the mount.
-        let (changes_tx, changes) = mpsc::unbounded_channel();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
-                    let _ = changes_tx.send(());
-                }
-            })
-            .map_err(|e| Error::Local(format!("cannot watch {}: {e}", spec.local)))?;
-        watcher
-            .watch(Path::new(&spec.local), notify::RecursiveMode::Recursive)
-            .map_err(|e| Error::Local(format!("cannot watch {}: {e}", spec.local)))?;
+        let (agent, remote) = Agent::start(master, spec, python_command, lost).await?;
+        let (watcher, changes) = watch(spec)?;
         let state = Arc::new(Mutex::new(SyncState {
             up: true,
             ..SyncState::default()
@@ -246,8 +272,8 @@ impl SyncMount {
             export,
             excludes,
             base,
-            to_agent,
-            from_agent,
+            agent.to,
+            agent.from,
             state.clone(),
         );
         let work = async {
@@ -277,7 +303,7 @@ impl SyncMount {
             stop: Some(stop),
             task,
             _watcher: watcher,
-            _channel: channel,
+            _channel: agent.channel,
         })
     }
 
