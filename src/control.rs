@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::mounts::cloud_on_remote::CloudMount;
+use crate::mounts::local_on_remote::MountSpec;
 use crate::slurm::Placement;
 
 const PREFIX: &str = "launch-";
@@ -27,6 +28,8 @@ const MAX_LINE: u64 = 1 << 20;
 /// After a failed accept, the wait before the next one: doubled on each failure in a row.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long a running launcher gets to say what it is (`sshpyk ps`, `sshpyk mounts`).
+pub const DESCRIBE_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -90,6 +93,39 @@ pub struct MountStatus {
     /// What a synced copy is doing: bytes to sync, conflicts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+impl MountStatus {
+    /// A local directory on the remote; `detail`: what its synced copy is doing.
+    pub fn local(spec: &MountSpec, state: MountState, detail: Option<String>) -> MountStatus {
+        MountStatus {
+            remote: spec.remote.clone(),
+            kind: MountKind::LocalOnRemote,
+            source: spec.local.clone(),
+            read_only: spec.read_only(),
+            state,
+            error: None,
+            detail,
+        }
+    }
+
+    /// A cloud store on the remote; `detail`: its uploads still pending.
+    pub fn cloud(
+        mount: &CloudMount,
+        state: MountState,
+        error: Option<String>,
+        detail: Option<String>,
+    ) -> MountStatus {
+        MountStatus {
+            remote: mount.remote.clone(),
+            kind: MountKind::Cloud,
+            source: mount.describe(),
+            read_only: !mount.rw,
+            state,
+            error,
+            detail,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,7 +9,8 @@
 //! every failure to one [`error::Error`] and its documented exit code.
 //!
 //! **Launch** (what Jupyter starts from kernel.json), in the order a start uses them:
-//! - [`launcher`]: start, supervise, reconnect, stop; `live` answers control requests.
+//! - [`launcher`]: start, supervise, reconnect, stop; `mounts` owns a running kernel's mounts,
+//!   `live` answers control requests.
 //! - [`jupyter`]: the kernelspec and connection file, Jupyter's paths, our wire client.
 //! - [`settings`]: a kernel's sshpyk settings, their ranges, defaults and local checks.
 //! - [`ssh`]: the ssh config, the ControlMaster and its mux protocol, running sh and python
@@ -36,7 +37,7 @@
 //!
 //! Remote-side code (sh, Python) sits in its own files beside the module that embeds it with
 //! `include_str!`: `ssh/*.sh`, `probe/`, `slurm/`, `supervisor/*.py`,
-//! `mounts/local_on_remote/{wrapper.sh, sync/agent.py}`.
+//! `mounts/local_on_remote/{wrapper*.sh, sync/agent.py}`.
 
 pub mod bounded;
 pub mod cli;

@@ -62,7 +62,6 @@ impl Settings {
     /// What the mounts of this kernel need to know.
     pub fn mount_settings(&self) -> MountSettings<'_> {
         MountSettings {
-            mounts: &self.mounts,
             ssh_host_alias: &self.ssh_host_alias,
             remote_sshfs: self.remote_sshfs.as_deref(),
             ssh_host_alias_local_on_remote: self.ssh_host_alias_local_on_remote.as_deref(),

@@ -10,16 +10,16 @@ use serde::Serialize;
 use crate::cli::{MountsAddArgs, MountsCommand, MountsListArgs, MountsRemoveArgs};
 use crate::control::{
     self, ControlReply, ControlRequest, KernelStatus, MountKind, MountState, MountStatus,
+    DESCRIBE_WAIT,
 };
 use crate::error::{Error, Result};
 use crate::jupyter::kernelspec::{self, Kernelspec};
 use crate::mounts::cloud_on_remote::backend::{self, RAW_CONFIG};
 use crate::mounts::cloud_on_remote::{secrets, Backend, CloudMount};
+use crate::mounts::has_mount_at;
 use crate::mounts::remote_on_local::{self, ActiveMount};
 use crate::settings::Settings;
 
-/// How long a running launcher gets to say what it is.
-const DESCRIBE_WAIT: Duration = Duration::from_secs(5);
 /// How long a live mount may take: rclone's pre-flight listing and the mount itself.
 const CHANGE_WAIT: Duration = Duration::from_secs(120);
 
@@ -141,9 +141,7 @@ async fn add(args: MountsAddArgs) -> Result<()> {
     let name = &found.name;
     let (mut mount, secrets_map) = mount_from(&args)?;
     let remote = &mount.remote;
-    if settings.mounts.iter().any(|m| &m.remote == remote)
-        || settings.cloud_mounts.iter().any(|m| &m.remote == remote)
-    {
+    if has_mount_at(remote, &settings.mounts, &settings.cloud_mounts) {
         return Err(Error::Invalid(format!(
             "kernel '{name}' already has a mount at {remote}; remove it first (`sshpyk mounts remove --kernel-name {name} {remote}`)"
         )));
@@ -224,8 +222,7 @@ async fn remove(args: MountsRemoveArgs) -> Result<()> {
         .filter(|m| &m.remote == remote)
         .map(|m| m.secrets.clone())
         .collect();
-    let configured =
-        settings.mounts.iter().any(|m| &m.remote == remote) || !gone_secrets.is_empty();
+    let configured = has_mount_at(remote, &settings.mounts, &settings.cloud_mounts);
     let mut live = 0;
     let mut kept = Vec::new();
     for (launcher, status) in running_of(&found).await? {
@@ -300,24 +297,15 @@ struct MountsList {
 }
 
 fn configured(settings: &Settings) -> Vec<MountStatus> {
-    let local = settings.mounts.iter().map(|m| MountStatus {
-        remote: m.remote.clone(),
-        kind: MountKind::LocalOnRemote,
-        source: m.local.clone(),
-        read_only: m.read_only(),
-        state: MountState::Configured,
-        error: None,
-        detail: None,
-    });
-    let cloud = settings.cloud_mounts.iter().map(|m| MountStatus {
-        remote: m.remote.clone(),
-        kind: MountKind::Cloud,
-        source: m.describe(),
-        read_only: !m.rw,
-        state: MountState::Configured,
-        error: None,
-        detail: None,
-    });
+    let state = MountState::Configured;
+    let local = settings
+        .mounts
+        .iter()
+        .map(|m| MountStatus::local(m, state, None));
+    let cloud = settings
+        .cloud_mounts
+        .iter()
+        .map(|m| MountStatus::cloud(m, state, None, None));
     local.chain(cloud).collect()
 }
 

@@ -1,16 +1,14 @@
 //! `sshpyk ps`: the running kernels, as their launchers describe themselves over their control
 //! sockets.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::Serialize;
 
 use super::mounts::mount_line;
 use crate::cli::PsArgs;
-use crate::control::{self, KernelStatus};
+use crate::control::{self, KernelStatus, DESCRIBE_WAIT};
 use crate::error::Result;
-
-const DESCRIBE_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Serialize)]
 struct Row {

@@ -1,5 +1,7 @@
 //! What a running launcher does for others: answers `sshpyk ps` and `mounts list` over its
-//! control socket ([`crate::control`]), and adds or removes mounts without a restart.
+//! control socket ([`crate::control`]), and adds or removes mounts without a restart. What it
+//! touches of the kernel (its session, its mounts) the launcher lends for each request
+//! ([`Kernel`]); the mounts themselves are their table's ([`super::mounts`]).
 //!
 //! Cloud requests go to the supervisor as typed requests with an id; its answers come back
 //! through the session ([`crate::supervisor::SupervisorSession::forward_cloud_reports`]) while supervision
@@ -11,14 +13,13 @@ use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::Running;
+use super::mounts::MountTable;
 use crate::control::{
-    Call, ControlReply, ControlRequest, ControlServer, KernelState, KernelStatus, MountKind,
-    MountState, MountStatus,
+    Call, ControlReply, ControlRequest, ControlServer, KernelState, KernelStatus,
 };
-use crate::error::Result;
-use crate::mounts::cloud_on_remote::{secrets, CloudMount};
-use crate::supervisor::protocol::{CloudMountRequest, CloudReport, CloudState, SupervisorRequest};
+use crate::mounts::cloud_on_remote::{CloudMount, CloudMountRequest};
+use crate::supervisor::protocol::{CloudError, CloudReport, SupervisorRequest};
+use crate::supervisor::{Ready, SupervisorSession};
 
 pub(super) struct Live {
     control: Option<ControlServer>,
@@ -26,8 +27,6 @@ pub(super) struct Live {
     reports: mpsc::UnboundedReceiver<CloudReport>,
     pending: HashMap<u64, Pending>,
     next_id: u64,
-    /// The kernel's cloud mounts now: the kernelspec's at start, then live changes.
-    cloud: Vec<CloudMount>,
     started: SystemTime,
     kernelspec_dir: PathBuf,
 }
@@ -51,8 +50,25 @@ pub(super) enum Heard {
     Cloud(CloudReport),
 }
 
+/// What a control request may touch of the running kernel, lent by the launcher for one
+/// request or answer.
+pub(super) struct Kernel<'a> {
+    pub session: &'a SupervisorSession,
+    pub mounts: &'a mut MountTable,
+    pub ready: &'a Ready,
+    pub ssh_host_alias: &'a str,
+    /// Since when no session is up; `None` while connected.
+    pub down_since: Option<SystemTime>,
+}
+
+impl Kernel<'_> {
+    fn reconnecting(&self) -> bool {
+        self.down_since.is_some()
+    }
+}
+
 impl Live {
-    pub fn new(kernelspec_dir: PathBuf, cloud: Vec<CloudMount>) -> Live {
+    pub fn new(kernelspec_dir: PathBuf) -> Live {
         let control = ControlServer::bind()
             .map_err(|e| tracing::warn!("no control socket ({e}); `sshpyk ps` will not list this kernel and its mounts cannot change while it runs"))
             .ok();
@@ -63,7 +79,6 @@ impl Live {
             reports,
             pending: HashMap::new(),
             next_id: 1,
-            cloud,
             started: SystemTime::now(),
             kernelspec_dir,
         }
@@ -92,40 +107,23 @@ impl Live {
         self.next_id += 1;
         self.next_id
     }
-}
 
-/// The rclone request for `mount`, its secrets read from sshpyk's secrets dir.
-pub(super) fn cloud_request(mount: &CloudMount) -> Result<CloudMountRequest> {
-    let rendered = mount.render(&secrets::load(&mount.secrets)?)?;
-    Ok(CloudMountRequest {
-        remote: mount.remote.clone(),
-        source: rendered.source,
-        config: rendered.config,
-        flags: rendered.flags,
-        label: mount.describe(),
-    })
-}
-
-impl Running {
-    pub(super) async fn heard(&mut self, heard: Heard) {
+    /// Answers `heard`, with what the launcher lends of the kernel.
+    pub async fn heard(&mut self, heard: Heard, kernel: Kernel<'_>) {
         match heard {
-            Heard::Call(call) => self.call(call).await,
-            Heard::Cloud(report) => self.cloud_report(report),
+            Heard::Call(call) => self.call(call, kernel).await,
+            Heard::Cloud(report) => self.cloud_report(report, kernel),
         }
     }
 
-    fn reconnecting(&self) -> bool {
-        self.down_since.is_some()
-    }
-
-    async fn call(&mut self, Call { request, reply }: Call) {
-        if self.reconnecting() {
+    async fn call(&mut self, Call { request, reply }: Call, kernel: Kernel<'_>) {
+        if kernel.reconnecting() {
             let answer = match request {
-                ControlRequest::Describe => ControlReply::Status(self.status(None)),
+                ControlRequest::Describe => ControlReply::Status(self.status(&kernel, None)),
                 _ => ControlReply::Failed {
                     message: format!(
                         "the kernel is reconnecting to '{}'; try again once it is back",
-                        self.settings.ssh_host_alias
+                        kernel.ssh_host_alias
                     ),
                 },
             };
@@ -133,44 +131,41 @@ impl Running {
             return;
         }
         match request {
-            ControlRequest::Describe if self.live.cloud.is_empty() => {
-                let _ = reply.send(ControlReply::Status(self.status(None)));
+            ControlRequest::Describe if !kernel.mounts.any_cloud() => {
+                let _ = reply.send(ControlReply::Status(self.status(&kernel, None)));
             }
             ControlRequest::Describe => {
-                let id = self.live.id();
-                self.send(
-                    id,
-                    SupervisorRequest::CloudStatus { id },
-                    Pending::Describe(reply),
-                );
+                let id = self.id();
+                let request = SupervisorRequest::CloudStatus { id };
+                self.send(kernel.session, id, request, Pending::Describe(reply));
             }
-            ControlRequest::AddCloudMount { mount } => self.add(mount, reply),
-            ControlRequest::RemoveMount { remote } => self.remove(remote, reply).await,
+            ControlRequest::AddCloudMount { mount } => self.add(kernel, mount, reply),
+            ControlRequest::RemoveMount { remote } => self.remove(kernel, remote, reply).await,
         }
     }
 
-    fn send(&mut self, id: u64, request: SupervisorRequest, pending: Pending) {
-        self.session.request(&request);
-        self.live.pending.insert(id, pending);
+    fn send(
+        &mut self,
+        session: &SupervisorSession,
+        id: u64,
+        request: SupervisorRequest,
+        pending: Pending,
+    ) {
+        session.request(&request);
+        self.pending.insert(id, pending);
     }
 
-    fn add(&mut self, mount: CloudMount, reply: oneshot::Sender<ControlReply>) {
-        if self.live.cloud.iter().any(|m| m.remote == mount.remote)
-            || self
-                .settings
-                .mounts
-                .iter()
-                .any(|m| m.remote == mount.remote)
-        {
+    fn add(&mut self, kernel: Kernel<'_>, mount: CloudMount, reply: oneshot::Sender<ControlReply>) {
+        if kernel.mounts.has(&mount.remote) {
             let _ = reply.send(ControlReply::Failed {
                 message: format!(
                     "kernel {} already has a mount at {}",
-                    self.ready.pid, mount.remote
+                    kernel.ready.pid, mount.remote
                 ),
             });
             return;
         }
-        let request = match cloud_request(&mount) {
+        let request = match CloudMountRequest::load(&mount) {
             Ok(request) => request,
             Err(e) => {
                 let _ = reply.send(ControlReply::Failed {
@@ -184,51 +179,54 @@ impl Running {
             mount.describe(),
             mount.remote
         );
-        let id = self.live.id();
-        self.send(
-            id,
-            SupervisorRequest::MountCloud { id, mount: request },
-            Pending::Add { mount, reply },
-        );
+        let id = self.id();
+        let request = SupervisorRequest::MountCloud { id, mount: request };
+        self.send(kernel.session, id, request, Pending::Add { mount, reply });
     }
 
-    async fn remove(&mut self, remote: String, reply: oneshot::Sender<ControlReply>) {
-        let local = self.mounts.remove(&remote).await;
+    async fn remove(
+        &mut self,
+        kernel: Kernel<'_>,
+        remote: String,
+        reply: oneshot::Sender<ControlReply>,
+    ) {
+        let local = kernel.mounts.remove_local(&remote).await;
         if local {
             tracing::info!("unmounted {remote} (asked while running)");
         }
-        if self.live.cloud.iter().any(|m| m.remote == remote) {
-            let id = self.live.id();
-            self.send(
+        if kernel.mounts.has_cloud(&remote) {
+            let id = self.id();
+            let request = SupervisorRequest::UnmountCloud {
                 id,
-                SupervisorRequest::UnmountCloud {
-                    id,
-                    remote: remote.clone(),
-                },
+                remote: remote.clone(),
+            };
+            self.send(
+                kernel.session,
+                id,
+                request,
                 Pending::Remove { remote, reply },
             );
             return;
         }
+        let pid = kernel.ready.pid;
         let _ = reply.send(if local {
             ControlReply::Done {
-                message: format!("unmounted {remote} from kernel {}", self.ready.pid),
+                message: format!("unmounted {remote} from kernel {pid}"),
             }
         } else {
             ControlReply::Failed {
-                message: format!("kernel {} has no mount at {remote}", self.ready.pid),
+                message: format!("kernel {pid} has no mount at {remote}"),
             }
         });
     }
 
-    fn cloud_report(&mut self, report: CloudReport) {
-        let Some(pending) = self.live.pending.remove(&report.id) else {
+    fn cloud_report(&mut self, report: CloudReport, kernel: Kernel<'_>) {
+        let Some(pending) = self.pending.remove(&report.id) else {
             return;
         };
-        let pid = self.ready.pid;
-        let alias = &self.settings.ssh_host_alias;
         match pending {
             Pending::Describe(reply) => {
-                let _ = reply.send(ControlReply::Status(self.status(Some(&report))));
+                let _ = reply.send(ControlReply::Status(self.status(&kernel, Some(&report))));
             }
             // `sshpyk mounts add` gave up waiting (and took the mount out of the kernelspec):
             // a mount made after all is not kept.
@@ -238,131 +236,92 @@ impl Running {
                     mount.describe(),
                     mount.remote
                 );
-                let id = self.live.id();
-                self.session.request(&SupervisorRequest::UnmountCloud {
+                let id = self.id();
+                kernel.session.request(&SupervisorRequest::UnmountCloud {
                     id,
                     remote: mount.remote,
                 });
             }
             Pending::Add { mount, reply } => {
-                let answer = match report.error {
-                    None => {
-                        tracing::info!("mounted {} at {}", mount.describe(), mount.remote);
-                        let message = format!(
-                            "mounted {} at {} on '{alias}' for kernel {pid}",
-                            mount.describe(),
-                            mount.remote
-                        );
-                        self.live.cloud.push(mount);
-                        ControlReply::Done { message }
-                    }
-                    Some(e) => ControlReply::Failed {
-                        message: format!(
-                            "cannot mount {} at {} on '{alias}' for kernel {pid}: {}",
-                            mount.describe(),
-                            mount.remote,
-                            e.message
-                        ),
-                    },
-                };
-                let _ = reply.send(answer);
+                let _ = reply.send(added(kernel, mount, report.error));
             }
             Pending::Remove { remote, reply } => {
-                self.live.cloud.retain(|m| m.remote != remote);
-                // Unmounted either way; an error says what could not be uploaded, and where
-                // it is kept.
-                let answer = match report.error {
-                    Some(e) => {
-                        tracing::warn!("unmounted {remote}: {}", e.message);
-                        ControlReply::Failed {
-                            message: format!(
-                                "{remote} of kernel {pid} on '{alias}': {}",
-                                e.message
-                            ),
-                        }
-                    }
-                    None => {
-                        tracing::info!("unmounted {remote} (asked while running)");
-                        ControlReply::Done {
-                            message: format!("unmounted {remote} from kernel {pid} on '{alias}'"),
-                        }
-                    }
-                };
-                let _ = reply.send(answer);
+                let _ = reply.send(removed(kernel, &remote, report.error));
             }
         }
     }
 
     /// This kernel as `ps` shows it; cloud states from `report` (none: not asked).
-    fn status(&self, report: Option<&CloudReport>) -> KernelStatus {
-        let reconnecting = self.reconnecting();
-        let mut mounts: Vec<MountStatus> = self
-            .mounts
-            .states()
-            .into_iter()
-            .map(|(spec, up, detail)| MountStatus {
-                remote: spec.remote.clone(),
-                kind: MountKind::LocalOnRemote,
-                source: spec.local.clone(),
-                read_only: spec.read_only(),
-                state: match (reconnecting, up) {
-                    (true, _) => MountState::Unknown,
-                    (false, true) => MountState::Mounted,
-                    (false, false) => MountState::Failing,
-                },
-                error: None,
-                detail,
-            })
-            .collect();
-        for mount in &self.live.cloud {
-            let found = report.and_then(|r| r.mounts.iter().find(|s| s.remote == mount.remote));
-            let (state, error) = match (report, found) {
-                (None, _) => (MountState::Unknown, None),
-                (Some(_), Some(s)) if s.state == CloudState::Mounted => (MountState::Mounted, None),
-                (Some(_), Some(s)) => (MountState::Failing, s.error.clone()),
-                (Some(_), None) => (MountState::Failing, Some("not mounted".into())),
-            };
-            let pending = found.map_or(0, |s| s.pending.len());
-            mounts.push(MountStatus {
-                remote: mount.remote.clone(),
-                kind: MountKind::Cloud,
-                source: mount.describe(),
-                read_only: !mount.rw,
-                state,
-                error,
-                detail: (pending > 0).then(|| format!("{pending} upload(s) pending")),
-            });
-        }
+    fn status(&self, kernel: &Kernel<'_>, report: Option<&CloudReport>) -> KernelStatus {
+        let reconnecting = kernel.reconnecting();
+        let since_epoch = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).ok();
         KernelStatus {
             kernel_name: self
-                .live
                 .kernelspec_dir
                 .file_name()
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned(),
-            kernelspec_dir: self.live.kernelspec_dir.clone(),
-            ssh_host_alias: self.settings.ssh_host_alias.clone(),
-            hostname: self.ready.hostname.clone(),
-            remote_pid: self.ready.pid,
+            kernelspec_dir: self.kernelspec_dir.clone(),
+            ssh_host_alias: kernel.ssh_host_alias.to_string(),
+            hostname: kernel.ready.hostname.clone(),
+            remote_pid: kernel.ready.pid,
             launcher_pid: std::process::id(),
-            started: self
-                .live
-                .started
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            started: since_epoch(self.started).map_or(0, |d| d.as_secs()),
             state: if reconnecting {
                 KernelState::Reconnecting
             } else {
                 KernelState::Running
             },
-            down_since: self
-                .down_since
-                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs()),
-            slurm: self.session.slurm().cloned(),
-            mounts,
+            down_since: kernel.down_since.and_then(since_epoch).map(|d| d.as_secs()),
+            slurm: kernel.session.slurm().cloned(),
+            mounts: kernel.mounts.statuses(reconnecting, report),
+        }
+    }
+}
+
+/// The supervisor's answer to a live `mounts add`: kept when mounted.
+fn added(kernel: Kernel<'_>, mount: CloudMount, error: Option<CloudError>) -> ControlReply {
+    let (pid, alias) = (kernel.ready.pid, kernel.ssh_host_alias);
+    match error {
+        None => {
+            tracing::info!("mounted {} at {}", mount.describe(), mount.remote);
+            let message = format!(
+                "mounted {} at {} on '{alias}' for kernel {pid}",
+                mount.describe(),
+                mount.remote
+            );
+            kernel.mounts.add_cloud(mount);
+            ControlReply::Done { message }
+        }
+        Some(e) => ControlReply::Failed {
+            message: format!(
+                "cannot mount {} at {} on '{alias}' for kernel {pid}: {}",
+                mount.describe(),
+                mount.remote,
+                e.message
+            ),
+        },
+    }
+}
+
+/// The supervisor's answer to a live `mounts remove`: unmounted either way; an error says what
+/// could not be uploaded, and where it is kept.
+fn removed(kernel: Kernel<'_>, remote: &str, error: Option<CloudError>) -> ControlReply {
+    let (pid, alias) = (kernel.ready.pid, kernel.ssh_host_alias);
+    kernel.mounts.remove_cloud(remote);
+    match error {
+        Some(e) => {
+            tracing::warn!("unmounted {remote}: {}", e.message);
+            ControlReply::Failed {
+                message: format!("{remote} of kernel {pid} on '{alias}': {}", e.message),
+            }
+        }
+        None => {
+            tracing::info!("unmounted {remote} (asked while running)");
+            ControlReply::Done {
+                message: format!("unmounted {remote} from kernel {pid} on '{alias}'"),
+            }
         }
     }
 }

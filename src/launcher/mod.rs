@@ -7,6 +7,7 @@
 //! gone) end it; a lost connection is retried.
 
 mod live;
+mod mounts;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,6 +21,7 @@ use crate::jupyter::connection::ConnectionInfo;
 use crate::jupyter::kernelspec::Kernelspec;
 use crate::jupyter::KernelClient;
 use crate::logs::LogLevel;
+use crate::mounts::cloud_on_remote::CloudMountRequest;
 use crate::mounts::local_on_remote::Mounts;
 use crate::parent::Parent;
 use crate::ports::{Forwarder, Listeners};
@@ -31,6 +33,7 @@ use crate::supervisor::protocol::SupervisorRequest;
 use crate::supervisor::{
     EndReason, Exit, InterruptMode, Ready, SessionEvent, StartRequest, SupervisorSession,
 };
+use mounts::MountTable;
 
 /// How often the launcher renews the lease and checks that the remote answers (and that its
 /// parent lives).
@@ -98,11 +101,13 @@ struct Running {
     master: Master,
     session: SupervisorSession,
     forwarder: Forwarder,
-    mounts: Mounts,
+    /// Every mount of the kernel, local and cloud, as it has them now.
+    mounts: MountTable,
     /// Since when no session is up (client connections stay open and wait).
     down_since: Option<std::time::SystemTime>,
     ready: Ready,
     info: ConnectionInfo,
+    /// The kernelspec's settings, their mounts taken out: `mounts` has them, as they change.
     settings: Settings,
     /// The control socket and live mount changes ([`live`]).
     live: live::Live,
@@ -172,10 +177,13 @@ async fn start(
     let timeout = Duration::from_secs_f64(settings.launch_timeout);
     let deadline = Instant::now() + timeout;
     let listeners = Listeners::bind(&info)?;
-    let cloud_mounts = settings
-        .cloud_mounts
+    // From here on the kernel's mounts are the table's, which live changes keep up to date.
+    let mut settings = settings.clone();
+    let local_mounts = std::mem::take(&mut settings.mounts);
+    let cloud_mounts = std::mem::take(&mut settings.cloud_mounts);
+    let cloud_requests = cloud_mounts
         .iter()
-        .map(live::cloud_request)
+        .map(CloudMountRequest::load)
         .collect::<Result<Vec<_>>>()?;
     let alias = &settings.ssh_host_alias;
     let work = async {
@@ -183,7 +191,8 @@ async fn start(
         let master =
             Master::for_alias(&settings.ssh, &settings.ssh_config, alias, ssh_verbose).await?;
         master.ensure(deadline).await?;
-        let mounts = Mounts::start(&master, &settings.mount_settings(), deadline).await?;
+        let mounts =
+            Mounts::start(&master, &local_mounts, &settings.mount_settings(), deadline).await?;
         tracing::info!("starting remote kernel '{}'", settings.remote_kernel_name);
         let request = StartRequest {
             remote_python: &settings.remote_python,
@@ -194,8 +203,8 @@ async fn start(
             kernel_name: &settings.remote_kernel_name,
             info: &info,
             orphan_timeout: settings.orphan_timeout,
-            ping_interval: ping_interval(settings),
-            cloud_mounts: &cloud_mounts,
+            ping_interval: ping_interval(&settings),
+            cloud_mounts: &cloud_requests,
             shutdown_timeout: settings.shutdown_timeout,
         };
         let request = &request;
@@ -210,37 +219,43 @@ async fn start(
             ready.transport
         );
         let forwarder = Forwarder::start(listeners, session.link())?;
-        session.arm(ping_interval(settings));
+        session.arm(ping_interval(&settings));
         Ok::<_, Error>((master, session, forwarder, mounts, ready))
     };
-    let (master, mut session, forwarder, mounts, ready) =
-        tokio::time::timeout_at(deadline, work).await.map_err(|_| Error::Timeout {
-            what: format!("starting the kernel on '{alias}'"),
-            secs: settings.launch_timeout,
-            hint: if slurm.is_some() {
-                "a Slurm job still queued was cancelled; raise --launch-timeout with `sshpyk edit` for long queues, or check the host with `sshpyk list`".into()
-            } else {
-                "check that the host answers (`sshpyk list`) or raise --launch-timeout with `sshpyk edit`".into()
-            },
-        })??;
+    let (master, mut session, forwarder, mounts, ready) = tokio::time::timeout_at(deadline, work)
+        .await
+        .map_err(|_| start_timeout(&settings, slurm.is_some()))??;
     tracing::info!(
         "ready: kernel pid {} on {} ('{alias}')",
         ready.pid,
         ready.hostname
     );
-    let live = live::Live::new(kernelspec_dir.to_owned(), settings.cloud_mounts.clone());
+    let live = live::Live::new(kernelspec_dir.to_owned());
     session.forward_cloud_reports(live.reports_sink());
     Ok(Running {
         master,
         session,
         forwarder,
-        mounts,
+        mounts: MountTable::new(mounts, cloud_mounts),
         down_since: None,
         ready,
         info,
-        settings: settings.clone(),
+        settings,
         live,
     })
+}
+
+/// [`start`] took longer than `launch_timeout`.
+fn start_timeout(settings: &Settings, slurm: bool) -> Error {
+    Error::Timeout {
+        what: format!("starting the kernel on '{}'", settings.ssh_host_alias),
+        secs: settings.launch_timeout,
+        hint: if slurm {
+            "a Slurm job still queued was cancelled; raise --launch-timeout with `sshpyk edit` for long queues, or check the host with `sshpyk list`".into()
+        } else {
+            "check that the host answers (`sshpyk list`) or raise --launch-timeout with `sshpyk edit`".into()
+        },
+    }
 }
 
 fn port_list(info: &ConnectionInfo) -> String {
@@ -395,6 +410,18 @@ impl Running {
                 heard = self.live.next() => self.heard(heard).await,
             }
         }
+    }
+
+    /// A control request, or the supervisor's answer to one ([`live`]).
+    async fn heard(&mut self, heard: live::Heard) {
+        let kernel = live::Kernel {
+            session: &self.session,
+            mounts: &mut self.mounts,
+            ready: &self.ready,
+            ssh_host_alias: &self.settings.ssh_host_alias,
+            down_since: self.down_since,
+        };
+        self.live.heard(heard, kernel).await;
     }
 
     /// Reaches the supervisor again through `master`; `None` when it is gone.

@@ -14,3 +14,16 @@
 pub mod cloud_on_remote;
 pub mod local_on_remote;
 pub mod remote_on_local;
+
+use cloud_on_remote::CloudMount;
+use local_on_remote::MountSpec;
+
+/// Whether a kernel with these mounts has one at the remote path `remote`. A path holds one
+/// mount, a local directory or a cloud store: `sshpyk mounts add` refuses a second.
+pub fn has_mount_at<'a>(
+    remote: &str,
+    local: impl IntoIterator<Item = &'a MountSpec>,
+    cloud: &[CloudMount],
+) -> bool {
+    local.into_iter().any(|m| m.remote == remote) || cloud.iter().any(|m| m.remote == remote)
+}

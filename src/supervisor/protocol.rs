@@ -55,6 +55,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::jupyter::connection::Channel;
+/// Built with the cloud mounts, which read and render their secrets; carried as it is.
+pub use crate::mounts::cloud_on_remote::CloudMountRequest;
 
 /// The line that starts the framed stream.
 pub const MARKER: &str = "sshpyk-frames-2";
@@ -333,32 +335,6 @@ pub enum SupervisorRequest {
     UnmountCloud { id: u64, remote: String },
     /// The state of every cloud mount; answered with [`Report::Cloud`].
     CloudStatus { id: u64 },
-}
-/// One cloud mount for the supervisor (src/supervisor/cloud.py). `config` holds the credentials:
-/// it only ever travels in a frame of the session, and `Debug` never shows it.
-#[derive(Clone, Serialize)]
-pub struct CloudMountRequest {
-    /// The mount point on the remote.
-    pub remote: String,
-    /// `section:path` in `config`.
-    pub source: String,
-    /// The rclone config file's text.
-    pub config: String,
-    /// `rclone mount` flags.
-    pub flags: Vec<String>,
-    /// How messages name the mount (`s3:bucket/dir`).
-    pub label: String,
-}
-
-impl std::fmt::Debug for CloudMountRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CloudMountRequest")
-            .field("remote", &self.remote)
-            .field("source", &self.source)
-            .field("flags", &self.flags)
-            .field("label", &self.label)
-            .finish_non_exhaustive()
-    }
 }
 
 /// The supervisor's answer to a cloud request: its error, if any, and every mount's state.

@@ -368,3 +368,50 @@ async fn a_mount_made_after_its_add_gave_up_is_not_kept() {
         launcher.log()
     );
 }
+
+/// What one mount left free at a remote path, another may take, whatever their kinds: here a
+/// removed local dir's path, taken by a cloud store.
+#[tokio::test]
+async fn a_cloud_mount_takes_the_path_a_removed_local_mount_left_on_a_running_kernel() {
+    let env = Env::with_host();
+    let local = env.path("project");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::write(local.join("data.txt"), "local\n").unwrap();
+    let (dav, webdav, creds, mnt) = dav_store(&env);
+    std::fs::write(dav.join("hello.txt"), "over webdav\n").unwrap();
+    // Lazy (sshfs): its wrapper removes the mount point it made. A synced copy would stay
+    // there, a non-empty directory the cloud mount refuses.
+    let spec = format!("{}:{}:lazy", local.display(), mnt.display());
+    let (mut launcher, info) = env.start_kernel(&["--mount-local-on-remote", &spec]);
+    let mut c = ready_client(&info).await;
+    let local_file = print_file(&mnt.join("data.txt"));
+    assert_eq!(run(&mut c, &local_file).await, Ok("local\n".into()));
+
+    mounts_remove(&env, &mnt).success();
+    let out = add_dav(&env, webdav.port, &creds, &mnt, false)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the path the local mount left is refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cloud_file = print_file(&mnt.join("hello.txt"));
+    assert_eq!(run(&mut c, &cloud_file).await, Ok("over webdav\n".into()));
+    let ps = json_of(env.sshpyk().args(["ps", "--json"]));
+    let mounts = ps[0]["mounts"].as_array().unwrap();
+    assert_eq!(mounts.len(), 1, "{ps}");
+    assert_eq!(mounts[0]["kind"], "cloud", "{ps}");
+    assert_eq!(mounts[0]["state"], "mounted", "{ps}");
+    let spec = &env.read_kernel_json("k")["metadata"]["sshpyk"];
+    assert!(spec["mounts"].as_array().unwrap().is_empty(), "{spec}");
+    assert_eq!(spec["cloud_mounts"][0]["remote"], mnt.to_str().unwrap());
+
+    cloud_support::shut_down(&mut c, &mut launcher, Duration::from_secs(40)).await;
+    assert!(
+        eventually(CLEANUP, || rclone_mounts(&env).is_empty()
+            && !is_mounted(&env, &mnt)),
+        "{} is still mounted",
+        mnt.display()
+    );
+}

@@ -132,10 +132,10 @@ struct Active {
     output: Vec<String>,
 }
 
-/// What mounting needs of a kernel's settings (built by `Settings::mount_settings`, so that
-/// mounts do not depend on the settings model, which holds their specs).
+/// What mounting needs of a kernel's settings besides the specs, which change while the kernel
+/// runs (built by `Settings::mount_settings`, so that mounts do not depend on the settings model,
+/// which holds their specs).
 pub struct MountSettings<'a> {
-    pub mounts: &'a [MountSpec],
     pub ssh_host_alias: &'a str,
     pub remote_sshfs: Option<&'a str>,
     pub ssh_host_alias_local_on_remote: Option<&'a str>,
@@ -146,16 +146,17 @@ pub struct MountSettings<'a> {
 }
 
 impl Mounts {
-    /// Makes every mount of `settings` on the remote, before `deadline`; all or nothing.
+    /// Makes every mount of `specs` on the remote, before `deadline`; all or nothing.
     pub async fn start(
         master: &Master,
+        specs: &[MountSpec],
         settings: &MountSettings<'_>,
         deadline: Instant,
     ) -> Result<Mounts> {
         let source = source(settings);
         // Every local directory first: nothing starts on the remote when one is missing.
         let mut planned = Vec::new();
-        for spec in settings.mounts {
+        for spec in specs {
             let export = local_export(spec, &source)?;
             #[cfg(target_os = "linux")]
             let sync = match (&export, sync::wanted(spec)?) {
@@ -226,6 +227,11 @@ impl Mounts {
         #[cfg(target_os = "linux")]
         self.synced.clear();
         self.mount_all(master, settings, deadline, true).await
+    }
+
+    /// Every mount of the kernel, mounted now or not.
+    pub fn specs(&self) -> impl Iterator<Item = &MountSpec> {
+        self.planned.iter().map(|p| &p.spec)
     }
 
     /// Each planned mount, whether it is mounted now (made since the last connection, its
