@@ -195,17 +195,11 @@ async fn start(
             Mounts::start(&master, &local_mounts, &settings.mount_settings(), deadline).await?;
         tracing::info!("starting remote kernel '{}'", settings.remote_kernel_name);
         let request = StartRequest {
-            remote_python: &settings.remote_python,
-            init: settings.remote_init.as_deref(),
-            env: &settings.remote_env,
-            cwd: settings.remote_cwd.as_deref(),
-            slurm,
-            kernel_name: &settings.remote_kernel_name,
+            settings: &settings,
             info: &info,
-            orphan_timeout: settings.orphan_timeout,
+            slurm,
             ping_interval: ping_interval(&settings),
             cloud_mounts: &cloud_requests,
-            shutdown_timeout: settings.shutdown_timeout,
         };
         let request = &request;
         let (master, (mut session, ready)) =

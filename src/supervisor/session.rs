@@ -5,7 +5,6 @@
 //! channel (so does the kernel for a SIGKILLed launcher): the supervisor sees the end of the
 //! session while the connection's sshd lives on, and ends the kernel.
 
-use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use super::protocol::{
 use crate::bounded;
 use crate::error::{Error, Result};
 use crate::jupyter::connection::ConnectionInfo;
+use crate::settings::Settings;
 use crate::slurm::{self, Allocation};
 use crate::ssh::init::InitWatch;
 use crate::ssh::mux::MuxChannel;
@@ -56,24 +56,17 @@ pub enum SessionEvent {
     Lost,
 }
 
+/// What a start needs besides the kernel's settings (python, init snippet, environment,
+/// working directory, kernel name and timeouts are read from them).
 pub struct StartRequest<'a> {
-    pub remote_python: &'a str,
-    /// The user's init snippet, run in a login shell before the python.
-    pub init: Option<&'a str>,
-    /// Variables for the kernel (literal, set last) and its working directory.
-    pub env: &'a BTreeMap<String, String>,
-    pub cwd: Option<&'a str>,
+    pub settings: &'a Settings,
+    pub info: &'a ConnectionInfo,
     /// Run on a Slurm compute node: the allocation, reached through the login node.
     pub slurm: Option<&'a Allocation>,
-    pub kernel_name: &'a str,
-    pub info: &'a ConnectionInfo,
-    pub orphan_timeout: f64,
     /// How often the launcher renews the lease.
     pub ping_interval: Duration,
     /// Mounted by the supervisor before the kernel starts.
     pub cloud_mounts: &'a [CloudMountRequest],
-    /// Bounds the wait for cloud uploads at an unmount.
-    pub shutdown_timeout: f64,
 }
 
 /// Where a new session reaches a running kernel's supervisor again: `attach.py`, run by
@@ -241,26 +234,32 @@ impl SupervisorSession {
         watch: &mut slurm::Watch,
     ) -> Result<(SupervisorSession, Ready)> {
         let alias = master.alias();
+        let settings = req.settings;
         let mut preface = format!("{:012}{SUPERVISOR}", SUPERVISOR.len()).into_bytes();
         // The key travels in this first frame, through stdin: never argv.
         let link = Link::new();
         let start = SupervisorRequest::Start {
             key: req.info.key.clone(),
             signature_scheme: req.info.signature_scheme.clone(),
-            kernel_name: req.kernel_name.to_string(),
-            orphan_timeout: req.orphan_timeout,
+            kernel_name: settings.remote_kernel_name.clone(),
+            orphan_timeout: settings.orphan_timeout,
             ping_interval: req.ping_interval.as_secs_f64(),
-            env: req.env.clone(),
-            cwd: req.cwd.map(String::from),
+            env: settings.remote_env.clone(),
+            cwd: settings.remote_cwd.clone(),
             cloud_mounts: req.cloud_mounts.to_vec(),
             window: super::protocol::WINDOW,
             outage_bound: super::protocol::OUTAGE_BOUND,
-            upload_wait: req.shutdown_timeout,
+            upload_wait: settings.shutdown_timeout,
         };
         preface.extend(link.first_request(&start));
-        let mut command = python_command(req.remote_python, &["-u", "-c", LOADER], req.init);
+        let python = &settings.remote_python;
+        let mut command = python_command(
+            python,
+            &["-u", "-c", LOADER],
+            settings.remote_init.as_deref(),
+        );
         if let Some(allocation) = req.slurm {
-            command = allocation.command(&command, req.remote_python);
+            command = allocation.command(&command, python);
         }
         let slurm_watch = req.slurm.map(|_| &mut *watch);
         let mut session = match SupervisorSession::open(master, &command, &preface, slurm_watch).await? {
@@ -271,7 +270,7 @@ impl SupervisorSession {
             Opened::NoPython => {
                 return Err(Error::Remote(format!(
                     "remote python '{}' does not exist on '{alias}'; fix --remote-python-prefix/--remote-python with `sshpyk edit`",
-                    req.remote_python
+                    python
                 )))
             }
             Opened::Ended(status) => return Err(ended_early(alias, status)),
@@ -288,7 +287,7 @@ impl SupervisorSession {
                 Some(Report::Exited(exit)) => {
                     return Err(Error::Remote(format!(
                         "remote kernel '{}' {} before it was ready: {}",
-                        req.kernel_name,
+                        settings.remote_kernel_name,
                         exit.describe(),
                         exit.tail.join(" | ")
                     )))
