@@ -475,17 +475,16 @@ impl Active {
                         }
                     })
                     .await;
-                    let output: Vec<String> = self
-                        .output
-                        .iter()
-                        .filter(|l| !l.starts_with("note: "))
-                        .cloned()
-                        .collect();
                     return Err(wrapper::mount_error(
-                        &self.spec, alias, &code, &detail, &output,
+                        &self.spec,
+                        alias,
+                        &code,
+                        &detail,
+                        &self.output,
                     ));
                 }
-                Some(WrapperEvent::Unmounted) => {}
+                // (read_events logs notes and does not pass them on.)
+                Some(WrapperEvent::Unmounted | WrapperEvent::Note(_)) => {}
                 Some(WrapperEvent::Closed) | None => {
                     let status =
                         tokio::time::timeout(Duration::from_secs(2), self.channel.exit_status())

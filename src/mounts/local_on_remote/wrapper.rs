@@ -143,6 +143,8 @@ pub enum WrapperEvent {
         code: String,
         detail: String,
     },
+    /// What the wrapper did on the way, for the log (a dead mount it cleaned, say).
+    Note(String),
     /// Any other line (sshfs, ssh, login scripts).
     Output(String),
     /// The session's stderr ended: the wrapper is gone.
@@ -165,7 +167,7 @@ impl WrapperEvent {
                     detail: detail.to_string(),
                 }
             }
-            "note" => WrapperEvent::Output(format!("note: {detail}")),
+            "note" => WrapperEvent::Note(detail.to_string()),
             _ => WrapperEvent::Output(line.to_string()),
         }
     }
@@ -195,8 +197,9 @@ pub fn read_events(
             let line = String::from_utf8_lossy(&bytes);
             let event = WrapperEvent::parse(line.trim_end_matches(['\n', '\r']));
             match &event {
-                WrapperEvent::Output(text) if text.starts_with("note: ") => {
-                    tracing::info!("{what}: {}", &text[6..])
+                WrapperEvent::Note(text) => {
+                    tracing::info!("{what}: {text}");
+                    continue;
                 }
                 WrapperEvent::Output(text) => {
                     tracing::debug!("{what}: {text}");
