@@ -4,11 +4,11 @@
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt};
 
 /// The longest line kept whole; a longer one arrives in pieces of this size.
-pub const MAX_LINE: usize = 64 * 1024;
+pub(crate) const MAX_LINE: usize = 64 * 1024;
 
 /// Appends the next line (with its `\n`) to `line`, or its next `max` bytes when it is longer;
 /// `Ok(0)` at the end.
-pub async fn read_line<R: AsyncBufRead + Unpin>(
+pub(crate) async fn read_line<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     line: &mut Vec<u8>,
     max: usize,
@@ -35,7 +35,10 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
 }
 
 /// Everything `reader` sends, up to `max` bytes; what follows is left unread.
-pub async fn read_to_end<R: AsyncRead + Unpin>(reader: R, max: usize) -> std::io::Result<Vec<u8>> {
+pub(crate) async fn read_to_end<R: AsyncRead + Unpin>(
+    reader: R,
+    max: usize,
+) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     reader.take(max as u64).read_to_end(&mut out).await?;
     Ok(out)

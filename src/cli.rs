@@ -22,13 +22,13 @@ pub struct Cli {
     /// More output on stderr: -v debug, -vv trace, -vvv trace plus ssh's own debug output.
     // Listed after every subcommand's own flags, not among them.
     #[arg(short, long, action = clap::ArgAction::Count, global = true, display_order = 1000)]
-    pub verbose: u8,
+    pub(crate) verbose: u8,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Add a kernelspec that runs a remote kernel through an ssh host alias.
     #[command(
         override_usage = "sshpyk add --ssh-host-alias <ALIAS> --remote-kernel-name <NAME> \
@@ -74,7 +74,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum MountsCommand {
+pub(crate) enum MountsCommand {
     /// Mount cloud storage on the remote for the kernel's life (read-only unless --rw); running
     /// kernels of that kernelspec get it at once.
     Add(MountsAddArgs),
@@ -85,10 +85,10 @@ pub enum MountsCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct MountsAddArgs {
+pub(crate) struct MountsAddArgs {
     /// The sshpyk kernelspec.
     #[arg(long)]
-    pub kernel_name: String,
+    pub(crate) kernel_name: String,
     /// The storage backend (or --rclone-config for any other).
     #[arg(
         long,
@@ -96,132 +96,132 @@ pub struct MountsAddArgs {
         required_unless_present = "rclone_config",
         conflicts_with = "rclone_config"
     )]
-    pub backend: Option<crate::mounts::cloud_on_remote::Backend>,
+    pub(crate) backend: Option<crate::mounts::cloud_on_remote::Backend>,
     /// A non-secret rclone config field of the backend (repeatable).
     #[arg(
         long = "set",
         value_name = "KEY=VALUE",
         conflicts_with = "rclone_config"
     )]
-    pub settings: Vec<String>,
+    pub(crate) settings: Vec<String>,
     /// Secrets: a JSON object of config fields, from FILE or `-` (stdin).
     #[arg(long, value_name = "FILE|-", conflicts_with = "rclone_config")]
-    pub creds: Option<String>,
+    pub(crate) creds: Option<String>,
     /// A raw rclone config (any backend); --source names its section: REMOTE:PATH.
     #[arg(long, value_name = "FILE")]
-    pub rclone_config: Option<PathBuf>,
+    pub(crate) rclone_config: Option<PathBuf>,
     /// The path inside the backend (bucket/prefix), or REMOTE:PATH with --rclone-config.
     #[arg(long, default_value = "")]
-    pub source: String,
+    pub(crate) source: String,
     /// Mount read-write (default: read-only).
     #[arg(long)]
-    pub rw: bool,
+    pub(crate) rw: bool,
     /// An extra `rclone mount` flag, e.g. --rclone-flag=--dir-cache-time=10s (repeatable).
     #[arg(long = "rclone-flag", value_name = "FLAG", allow_hyphen_values = true)]
-    pub rclone_flags: Vec<String>,
+    pub(crate) rclone_flags: Vec<String>,
     /// The mount point on the remote (absolute).
-    pub remote_path: String,
+    pub(crate) remote_path: String,
 }
 
 #[derive(Debug, Args)]
-pub struct MountsListArgs {
+pub(crate) struct MountsListArgs {
     /// Only this kernelspec.
     #[arg(long)]
-    pub kernel_name: Option<String>,
+    pub(crate) kernel_name: Option<String>,
     /// Machine-readable output.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct MountsRemoveArgs {
+pub(crate) struct MountsRemoveArgs {
     /// The sshpyk kernelspec.
     #[arg(long)]
-    pub kernel_name: String,
+    pub(crate) kernel_name: String,
     /// The mount point on the remote.
-    pub remote_path: String,
+    pub(crate) remote_path: String,
 }
 
 #[derive(Debug, Args)]
-pub struct PsArgs {
+pub(crate) struct PsArgs {
     /// Machine-readable output.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 /// Settings shared by `add` and `edit`; every one is optional so that `edit` changes only what
 /// is given.
 #[derive(Debug, Args, Default, Clone, PartialEq)]
-pub struct SpecArgs {
+pub(crate) struct SpecArgs {
     /// Host alias declared in the ssh config file.
     #[arg(long)]
-    pub ssh_host_alias: Option<String>,
+    pub(crate) ssh_host_alias: Option<String>,
     /// Kernelspec name on the remote host (see `jupyter kernelspec list` there).
     #[arg(long)]
-    pub remote_kernel_name: Option<String>,
+    pub(crate) remote_kernel_name: Option<String>,
     /// Remote environment whose bin/python has jupyter_client (absolute, or ~/ for the remote home).
     #[arg(long, conflicts_with = "remote_python")]
-    pub remote_python_prefix: Option<String>,
+    pub(crate) remote_python_prefix: Option<String>,
     /// Remote python interpreter itself (alternative to --remote-python-prefix): absolute, ~/,
     /// or a command name looked up on the remote PATH after --remote-init.
     #[arg(long)]
-    pub remote_python: Option<String>,
+    pub(crate) remote_python: Option<String>,
     /// Name shown in Jupyter's kernel picker [default: derived from the remote kernel].
     #[arg(long)]
-    pub display_name: Option<String>,
+    pub(crate) display_name: Option<String>,
     /// Kernel language [default: the remote kernelspec's].
     #[arg(long)]
-    pub language: Option<String>,
+    pub(crate) language: Option<String>,
     /// ssh config file that declares the alias [default: ~/.ssh/config].
     #[arg(long)]
-    pub ssh_config: Option<PathBuf>,
+    pub(crate) ssh_config: Option<PathBuf>,
     /// ssh client to run [default: ssh on PATH].
     #[arg(long)]
-    pub ssh: Option<String>,
+    pub(crate) ssh: Option<String>,
     /// Seconds the whole start may take [default: 30].
     #[arg(long, value_parser = positive_seconds)]
-    pub launch_timeout: Option<f64>,
+    pub(crate) launch_timeout: Option<f64>,
     /// Seconds the launcher's own graceful stop (its parent, JPY_PARENT_PID, is gone) waits for
     /// the kernel before ending it; SIGTERM from Jupyter ends the kernel at once [default: 30].
     #[arg(long, value_parser = positive_seconds)]
-    pub shutdown_timeout: Option<f64>,
+    pub(crate) shutdown_timeout: Option<f64>,
     /// Seconds a remote kernel waits for its launcher to come back after the connection is lost
     /// (a network drop, a closed laptop); a launcher killed while its connection lives ends the
     /// kernel at once. Shorten it on shared GPU hosts [default: 10800, 3 h].
     #[arg(long, value_parser = positive_seconds)]
-    pub orphan_timeout: Option<f64>,
+    pub(crate) orphan_timeout: Option<f64>,
     /// Mount a local directory on the remote for the kernel's lifetime:
     /// "/local/path:/remote/path[:sshfs_options]" (write ':' in a path as '\:'). Repeatable.
     #[arg(long, value_name = "SPEC")]
-    pub mount_local_on_remote: Vec<String>,
+    pub(crate) mount_local_on_remote: Vec<String>,
     /// sshfs on the remote [default: sshfs on the remote PATH].
     #[arg(long)]
-    pub remote_sshfs: Option<String>,
+    pub(crate) remote_sshfs: Option<String>,
     /// Mounts: the remote's sshfs connects back to this machine with this alias of the remote's
     /// own ssh config, instead of over the kernel's connection (compatibility; not confined).
     #[arg(long)]
-    pub ssh_host_alias_local_on_remote: Option<String>,
+    pub(crate) ssh_host_alias_local_on_remote: Option<String>,
     /// How much the launcher logs (on Jupyter's stderr and in `sshpyk logs`) [default: info].
     #[arg(long, value_enum)]
-    pub log_level: Option<crate::logs::LogLevel>,
+    pub(crate) log_level: Option<crate::logs::LogLevel>,
     /// A variable for the remote kernel, KEY=VALUE, taken literally (no expansion); set after
     /// --remote-init, so it wins. Stored in kernel.json: not for secrets. Repeatable.
     #[arg(long, value_name = "KEY=VALUE")]
-    pub remote_env: Vec<String>,
+    pub(crate) remote_env: Vec<String>,
     /// The remote kernel's working directory (absolute, or ~/...) [default: the remote home].
     #[arg(long, value_name = "DIR")]
-    pub remote_cwd: Option<String>,
+    pub(crate) remote_cwd: Option<String>,
     /// Shell code run in a login shell of the remote user's shell before the kernel starts
     /// (`module load cuda/12`, `conda activate ml`).
     #[arg(long, value_name = "SNIPPET")]
-    pub remote_init: Option<String>,
+    pub(crate) remote_init: Option<String>,
     /// Run the kernel on a Slurm compute node: sbatch options for its allocation, split on
     /// blanks ("--partition gpu --gres gpu:1 --time 04:00:00"); the alias is the login node.
     #[arg(long, value_name = "OPTIONS", allow_hyphen_values = true)]
-    pub slurm: Option<String>,
+    pub(crate) slurm: Option<String>,
     /// Seconds the Slurm allocation outlives its kernel, for a restart to reuse it [default: 60].
     #[arg(long, value_parser = positive_seconds)]
-    pub slurm_grace: Option<f64>,
+    pub(crate) slurm_grace: Option<f64>,
 }
 
 /// `add` and `edit` share the flags of [`SpecArgs`]; each says in the help what is its own.
@@ -241,146 +241,146 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
 }
 
 #[derive(Debug, Args)]
-pub struct AddArgs {
+pub(crate) struct AddArgs {
     /// Kernelspec name [default: ssh_<alias>_<remote kernel>].
     #[arg(long)]
-    pub kernel_name: Option<String>,
+    pub(crate) kernel_name: Option<String>,
     #[command(flatten)]
-    pub spec: SpecArgs,
+    pub(crate) spec: SpecArgs,
     /// Overwrite an existing kernelspec of the same name.
     #[arg(long)]
-    pub replace: bool,
+    pub(crate) replace: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct EditArgs {
+pub(crate) struct EditArgs {
     /// The sshpyk kernelspec to change.
     #[arg(long)]
-    pub kernel_name: String,
+    pub(crate) kernel_name: String,
     #[command(flatten)]
-    pub spec: SpecArgs,
+    pub(crate) spec: SpecArgs,
     /// Remove every mount (local dirs and cloud storage) before adding the given ones.
     #[arg(long)]
-    pub clear_mounts: bool,
+    pub(crate) clear_mounts: bool,
     /// Convert a kernelspec written by the Python sshpyk into an sshpyk one, keeping its alias,
     /// remote python, remote kernel and display name.
     #[arg(long)]
-    pub adopt: bool,
+    pub(crate) adopt: bool,
     /// Remove every --remote-env before adding the given ones.
     #[arg(long)]
-    pub clear_remote_env: bool,
+    pub(crate) clear_remote_env: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct DeleteArgs {
+pub(crate) struct DeleteArgs {
     /// Kernelspec names.
     #[arg(required = true)]
-    pub names: Vec<String>,
+    pub(crate) names: Vec<String>,
     /// Also delete kernelspecs that sshpyk did not write.
     #[arg(long)]
-    pub force: bool,
+    pub(crate) force: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct ListArgs {
+pub(crate) struct ListArgs {
     /// Only sshpyk (remote) kernels.
     #[arg(short, long)]
-    pub remote: bool,
+    pub(crate) remote: bool,
     /// Only local kernels.
     #[arg(short, long)]
-    pub local: bool,
+    pub(crate) local: bool,
     /// Do not check the sshpyk kernels.
     #[arg(short = 'n', long)]
-    pub no_check: bool,
+    pub(crate) no_check: bool,
     /// Machine-readable output.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct LaunchArgs {
+pub(crate) struct LaunchArgs {
     /// Directory of the sshpyk kernelspec (kernel.json) to start.
     #[arg(long)]
-    pub kernelspec: PathBuf,
+    pub(crate) kernelspec: PathBuf,
     /// The connection file written by Jupyter.
-    pub connection_file: PathBuf,
+    pub(crate) connection_file: PathBuf,
 }
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("host").args(["ssh_host_alias", "kernel_name"]))]
-pub struct MountArgs {
+pub(crate) struct MountArgs {
     /// Host alias declared in the ssh config file.
     #[arg(long, conflicts_with = "umount")]
-    pub ssh_host_alias: Option<String>,
+    pub(crate) ssh_host_alias: Option<String>,
     /// Take the alias, ssh config and ssh client of this sshpyk kernelspec.
     #[arg(long, conflicts_with = "umount")]
-    pub kernel_name: Option<String>,
+    pub(crate) kernel_name: Option<String>,
     /// ssh config file that declares the alias [default: ~/.ssh/config].
     #[arg(long, conflicts_with_all = ["umount", "kernel_name"])]
-    pub ssh_config: Option<PathBuf>,
+    pub(crate) ssh_config: Option<PathBuf>,
     /// Remote directory to mount [default: the remote home directory].
     #[arg(short, long, conflicts_with = "umount")]
-    pub remote_path: Option<String>,
+    pub(crate) remote_path: Option<String>,
     /// No subshell: keep the mount until Ctrl+C or SIGTERM.
     #[arg(long, conflicts_with = "umount")]
-    pub foreground: bool,
+    pub(crate) foreground: bool,
     /// sshfs opens its own ssh connection instead of riding the alias's ControlMaster (it may
     /// then prompt on the terminal).
     #[arg(long, conflicts_with = "umount")]
-    pub direct: bool,
+    pub(crate) direct: bool,
     /// An sshfs or ssh option, given to sshfs as `-o OPTION`; wins over sshpyk's defaults.
     /// Repeatable.
     #[arg(short = 'o', value_name = "OPTION", conflicts_with = "umount")]
-    pub options: Vec<String>,
+    pub(crate) options: Vec<String>,
     /// Remove a mount left behind (a killed sshpyk, a dead connection).
     #[arg(long)]
-    pub umount: bool,
+    pub(crate) umount: bool,
     /// With --umount: detach a busy mount now; it goes away when its last user lets go.
     #[arg(long, requires = "umount")]
-    pub lazy: bool,
+    pub(crate) lazy: bool,
     /// Local directory to mount on (created when missing, and then removed afterwards).
-    pub mountpoint: PathBuf,
+    pub(crate) mountpoint: PathBuf,
 }
 
 #[derive(Debug, Args)]
-pub struct LogsArgs {
+pub(crate) struct LogsArgs {
     /// The kernel's name (its kernelspec's).
-    pub name: String,
+    pub(crate) name: String,
     /// Keep printing what the run logs, as it logs it (Ctrl-C to stop).
     #[arg(short, long, conflicts_with = "all")]
-    pub follow: bool,
+    pub(crate) follow: bool,
     /// List every run of the kernel that has a log, oldest first.
     #[arg(long)]
-    pub all: bool,
+    pub(crate) all: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct CompletionsArgs {
+pub(crate) struct CompletionsArgs {
     /// The shell.
-    pub shell: clap_complete::Shell,
+    pub(crate) shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
-pub struct ConnectArgs {
+pub(crate) struct ConnectArgs {
     /// Host alias declared in the ssh config file.
     #[arg(
         required_unless_present = "kernel_name",
         conflicts_with = "kernel_name"
     )]
-    pub alias: Option<String>,
+    pub(crate) alias: Option<String>,
     /// The host of this sshpyk kernelspec (its alias, ssh config and ssh client).
     #[arg(long, conflicts_with_all = ["ssh_config", "ssh"])]
-    pub kernel_name: Option<String>,
+    pub(crate) kernel_name: Option<String>,
     /// ssh config file that declares the alias [default: ~/.ssh/config].
     #[arg(long)]
-    pub ssh_config: Option<PathBuf>,
+    pub(crate) ssh_config: Option<PathBuf>,
     /// ssh client to run [default: ssh on PATH].
     #[arg(long)]
-    pub ssh: Option<String>,
+    pub(crate) ssh: Option<String>,
     /// Only say whether a connection is open (exit 0) or not (exit 4).
     #[arg(long, conflicts_with = "exit")]
-    pub check: bool,
+    pub(crate) check: bool,
     /// Close the connection.
     #[arg(long)]
-    pub exit: bool,
+    pub(crate) exit: bool,
 }

@@ -29,11 +29,11 @@ const MAX_LINE: u64 = 1 << 20;
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long a running launcher gets to say what it is (`sshpyk ps`, `sshpyk mounts`).
-pub const DESCRIBE_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const DESCRIBE_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum ControlRequest {
+pub(crate) enum ControlRequest {
     /// Answered with [`ControlReply::Status`].
     Describe,
     /// Mount `mount` now (its secrets are read from sshpyk's secrets dir by the launcher).
@@ -44,7 +44,7 @@ pub enum ControlRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
-pub enum ControlReply {
+pub(crate) enum ControlReply {
     Status(KernelStatus),
     Done { message: String },
     Failed { message: String },
@@ -52,52 +52,56 @@ pub enum ControlReply {
 
 /// What a running launcher says about itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KernelStatus {
+pub(crate) struct KernelStatus {
     /// The kernelspec's name.
-    pub kernel_name: String,
-    pub kernelspec_dir: PathBuf,
-    pub ssh_host_alias: String,
+    pub(crate) kernel_name: String,
+    pub(crate) kernelspec_dir: PathBuf,
+    pub(crate) ssh_host_alias: String,
     /// The remote's hostname.
-    pub hostname: String,
-    pub remote_pid: u32,
-    pub launcher_pid: u32,
+    pub(crate) hostname: String,
+    pub(crate) remote_pid: u32,
+    pub(crate) launcher_pid: u32,
     /// Seconds since the Unix epoch when the kernel became ready.
-    pub started: u64,
-    pub state: KernelState,
+    pub(crate) started: u64,
+    pub(crate) state: KernelState,
     /// Seconds since the Unix epoch when the connection went down; `None` (null) while up.
     #[serde(default)]
-    pub down_since: Option<u64>,
+    pub(crate) down_since: Option<u64>,
     /// The Slurm job and node of a Slurm kernel; `None` (null) for others.
     #[serde(default)]
-    pub slurm: Option<Placement>,
-    pub mounts: Vec<MountStatus>,
+    pub(crate) slurm: Option<Placement>,
+    pub(crate) mounts: Vec<MountStatus>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum KernelState {
+pub(crate) enum KernelState {
     Running,
     Reconnecting,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MountStatus {
-    pub remote: String,
-    pub kind: MountKind,
+pub(crate) struct MountStatus {
+    pub(crate) remote: String,
+    pub(crate) kind: MountKind,
     /// The local directory, or `backend:path`.
-    pub source: String,
-    pub read_only: bool,
-    pub state: MountState,
+    pub(crate) source: String,
+    pub(crate) read_only: bool,
+    pub(crate) state: MountState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// What a synced copy is doing: bytes to sync, conflicts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
+    pub(crate) detail: Option<String>,
 }
 
 impl MountStatus {
     /// A local directory on the remote; `detail`: what its synced copy is doing.
-    pub fn local(spec: &MountSpec, state: MountState, detail: Option<String>) -> MountStatus {
+    pub(crate) fn local(
+        spec: &MountSpec,
+        state: MountState,
+        detail: Option<String>,
+    ) -> MountStatus {
         MountStatus {
             remote: spec.remote.clone(),
             kind: MountKind::LocalOnRemote,
@@ -110,7 +114,7 @@ impl MountStatus {
     }
 
     /// A cloud store on the remote; `detail`: its uploads still pending.
-    pub fn cloud(
+    pub(crate) fn cloud(
         mount: &CloudMount,
         state: MountState,
         error: Option<String>,
@@ -130,7 +134,7 @@ impl MountStatus {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum MountKind {
+pub(crate) enum MountKind {
     /// A local directory on the remote (`--mount-local-on-remote`).
     LocalOnRemote,
     /// Cloud storage on the remote (`mounts add --backend`).
@@ -139,7 +143,7 @@ pub enum MountKind {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum MountState {
+pub(crate) enum MountState {
     /// In the kernelspec; no running kernel to ask.
     Configured,
     Mounted,
@@ -169,13 +173,13 @@ impl std::fmt::Display for KernelState {
 }
 
 /// A request taken from the socket, and where its reply goes.
-pub struct Call {
-    pub request: ControlRequest,
-    pub reply: oneshot::Sender<ControlReply>,
+pub(crate) struct Call {
+    pub(crate) request: ControlRequest,
+    pub(crate) reply: oneshot::Sender<ControlReply>,
 }
 
 /// The launcher's end: the socket, removed when dropped.
-pub struct ControlServer {
+pub(crate) struct ControlServer {
     path: PathBuf,
     task: JoinHandle<()>,
     calls: mpsc::Receiver<Call>,
@@ -184,7 +188,7 @@ pub struct ControlServer {
 impl ControlServer {
     /// Listens on `launch-<our pid>.sock` in the runtime dir. A failure is not fatal to the
     /// kernel: it only makes it invisible to `ps` and live mounts, which the caller logs.
-    pub fn bind() -> Result<ControlServer> {
+    pub(crate) fn bind() -> Result<ControlServer> {
         let path = crate::runtime::dir()?.join(format!("{PREFIX}{}{SUFFIX}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)
@@ -195,7 +199,7 @@ impl ControlServer {
     }
 
     /// The next request. Cancel-safe.
-    pub async fn next(&mut self) -> Option<Call> {
+    pub(crate) async fn next(&mut self) -> Option<Call> {
         self.calls.recv().await
     }
 }
@@ -274,13 +278,13 @@ async fn serve(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Result
 }
 
 /// A running launcher's socket, by its pid.
-pub struct Launcher {
-    pub pid: u32,
-    pub path: PathBuf,
+pub(crate) struct Launcher {
+    pub(crate) pid: u32,
+    pub(crate) path: PathBuf,
 }
 
 /// Every launcher socket in the runtime dir, sockets of dead launchers removed.
-pub fn launchers() -> Result<Vec<Launcher>> {
+pub(crate) fn launchers() -> Result<Vec<Launcher>> {
     let dir = crate::runtime::dir()?;
     let mut found = Vec::new();
     let entries =
@@ -307,7 +311,11 @@ pub fn launchers() -> Result<Vec<Launcher>> {
 }
 
 /// Sends one request and waits up to `wait` for the reply.
-pub async fn ask(socket: &Path, request: &ControlRequest, wait: Duration) -> Result<ControlReply> {
+pub(crate) async fn ask(
+    socket: &Path,
+    request: &ControlRequest,
+    wait: Duration,
+) -> Result<ControlReply> {
     let talk = async {
         let stream = UnixStream::connect(socket).await?;
         let (read, mut write) = stream.into_split();
@@ -337,7 +345,7 @@ pub async fn ask(socket: &Path, request: &ControlRequest, wait: Duration) -> Res
 }
 
 /// The status of every running launcher (those that answer within `wait`).
-pub async fn running(wait: Duration) -> Result<Vec<(Launcher, KernelStatus)>> {
+pub(crate) async fn running(wait: Duration) -> Result<Vec<(Launcher, KernelStatus)>> {
     let mut out = Vec::new();
     for launcher in launchers()? {
         match ask(&launcher.path, &ControlRequest::Describe, wait).await {

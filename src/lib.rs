@@ -35,26 +35,30 @@
 //! **Shared ground:** [`runtime`] (the private runtime dir), [`bounded`] (bounded reads of what
 //! a remote sends), [`utc`] (calendar dates), [`error`].
 //!
+//! `pub` only where chosen: what `main.rs` and the integration tests use (`cli::Cli`,
+//! `cmd::run`, `error`, `jupyter`'s client and connection file, `mounts::cloud_on_remote`'s
+//! backends). Everything else is `pub(crate)`, so the dead-code lint sees all of it.
+//!
 //! Remote-side code (sh, Python) sits in its own files beside the module that embeds it with
 //! `include_str!`: `ssh/*.sh`, `probe/`, `slurm/`, `supervisor/*.py`,
 //! `mounts/local_on_remote/{wrapper*.sh, sync/agent.py}`.
 
-pub mod bounded;
+pub(crate) mod bounded;
 pub mod cli;
 pub mod cmd;
-pub mod control;
+pub(crate) mod control;
 pub mod error;
 pub mod jupyter;
-pub mod launcher;
-pub mod logs;
+pub(crate) mod launcher;
+pub(crate) mod logs;
 pub mod mounts;
-pub mod parent;
-pub mod ports;
-pub mod probe;
-pub mod python_sshpyk;
-pub mod runtime;
-pub mod settings;
-pub mod slurm;
-pub mod ssh;
-pub mod supervisor;
-pub mod utc;
+pub(crate) mod parent;
+pub(crate) mod ports;
+pub(crate) mod probe;
+pub(crate) mod python_sshpyk;
+pub(crate) mod runtime;
+pub(crate) mod settings;
+pub(crate) mod slurm;
+pub(crate) mod ssh;
+pub(crate) mod supervisor;
+pub(crate) mod utc;

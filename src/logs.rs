@@ -29,7 +29,7 @@ const KEPT_RUNS: usize = 10;
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
-pub enum LogLevel {
+pub(crate) enum LogLevel {
     /// One line per phase (the default).
     Info,
     /// Debug lines too (-v).
@@ -42,7 +42,7 @@ pub enum LogLevel {
 
 impl LogLevel {
     /// The level of `-v` given `count` times.
-    pub fn from_verbose(count: u8) -> Self {
+    pub(crate) fn from_verbose(count: u8) -> Self {
         match count {
             0 => LogLevel::Info,
             1 => LogLevel::Debug,
@@ -62,7 +62,7 @@ impl LogLevel {
 
 /// Sets up logging for this process at `level`: plain stderr, or for a launcher of kernel
 /// `name` the prefixed stderr and the run's log file.
-pub fn init(level: LogLevel, launcher_of: Option<&str>) {
+pub(crate) fn init(level: LogLevel, launcher_of: Option<&str>) {
     let Some(name) = launcher_of else {
         init_stderr(level, None, None);
         return;
@@ -77,7 +77,7 @@ pub fn init(level: LogLevel, launcher_of: Option<&str>) {
 }
 
 /// The kernel's name: its kernelspec directory's.
-pub fn kernel_name(kernelspec_dir: &Path) -> String {
+pub(crate) fn kernel_name(kernelspec_dir: &Path) -> String {
     kernelspec_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -180,7 +180,7 @@ impl Write for PrefixedLines<'_> {
 }
 
 /// `<runtime dir>/logs/<kernel>`.
-pub fn kernel_dir(name: &str) -> Result<PathBuf> {
+pub(crate) fn kernel_dir(name: &str) -> Result<PathBuf> {
     Ok(crate::runtime::dir()?.join("logs").join(name))
 }
 
@@ -266,11 +266,11 @@ impl<'a> MakeWriter<'a> for RunLog {
 
 /// One launcher run's log file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Run {
-    pub path: PathBuf,
+pub(crate) struct Run {
+    pub(crate) path: PathBuf,
     /// Seconds since the epoch when the run started.
-    pub started: u64,
-    pub pid: u32,
+    pub(crate) started: u64,
+    pub(crate) pid: u32,
 }
 
 impl Run {
@@ -288,14 +288,14 @@ impl Run {
     }
 
     /// Where the run's older lines went when its file was rotated.
-    pub fn previous(&self) -> PathBuf {
+    pub(crate) fn previous(&self) -> PathBuf {
         let mut name = self.path.clone().into_os_string();
         name.push(".1");
         PathBuf::from(name)
     }
 
     /// Is the launcher of this run still running?
-    pub fn is_live(&self) -> bool {
+    pub(crate) fn is_live(&self) -> bool {
         let Ok(pid) = i32::try_from(self.pid) else {
             return false;
         };
@@ -304,7 +304,7 @@ impl Run {
 }
 
 /// Every run logged in `dir`, oldest first.
-pub fn runs(dir: &Path) -> Vec<Run> {
+pub(crate) fn runs(dir: &Path) -> Vec<Run> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -319,7 +319,7 @@ pub fn runs(dir: &Path) -> Vec<Run> {
 }
 
 /// `2026-11-30 15:22:25 UTC` for seconds since the epoch.
-pub fn utc_time(secs: u64) -> String {
+pub(crate) fn utc_time(secs: u64) -> String {
     let t = UtcTime::from_unix(secs);
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",

@@ -7,12 +7,12 @@ use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
-pub struct Parent {
+pub(crate) struct Parent {
     pid: Option<Pid>,
 }
 
 impl Parent {
-    pub fn from_env() -> Self {
+    pub(crate) fn from_env() -> Self {
         let pid = std::env::var("JPY_PARENT_PID")
             .ok()
             .and_then(|v| v.trim().parse::<i32>().ok())
@@ -21,12 +21,12 @@ impl Parent {
         Parent { pid }
     }
 
-    pub fn pid(&self) -> Option<i32> {
+    pub(crate) fn pid(&self) -> Option<i32> {
         self.pid.map(Pid::as_raw)
     }
 
     /// Whether the named parent has exited (a zombie counts as exited).
-    pub fn is_gone(&self) -> bool {
+    pub(crate) fn is_gone(&self) -> bool {
         let Some(pid) = self.pid else {
             return false;
         };

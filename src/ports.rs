@@ -20,10 +20,10 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// The five listeners, bound before anything touches the network so that a port in use fails
 /// at once.
-pub struct Listeners(Vec<(Channel, StdListener)>);
+pub(crate) struct Listeners(Vec<(Channel, StdListener)>);
 
 impl Listeners {
-    pub fn bind(info: &ConnectionInfo) -> Result<Self> {
+    pub(crate) fn bind(info: &ConnectionInfo) -> Result<Self> {
         let ip: std::net::IpAddr = info
             .ip
             .parse()
@@ -57,13 +57,13 @@ fn bind_reusable(addr: SocketAddr) -> std::io::Result<StdListener> {
 
 /// Accept loops and the connections they carry. Dropping it stops accepting and closes every
 /// client connection.
-pub struct Forwarder {
+pub(crate) struct Forwarder {
     tasks: JoinSet<()>,
 }
 
 impl Forwarder {
     /// Carries every connection on `link`'s streams.
-    pub fn start(listeners: Listeners, link: Link) -> Result<Self> {
+    pub(crate) fn start(listeners: Listeners, link: Link) -> Result<Self> {
         let mut tasks = JoinSet::new();
         for (channel, listener) in listeners.0 {
             listener
@@ -77,7 +77,7 @@ impl Forwarder {
     }
 
     /// Stops accepting and ends every client connection now.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.tasks.shutdown().await;
     }
 }

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 /// Another user can create that last one first (a denial of service): then, and from then on,
 /// a directory of an unpredictable name there, found again through a record in our home. Short
 /// on purpose: Unix socket paths are limited to about 100 bytes.
-pub fn dir() -> Result<PathBuf> {
+pub(crate) fn dir() -> Result<PathBuf> {
     if let Some(d) = std::env::var_os("SSHPYK_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         let dir = PathBuf::from(d);
         ensure_private(&dir, Chosen::ByUser)?;

@@ -13,54 +13,54 @@ use crate::mounts::cloud_on_remote::CloudMount;
 use crate::mounts::local_on_remote::{MountSettings, MountSpec};
 use crate::ssh::config;
 
-pub const SETTINGS_VERSION: u32 = 1;
+pub(crate) const SETTINGS_VERSION: u32 = 1;
 /// Timeouts, in seconds, that the launcher can use (a year at most, so that no deadline overflows).
-pub const TIMEOUT_RANGE: (f64, f64) = (0.1, 31_536_000.0);
+pub(crate) const TIMEOUT_RANGE: (f64, f64) = (0.1, 31_536_000.0);
 
 /// Everything the launcher needs to start one remote kernel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Settings {
-    pub version: u32,
-    pub ssh_host_alias: String,
+pub(crate) struct Settings {
+    pub(crate) version: u32,
+    pub(crate) ssh_host_alias: String,
     /// Absolute path of the ssh config file the alias is declared in.
-    pub ssh_config: PathBuf,
+    pub(crate) ssh_config: PathBuf,
     /// The ssh client: `ssh` (looked up on PATH) or an absolute path.
-    pub ssh: String,
+    pub(crate) ssh: String,
     /// The remote interpreter that has jupyter_client (absolute, or `~/` for the remote home).
-    pub remote_python: String,
-    pub remote_kernel_name: String,
-    pub launch_timeout: f64,
-    pub shutdown_timeout: f64,
-    pub orphan_timeout: f64,
+    pub(crate) remote_python: String,
+    pub(crate) remote_kernel_name: String,
+    pub(crate) launch_timeout: f64,
+    pub(crate) shutdown_timeout: f64,
+    pub(crate) orphan_timeout: f64,
     #[serde(default)]
-    pub mounts: Vec<MountSpec>,
+    pub(crate) mounts: Vec<MountSpec>,
     #[serde(default)]
-    pub remote_sshfs: Option<String>,
+    pub(crate) remote_sshfs: Option<String>,
     #[serde(default)]
-    pub ssh_host_alias_local_on_remote: Option<String>,
+    pub(crate) ssh_host_alias_local_on_remote: Option<String>,
     /// The launcher's verbosity (`--log-level`); `None`: info, or what `-v` asks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log_level: Option<LogLevel>,
+    pub(crate) log_level: Option<LogLevel>,
     /// Variables set for the kernel, literally, after the init snippet (so they win).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub remote_env: BTreeMap<String, String>,
+    pub(crate) remote_env: BTreeMap<String, String>,
     /// The kernel's working directory (absolute, or `~/`); the remote home when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote_cwd: Option<String>,
+    pub(crate) remote_cwd: Option<String>,
     /// Shell code run in a login shell of the remote user's shell before the remote python.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote_init: Option<String>,
+    pub(crate) remote_init: Option<String>,
     /// Run the kernel on a Slurm compute node allocated for it (the alias is the login node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slurm: Option<SlurmSettings>,
+    pub(crate) slurm: Option<SlurmSettings>,
     /// Cloud storage on the remote (`sshpyk mounts add --backend`); secrets are elsewhere.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cloud_mounts: Vec<CloudMount>,
+    pub(crate) cloud_mounts: Vec<CloudMount>,
 }
 
 impl Settings {
     /// What the mounts of this kernel need to know.
-    pub fn mount_settings(&self) -> MountSettings<'_> {
+    pub(crate) fn mount_settings(&self) -> MountSettings<'_> {
         MountSettings {
             ssh_host_alias: &self.ssh_host_alias,
             remote_sshfs: self.remote_sshfs.as_deref(),
@@ -89,25 +89,25 @@ impl Settings {
     }
 }
 
-pub const DEFAULT_LAUNCH_TIMEOUT: f64 = 30.0;
-pub const DEFAULT_SHUTDOWN_TIMEOUT: f64 = 30.0;
+pub(crate) const DEFAULT_LAUNCH_TIMEOUT: f64 = 30.0;
+pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: f64 = 30.0;
 /// How long a kernel waits for a launcher whose connection is gone: a lunch break or an evening
 /// with the laptop closed (VS Code's remote server waits as long), not a night. Shorter on
 /// shared GPU hosts, where an abandoned kernel holds a GPU: `--orphan-timeout`.
-pub const DEFAULT_ORPHAN_TIMEOUT: f64 = 3.0 * 3600.0;
-pub const DEFAULT_GRACE: f64 = 60.0;
+pub(crate) const DEFAULT_ORPHAN_TIMEOUT: f64 = 3.0 * 3600.0;
+pub(crate) const DEFAULT_GRACE: f64 = 60.0;
 
 /// The `--slurm` settings of a kernelspec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SlurmSettings {
+pub(crate) struct SlurmSettings {
     /// sbatch options, split on blanks (`--partition gpu --gres gpu:1 --time 04:00:00`).
-    pub options: String,
+    pub(crate) options: String,
     /// Seconds the allocation outlives its last kernel, for a restart to adopt it.
-    pub grace: f64,
+    pub(crate) grace: f64,
 }
 
 /// Every setting at its default; alias, remote python and kernel empty.
-pub fn defaults() -> Result<Settings> {
+pub(crate) fn defaults() -> Result<Settings> {
     Ok(Settings {
         version: SETTINGS_VERSION,
         ssh_host_alias: String::new(),
@@ -130,7 +130,7 @@ pub fn defaults() -> Result<Settings> {
     })
 }
 
-pub fn default_ssh_config() -> Result<PathBuf> {
+pub(crate) fn default_ssh_config() -> Result<PathBuf> {
     dirs::home_dir()
         .map(|h| h.join(".ssh/config"))
         .ok_or_else(|| {
@@ -139,7 +139,7 @@ pub fn default_ssh_config() -> Result<PathBuf> {
 }
 
 /// Local checks that need no network: the config file and alias, the mounts' local dirs.
-pub fn validate_local(settings: &Settings) -> Result<()> {
+pub(crate) fn validate_local(settings: &Settings) -> Result<()> {
     config::require_alias(&settings.ssh_config, &settings.ssh_host_alias)?;
     for mount in &settings.mounts {
         if !Path::new(&mount.local).is_dir() {
@@ -153,7 +153,7 @@ pub fn validate_local(settings: &Settings) -> Result<()> {
 }
 
 /// A remote path setting (`flag` names it) must be absolute, or start at the remote home.
-pub fn require_remote_absolute(path: &str, flag: &str) -> Result<()> {
+pub(crate) fn require_remote_absolute(path: &str, flag: &str) -> Result<()> {
     if path.starts_with('/') || path.starts_with("~/") {
         Ok(())
     } else {

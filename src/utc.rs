@@ -3,18 +3,18 @@
 
 /// A moment in UTC, to the second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UtcTime {
-    pub year: u64,
-    pub month: u64,
-    pub day: u64,
-    pub hour: u64,
-    pub minute: u64,
-    pub second: u64,
+pub(crate) struct UtcTime {
+    pub(crate) year: u64,
+    pub(crate) month: u64,
+    pub(crate) day: u64,
+    pub(crate) hour: u64,
+    pub(crate) minute: u64,
+    pub(crate) second: u64,
 }
 
 impl UtcTime {
     /// The date and time `secs` seconds after the Unix epoch.
-    pub fn from_unix(secs: u64) -> Self {
+    pub(crate) fn from_unix(secs: u64) -> Self {
         let (days, rest) = (secs / 86_400, secs % 86_400);
         // Howard Hinnant's civil_from_days, for days on or after 1970-01-01.
         let z = days + 719_468;

@@ -5,7 +5,7 @@ use crate::cli::AddArgs;
 use crate::error::{Error, Result};
 use crate::jupyter::kernelspec;
 
-pub async fn run(args: AddArgs) -> Result<()> {
+pub(crate) async fn run(args: AddArgs) -> Result<()> {
     let settings = settings::new_settings(&args.spec)?;
     let name = args.kernel_name.clone().unwrap_or_else(|| {
         default_kernel_name(&settings.ssh_host_alias, &settings.remote_kernel_name)

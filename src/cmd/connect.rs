@@ -5,7 +5,7 @@ use crate::cli::ConnectArgs;
 use crate::error::{Error, Result};
 use crate::ssh::{config, Master};
 
-pub async fn run(args: ConnectArgs, ssh_verbose: bool) -> Result<()> {
+pub(crate) async fn run(args: ConnectArgs, ssh_verbose: bool) -> Result<()> {
     let Host {
         ssh,
         ssh_config,

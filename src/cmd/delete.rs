@@ -4,7 +4,7 @@ use crate::cli::DeleteArgs;
 use crate::error::{Error, Result};
 use crate::jupyter::kernelspec;
 
-pub fn run(args: DeleteArgs) -> Result<()> {
+pub(crate) fn run(args: DeleteArgs) -> Result<()> {
     // Check every name before removing any, so that one bad name deletes nothing.
     let mut found = Vec::new();
     for name in &args.names {

@@ -8,7 +8,7 @@ use clap::CommandFactory;
 use crate::cli::Cli;
 use crate::error::{Error, Result};
 
-pub fn completions(shell: clap_complete::Shell) -> Result<()> {
+pub(crate) fn completions(shell: clap_complete::Shell) -> Result<()> {
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "sshpyk", &mut out);
     write_stdout(&out)
@@ -30,7 +30,7 @@ const EXIT_STATUS: [(&str, &str); 9] = [
 /// One page: clap_mangen's for `sshpyk`, then a section per subcommand (and per subcommand of
 /// `mounts`) with its arguments (clap_mangen would refer to separate `sshpyk-add(1)` pages that
 /// nobody installs), then EXIT STATUS.
-pub fn man() -> Result<()> {
+pub(crate) fn man() -> Result<()> {
     let command = Cli::command();
     let mut page = Vec::new();
     clap_mangen::Man::new(command.clone())

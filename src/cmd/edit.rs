@@ -10,7 +10,7 @@ use crate::jupyter::kernelspec::{self, Kernelspec};
 use crate::python_sshpyk;
 use crate::settings::Settings;
 
-pub async fn run(args: EditArgs) -> Result<()> {
+pub(crate) async fn run(args: EditArgs) -> Result<()> {
     let found = kernelspec::find(&args.kernel_name)?;
     let old = current_settings(&found, args.adopt)?;
     let exe = std::env::current_exe().map_err(Error::io("cannot find the sshpyk binary's path"))?;

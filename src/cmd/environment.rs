@@ -7,7 +7,7 @@ use crate::settings::Settings;
 
 /// Applies the environment flags given; `clear_env` empties the variables first. An empty
 /// `--remote-cwd` or `--remote-init` removes the setting.
-pub fn apply(settings: &mut Settings, args: &SpecArgs, clear_env: bool) -> Result<()> {
+pub(crate) fn apply(settings: &mut Settings, args: &SpecArgs, clear_env: bool) -> Result<()> {
     if clear_env {
         settings.remote_env.clear();
     }

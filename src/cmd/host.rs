@@ -7,15 +7,15 @@ use crate::jupyter::kernelspec;
 use crate::settings::default_ssh_config;
 
 /// The ssh client, ssh config file and alias to reach a host with.
-pub struct Host {
-    pub ssh: String,
-    pub ssh_config: PathBuf,
-    pub alias: String,
+pub(crate) struct Host {
+    pub(crate) ssh: String,
+    pub(crate) ssh_config: PathBuf,
+    pub(crate) alias: String,
 }
 
 impl Host {
     /// `alias` in `ssh_config` (default ~/.ssh/config) with `ssh` (default `ssh` on PATH).
-    pub fn given(alias: &str, ssh_config: Option<&Path>, ssh: Option<&str>) -> Result<Host> {
+    pub(crate) fn given(alias: &str, ssh_config: Option<&Path>, ssh: Option<&str>) -> Result<Host> {
         let ssh_config = match ssh_config {
             Some(path) => std::path::absolute(path)
                 .map_err(Error::io(format!("cannot resolve {}", path.display())))?,
@@ -29,7 +29,7 @@ impl Host {
     }
 
     /// The host of the sshpyk kernelspec `name`.
-    pub fn of_kernel(name: &str) -> Result<Host> {
+    pub(crate) fn of_kernel(name: &str) -> Result<Host> {
         let settings = kernelspec::find(name)?.sshpyk_settings("pass the host alias instead")?;
         Ok(Host {
             ssh: settings.ssh,

@@ -11,7 +11,7 @@ use crate::logs::{self, Run};
 /// How often `-f` looks for more.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
-pub async fn run(args: LogsArgs) -> Result<()> {
+pub(crate) async fn run(args: LogsArgs) -> Result<()> {
     let dir = logs::kernel_dir(&args.name)?;
     let runs = logs::runs(&dir);
     let Some(latest) = runs.last() else {

@@ -5,7 +5,7 @@ use crate::cli::MountArgs;
 use crate::error::{Error, Result};
 use crate::mounts::remote_on_local::{self, MountRequest};
 
-pub async fn run(args: MountArgs, ssh_verbose: bool) -> Result<i32> {
+pub(crate) async fn run(args: MountArgs, ssh_verbose: bool) -> Result<i32> {
     if args.umount {
         return remote_on_local::umount(&args.mountpoint, args.lazy)
             .await

@@ -23,7 +23,7 @@ use crate::settings::Settings;
 /// How long a live mount may take: rclone's pre-flight listing and the mount itself.
 const CHANGE_WAIT: Duration = Duration::from_secs(120);
 
-pub async fn run(command: MountsCommand) -> Result<()> {
+pub(crate) async fn run(command: MountsCommand) -> Result<()> {
     match command {
         MountsCommand::Add(args) => add(args).await,
         MountsCommand::List(args) => list(args).await,
@@ -381,7 +381,7 @@ async fn list(args: MountsListArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn mount_line(mount: &MountStatus) -> String {
+pub(crate) fn mount_line(mount: &MountStatus) -> String {
     let kind = match mount.kind {
         MountKind::LocalOnRemote => "local dir",
         MountKind::Cloud => "cloud",

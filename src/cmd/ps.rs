@@ -17,7 +17,7 @@ struct Row {
     uptime_secs: u64,
 }
 
-pub async fn run(args: PsArgs) -> Result<()> {
+pub(crate) async fn run(args: PsArgs) -> Result<()> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -17,7 +17,7 @@ use crate::ssh::Master;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings for `add`: the required flags must be there, the rest take defaults.
-pub fn new_settings(args: &SpecArgs) -> Result<Settings> {
+pub(crate) fn new_settings(args: &SpecArgs) -> Result<Settings> {
     // Every missing flag at once, not one per try.
     let missing: Vec<&str> = [
         (args.ssh_host_alias.is_none(), "--ssh-host-alias ALIAS"),
@@ -54,13 +54,13 @@ pub fn new_settings(args: &SpecArgs) -> Result<Settings> {
 
 /// What `edit` empties before it applies the flags.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Clear {
-    pub mounts: bool,
-    pub remote_env: bool,
+pub(crate) struct Clear {
+    pub(crate) mounts: bool,
+    pub(crate) remote_env: bool,
 }
 
 /// Applies exactly the given flags, after emptying what `clear` says.
-pub fn apply(settings: &mut Settings, args: &SpecArgs, clear: Clear) -> Result<()> {
+pub(crate) fn apply(settings: &mut Settings, args: &SpecArgs, clear: Clear) -> Result<()> {
     if let Some(alias) = &args.ssh_host_alias {
         settings.ssh_host_alias = alias.clone();
     }
@@ -178,7 +178,7 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 
 /// Reads the remote kernelspec over ssh. Remote facts that prove the settings wrong are errors;
 /// a host that cannot be reached now is only a warning (the kernelspec is still useful later).
-pub async fn remote_kernelspec(settings: &Settings) -> Result<Option<RemoteKernelspec>> {
+pub(crate) async fn remote_kernelspec(settings: &Settings) -> Result<Option<RemoteKernelspec>> {
     let master = Master::for_alias(
         &settings.ssh,
         &settings.ssh_config,
@@ -246,7 +246,7 @@ pub async fn remote_kernelspec(settings: &Settings) -> Result<Option<RemoteKerne
 }
 
 /// The kernel.json for these settings. `argv` runs this very binary's launcher.
-pub fn kernel_json(
+pub(crate) fn kernel_json(
     dir: &Path,
     settings: &Settings,
     remote: Option<&RemoteKernelspec>,

@@ -10,26 +10,26 @@ use crate::error::{Error, Result};
 use crate::settings::{Settings, SETTINGS_VERSION};
 
 /// The key under `metadata` that holds our settings; its `version` says how to read them.
-pub const METADATA_KEY: &str = "sshpyk";
+pub(crate) const METADATA_KEY: &str = "sshpyk";
 
 /// A kernel.json, keeping fields we do not know so that editing never loses them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KernelJson {
-    pub argv: Vec<String>,
-    pub display_name: String,
+pub(crate) struct KernelJson {
+    pub(crate) argv: Vec<String>,
+    pub(crate) display_name: String,
     #[serde(default)]
-    pub language: String,
+    pub(crate) language: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interrupt_mode: Option<String>,
+    pub(crate) interrupt_mode: Option<String>,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub metadata: Map<String, Value>,
+    pub(crate) metadata: Map<String, Value>,
     #[serde(flatten)]
-    pub other: Map<String, Value>,
+    pub(crate) other: Map<String, Value>,
 }
 
 impl KernelJson {
     /// Our settings, if sshpyk wrote this kernelspec.
-    pub fn settings(&self) -> Option<Result<Settings>> {
+    pub(crate) fn settings(&self) -> Option<Result<Settings>> {
         let value = self.metadata.get(METADATA_KEY)?;
         Some(
             serde_json::from_value::<Settings>(value.clone())
@@ -47,7 +47,7 @@ impl KernelJson {
         )
     }
 
-    pub fn set_settings(&mut self, settings: &Settings) {
+    pub(crate) fn set_settings(&mut self, settings: &Settings) {
         let value = serde_json::to_value(settings).expect("settings serialize");
         self.metadata.insert(METADATA_KEY.into(), value);
     }
@@ -55,14 +55,14 @@ impl KernelJson {
 
 /// A kernelspec found on disk.
 #[derive(Debug, Clone)]
-pub struct Kernelspec {
-    pub name: String,
-    pub dir: PathBuf,
-    pub spec: KernelJson,
+pub(crate) struct Kernelspec {
+    pub(crate) name: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) spec: KernelJson,
 }
 
 impl Kernelspec {
-    pub fn read(dir: &Path) -> Result<Self> {
+    pub(crate) fn read(dir: &Path) -> Result<Self> {
         let file = dir.join("kernel.json");
         let text = std::fs::read_to_string(&file)
             .map_err(Error::io(format!("cannot read {}", file.display())))?;
@@ -86,7 +86,7 @@ impl Kernelspec {
 
     /// Its sshpyk settings; when sshpyk did not write it, an error naming the kernel and
     /// `instead`, what to do instead.
-    pub fn sshpyk_settings(&self, instead: &str) -> Result<Settings> {
+    pub(crate) fn sshpyk_settings(&self, instead: &str) -> Result<Settings> {
         self.spec.settings().ok_or_else(|| {
             Error::Invalid(format!(
                 "kernel '{}' was not written by sshpyk; {instead}",
@@ -97,7 +97,7 @@ impl Kernelspec {
 }
 
 /// Jupyter allows letters, digits, `.`, `_` and `-` in kernel names.
-pub fn validate_kernel_name(name: &str) -> Result<()> {
+pub(crate) fn validate_kernel_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name
             .chars()
@@ -112,12 +112,12 @@ pub fn validate_kernel_name(name: &str) -> Result<()> {
 }
 
 /// The data dirs in Jupyter's search order (see [`super::paths`]).
-pub fn search_path() -> Result<Vec<PathBuf>> {
+pub(crate) fn search_path() -> Result<Vec<PathBuf>> {
     super::paths::data_dirs()
 }
 
 /// Every kernelspec Jupyter would see, the first of each name winning as in Jupyter.
-pub fn find_all() -> Result<Vec<Kernelspec>> {
+pub(crate) fn find_all() -> Result<Vec<Kernelspec>> {
     let mut found: Vec<Kernelspec> = Vec::new();
     for data_dir in search_path()? {
         let Ok(entries) = std::fs::read_dir(data_dir.join("kernels")) else {
@@ -149,7 +149,7 @@ pub fn find_all() -> Result<Vec<Kernelspec>> {
 }
 
 /// The kernelspec of that name that Jupyter would use.
-pub fn find(name: &str) -> Result<Kernelspec> {
+pub(crate) fn find(name: &str) -> Result<Kernelspec> {
     find_all()?
         .into_iter()
         .find(|k| k.name.eq_ignore_ascii_case(name))
@@ -162,7 +162,12 @@ pub fn find(name: &str) -> Result<Kernelspec> {
 
 /// Writes `<data dir>/kernels/<name>/kernel.json` so that no reader ever sees a half-written
 /// file: a fresh spec is built in a temporary sibling directory and renamed into place.
-pub fn write_new(data_dir: &Path, name: &str, spec: &KernelJson, replace: bool) -> Result<PathBuf> {
+pub(crate) fn write_new(
+    data_dir: &Path,
+    name: &str,
+    spec: &KernelJson,
+    replace: bool,
+) -> Result<PathBuf> {
     let kernels = data_dir.join("kernels");
     std::fs::create_dir_all(&kernels)
         .map_err(Error::io(format!("cannot create {}", kernels.display())))?;
@@ -199,7 +204,7 @@ pub fn write_new(data_dir: &Path, name: &str, spec: &KernelJson, replace: bool) 
 }
 
 /// Rewrites an existing kernel.json atomically (write a sibling, then rename over it).
-pub fn rewrite(dir: &Path, spec: &KernelJson) -> Result<()> {
+pub(crate) fn rewrite(dir: &Path, spec: &KernelJson) -> Result<()> {
     let tmp = tempfile::Builder::new()
         .prefix(".kernel.json.")
         .tempfile_in(dir)

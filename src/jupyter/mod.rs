@@ -9,8 +9,8 @@
 
 pub mod client;
 pub mod connection;
-pub mod kernelspec;
-pub mod paths;
+pub(crate) mod kernelspec;
+pub(crate) mod paths;
 pub mod wire;
 
 pub use client::{ExecuteResult, KernelClient};

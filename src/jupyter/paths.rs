@@ -21,7 +21,7 @@ struct JupyterPaths {
 
 /// The data dirs in Jupyter's search order, without duplicates; our user data dir (where `add`
 /// writes) is always among them.
-pub fn data_dirs() -> Result<Vec<PathBuf>> {
+pub(crate) fn data_dirs() -> Result<Vec<PathBuf>> {
     let user = user_data_dir()?;
     let mut dirs = match ask_jupyter() {
         Some(dirs) => dirs,
@@ -113,7 +113,7 @@ fn run_bounded(command: &mut Command) -> Option<Vec<u8>> {
 
 /// The user's Jupyter data dir, where `add` writes: `$JUPYTER_DATA_DIR`, else the platform
 /// default that jupyter_core uses (not `dirs::data_dir()`, which is wrong on macOS).
-pub fn user_data_dir() -> Result<PathBuf> {
+pub(crate) fn user_data_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("JUPYTER_DATA_DIR").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir));
     }

@@ -53,12 +53,12 @@ pub(super) enum Heard {
 /// What a control request may touch of the running kernel, lent by the launcher for one
 /// request or answer.
 pub(super) struct Kernel<'a> {
-    pub session: &'a SupervisorSession,
-    pub mounts: &'a mut MountTable,
-    pub ready: &'a Ready,
-    pub ssh_host_alias: &'a str,
+    pub(crate) session: &'a SupervisorSession,
+    pub(crate) mounts: &'a mut MountTable,
+    pub(crate) ready: &'a Ready,
+    pub(crate) ssh_host_alias: &'a str,
     /// Since when no session is up; `None` while connected.
-    pub down_since: Option<SystemTime>,
+    pub(crate) down_since: Option<SystemTime>,
 }
 
 impl Kernel<'_> {
@@ -68,7 +68,7 @@ impl Kernel<'_> {
 }
 
 impl Live {
-    pub fn new(kernelspec_dir: PathBuf) -> Live {
+    pub(crate) fn new(kernelspec_dir: PathBuf) -> Live {
         let control = ControlServer::bind()
             .map_err(|e| tracing::warn!("no control socket ({e}); `sshpyk ps` will not list this kernel and its mounts cannot change while it runs"))
             .ok();
@@ -85,12 +85,12 @@ impl Live {
     }
 
     /// Where the session sends answers to cloud requests.
-    pub fn reports_sink(&self) -> mpsc::UnboundedSender<CloudReport> {
+    pub(crate) fn reports_sink(&self) -> mpsc::UnboundedSender<CloudReport> {
         self.reports_tx.clone()
     }
 
     /// The next request or answer. Cancel-safe.
-    pub async fn next(&mut self) -> Heard {
+    pub(crate) async fn next(&mut self) -> Heard {
         let call = async {
             match &mut self.control {
                 Some(server) => server.next().await,
@@ -109,7 +109,7 @@ impl Live {
     }
 
     /// Answers `heard`, with what the launcher lends of the kernel.
-    pub async fn heard(&mut self, heard: Heard, kernel: Kernel<'_>) {
+    pub(crate) async fn heard(&mut self, heard: Heard, kernel: Kernel<'_>) {
         match heard {
             Heard::Call(call) => self.call(call, kernel).await,
             Heard::Cloud(report) => self.cloud_report(report, kernel),

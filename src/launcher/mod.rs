@@ -51,10 +51,10 @@ const MAX_ATTEMPTS: usize = 3;
 /// Budget of one reconnection attempt (slow hosts: ProxyJump, slow authentication).
 const RECONNECT_ATTEMPT: Duration = Duration::from_secs(10);
 
-pub struct LaunchOptions {
-    pub kernelspec_dir: PathBuf,
-    pub connection_file: PathBuf,
-    pub ssh_verbose: bool,
+pub(crate) struct LaunchOptions {
+    pub(crate) kernelspec_dir: PathBuf,
+    pub(crate) connection_file: PathBuf,
+    pub(crate) ssh_verbose: bool,
 }
 
 /// The signals the launcher acts on, registered before any child exists.
@@ -114,7 +114,7 @@ struct Running {
 }
 
 /// Runs one kernel to its end; returns the exit status for the process.
-pub async fn run(opts: LaunchOptions) -> Result<i32> {
+pub(crate) async fn run(opts: LaunchOptions) -> Result<i32> {
     let spec = Kernelspec::read(&opts.kernelspec_dir)?;
     let settings = spec.spec.settings().ok_or_else(|| {
         Error::Invalid(format!(

@@ -27,28 +27,32 @@ pub(super) struct MountTable {
 
 impl MountTable {
     /// `local` made, `cloud` mounted by the supervisor at its start.
-    pub fn new(local: Mounts, cloud: Vec<CloudMount>) -> MountTable {
+    pub(crate) fn new(local: Mounts, cloud: Vec<CloudMount>) -> MountTable {
         MountTable { local, cloud }
     }
 
     /// Whether the kernel has a mount, of either kind, at `remote`.
-    pub fn has(&self, remote: &str) -> bool {
+    pub(crate) fn has(&self, remote: &str) -> bool {
         has_mount_at(remote, self.local.specs(), &self.cloud)
     }
 
     /// Whether the kernel has a cloud mount at `remote`.
-    pub fn has_cloud(&self, remote: &str) -> bool {
+    pub(crate) fn has_cloud(&self, remote: &str) -> bool {
         self.cloud.iter().any(|m| m.remote == remote)
     }
 
     /// Whether only the supervisor can say how some of the mounts are.
-    pub fn any_cloud(&self) -> bool {
+    pub(crate) fn any_cloud(&self) -> bool {
         !self.cloud.is_empty()
     }
 
     /// Every mount as `ps` shows it: local ones as the launcher sees them (unknown while
     /// `reconnecting`), cloud ones from the supervisor's `report` (none: not asked).
-    pub fn statuses(&self, reconnecting: bool, report: Option<&CloudReport>) -> Vec<MountStatus> {
+    pub(crate) fn statuses(
+        &self,
+        reconnecting: bool,
+        report: Option<&CloudReport>,
+    ) -> Vec<MountStatus> {
         let local = self.local.states().into_iter().map(|(spec, up, detail)| {
             let state = match (reconnecting, up) {
                 (true, _) => MountState::Unknown,
@@ -62,23 +66,23 @@ impl MountTable {
     }
 
     /// The supervisor mounted `mount` while the kernel runs.
-    pub fn add_cloud(&mut self, mount: CloudMount) {
+    pub(crate) fn add_cloud(&mut self, mount: CloudMount) {
         self.cloud.push(mount);
     }
 
     /// The supervisor unmounted the cloud mount at `remote`.
-    pub fn remove_cloud(&mut self, remote: &str) {
+    pub(crate) fn remove_cloud(&mut self, remote: &str) {
         self.cloud.retain(|m| m.remote != remote);
     }
 
     /// Ends the local mount at `remote` for good; whether there was one.
-    pub async fn remove_local(&mut self, remote: &str) -> bool {
+    pub(crate) async fn remove_local(&mut self, remote: &str) -> bool {
         self.local.remove(remote).await
     }
 
     /// After a reconnection: the local mounts again (the supervisor, and with it every cloud
     /// mount, outlived the connection).
-    pub async fn remount(
+    pub(crate) async fn remount(
         &mut self,
         master: &Master,
         settings: &MountSettings<'_>,
@@ -88,7 +92,7 @@ impl MountTable {
     }
 
     /// Ends the local mounts; the cloud ones end with the supervisor.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.local.stop().await;
     }
 }

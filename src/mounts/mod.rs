@@ -12,15 +12,15 @@
 //! as a child of the remote supervisor; `remote_on_local` runs the local sshfs.
 
 pub mod cloud_on_remote;
-pub mod local_on_remote;
-pub mod remote_on_local;
+pub(crate) mod local_on_remote;
+pub(crate) mod remote_on_local;
 
 use cloud_on_remote::CloudMount;
 use local_on_remote::MountSpec;
 
 /// Whether a kernel with these mounts has one at the remote path `remote`. A path holds one
 /// mount, a local directory or a cloud store: `sshpyk mounts add` refuses a second.
-pub fn has_mount_at<'a>(
+pub(crate) fn has_mount_at<'a>(
     remote: &str,
     local: impl IntoIterator<Item = &'a MountSpec>,
     cloud: &[CloudMount],

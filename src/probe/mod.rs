@@ -21,14 +21,14 @@ const SCRIPT: &str = include_str!("host.sh");
 /// One way a kernelspec starts its remote python: the python, the init snippet before it, and
 /// the kernel's working directory.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ProbeTarget {
-    pub python: String,
-    pub init: Option<String>,
-    pub cwd: Option<String>,
+pub(crate) struct ProbeTarget {
+    pub(crate) python: String,
+    pub(crate) init: Option<String>,
+    pub(crate) cwd: Option<String>,
 }
 
 impl ProbeTarget {
-    pub fn of(settings: &Settings) -> Self {
+    pub(crate) fn of(settings: &Settings) -> Self {
         ProbeTarget {
             python: settings.remote_python.clone(),
             init: settings.remote_init.clone(),
@@ -38,21 +38,21 @@ impl ProbeTarget {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct RemoteFacts {
-    pub uname: String,
-    pub pythons: BTreeMap<ProbeTarget, PythonProbe>,
+pub(crate) struct RemoteFacts {
+    pub(crate) uname: String,
+    pub(crate) pythons: BTreeMap<ProbeTarget, PythonProbe>,
 }
 
 impl RemoteFacts {
     /// What the python of these settings turned out to be.
-    pub fn python(&self, settings: &Settings) -> Option<&PythonProbe> {
+    pub(crate) fn python(&self, settings: &Settings) -> Option<&PythonProbe> {
         self.pythons.get(&ProbeTarget::of(settings))
     }
 }
 
 /// What one configured remote python turned out to be.
 #[derive(Debug, Clone)]
-pub enum PythonProbe {
+pub(crate) enum PythonProbe {
     Missing,
     /// A directory (an environment given where its interpreter was meant).
     Directory,
@@ -81,47 +81,46 @@ impl PythonProbe {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct PythonFacts {
-    pub python: String,
+pub(crate) struct PythonFacts {
     #[serde(default)]
-    pub version: String,
+    pub(crate) version: String,
     #[serde(default)]
-    pub jupyter_client: Option<String>,
+    pub(crate) jupyter_client: Option<String>,
     #[serde(default)]
-    pub jupyter_client_error: Option<String>,
+    pub(crate) jupyter_client_error: Option<String>,
     #[serde(default)]
-    pub kernels: BTreeMap<String, RemoteKernelspec>,
+    pub(crate) kernels: BTreeMap<String, RemoteKernelspec>,
     #[serde(default)]
-    pub runtime_dir: String,
+    pub(crate) runtime_dir: String,
     #[serde(default)]
-    pub runtime_dir_writable: bool,
+    pub(crate) runtime_dir_writable: bool,
     /// The working directory asked for (`~` expanded), and whether it is a directory.
     #[serde(default)]
-    pub cwd: Option<String>,
+    pub(crate) cwd: Option<String>,
     #[serde(default)]
-    pub cwd_exists: bool,
+    pub(crate) cwd_exists: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct RemoteKernelspec {
+pub(crate) struct RemoteKernelspec {
     #[serde(default)]
-    pub argv: Vec<String>,
+    pub(crate) argv: Vec<String>,
     #[serde(default)]
-    pub display_name: String,
+    pub(crate) display_name: String,
     #[serde(default)]
-    pub language: String,
-    pub interrupt_mode: Option<String>,
+    pub(crate) language: String,
+    pub(crate) interrupt_mode: Option<String>,
 }
 
 impl PythonFacts {
-    pub fn kernel(&self, name: &str) -> Option<&RemoteKernelspec> {
+    pub(crate) fn kernel(&self, name: &str) -> Option<&RemoteKernelspec> {
         self.kernels
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, k)| k)
     }
 
-    pub fn kernel_names(&self) -> String {
+    pub(crate) fn kernel_names(&self) -> String {
         self.kernels.keys().cloned().collect::<Vec<_>>().join(", ")
     }
 }
@@ -129,7 +128,7 @@ impl PythonFacts {
 /// Runs the probe for `targets` over the (already open) master: those without an init snippet
 /// in one session, the others one session each, one after the other (sshd's stock limit of 10
 /// sessions per connection is shared with kernels that run).
-pub async fn probe(master: &Master, targets: &[ProbeTarget]) -> Result<RemoteFacts> {
+pub(crate) async fn probe(master: &Master, targets: &[ProbeTarget]) -> Result<RemoteFacts> {
     let plain: Vec<&ProbeTarget> = targets.iter().filter(|t| t.init.is_none()).collect();
     let mut args = vec![PROBE];
     for target in &plain {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// The Python sshpyk's version when it is installed in the environment this binary is in
 /// (`<prefix>/bin/sshpyk` beside `<prefix>/lib/python*/site-packages/sshpyk-*.dist-info`).
-pub fn python_sshpyk_beside(exe: &Path) -> Option<(PathBuf, String)> {
+pub(crate) fn python_sshpyk_beside(exe: &Path) -> Option<(PathBuf, String)> {
     let prefix = exe.parent()?.parent()?;
     let lib = std::fs::read_dir(prefix.join("lib")).ok()?;
     lib.flatten()
@@ -24,7 +24,7 @@ pub fn python_sshpyk_beside(exe: &Path) -> Option<(PathBuf, String)> {
 }
 
 /// Says (on stderr) that the Python sshpyk shares this binary's environment, and what that means.
-pub fn notice_python_sshpyk() {
+pub(crate) fn notice_python_sshpyk() {
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
@@ -41,7 +41,7 @@ pub fn notice_python_sshpyk() {
 
 /// Is `launcher` (a kernel.json's argv[0]) the Python sshpyk's `sshpyk` command, installed
 /// over ours? (pip's script for it imports `sshpyk.cli`.)
-pub fn replaced_by_python_sshpyk(launcher: &Path) -> bool {
+pub(crate) fn replaced_by_python_sshpyk(launcher: &Path) -> bool {
     let mut head = [0u8; 512];
     let Ok(read) =
         std::fs::File::open(launcher).and_then(|mut f| std::io::Read::read(&mut f, &mut head))

@@ -23,29 +23,29 @@ struct Provisioner {
 
 /// The Python sshpyk's settings (its `add` flags), as its kernel.json stores them.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct PythonSettings {
+pub(crate) struct PythonSettings {
     #[serde(default)]
-    pub ssh: Option<String>,
+    pub(crate) ssh: Option<String>,
     #[serde(default)]
-    pub ssh_host_alias: Option<String>,
+    pub(crate) ssh_host_alias: Option<String>,
     #[serde(default)]
-    pub remote_python: Option<String>,
+    pub(crate) remote_python: Option<String>,
     #[serde(default)]
-    pub remote_kernel_name: Option<String>,
+    pub(crate) remote_kernel_name: Option<String>,
     #[serde(default)]
-    pub ssh_config: Option<String>,
+    pub(crate) ssh_config: Option<String>,
     #[serde(default)]
-    pub launch_timeout: Option<f64>,
+    pub(crate) launch_timeout: Option<f64>,
     #[serde(default)]
-    pub shutdown_timeout: Option<f64>,
+    pub(crate) shutdown_timeout: Option<f64>,
     #[serde(default)]
-    pub remote_pythonhome: Option<String>,
+    pub(crate) remote_pythonhome: Option<String>,
     #[serde(default)]
-    pub remote_kernel_pythonhome: Option<String>,
+    pub(crate) remote_kernel_pythonhome: Option<String>,
 }
 
 /// The Python sshpyk's settings when it wrote this kernel.json.
-pub fn settings_of(spec: &KernelJson) -> Option<PythonSettings> {
+pub(crate) fn settings_of(spec: &KernelJson) -> Option<PythonSettings> {
     let value = spec.metadata.get("kernel_provisioner")?;
     let provisioner = Provisioner::deserialize(value).ok()?;
     (provisioner.provisioner_name == PROVISIONER_NAME).then_some(provisioner.config)
@@ -53,13 +53,13 @@ pub fn settings_of(spec: &KernelJson) -> Option<PythonSettings> {
 
 /// Remove the Python sshpyk's own settings once adopted (Jupyter would otherwise still pick its
 /// provisioner, which runs the Python sshpyk instead of our argv).
-pub fn forget(spec: &mut KernelJson) {
+pub(crate) fn forget(spec: &mut KernelJson) {
     spec.metadata.remove("kernel_provisioner");
 }
 
 impl PythonSettings {
     /// One line for `list`: what it runs.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         format!(
             "ssh {} → {} kernel '{}'",
             self.ssh_host_alias.as_deref().unwrap_or("?"),
@@ -70,7 +70,10 @@ impl PythonSettings {
 
     /// Our settings for the same kernel (alias, remote python and kernel, ssh client and config,
     /// timeouts), the rest taken from `defaults`; the error names the setting it lacks.
-    pub fn to_settings(&self, defaults: Settings) -> std::result::Result<Settings, &'static str> {
+    pub(crate) fn to_settings(
+        &self,
+        defaults: Settings,
+    ) -> std::result::Result<Settings, &'static str> {
         let ssh_config = match self.ssh_config.as_deref() {
             Some(path) if !path.is_empty() => expand_home(path),
             // It then let ssh use its default config file.
@@ -97,7 +100,7 @@ impl PythonSettings {
     }
 
     /// Its settings that ours cannot carry over.
-    pub fn dropped(&self) -> Vec<&'static str> {
+    pub(crate) fn dropped(&self) -> Vec<&'static str> {
         let mut dropped = Vec::new();
         if self.remote_pythonhome.is_some() {
             dropped.push("remote_pythonhome");

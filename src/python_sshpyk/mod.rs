@@ -2,7 +2,7 @@
 //! recognises and `edit --adopt` turns into ours ([`kernelspec`]), and living beside it in one
 //! environment ([`coexistence`]).
 
-pub mod coexistence;
+pub(crate) mod coexistence;
 mod kernelspec;
 
-pub use kernelspec::{forget, settings_of};
+pub(crate) use kernelspec::{forget, settings_of};

@@ -42,18 +42,18 @@ const RELAY: &str = concat!(
     include_str!("slurm_relay.py")
 );
 /// The Slurm commands sshpyk runs on the login node.
-pub const COMMANDS: [&str; 4] = ["sbatch", "srun", "squeue", "scancel"];
+pub(crate) const COMMANDS: [&str; 4] = ["sbatch", "srun", "squeue", "scancel"];
 /// The allocation one kernel start asks for.
 #[derive(Debug, Clone)]
-pub struct Allocation {
-    pub job_name: String,
-    pub settings: SlurmSettings,
+pub(crate) struct Allocation {
+    pub(crate) job_name: String,
+    pub(crate) settings: SlurmSettings,
 }
 
 impl Allocation {
     /// Named after the kernel: Jupyter's kernel id, from its connection file
     /// (`kernel-<id>.json`), which a restart keeps.
-    pub fn for_kernel(settings: &SlurmSettings, connection_file: &Path) -> Self {
+    pub(crate) fn for_kernel(settings: &SlurmSettings, connection_file: &Path) -> Self {
         Allocation {
             job_name: format!("sshpyk-{}", kernel_id(connection_file)),
             settings: settings.clone(),
@@ -63,7 +63,7 @@ impl Allocation {
     /// The login node's command line: allocate or adopt, then run `command` (a remote command
     /// line for a POSIX sh) as a job step under the relay, which runs in `python` when the
     /// login node has it (else in python3).
-    pub fn command(&self, command: &str, python: &str) -> String {
+    pub(crate) fn command(&self, command: &str, python: &str) -> String {
         let grace = self.settings.grace.ceil().max(1.0) as u64;
         let keeper = KEEPER.replace("@GRACE@", &grace.to_string());
         sh_command(
@@ -99,7 +99,7 @@ fn kernel_id(connection_file: &Path) -> String {
 
 /// A line `slurm.sh` printed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SlurmEvent {
+pub(crate) enum SlurmEvent {
     Submitted {
         job: String,
     },
@@ -131,7 +131,7 @@ pub enum SlurmEvent {
 }
 
 impl SlurmEvent {
-    pub fn parse(line: &str) -> Option<SlurmEvent> {
+    pub(crate) fn parse(line: &str) -> Option<SlurmEvent> {
         let rest = line.strip_prefix("sshpyk-slurm ")?;
         let mut words = rest.splitn(3, ' ');
         let kind = words.next()?;
@@ -165,30 +165,30 @@ impl SlurmEvent {
 /// The relay that holds a Slurm kernel's step on the login node: a new session reaches the
 /// supervisor through its Unix `socket`, handed over by `python` running `attach.py`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Relay {
-    pub socket: String,
-    pub python: String,
+pub(crate) struct Relay {
+    pub(crate) socket: String,
+    pub(crate) python: String,
 }
 
 /// Where a Slurm kernel runs: its job and the node (`sshpyk ps` shows them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Placement {
-    pub job_id: String,
-    pub node: String,
+pub(crate) struct Placement {
+    pub(crate) job_id: String,
+    pub(crate) node: String,
 }
 
 /// Follows a start's Slurm lines: logs the phases, turns failures into errors, and remembers a
 /// job this start submitted (to cancel it if the start fails) and where the job runs.
 #[derive(Debug, Default)]
-pub struct Watch {
-    pub submitted: Option<String>,
-    pub placement: Option<Placement>,
-    pub relay: Option<Relay>,
+pub(crate) struct Watch {
+    pub(crate) submitted: Option<String>,
+    pub(crate) placement: Option<Placement>,
+    pub(crate) relay: Option<Relay>,
 }
 
 impl Watch {
     /// `Err` when the allocation failed.
-    pub fn on(&mut self, event: SlurmEvent, alias: &str) -> Result<()> {
+    pub(crate) fn on(&mut self, event: SlurmEvent, alias: &str) -> Result<()> {
         match event {
             SlurmEvent::Submitted { job } => {
                 tracing::info!("slurm job {job} submitted on '{alias}'");
@@ -228,7 +228,7 @@ impl Watch {
 }
 
 /// Cancels `job` (a start failed after submitting it); best effort, bounded.
-pub async fn cancel(master: &Master, job: &str) {
+pub(crate) async fn cancel(master: &Master, job: &str) {
     let args = [job];
     let cancel = run_sh(master, r#"scancel "$1""#, &args);
     match tokio::time::timeout(std::time::Duration::from_secs(5), cancel).await {
@@ -241,20 +241,20 @@ pub async fn cancel(master: &Master, job: &str) {
 
 /// Each of [`COMMANDS`] and where the login node has it (`None`: not on the PATH that a
 /// kernel's start has there).
-pub type LoginNodeCommands = Vec<(&'static str, Option<String>)>;
+pub(crate) type LoginNodeCommands = Vec<(&'static str, Option<String>)>;
 
 /// What the starts of Slurm kernels need on the login node.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoginNode {
-    pub commands: LoginNodeCommands,
+pub(crate) struct LoginNode {
+    pub(crate) commands: LoginNodeCommands,
     /// Each kernel python asked about, and the python that would run its relay there (`None`:
     /// neither it nor python3 is there).
-    pub relay_pythons: Vec<(String, Option<String>)>,
+    pub(crate) relay_pythons: Vec<(String, Option<String>)>,
 }
 
 /// Looks for [`COMMANDS`] and the relay's python for each of `pythons` (kernels' remote
 /// pythons) on the login node, in a session like the one that starts kernels.
-pub async fn login_node(master: &Master, pythons: &[String]) -> Result<LoginNode> {
+pub(crate) async fn login_node(master: &Master, pythons: &[String]) -> Result<LoginNode> {
     let mut args: Vec<&str> = COMMANDS.to_vec();
     args.push("--");
     args.extend(pythons.iter().map(String::as_str));

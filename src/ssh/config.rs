@@ -12,7 +12,7 @@ use ssh2_config::{ParseRule, SshConfig};
 use crate::error::{Error, Result};
 
 /// The concrete `Host` aliases declared in a config file (patterns and negations excluded).
-pub fn declared_aliases(config: &Path) -> Result<Vec<String>> {
+pub(crate) fn declared_aliases(config: &Path) -> Result<Vec<String>> {
     let file = std::fs::File::open(config).map_err(|e| {
         Error::Invalid(format!(
             "ssh config file {} cannot be read ({e}); create it or pass --ssh-config FILE",
@@ -42,7 +42,7 @@ pub fn declared_aliases(config: &Path) -> Result<Vec<String>> {
 }
 
 /// Fails with the fix when `alias` is not a `Host` of `config`.
-pub fn require_alias(config: &Path, alias: &str) -> Result<()> {
+pub(crate) fn require_alias(config: &Path, alias: &str) -> Result<()> {
     if declared_aliases(config)?.iter().any(|a| a == alias) {
         Ok(())
     } else {
@@ -55,17 +55,17 @@ pub fn require_alias(config: &Path, alias: &str) -> Result<()> {
 
 /// The effective settings of `ssh -G`: lowercase keys, multi-valued keys keep every value.
 #[derive(Debug, Clone, Default)]
-pub struct EffectiveConfig {
+pub(crate) struct EffectiveConfig {
     values: BTreeMap<String, Vec<String>>,
 }
 
 impl EffectiveConfig {
-    pub async fn query(ssh: &str, config: &Path, alias: &str) -> Result<Self> {
+    pub(crate) async fn query(ssh: &str, config: &Path, alias: &str) -> Result<Self> {
         Self::query_with(ssh, config, alias, &[]).await
     }
 
     /// `ssh -G` with extra `-o` options (which take precedence over the config file).
-    pub async fn query_with(
+    pub(crate) async fn query_with(
         ssh: &str,
         config: &Path,
         alias: &str,
@@ -96,7 +96,7 @@ impl EffectiveConfig {
         Ok(Self::parse(&String::from_utf8_lossy(&output.stdout)))
     }
 
-    pub fn parse(text: &str) -> Self {
+    pub(crate) fn parse(text: &str) -> Self {
         let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for line in text.lines() {
             if let Some((key, value)) = line.split_once(' ') {
@@ -109,25 +109,25 @@ impl EffectiveConfig {
         EffectiveConfig { values }
     }
 
-    pub fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.values
             .get(key)
             .and_then(|v| v.first())
             .map(String::as_str)
     }
 
-    pub fn all(&self, key: &str) -> &[String] {
+    pub(crate) fn all(&self, key: &str) -> &[String] {
         self.values.get(key).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// The ControlPath the user configured, if any (`ssh -G` prints `none` when unset).
-    pub fn control_path(&self) -> Option<&str> {
+    pub(crate) fn control_path(&self) -> Option<&str> {
         self.get("controlpath").filter(|p| *p != "none")
     }
 }
 
 /// The error for an ssh binary that cannot be started.
-pub fn spawn_error(ssh: &str, e: std::io::Error) -> Error {
+pub(crate) fn spawn_error(ssh: &str, e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::NotFound {
         Error::Invalid(format!(
             "ssh client '{ssh}' not found; install OpenSSH or pass --ssh PATH"
@@ -137,7 +137,7 @@ pub fn spawn_error(ssh: &str, e: std::io::Error) -> Error {
     }
 }
 
-pub fn last_message(text: &str) -> &str {
+pub(crate) fn last_message(text: &str) -> &str {
     text.lines()
         .map(str::trim)
         .rfind(|l| !l.is_empty() && !l.starts_with("debug"))

@@ -27,7 +27,7 @@ const SHOWN_LINES: usize = 5;
 
 /// The remote command line: a login shell that runs `snippet`, then the POSIX sh `then` with
 /// `args` as `$1...` (it execs the python).
-pub fn command(snippet: &str, then: &str, args: &[&str]) -> String {
+pub(crate) fn command(snippet: &str, then: &str, args: &[&str]) -> String {
     let script = format!("{}{then}", WRAPPER.replace("@SNIPPET@", snippet));
     let mut words = vec![script.as_str()];
     words.extend_from_slice(args);
@@ -36,7 +36,7 @@ pub fn command(snippet: &str, then: &str, args: &[&str]) -> String {
 
 /// How a snippet went, from the lines the remote printed before the supervisor's marker.
 #[derive(Debug, Default)]
-pub struct InitWatch {
+pub(crate) struct InitWatch {
     began: bool,
     done: bool,
     tail: VecDeque<String>,
@@ -44,14 +44,14 @@ pub struct InitWatch {
 
 /// The snippet failed: its exit status (`None` when the shell ended without one) and last lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InitFailure {
-    pub status: Option<u32>,
-    pub tail: Vec<String>,
+pub(crate) struct InitFailure {
+    pub(crate) status: Option<u32>,
+    pub(crate) tail: Vec<String>,
 }
 
 impl InitWatch {
     /// Takes one output line (without its newline); `Some` when it says the snippet failed.
-    pub fn line(&mut self, line: &str) -> Option<InitFailure> {
+    pub(crate) fn line(&mut self, line: &str) -> Option<InitFailure> {
         if line == BEGIN {
             self.began = true;
         } else if line == OK {
@@ -70,7 +70,7 @@ impl InitWatch {
 
     /// The output ended with `status`: a failure when the snippet ran and never finished (it
     /// called `exit`, or the shell stopped at a syntax error).
-    pub fn ended(&mut self, status: Option<u32>) -> Option<InitFailure> {
+    pub(crate) fn ended(&mut self, status: Option<u32>) -> Option<InitFailure> {
         (self.began && !self.done).then(|| self.failure(status))
     }
 
@@ -84,7 +84,7 @@ impl InitWatch {
 
 impl InitFailure {
     /// One line: what failed, how, its last output lines, and the fix.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let status = match self.status {
             Some(code) => format!("exit status {code}"),
             None => "no exit status".to_string(),
@@ -104,7 +104,7 @@ impl InitFailure {
         format!("the remote init snippet failed ({status}; {output})")
     }
 
-    pub fn error(&self, alias: &str) -> Error {
+    pub(crate) fn error(&self, alias: &str) -> Error {
         Error::Remote(format!(
             "{} on '{alias}'; fix it with `sshpyk edit --remote-init SNIPPET`",
             self.describe()

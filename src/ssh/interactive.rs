@@ -12,7 +12,7 @@ use crate::ssh::shell::shell_quote;
 /// The command that opens `alias`'s connection interactively, as the user types it: named in
 /// every error that authentication needing a human causes (launch, `list`, mounts). The config
 /// file and ssh client appear only when they are not the defaults.
-pub fn connect_hint(alias: &str, ssh_config: &Path, ssh: &str) -> String {
+pub(crate) fn connect_hint(alias: &str, ssh_config: &Path, ssh: &str) -> String {
     let mut hint = format!("sshpyk connect {}", word(alias));
     let default_config = dirs::home_dir().map(|h| h.join(".ssh/config"));
     if default_config.as_deref() != Some(ssh_config) {
@@ -43,7 +43,7 @@ fn word(text: &str) -> String {
 impl Master {
     /// Opens the master with ssh talking to the user's terminal, and returns once it is up (ssh
     /// backgrounds itself after authentication). Nothing to do when one is up already: `false`.
-    pub async fn open_interactively(&self) -> Result<bool> {
+    pub(crate) async fn open_interactively(&self) -> Result<bool> {
         self.check_owner()?;
         if self.is_up().await {
             return Ok(false);
@@ -82,7 +82,7 @@ impl Master {
     }
 
     /// Closes the master (`ssh -O exit`); `false` when none was up.
-    pub async fn close(&self) -> Result<bool> {
+    pub(crate) async fn close(&self) -> Result<bool> {
         if !self.is_up().await {
             return Ok(false);
         }

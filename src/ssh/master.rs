@@ -25,7 +25,7 @@ const FRESH_PERSIST: &str = "60";
 const MAX_CONNECTIONS: u32 = 8;
 
 #[derive(Debug, Clone)]
-pub struct Master {
+pub(crate) struct Master {
     ssh: String,
     config: PathBuf,
     alias: String,
@@ -43,7 +43,7 @@ pub struct Master {
 impl Master {
     /// Reads the effective config; where it sets no ControlPath, uses a private one in the
     /// 0700 runtime dir.
-    pub async fn for_alias(
+    pub(crate) async fn for_alias(
         ssh: &str,
         config: &Path,
         alias: &str,
@@ -89,32 +89,32 @@ impl Master {
         })
     }
 
-    pub fn alias(&self) -> &str {
+    pub(crate) fn alias(&self) -> &str {
         &self.alias
     }
 
     /// The ssh client this master is opened with.
-    pub fn ssh_program(&self) -> &str {
+    pub(crate) fn ssh_program(&self) -> &str {
         &self.ssh
     }
 
     /// The master's control socket, for channels opened with the mux protocol ([`super::mux`]).
-    pub fn control_socket(&self) -> &Path {
+    pub(crate) fn control_socket(&self) -> &Path {
         &self.control_socket
     }
 
     /// The ControlPath as ssh takes it in `-o ControlPath=...` (quoted, `%` of literal text
     /// doubled).
-    pub fn control_path(&self) -> &str {
+    pub(crate) fn control_path(&self) -> &str {
         &self.control_path
     }
 
-    pub fn effective(&self) -> &EffectiveConfig {
+    pub(crate) fn effective(&self) -> &EffectiveConfig {
         &self.effective
     }
 
     /// An ssh command that rides the master (and never becomes one, never prompts).
-    pub fn command(&self) -> Command {
+    pub(crate) fn command(&self) -> Command {
         let mut cmd = Command::new(&self.ssh);
         cmd.arg("-F").arg(&self.config);
         cmd.args([
@@ -137,7 +137,7 @@ impl Master {
 
     /// Whether a master of ours is up. One of another user's (a ControlPath in a shared dir)
     /// never is: ssh's own client would hand it our sessions.
-    pub async fn is_up(&self) -> bool {
+    pub(crate) async fn is_up(&self) -> bool {
         if let Err(e) = self.check_owner() {
             tracing::warn!("{e}");
             return false;
@@ -158,7 +158,7 @@ impl Master {
     }
 
     /// Makes sure a master is up, opening one if needed, before `deadline`.
-    pub async fn ensure(&self, deadline: Instant) -> Result<()> {
+    pub(crate) async fn ensure(&self, deadline: Instant) -> Result<()> {
         let budget = deadline.saturating_duration_since(Instant::now());
         let _lock = self.lock(deadline, budget).await?;
         self.check_owner()?;
@@ -195,14 +195,14 @@ impl Master {
     /// The `n`th extra connection to this host, shared by every launcher, for when the server
     /// refuses one more session on the ones before (sshd's `MaxSessions`). Open it with
     /// [`Master::ensure`].
-    pub fn extra_connection(&self, n: u32) -> Master {
+    pub(crate) fn extra_connection(&self, n: u32) -> Master {
         self.sibling(&format!("cm-{:016x}-{n}", self.host_hash()), &self.persist)
     }
 
     /// A new connection of this launcher's own, raced against a connection that stopped
     /// answering. It lingers [`FRESH_PERSIST`] after its last client (so it never outlives
     /// the launcher by more, and closes the launcher's channels when the launcher dies).
-    pub async fn open_fresh(&self, deadline: Instant) -> Result<Master> {
+    pub(crate) async fn open_fresh(&self, deadline: Instant) -> Result<Master> {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let fresh = self.sibling(&format!("rc-{}-{n}", std::process::id()), FRESH_PERSIST);
@@ -216,7 +216,7 @@ impl Master {
 
     /// A session running `command` on the remote through this master's mux protocol, with the
     /// given stdio (no `ssh` process: the master closes it when we drop the channel or die).
-    pub async fn open_session(
+    pub(crate) async fn open_session(
         &self,
         command: &str,
         stdin: OwnedFd,
@@ -334,7 +334,7 @@ impl Master {
     }
 
     /// The ControlPersist this master is opened with.
-    pub fn persist(&self) -> &str {
+    pub(crate) fn persist(&self) -> &str {
         &self.persist
     }
 
@@ -363,7 +363,7 @@ impl Master {
     }
 
     /// The command a user runs once to open the connection by hand (password, OTP, FIDO touch).
-    pub fn connect_hint(&self) -> String {
+    pub(crate) fn connect_hint(&self) -> String {
         super::connect_hint(&self.alias, &self.config, &self.ssh)
     }
 
@@ -449,7 +449,7 @@ impl Master {
 /// A session the master of `alias` did not open ([`Master::open_session`]).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open a session to '{alias}' through its ssh connection: {source}")]
-pub struct OpenSessionError {
+pub(crate) struct OpenSessionError {
     alias: String,
     source: MuxError,
 }
@@ -478,7 +478,7 @@ fn control_path_option(literal: &str, tokens: &str) -> String {
 /// more session there (sshd's `MaxSessions`: many kernels, or the user's own sessions on a shared
 /// ControlPath), runs it again on the host's next connection, opening it if needed. Says so once
 /// per process.
-pub async fn retry_on_session_refused<T, F, Fut>(
+pub(crate) async fn retry_on_session_refused<T, F, Fut>(
     master: &Master,
     deadline: Instant,
     mut open: F,

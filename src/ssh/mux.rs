@@ -42,7 +42,7 @@ const REFUSED_BY_PEER: &str = "refused by peer";
 
 /// Why the master did not give us a channel, or the channel failed.
 #[derive(Debug, thiserror::Error)]
-pub enum MuxError {
+pub(crate) enum MuxError {
     /// Nothing answers at the control socket.
     #[error("cannot reach the ControlMaster at {}: {source}", socket.display())]
     Unreachable { socket: PathBuf, source: io::Error },
@@ -79,7 +79,7 @@ impl MuxError {
 /// One session channel through the master. Dropping it closes the control connection, and the
 /// master then closes the channel.
 #[derive(Debug)]
-pub struct MuxChannel {
+pub(crate) struct MuxChannel {
     control: UnixStream,
     /// Bytes read from the control connection and not yet parsed (reads stay cancel-safe).
     pending: Vec<u8>,
@@ -90,7 +90,7 @@ pub struct MuxChannel {
 
 impl MuxChannel {
     /// Runs `command` on the remote host (no tty, no forwarding) with the given stdio.
-    pub async fn session(
+    pub(crate) async fn session(
         control_path: &Path,
         command: &str,
         stdin: OwnedFd,
@@ -179,7 +179,7 @@ impl MuxChannel {
 
     /// The remote command's exit status, once the channel ended; `None` when the master closed
     /// the channel without one (the connection lost, the command killed by a signal). Cancel-safe.
-    pub async fn exit_status(&mut self) -> Result<Option<u32>, MuxError> {
+    pub(crate) async fn exit_status(&mut self) -> Result<Option<u32>, MuxError> {
         if let Some(ended) = self.ended {
             return Ok(ended);
         }

@@ -31,21 +31,21 @@ pub(crate) fn python_command(python: &str, args: &[&str], init: Option<&str>) ->
 const COMMAND_OUTPUT: usize = 16 << 20;
 
 /// What a remote command printed, and its exit status (`None`: killed, or the connection lost).
-pub struct Output {
-    pub status: Option<u32>,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
+pub(crate) struct Output {
+    pub(crate) status: Option<u32>,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: Vec<u8>,
 }
 
 impl Output {
-    pub fn success(&self) -> bool {
+    pub(crate) fn success(&self) -> bool {
         self.status == Some(0)
     }
 }
 
 /// Runs a POSIX sh `script` with `args` on the remote in a session of the master, and collects
 /// its output.
-pub async fn run_sh(master: &Master, script: &str, args: &[&str]) -> Result<Output> {
+pub(crate) async fn run_sh(master: &Master, script: &str, args: &[&str]) -> Result<Output> {
     run_command(master, &sh_command(script, args)).await
 }
 
@@ -80,7 +80,7 @@ pub(crate) async fn run_command(master: &Master, command: &str) -> Result<Output
 /// quotes in fish, `!` in csh): so the real command is sent as plain single-quoted words that
 /// every one of them passes on untouched, with each byte any of them treats specially written
 /// as an octal escape, and decoded by sh's own `printf %b`.
-pub fn sh_command(script: &str, args: &[&str]) -> String {
+pub(crate) fn sh_command(script: &str, args: &[&str]) -> String {
     let mut line = format!("exec sh -c {} sshpyk", shell_quote(script));
     for arg in args {
         line.push(' ');
@@ -125,7 +125,7 @@ fn any_shell_command(line: &str) -> String {
 }
 
 /// Quotes one word for a POSIX shell.
-pub fn shell_quote(word: &str) -> String {
+pub(crate) fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r#"'\''"#))
 }
 

@@ -26,7 +26,7 @@ use crate::jupyter::connection::Channel;
 const WRITE_BATCH: usize = 256 * 1024;
 
 #[derive(Clone)]
-pub struct Link {
+pub(crate) struct Link {
     shared: Arc<Shared>,
 }
 
@@ -108,7 +108,7 @@ impl State {
 }
 
 /// The tasks of one wire; dropping them ends it.
-pub struct WireTasks {
+pub(crate) struct WireTasks {
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
     ended: watch::Receiver<bool>,
@@ -116,7 +116,7 @@ pub struct WireTasks {
 
 impl WireTasks {
     /// Resolves once the session's frames have ended (EOF, an error, or a violation).
-    pub async fn ended(&self) {
+    pub(crate) async fn ended(&self) {
         let mut ended = self.ended.clone();
         let _ = ended.wait_for(|e| *e).await;
     }
@@ -136,7 +136,7 @@ impl Default for Link {
 }
 
 impl Link {
-    pub fn new() -> Link {
+    pub(crate) fn new() -> Link {
         let (reports_tx, reports) = mpsc::unbounded_channel();
         Link {
             shared: Arc::new(Shared {
@@ -158,7 +158,7 @@ impl Link {
 
     /// The first request of a new supervisor, encoded for the session's preface: it counts as
     /// sent, so that it is never sent twice.
-    pub fn first_request(&self, request: &SupervisorRequest) -> Vec<u8> {
+    pub(crate) fn first_request(&self, request: &SupervisorRequest) -> Vec<u8> {
         let json = serde_json::to_vec(request).expect("requests serialise");
         let mut frame = Vec::new();
         Frame::Message(json.clone()).encode_into(&mut frame);
@@ -167,7 +167,7 @@ impl Link {
     }
 
     /// Carries frames over a new supervisor's session (nothing to resume).
-    pub fn connect<R, W>(&self, from_remote: R, to_remote: W) -> WireTasks
+    pub(crate) fn connect<R, W>(&self, from_remote: R, to_remote: W) -> WireTasks
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
@@ -180,7 +180,7 @@ impl Link {
     /// Carries frames over a new session to a running supervisor, which received what `peer`
     /// says and saw streams opened up to `last_open`: tells it how far we received, resends
     /// everything it lacks, and forgets the streams it closed.
-    pub fn resume<R, W>(
+    pub(crate) fn resume<R, W>(
         &self,
         from_remote: R,
         to_remote: W,
@@ -274,7 +274,7 @@ impl Link {
     }
 
     /// Sends a request now, or with the next session when none is up.
-    pub fn request(&self, request: &SupervisorRequest) {
+    pub(crate) fn request(&self, request: &SupervisorRequest) {
         let json = serde_json::to_vec(request).expect("requests serialise");
         let mut state = self.state();
         if state.requests.in_flight() + json.len() as u64 > WINDOW {
@@ -286,13 +286,13 @@ impl Link {
     }
 
     /// Sends a notice if a session is up (a notice is never kept for later).
-    pub fn notice(&self, notice: &LauncherNotice) {
+    pub(crate) fn notice(&self, notice: &LauncherNotice) {
         let json = serde_json::to_vec(notice).expect("notices serialise");
         State::send(&self.state().wire, Frame::Notice(json));
     }
 
     /// The next report of the supervisor, from whichever session brought it. Cancel-safe.
-    pub async fn next_report(&self) -> Option<Report> {
+    pub(crate) async fn next_report(&self) -> Option<Report> {
         self.shared.reports.lock().await.recv().await
     }
 
@@ -306,7 +306,7 @@ impl Link {
     }
 
     /// When the remote last sent anything (a pong, output, stream bytes).
-    pub fn last_heard(&self) -> Instant {
+    pub(crate) fn last_heard(&self) -> Instant {
         *self
             .shared
             .last_heard
@@ -316,7 +316,7 @@ impl Link {
 
     /// A new stream to the kernel's `channel`, and the bytes the kernel sends on it (they end
     /// when the remote closes the stream). Opened now, or with the next session.
-    pub fn open(&self, channel: Channel) -> (Stream, mpsc::UnboundedReceiver<Vec<u8>>) {
+    pub(crate) fn open(&self, channel: Channel) -> (Stream, mpsc::UnboundedReceiver<Vec<u8>>) {
         let (to_client, from_remote) = mpsc::unbounded_channel();
         let (acked_tx, acked) = watch::channel(0);
         let mut state = self.state();
@@ -440,7 +440,7 @@ impl Link {
 }
 
 /// One client connection's share of the link. Dropping it closes the stream.
-pub struct Stream {
+pub(crate) struct Stream {
     id: u32,
     link: Link,
     acked: watch::Receiver<u64>,
@@ -449,7 +449,7 @@ pub struct Stream {
 impl Stream {
     /// Sends client bytes (at most a window's worth at a time), once the window allows, now or
     /// with the next session; `false` when the stream is over.
-    pub async fn send(&self, bytes: &[u8]) -> bool {
+    pub(crate) async fn send(&self, bytes: &[u8]) -> bool {
         let mut acked = self.acked.clone();
         loop {
             {
@@ -478,7 +478,7 @@ impl Stream {
     }
 
     /// Counts `bytes` written to the client; acknowledged in batches.
-    pub fn written(&self, bytes: usize) {
+    pub(crate) fn written(&self, bytes: usize) {
         let mut state = self.link.state();
         let State { streams, wire, .. } = &mut *state;
         if let Some(s) = streams.get_mut(&self.id) {

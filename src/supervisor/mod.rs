@@ -6,9 +6,9 @@
 
 mod link;
 mod output;
-pub mod protocol;
+pub(crate) mod protocol;
 mod session;
 
-pub use link::{Link, Stream};
-pub use protocol::{EndReason, Endpoint, Exit, InterruptMode, Ready};
-pub use session::{AttachPoint, SessionEvent, StartRequest, SupervisorSession};
+pub(crate) use link::Link;
+pub(crate) use protocol::{EndReason, Exit, InterruptMode, Ready};
+pub(crate) use session::{SessionEvent, StartRequest, SupervisorSession};

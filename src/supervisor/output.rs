@@ -7,7 +7,7 @@
 use std::io::Write;
 
 /// Prints `text` on stderr, made safe for a terminal; errors are ignored.
-pub fn print(text: &str) {
+pub(crate) fn print(text: &str) {
     let _ = std::io::stderr()
         .lock()
         .write_all(terminal_safe(text).as_bytes());

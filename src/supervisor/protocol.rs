@@ -50,29 +50,29 @@
 //! and conda notices): the supervisor first writes [`MARKER`] on a line of its own and the
 //! launcher ignores everything before it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
 use crate::jupyter::connection::Channel;
 /// Built with the cloud mounts, which read and render their secrets; carried as it is.
-pub use crate::mounts::cloud_on_remote::CloudMountRequest;
+pub(crate) use crate::mounts::cloud_on_remote::CloudMountRequest;
 
 /// The line that starts the framed stream.
-pub const MARKER: &str = "sshpyk-frames-2";
+pub(crate) const MARKER: &str = "sshpyk-frames-2";
 /// Bytes one direction of a stream may have unacknowledged. At 50 ms of round trip, 4 MiB
 /// less an ack batch in flight allows ~70 MB/s per stream (window / RTT); on a LAN it changes
 /// nothing.
-pub const WINDOW: u64 = 4 << 20;
+pub(crate) const WINDOW: u64 = 4 << 20;
 /// Bytes written out between two acks of a stream: a frame back over ssh for every small
 /// message would double the packets (and wake-ups) of a request/reply exchange.
-pub const ACK_BATCH: u64 = WINDOW / 8;
+pub(crate) const ACK_BATCH: u64 = WINDOW / 8;
 /// The largest payload either side sends in one frame (and so the most it accepts).
-pub const MAX_PAYLOAD: usize = 1 << 20;
-pub const HEADER_LEN: usize = 9;
+pub(crate) const MAX_PAYLOAD: usize = 1 << 20;
+pub(crate) const HEADER_LEN: usize = 9;
 /// What the supervisor keeps of the kernel's output per kernel while no session is up (and
 /// unacknowledged), before it closes the stream that holds the most.
-pub const OUTAGE_BOUND: u64 = 64 << 20;
+pub(crate) const OUTAGE_BOUND: u64 = 64 << 20;
 
 const MESSAGE: u8 = 0;
 const OPEN: u8 = 1;
@@ -82,7 +82,7 @@ const ACK: u8 = 4;
 const NOTICE: u8 = 5;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
+pub(crate) enum Frame {
     /// A [`SupervisorRequest`] or [`Report`] as JSON, on stream 0; sequenced and acknowledged.
     Message(Vec<u8>),
     /// A [`LauncherNotice`] or [`SupervisorNotice`] as JSON, on stream 0; never resent.
@@ -109,7 +109,7 @@ pub enum Frame {
 }
 
 impl Frame {
-    pub fn encode_into(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
         let ack;
         let (stream, kind, payload): (u32, u8, &[u8]) = match self {
             Frame::Message(json) => (0, MESSAGE, json),
@@ -129,7 +129,7 @@ impl Frame {
     }
 
     /// The stream, kind and payload length in a header.
-    pub fn parse_header(header: &[u8; HEADER_LEN]) -> Result<(u32, u8, usize), Violation> {
+    pub(crate) fn parse_header(header: &[u8; HEADER_LEN]) -> Result<(u32, u8, usize), Violation> {
         let stream = u32::from_be_bytes(header[0..4].try_into().expect("4 bytes"));
         let len = u32::from_be_bytes(header[5..9].try_into().expect("4 bytes")) as usize;
         if len > MAX_PAYLOAD {
@@ -138,7 +138,7 @@ impl Frame {
         Ok((stream, header[4], len))
     }
 
-    pub fn decode(stream: u32, kind: u8, payload: Vec<u8>) -> Result<Frame, Violation> {
+    pub(crate) fn decode(stream: u32, kind: u8, payload: Vec<u8>) -> Result<Frame, Violation> {
         Ok(match kind {
             MESSAGE => Frame::Message(payload),
             NOTICE => Frame::Notice(payload),
@@ -172,7 +172,7 @@ impl Frame {
 
 /// What a broken or hostile supervisor did: the session ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation(pub String);
+pub(crate) struct Violation(pub(crate) String);
 
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -183,7 +183,7 @@ impl std::fmt::Display for Violation {
 /// What one side sent on one stream and the other has not acknowledged yet: the bytes from
 /// offset `acked` to `sent`, kept to be resent after a lost session.
 #[derive(Debug, Default)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     acked: u64,
     sent: u64,
     chunks: VecDeque<Vec<u8>>,
@@ -191,22 +191,22 @@ pub struct Outbox {
 
 impl Outbox {
     /// Where what is kept starts.
-    pub fn acked(&self) -> u64 {
+    pub(crate) fn acked(&self) -> u64 {
         self.acked
     }
 
     /// Bytes sent and not acknowledged.
-    pub fn in_flight(&self) -> u64 {
+    pub(crate) fn in_flight(&self) -> u64 {
         self.sent - self.acked
     }
 
-    pub fn push(&mut self, chunk: Vec<u8>) {
+    pub(crate) fn push(&mut self, chunk: Vec<u8>) {
         self.sent += chunk.len() as u64;
         self.chunks.push_back(chunk);
     }
 
     /// The receiver wrote out everything before `offset`: forget it.
-    pub fn ack(&mut self, offset: u64) -> Result<(), Violation> {
+    pub(crate) fn ack(&mut self, offset: u64) -> Result<(), Violation> {
         if offset < self.acked || offset > self.sent {
             return Err(Violation(format!(
                 "an ack for offset {offset} of a stream acknowledged to {} and sent to {}",
@@ -229,7 +229,7 @@ impl Outbox {
     }
 
     /// What the receiver has not received when it received up to `offset`, in chunks.
-    pub fn since(&self, offset: u64) -> Result<Vec<Vec<u8>>, Violation> {
+    pub(crate) fn since(&self, offset: u64) -> Result<Vec<Vec<u8>>, Violation> {
         if offset < self.acked || offset > self.sent {
             return Err(Violation(format!(
                 "a resume from offset {offset} of a stream acknowledged to {} and sent to {}",
@@ -252,23 +252,23 @@ impl Outbox {
 
 /// How far one side received on every stream it has open, for the other to resend the rest.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Received {
+pub(crate) struct Received {
     /// Message payload bytes received on stream 0 (each is handled, so written, at once).
-    pub messages: u64,
-    pub streams: Vec<StreamReceived>,
+    pub(crate) messages: u64,
+    pub(crate) streams: Vec<StreamReceived>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StreamReceived {
-    pub id: u32,
-    pub received: u64,
-    pub written: u64,
+pub(crate) struct StreamReceived {
+    pub(crate) id: u32,
+    pub(crate) received: u64,
+    pub(crate) written: u64,
 }
 
 /// What the launcher tells the supervisor without sequencing.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum LauncherNotice {
+pub(crate) enum LauncherNotice {
     /// Answered with [`SupervisorNotice::Pong`]; like every frame, it renews the lease.
     Ping,
     /// The launcher's half of the resume handshake, after [`SupervisorNotice::Attached`].
@@ -281,7 +281,7 @@ pub enum LauncherNotice {
 /// What the supervisor tells the launcher without sequencing.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
-pub enum SupervisorNotice {
+pub(crate) enum SupervisorNotice {
     Pong,
     /// A line the kernel printed on its stdout/stderr (best effort: dropped while away).
     Output {
@@ -300,7 +300,7 @@ pub enum SupervisorNotice {
 /// What the launcher asks of the supervisor.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum SupervisorRequest {
+pub(crate) enum SupervisorRequest {
     /// The first message: start the kernel. Holds the key, so it only ever travels here.
     Start {
         key: String,
@@ -339,35 +339,35 @@ pub enum SupervisorRequest {
 
 /// The supervisor's answer to a cloud request: its error, if any, and every mount's state.
 #[derive(Debug, Clone, Deserialize)]
-pub struct CloudReport {
-    pub id: u64,
-    pub error: Option<CloudError>,
-    pub mounts: Vec<CloudMountState>,
+pub(crate) struct CloudReport {
+    pub(crate) id: u64,
+    pub(crate) error: Option<CloudError>,
+    pub(crate) mounts: Vec<CloudMountState>,
 }
 
+/// (The supervisor also names the kind of error, for its own tests; nothing here tells kinds
+/// apart.)
 #[derive(Debug, Clone, Deserialize)]
-pub struct CloudError {
-    /// A stable name (`auth`, `missing`, `busy`, `no-rclone`...).
-    pub kind: String,
+pub(crate) struct CloudError {
     /// One line that says what to fix.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct CloudMountState {
-    pub remote: String,
-    pub state: CloudState,
+pub(crate) struct CloudMountState {
+    pub(crate) remote: String,
+    pub(crate) state: CloudState,
     /// rclone's last error line, when failing.
     #[serde(default)]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// Files written and not uploaded yet.
     #[serde(default)]
-    pub pending: Vec<String>,
+    pub(crate) pending: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum CloudState {
+pub(crate) enum CloudState {
     Mounted,
     /// rclone ended, or the mount is gone.
     Failing,
@@ -376,11 +376,10 @@ pub enum CloudState {
 /// What the supervisor tells the launcher.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
-pub enum Report {
+pub(crate) enum Report {
     Ready(Ready),
-    /// The start failed; `kind` is a stable name, `message` says what to fix.
+    /// The start failed; `message` says what to fix.
     Error {
-        kind: String,
         message: String,
     },
     Exited(Exit),
@@ -393,35 +392,22 @@ pub enum Report {
     },
 }
 
-/// Where a kernel channel listens on the remote host.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum Endpoint {
-    /// A port on the remote loopback.
-    Tcp(u16),
-    /// A Unix socket in the 0700 run dir.
-    Ipc(String),
-}
-
 /// What the supervisor reports once the kernel's sockets are up.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Ready {
-    pub pid: u32,
-    pub hostname: String,
-    pub transport: String,
-    pub endpoints: HashMap<Channel, Endpoint>,
-    pub run_dir: String,
+pub(crate) struct Ready {
+    pub(crate) pid: u32,
+    pub(crate) hostname: String,
+    pub(crate) transport: String,
+    pub(crate) run_dir: String,
     /// The supervisor's interpreter, absolute: what a reconnection runs (no init snippet).
     #[serde(default)]
-    pub python: String,
-    pub interrupt_mode: InterruptMode,
-    #[serde(default)]
-    pub language: String,
+    pub(crate) python: String,
+    pub(crate) interrupt_mode: InterruptMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum InterruptMode {
+pub(crate) enum InterruptMode {
     Signal,
     Message,
 }
@@ -429,7 +415,7 @@ pub enum InterruptMode {
 /// Why the supervisor ended the kernel itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum EndReason {
+pub(crate) enum EndReason {
     /// The lease ran out: the launcher was away longer than the orphan timeout.
     Orphaned,
     /// The launcher's channel closed while its ssh connection lived: the launcher is gone.
@@ -440,18 +426,18 @@ pub enum EndReason {
 
 /// How the remote kernel ended.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct Exit {
-    pub status: Option<i32>,
-    pub signal: Option<i32>,
+pub(crate) struct Exit {
+    pub(crate) status: Option<i32>,
+    pub(crate) signal: Option<i32>,
     #[serde(default)]
-    pub tail: Vec<String>,
+    pub(crate) tail: Vec<String>,
     #[serde(default)]
-    pub reason: Option<EndReason>,
+    pub(crate) reason: Option<EndReason>,
 }
 
 impl Exit {
     /// The launcher's own exit status: the kernel's, or 128+signal as a shell reports it.
-    pub fn code(&self) -> i32 {
+    pub(crate) fn code(&self) -> i32 {
         match (self.status, self.signal) {
             (Some(code), _) => code,
             (None, Some(sig)) => 128 + sig,
@@ -459,7 +445,7 @@ impl Exit {
         }
     }
 
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match (self.status, self.signal) {
             (Some(0), _) => "exited normally".into(),
             (Some(code), _) => format!("exited with status {code}"),

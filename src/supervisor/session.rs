@@ -50,7 +50,7 @@ const GONE: u32 = 3;
 const BEFORE_MARKER: usize = 16 << 20;
 
 #[derive(Debug)]
-pub enum SessionEvent {
+pub(crate) enum SessionEvent {
     Exited(Exit),
     /// The session ended without an exit report: the connection (or the supervisor) is gone.
     Lost,
@@ -58,27 +58,27 @@ pub enum SessionEvent {
 
 /// What a start needs besides the kernel's settings (python, init snippet, environment,
 /// working directory, kernel name and timeouts are read from them).
-pub struct StartRequest<'a> {
-    pub settings: &'a Settings,
-    pub info: &'a ConnectionInfo,
+pub(crate) struct StartRequest<'a> {
+    pub(crate) settings: &'a Settings,
+    pub(crate) info: &'a ConnectionInfo,
     /// Run on a Slurm compute node: the allocation, reached through the login node.
-    pub slurm: Option<&'a Allocation>,
+    pub(crate) slurm: Option<&'a Allocation>,
     /// How often the launcher renews the lease.
-    pub ping_interval: Duration,
+    pub(crate) ping_interval: Duration,
     /// Mounted by the supervisor before the kernel starts.
-    pub cloud_mounts: &'a [CloudMountRequest],
+    pub(crate) cloud_mounts: &'a [CloudMountRequest],
 }
 
 /// Where a new session reaches a running kernel's supervisor again: `attach.py`, run by
 /// `python`, hands it to the Unix socket `socket` (the supervisor's own, or on Slurm the relay's
 /// on the login node).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttachPoint {
-    pub python: String,
-    pub socket: String,
+pub(crate) struct AttachPoint {
+    pub(crate) python: String,
+    pub(crate) socket: String,
 }
 
-pub struct SupervisorSession {
+pub(crate) struct SupervisorSession {
     channel: MuxChannel,
     /// The streams, which outlive this session.
     link: Link,
@@ -216,7 +216,7 @@ impl SupervisorSession {
 
     /// Starts the supervisor and the kernel: one round trip (on a Slurm node: once the job runs).
     /// A Slurm job this start submitted is cancelled when it fails.
-    pub async fn start(
+    pub(crate) async fn start(
         master: &Master,
         req: &StartRequest<'_>,
     ) -> Result<(SupervisorSession, Ready)> {
@@ -281,7 +281,7 @@ impl SupervisorSession {
         loop {
             match session.next_report().await {
                 Some(Report::Ready(ready)) => return Ok((session, ready)),
-                Some(Report::Error { message, .. }) => {
+                Some(Report::Error { message }) => {
                     return Err(Error::Remote(format!("on '{alias}': {message}")))
                 }
                 Some(Report::Exited(exit)) => {
@@ -304,7 +304,7 @@ impl SupervisorSession {
     /// Re-attaches to the supervisor of a kernel started earlier (after the connection was lost)
     /// at `at`, and resumes `link`'s streams over the new session. `Ok(None)`: the supervisor is
     /// gone, and with it the kernel.
-    pub async fn attach(
+    pub(crate) async fn attach(
         master: &Master,
         at: &AttachPoint,
         link: &Link,
@@ -335,13 +335,14 @@ impl SupervisorSession {
             _ => None,
         };
         let Some(SupervisorNotice::Attached {
+            pid,
             received,
             last_open,
-            ..
         }) = notice
         else {
             return Err(unreachable());
         };
+        tracing::debug!("reattached to the supervisor (pid {pid})");
         let wire = link
             .resume(framed.from_remote, framed.to_remote, &received, last_open)
             .map_err(|violation| Error::Ssh(format!("{violation}; reattaching failed")))?;
@@ -351,14 +352,14 @@ impl SupervisorSession {
     }
 
     /// The Slurm job and node this session's supervisor runs in; `None` off Slurm.
-    pub fn slurm(&self) -> Option<&slurm::Placement> {
+    pub(crate) fn slurm(&self) -> Option<&slurm::Placement> {
         self.slurm.as_ref()
     }
 
     /// Where a new session reaches this session's supervisor again: through the Slurm relay
     /// that holds its step, or at the supervisor's own socket in its own interpreter (`ready`
     /// names both; no init snippet needed), else `python`, the kernel's setting.
-    pub fn attach_point(&self, ready: &Ready, python: &str) -> AttachPoint {
+    pub(crate) fn attach_point(&self, ready: &Ready, python: &str) -> AttachPoint {
         match &self.relay {
             Some(relay) => AttachPoint {
                 python: relay.python.clone(),
@@ -376,20 +377,20 @@ impl SupervisorSession {
 
     /// This session reattached to the kernel that `old` started: it takes over where that
     /// kernel runs (its Slurm job and node) and the relay the next reattach goes through.
-    pub fn inherit_placement(&mut self, old: &SupervisorSession) {
+    pub(crate) fn inherit_placement(&mut self, old: &SupervisorSession) {
         self.slurm = old.slurm.clone();
         self.relay = old.relay.clone();
     }
 
     /// The handle that client connections ride on.
-    pub fn link(&self) -> Link {
+    pub(crate) fn link(&self) -> Link {
         self.link.clone()
     }
 
     /// From now on a lost session means "launcher gone" or "connection gone" (not "start
     /// abandoned"); and the lease is renewed every `ping_interval` from a task of its own, so
     /// that nothing the launcher does in the meantime (a remount, an interrupt) lets it lapse.
-    pub fn arm(&mut self, ping_interval: Duration) {
+    pub(crate) fn arm(&mut self, ping_interval: Duration) {
         self.request(&SupervisorRequest::Arm);
         self.keep_alive(ping_interval);
     }
@@ -406,7 +407,7 @@ impl SupervisorSession {
     }
 
     /// Sends a request now, or with the next session if this one is lost.
-    pub fn request(&self, request: &SupervisorRequest) {
+    pub(crate) fn request(&self, request: &SupervisorRequest) {
         self.link.request(request)
     }
 
@@ -421,12 +422,12 @@ impl SupervisorSession {
 
     /// Answers to cloud requests go to `to` from now on (they arrive while [`SupervisorSession::next_event`]
     /// waits).
-    pub fn forward_cloud_reports(&mut self, to: mpsc::UnboundedSender<CloudReport>) {
+    pub(crate) fn forward_cloud_reports(&mut self, to: mpsc::UnboundedSender<CloudReport>) {
         self.cloud_reports = Some(to);
     }
 
     /// Waits for the kernel's exit or the end of the session. Cancel-safe.
-    pub async fn next_event(&mut self) -> SessionEvent {
+    pub(crate) async fn next_event(&mut self) -> SessionEvent {
         while let Some(report) = self.next_report().await {
             match report {
                 Report::Exited(exit) => return SessionEvent::Exited(exit),

@@ -47,7 +47,7 @@ pub(super) struct HostQuery {
 }
 
 impl HostQuery {
-    pub fn of<'a>(kernels: impl Iterator<Item = &'a Settings>) -> Self {
+    pub(crate) fn of<'a>(kernels: impl Iterator<Item = &'a Settings>) -> Self {
         let mut query = HostQuery {
             pythons: Vec::new(),
             sshfs: Vec::new(),

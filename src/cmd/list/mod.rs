@@ -24,7 +24,7 @@ use checks::HostQuery;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub(crate) enum Status {
     Ok,
     Error,
     Warning,
@@ -32,10 +32,10 @@ pub enum Status {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    pub status: Status,
-    pub check: &'static str,
-    pub message: String,
+pub(crate) struct Check {
+    pub(crate) status: Status,
+    pub(crate) check: &'static str,
+    pub(crate) message: String,
 }
 
 fn check(status: Status, check: &'static str, message: impl Into<String>) -> Check {
@@ -83,7 +83,7 @@ impl HostKey {
 /// The reports' indices by the host their kernels run on.
 type Hosts = BTreeMap<HostKey, Vec<usize>>;
 
-pub async fn run(args: ListArgs) -> Result<()> {
+pub(crate) async fn run(args: ListArgs) -> Result<()> {
     let (show_remote, show_local) = match (args.remote, args.local) {
         (false, false) => (true, true),
         flags => flags,

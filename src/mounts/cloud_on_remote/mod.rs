@@ -21,7 +21,7 @@
 pub mod backend;
 mod obscure;
 mod request;
-pub mod secrets;
+pub(crate) mod secrets;
 
 pub use backend::{Backend, CloudMount};
-pub use request::CloudMountRequest;
+pub(crate) use request::CloudMountRequest;

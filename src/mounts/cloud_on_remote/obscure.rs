@@ -14,7 +14,7 @@ const KEY: [u8; 32] = [
     0xd3, 0x90, 0x19, 0x8e, 0xb8, 0x12, 0x8a, 0xfb, 0xf4, 0xde, 0x16, 0x2b, 0x8b, 0x95, 0xf6, 0x38,
 ];
 
-pub fn obscure(plain: &str) -> String {
+pub(crate) fn obscure(plain: &str) -> String {
     let iv: [u8; 16] = *uuid::Uuid::new_v4().as_bytes();
     let mut bytes = plain.as_bytes().to_vec();
     Cipher::new(&KEY.into(), &iv.into()).apply_keystream(&mut bytes);
@@ -24,7 +24,7 @@ pub fn obscure(plain: &str) -> String {
 }
 
 #[cfg(test)]
-pub fn reveal(obscured: &str) -> String {
+pub(crate) fn reveal(obscured: &str) -> String {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(obscured)
         .unwrap();

@@ -10,22 +10,22 @@ use crate::error::Result;
 /// One cloud mount for the supervisor. `config` holds the credentials: it only ever travels in
 /// a frame of the session, and `Debug` never shows it.
 #[derive(Clone, Serialize)]
-pub struct CloudMountRequest {
+pub(crate) struct CloudMountRequest {
     /// The mount point on the remote.
-    pub remote: String,
+    pub(crate) remote: String,
     /// `section:path` in `config`.
-    pub source: String,
+    pub(crate) source: String,
     /// The rclone config file's text.
-    pub config: String,
+    pub(crate) config: String,
     /// `rclone mount` flags.
-    pub flags: Vec<String>,
+    pub(crate) flags: Vec<String>,
     /// How messages name the mount (`s3:bucket/dir`).
-    pub label: String,
+    pub(crate) label: String,
 }
 
 impl CloudMountRequest {
     /// The request for `mount`, its secrets read from sshpyk's secrets dir.
-    pub fn load(mount: &CloudMount) -> Result<CloudMountRequest> {
+    pub(crate) fn load(mount: &CloudMount) -> Result<CloudMountRequest> {
         let rendered = mount.render(&secrets::load(&mount.secrets)?)?;
         Ok(CloudMountRequest {
             remote: mount.remote.clone(),

@@ -49,7 +49,7 @@ fn path(name: &str) -> Result<PathBuf> {
 }
 
 /// Writes `secrets` to a new 0600 file (created with that mode, never widened); returns its name.
-pub fn store(kernel: &str, secrets: &BTreeMap<String, String>) -> Result<String> {
+pub(crate) fn store(kernel: &str, secrets: &BTreeMap<String, String>) -> Result<String> {
     let name = format!("{kernel}-{}.json", uuid::Uuid::new_v4().simple());
     let path = path(&name)?;
     let mut file = std::fs::OpenOptions::new()
@@ -66,7 +66,7 @@ pub fn store(kernel: &str, secrets: &BTreeMap<String, String>) -> Result<String>
     Ok(name)
 }
 
-pub fn load(name: &str) -> Result<BTreeMap<String, String>> {
+pub(crate) fn load(name: &str) -> Result<BTreeMap<String, String>> {
     let path = path(name)?;
     let text = std::fs::read(&path).map_err(|e| {
         Error::Local(format!(
@@ -83,7 +83,7 @@ pub fn load(name: &str) -> Result<BTreeMap<String, String>> {
 }
 
 /// Removes a secrets file; one already gone is fine.
-pub fn remove(name: &str) {
+pub(crate) fn remove(name: &str) {
     if let Ok(path) = path(name) {
         if let Err(e) = std::fs::remove_file(&path) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -94,7 +94,7 @@ pub fn remove(name: &str) {
 }
 
 /// A JSON object of strings from `--creds FILE` or `--creds -` (stdin).
-pub fn read_creds_arg(arg: &str) -> Result<BTreeMap<String, String>> {
+pub(crate) fn read_creds_arg(arg: &str) -> Result<BTreeMap<String, String>> {
     let (what, text) = if arg == "-" {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
@@ -113,7 +113,7 @@ pub fn read_creds_arg(arg: &str) -> Result<BTreeMap<String, String>> {
 }
 
 /// Removes the secrets of the mounts in `old` that `new` no longer has.
-pub fn remove_dropped(old: &[super::CloudMount], new: &[super::CloudMount]) {
+pub(crate) fn remove_dropped(old: &[super::CloudMount], new: &[super::CloudMount]) {
     for mount in old {
         if !new.iter().any(|m| m.secrets == mount.secrets) {
             remove(&mount.secrets);
@@ -123,7 +123,7 @@ pub fn remove_dropped(old: &[super::CloudMount], new: &[super::CloudMount]) {
 
 /// The secrets files that the kernel.json in `kernelspec_dir` names, read as plain JSON: found
 /// even when its settings no longer parse.
-pub fn named_in(kernelspec_dir: &Path) -> Vec<String> {
+pub(crate) fn named_in(kernelspec_dir: &Path) -> Vec<String> {
     let Ok(text) = std::fs::read(kernelspec_dir.join("kernel.json")) else {
         return Vec::new();
     };

@@ -22,24 +22,24 @@ use nix::unistd::{Gid, Uid};
 
 /// What a `setstat` may change; `None` leaves a field alone.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Changes {
-    pub size: Option<u64>,
-    pub mode: Option<u32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
+pub(crate) struct Changes {
+    pub(crate) size: Option<u64>,
+    pub(crate) mode: Option<u32>,
+    pub(crate) uid: Option<u32>,
+    pub(crate) gid: Option<u32>,
     /// (atime, mtime) in seconds since the epoch.
-    pub times: Option<(i64, i64)>,
+    pub(crate) times: Option<(i64, i64)>,
 }
 
 impl Changes {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         *self == Changes::default()
     }
 }
 
 /// One exported local directory.
 #[derive(Debug)]
-pub struct Export {
+pub(crate) struct Export {
     root: OwnedFd,
     read_only: bool,
 }
@@ -47,7 +47,7 @@ pub struct Export {
 impl Export {
     /// Opens the export; fails when it is not a directory or when this kernel has no openat2
     /// (Linux < 5.6), since nothing could then be served confined.
-    pub fn open(path: &Path, read_only: bool) -> io::Result<Export> {
+    pub(crate) fn open(path: &Path, read_only: bool) -> io::Result<Export> {
         let root = nix::fcntl::open(
             path,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -58,13 +58,13 @@ impl Export {
         Ok(export)
     }
 
-    pub fn read_only(&self) -> bool {
+    pub(crate) fn read_only(&self) -> bool {
         self.read_only
     }
 
     /// Resolves `path` (relative to the export; a leading `/` is the export root) confined to
     /// the export, and opens it with `flags`.
-    pub fn resolve(&self, path: &str, flags: OFlag, mode: u32) -> io::Result<OwnedFd> {
+    pub(crate) fn resolve(&self, path: &str, flags: OFlag, mode: u32) -> io::Result<OwnedFd> {
         let rel = relative(path);
         // openat2 is strict: O_PATH takes no other access flags, and a mode only with O_CREAT.
         let mut flags = flags | OFlag::O_CLOEXEC;
@@ -103,7 +103,7 @@ impl Export {
     }
 
     /// `stat` (following a final symlink, confined) or `lstat`.
-    pub fn stat(&self, path: &str, follow: bool) -> io::Result<FileStat> {
+    pub(crate) fn stat(&self, path: &str, follow: bool) -> io::Result<FileStat> {
         let mut flags = OFlag::O_PATH;
         if !follow {
             flags |= OFlag::O_NOFOLLOW;
@@ -114,7 +114,7 @@ impl Export {
 
     /// Opens a file with open(2)-style access flags (O_RDONLY/O_WRONLY/O_RDWR, O_CREAT,
     /// O_TRUNC, O_EXCL, O_APPEND). FIFOs never block the open.
-    pub fn open_file(&self, path: &str, flags: OFlag, mode: u32) -> io::Result<File> {
+    pub(crate) fn open_file(&self, path: &str, flags: OFlag, mode: u32) -> io::Result<File> {
         let changes = OFlag::O_WRONLY
             | OFlag::O_RDWR
             | OFlag::O_CREAT
@@ -132,18 +132,18 @@ impl Export {
         Ok(File::from(fd))
     }
 
-    pub fn open_dir(&self, path: &str) -> io::Result<OwnedFd> {
+    pub(crate) fn open_dir(&self, path: &str) -> io::Result<OwnedFd> {
         self.resolve(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)
     }
 
     /// The text of a symlink (never followed).
-    pub fn readlink(&self, path: &str) -> io::Result<OsString> {
+    pub(crate) fn readlink(&self, path: &str) -> io::Result<OsString> {
         let fd = self.resolve(path, OFlag::O_PATH | OFlag::O_NOFOLLOW, 0)?;
         Ok(nix::fcntl::readlinkat(&fd, "")?)
     }
 
     /// Applies `changes` to `path` (following a final symlink, confined), in OpenSSH's order.
-    pub fn set_path(&self, path: &str, changes: &Changes) -> io::Result<()> {
+    pub(crate) fn set_path(&self, path: &str, changes: &Changes) -> io::Result<()> {
         self.writable()?;
         if changes.is_empty() {
             // Still report a missing file as such.
@@ -188,7 +188,7 @@ impl Export {
     }
 
     /// Applies `changes` to an open file or directory.
-    pub fn set_fd(&self, fd: impl AsFd, changes: &Changes) -> io::Result<()> {
+    pub(crate) fn set_fd(&self, fd: impl AsFd, changes: &Changes) -> io::Result<()> {
         self.writable()?;
         let fd = fd.as_fd();
         if let Some(size) = changes.size {
@@ -211,7 +211,7 @@ impl Export {
         Ok(())
     }
 
-    pub fn remove(&self, path: &str) -> io::Result<()> {
+    pub(crate) fn remove(&self, path: &str) -> io::Result<()> {
         self.writable()?;
         let (dir, name) = self.parent_of(path)?;
         nix::unistd::unlinkat(
@@ -222,14 +222,14 @@ impl Export {
         Ok(())
     }
 
-    pub fn mkdir(&self, path: &str, mode: u32) -> io::Result<()> {
+    pub(crate) fn mkdir(&self, path: &str, mode: u32) -> io::Result<()> {
         self.writable()?;
         let (dir, name) = self.parent_of(path)?;
         nix::sys::stat::mkdirat(&dir, name.as_c_str(), safe_mode(mode, true))?;
         Ok(())
     }
 
-    pub fn rmdir(&self, path: &str) -> io::Result<()> {
+    pub(crate) fn rmdir(&self, path: &str) -> io::Result<()> {
         self.writable()?;
         let (dir, name) = self.parent_of(path)?;
         nix::unistd::unlinkat(&dir, name.as_c_str(), nix::unistd::UnlinkatFlags::RemoveDir)?;
@@ -238,7 +238,7 @@ impl Export {
 
     /// `replace`: POSIX rename (posix-rename@openssh.com); otherwise SFTP's rename, which
     /// refuses to overwrite.
-    pub fn rename(&self, from: &str, to: &str, replace: bool) -> io::Result<()> {
+    pub(crate) fn rename(&self, from: &str, to: &str, replace: bool) -> io::Result<()> {
         self.writable()?;
         let (from_dir, from_name) = self.parent_of(from)?;
         let (to_dir, to_name) = self.parent_of(to)?;
@@ -269,7 +269,7 @@ impl Export {
     }
 
     /// A hard link `to` → the file at `from` (a symlink at `from` is linked, not followed).
-    pub fn hardlink(&self, from: &str, to: &str) -> io::Result<()> {
+    pub(crate) fn hardlink(&self, from: &str, to: &str) -> io::Result<()> {
         self.writable()?;
         let (from_dir, from_name) = self.parent_of(from)?;
         let (to_dir, to_name) = self.parent_of(to)?;
@@ -285,14 +285,14 @@ impl Export {
 
     /// Creates a symlink at `link` whose text is `target`, stored as given: whatever it says,
     /// following it through this server stays confined.
-    pub fn symlink(&self, target: &str, link: &str) -> io::Result<()> {
+    pub(crate) fn symlink(&self, target: &str, link: &str) -> io::Result<()> {
         self.writable()?;
         let (dir, name) = self.parent_of(link)?;
         nix::unistd::symlinkat(target, &dir, name.as_c_str())?;
         Ok(())
     }
 
-    pub fn statvfs(&self, path: &str) -> io::Result<Statvfs> {
+    pub(crate) fn statvfs(&self, path: &str) -> io::Result<Statvfs> {
         let fd = self.resolve(path, OFlag::O_PATH, 0)?;
         Ok(nix::sys::statvfs::fstatvfs(&fd)?)
     }

@@ -12,19 +12,19 @@ const RESERVED_FDS: u64 = 256;
 /// The open handles of every mount of the launcher together, kept below its descriptor limit, so
 /// that a remote holding many files open never starves the rest (accepting a client, starting
 /// ssh). Beyond it, opening answers with an SFTP error.
-pub struct HandleBudget {
+pub(crate) struct HandleBudget {
     left: AtomicUsize,
 }
 
 impl HandleBudget {
-    pub fn new(handles: usize) -> Arc<Self> {
+    pub(crate) fn new(handles: usize) -> Arc<Self> {
         Arc::new(HandleBudget {
             left: AtomicUsize::new(handles),
         })
     }
 
     /// The budget every mount shares; the first call raises the descriptor limit to its most.
-    pub fn shared() -> Arc<Self> {
+    pub(crate) fn shared() -> Arc<Self> {
         static SHARED: OnceLock<Arc<HandleBudget>> = OnceLock::new();
         SHARED
             .get_or_init(|| {
@@ -39,7 +39,7 @@ impl HandleBudget {
     }
 
     /// One handle's share, or `None` when the budget is spent.
-    pub fn take(self: &Arc<Self>) -> Option<HandlePermit> {
+    pub(crate) fn take(self: &Arc<Self>) -> Option<HandlePermit> {
         self.left
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .ok()
@@ -48,7 +48,7 @@ impl HandleBudget {
 }
 
 /// One handle's share of the budget, given back when the handle goes.
-pub struct HandlePermit(Arc<HandleBudget>);
+pub(crate) struct HandlePermit(Arc<HandleBudget>);
 
 impl Drop for HandlePermit {
     fn drop(&mut self) {

@@ -78,8 +78,8 @@ use crate::ssh::mux::MuxChannel;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-pub use spec::MountSpec;
-pub use wrapper::RemoteMountFacts;
+pub(crate) use spec::MountSpec;
+pub(crate) use wrapper::RemoteMountFacts;
 
 use crate::error::{Error, Result};
 use crate::ssh::Master;
@@ -91,7 +91,7 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// The mounts of one running kernel. Dropping it without [`Mounts::stop`] still ends every
 /// session (the master closes them), and the remote wrappers then clean up by themselves.
 #[derive(Default)]
-pub struct Mounts {
+pub(crate) struct Mounts {
     /// Every mount of the kernel, kept for its whole life: a remount that fails is tried again
     /// at the next reconnection.
     planned: Vec<Planned>,
@@ -135,19 +135,19 @@ struct Active {
 /// What mounting needs of a kernel's settings besides the specs, which change while the kernel
 /// runs (built by `Settings::mount_settings`, so that mounts do not depend on the settings model,
 /// which holds their specs).
-pub struct MountSettings<'a> {
-    pub ssh_host_alias: &'a str,
-    pub remote_sshfs: Option<&'a str>,
-    pub ssh_host_alias_local_on_remote: Option<&'a str>,
-    pub launch_timeout: f64,
+pub(crate) struct MountSettings<'a> {
+    pub(crate) ssh_host_alias: &'a str,
+    pub(crate) remote_sshfs: Option<&'a str>,
+    pub(crate) ssh_host_alias_local_on_remote: Option<&'a str>,
+    pub(crate) launch_timeout: f64,
     /// The kernel's remote python and init snippet: a synced copy's agent runs there.
-    pub remote_python: &'a str,
-    pub remote_init: Option<&'a str>,
+    pub(crate) remote_python: &'a str,
+    pub(crate) remote_init: Option<&'a str>,
 }
 
 impl Mounts {
     /// Makes every mount of `specs` on the remote, before `deadline`; all or nothing.
-    pub async fn start(
+    pub(crate) async fn start(
         master: &Master,
         specs: &[MountSpec],
         settings: &MountSettings<'_>,
@@ -212,7 +212,7 @@ impl Mounts {
     /// After a reconnection: the old channels are dead; mount everything again, taking over
     /// the mount points from this kernel's earlier sshfs processes. After a failure nothing is
     /// mounted, and the next reconnection tries again.
-    pub async fn remount(
+    pub(crate) async fn remount(
         &mut self,
         master: &Master,
         settings: &MountSettings<'_>,
@@ -230,13 +230,13 @@ impl Mounts {
     }
 
     /// Every mount of the kernel, mounted now or not.
-    pub fn specs(&self) -> impl Iterator<Item = &MountSpec> {
+    pub(crate) fn specs(&self) -> impl Iterator<Item = &MountSpec> {
         self.planned.iter().map(|p| &p.spec)
     }
 
     /// Each planned mount, whether it is mounted now (made since the last connection, its
     /// session still open), and for a synced copy what it is doing.
-    pub fn states(&self) -> Vec<(&MountSpec, bool, Option<String>)> {
+    pub(crate) fn states(&self) -> Vec<(&MountSpec, bool, Option<String>)> {
         self.planned
             .iter()
             .map(|p| {
@@ -256,7 +256,7 @@ impl Mounts {
 
     /// Ends the mount at `remote` for good (`sshpyk mounts remove` on a running kernel);
     /// whether there was one.
-    pub async fn remove(&mut self, remote: &str) -> bool {
+    pub(crate) async fn remove(&mut self, remote: &str) -> bool {
         let before = self.planned.len();
         self.planned.retain(|p| p.spec.remote != remote);
         let (gone, kept) = std::mem::take(&mut self.active)
@@ -279,7 +279,7 @@ impl Mounts {
 
     /// Unmounts everything (a synced copy brings the kernel's last writes back first) and
     /// waits (briefly) until the remote confirms.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.stop_synced().await;
         stop_all(self.active).await;
     }
@@ -556,14 +556,14 @@ fn check_local_dir(spec: &MountSpec) -> Result<()> {
 }
 
 /// For `list`: what one mount looks like from here, without the network.
-pub struct LocalFacts {
-    pub local_dir: std::result::Result<(), String>,
+pub(crate) struct LocalFacts {
+    pub(crate) local_dir: std::result::Result<(), String>,
     /// `Ok(how)` when the remote can reach the export and nothing else; `Err(why)` when
     /// sshpyk does not confine this mount.
-    pub confinement: std::result::Result<String, String>,
+    pub(crate) confinement: std::result::Result<String, String>,
 }
 
-pub fn local_facts(settings: &MountSettings<'_>, spec: &MountSpec) -> LocalFacts {
+pub(crate) fn local_facts(settings: &MountSettings<'_>, spec: &MountSpec) -> LocalFacts {
     let local_dir = check_local_dir(spec).map_err(|_| {
         format!(
             "{} does not exist; create it or fix the mount with `sshpyk edit`",
@@ -611,7 +611,7 @@ fn confinement(_spec: &MountSpec) -> std::result::Result<String, String> {
 
 /// How a mount reaches the remote ([`mode`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// A synced copy on the remote's disk.
     Synced,
     /// sshfs; `forced`: the spec says `lazy` (else the tree is too big to copy).
@@ -635,7 +635,7 @@ impl std::fmt::Display for Mode {
 }
 
 /// For `list`: whether the mount is a synced copy or lazy (sshfs), and why.
-pub fn mode(spec: &MountSpec) -> std::result::Result<Mode, String> {
+pub(crate) fn mode(spec: &MountSpec) -> std::result::Result<Mode, String> {
     #[cfg(target_os = "linux")]
     let synced = sync::wanted(spec).map_err(|e| e.to_string())?;
     #[cfg(not(target_os = "linux"))]
@@ -650,6 +650,6 @@ pub fn mode(spec: &MountSpec) -> std::result::Result<Mode, String> {
 }
 
 /// For `list`: one round trip that checks FUSE and the configured sshfs paths on the remote.
-pub async fn probe_remote(master: &Master, sshfs: &[String]) -> Result<RemoteMountFacts> {
+pub(crate) async fn probe_remote(master: &Master, sshfs: &[String]) -> Result<RemoteMountFacts> {
     wrapper::probe(master, sshfs).await
 }

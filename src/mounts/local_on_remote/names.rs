@@ -7,7 +7,7 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The request a packet naming a non-UTF-8 path becomes.
-pub const NAME_NOT_UTF8: &str = "name-not-utf8@sshpyk";
+pub(crate) const NAME_NOT_UTF8: &str = "name-not-utf8@sshpyk";
 
 /// Largest request passed on: russh-sftp's own limit (256 KiB); a longer one is a broken client.
 const MAX_PACKET: u32 = 256 * 1024;
@@ -29,7 +29,7 @@ fn paths_in(kind: u8) -> usize {
 /// Copies requests from `from` to `to` until `from` ends, rewriting those that name a path that
 /// is not UTF-8, then shuts `to` down so that the server ends too. Ends early on an oversized
 /// packet.
-pub async fn check(from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) {
+pub(crate) async fn check(from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) {
     forward(from, &mut to).await;
     // Dropping `to` is not enough: the two ends of a simplex pipe share one buffer.
     let _ = to.shutdown().await;

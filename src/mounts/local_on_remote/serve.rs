@@ -20,7 +20,7 @@ const MAX_NOISE: usize = 64 * 1024;
 
 /// Serves one mount's SFTP on a thread of its own with its own small runtime: file system calls
 /// are made inline there (fast), and a slow disk never stalls the launcher's runtime.
-pub fn spawn_server(
+pub(crate) fn spawn_server(
     spec: &MountSpec,
     stdout: OwnedFd,
     stdin: OwnedFd,

@@ -74,7 +74,7 @@ struct Listing {
 }
 
 /// Serves `server` on `stream` (the remote sshfs's SFTP) until the stream ends.
-pub async fn run<S>(stream: S, server: SftpServer)
+pub(crate) async fn run<S>(stream: S, server: SftpServer)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -85,7 +85,7 @@ where
 }
 
 /// The SFTP side of one mount.
-pub struct SftpServer {
+pub(crate) struct SftpServer {
     export: Arc<Export>,
     handles: HashMap<String, Open>,
     budget: Arc<HandleBudget>,
@@ -97,7 +97,7 @@ pub struct SftpServer {
 }
 
 impl SftpServer {
-    pub fn new(export: Arc<Export>, budget: Arc<HandleBudget>, what: String) -> Self {
+    pub(crate) fn new(export: Arc<Export>, budget: Arc<HandleBudget>, what: String) -> Self {
         SftpServer {
             export,
             handles: HashMap::new(),
@@ -171,7 +171,7 @@ fn reply(e: io::Error) -> StatusReply {
     code.with_message(e.to_string())
 }
 
-pub fn attrs(st: &FileStat) -> FileAttributes {
+pub(crate) fn attrs(st: &FileStat) -> FileAttributes {
     FileAttributes {
         size: Some(st.st_size as u64),
         uid: Some(st.st_uid),

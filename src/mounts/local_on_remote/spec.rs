@@ -9,16 +9,16 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MountSpec {
-    pub local: String,
-    pub remote: String,
+pub(crate) struct MountSpec {
+    pub(crate) local: String,
+    pub(crate) remote: String,
     /// sshfs `-o` options, comma separated (`ro`, `allow_other`, ...).
     #[serde(default)]
-    pub options: Vec<String>,
+    pub(crate) options: Vec<String>,
 }
 
 impl MountSpec {
-    pub fn parse(text: &str) -> Result<Self> {
+    pub(crate) fn parse(text: &str) -> Result<Self> {
         let bad = |why: &str| {
             Error::Invalid(format!(
                 "mount spec '{text}' is invalid: {why}; expected \"/local/path:/remote/path[:sshfs_options]\" (write a ':' inside a path as '\\:')"
@@ -49,7 +49,7 @@ impl MountSpec {
         })
     }
 
-    pub fn read_only(&self) -> bool {
+    pub(crate) fn read_only(&self) -> bool {
         self.options.iter().any(|o| o == "ro")
     }
 }

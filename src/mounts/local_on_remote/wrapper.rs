@@ -22,7 +22,7 @@ use crate::ssh::shell::sh_command;
 use crate::ssh::Master;
 
 /// The line after which the session's stdout is SFTP.
-pub const SFTP_START: &[u8] = b"sshpyk-sftp-start\n";
+pub(crate) const SFTP_START: &[u8] = b"sshpyk-sftp-start\n";
 
 /// Shell functions shared by the wrapper and `list`'s probe.
 const FUNCTIONS: &str = include_str!("wrapper_functions.sh");
@@ -41,7 +41,7 @@ const WRAPPER: &str = include_str!("wrapper.sh");
 const PROBE: &str = include_str!("wrapper_probe.sh");
 
 /// How the remote's sshfs reaches the exported directory.
-pub enum Source<'a> {
+pub(crate) enum Source<'a> {
     /// SFTP over the session itself, served by the launcher.
     Passive,
     /// The remote's own ssh config has an alias back to this machine.
@@ -49,7 +49,7 @@ pub enum Source<'a> {
 }
 
 /// The sshfs `-o` list: the user's options first, then ours.
-pub fn sshfs_options(spec: &MountSpec, source: &Source) -> String {
+pub(crate) fn sshfs_options(spec: &MountSpec, source: &Source) -> String {
     let mut opts: Vec<&str> = Vec::new();
     let ours = spec
         .options
@@ -84,7 +84,7 @@ pub fn sshfs_options(spec: &MountSpec, source: &Source) -> String {
 /// The remote command line for one mount.
 /// `takeover`: this kernel's earlier sshfs for the mount point may still hang on a dead
 /// channel (after a network drop); end it and take the mount point over.
-pub fn command_line(
+pub(crate) fn command_line(
     spec: &MountSpec,
     sshfs: Option<&str>,
     source: &Source,
@@ -108,17 +108,17 @@ pub fn command_line(
 }
 
 /// One mount's session: the wrapper runs on the remote; its stdio are pipes to us.
-pub struct WrapperSession {
+pub(crate) struct WrapperSession {
     /// Dropping it asks the master to close the session (so does our death, SIGKILL included):
     /// the wrapper then unmounts and cleans up.
-    pub channel: MuxChannel,
-    pub stdin: OwnedFd,
-    pub stdout: OwnedFd,
-    pub stderr: pipe::Receiver,
+    pub(crate) channel: MuxChannel,
+    pub(crate) stdin: OwnedFd,
+    pub(crate) stdout: OwnedFd,
+    pub(crate) stderr: pipe::Receiver,
 }
 
 /// Starts the wrapper for one mount in a session of the master.
-pub async fn spawn(master: &Master, line: &str) -> Result<WrapperSession> {
+pub(crate) async fn spawn(master: &Master, line: &str) -> Result<WrapperSession> {
     let (stdin_remote, stdin) = crate::ssh::pipe()?;
     let (stdout, stdout_remote) = crate::ssh::pipe()?;
     let (stderr, stderr_remote) = crate::ssh::pipe()?;
@@ -136,7 +136,7 @@ pub async fn spawn(master: &Master, line: &str) -> Result<WrapperSession> {
 
 /// What the wrapper says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WrapperEvent {
+pub(crate) enum WrapperEvent {
     Ready,
     Unmounted,
     Error {
@@ -175,7 +175,7 @@ impl WrapperEvent {
 
 /// Forwards the wrapper's stderr as events until it ends. A mount that ends while `stopping` is
 /// still false (sshfs died, the connection dropped) is reported as a warning.
-pub fn read_events(
+pub(crate) fn read_events(
     stderr: pipe::Receiver,
     what: String,
     stopping: Arc<AtomicBool>,
@@ -232,7 +232,7 @@ pub fn read_events(
 }
 
 /// One clear error for a mount that could not be made.
-pub fn mount_error(
+pub(crate) fn mount_error(
     spec: &MountSpec,
     alias: &str,
     code: &str,
@@ -284,16 +284,16 @@ pub fn mount_error(
 
 /// For `list`: the remote's FUSE and sshfs as the mounts would find them.
 #[derive(Debug, Clone)]
-pub struct RemoteMountFacts {
+pub(crate) struct RemoteMountFacts {
     /// `Err(why)` when FUSE is not usable.
-    pub fuse: std::result::Result<(), String>,
+    pub(crate) fuse: std::result::Result<(), String>,
     /// Configured sshfs ("" = on PATH) → the path found, if any.
-    pub sshfs: std::collections::BTreeMap<String, Option<String>>,
+    pub(crate) sshfs: std::collections::BTreeMap<String, Option<String>>,
 }
 
 impl RemoteMountFacts {
     /// When the check itself failed.
-    pub fn unknown(why: String) -> Self {
+    pub(crate) fn unknown(why: String) -> Self {
         RemoteMountFacts {
             fuse: Err(format!("could not check: {why}")),
             sshfs: Default::default(),
@@ -301,7 +301,7 @@ impl RemoteMountFacts {
     }
 }
 
-pub async fn probe(master: &Master, sshfs: &[String]) -> Result<RemoteMountFacts> {
+pub(crate) async fn probe(master: &Master, sshfs: &[String]) -> Result<RemoteMountFacts> {
     let sshfs: Vec<&str> = sshfs.iter().map(String::as_str).collect();
     let output = crate::ssh::shell::run_sh(master, &format!("{FUNCTIONS}{PROBE}"), &sshfs).await?;
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -20,8 +20,8 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::Instant;
 
-pub use options::OPTIONS_HELP;
-pub use registry::{active, ActiveMount};
+pub(crate) use options::OPTIONS_HELP;
+pub(crate) use registry::{active, ActiveMount};
 
 use crate::error::{Error, Result};
 use crate::ssh::{config, Master};
@@ -34,17 +34,17 @@ const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What `sshpyk mount` was asked for.
 #[derive(Debug, Clone)]
-pub struct MountRequest {
-    pub ssh: String,
-    pub ssh_config: PathBuf,
-    pub alias: String,
+pub(crate) struct MountRequest {
+    pub(crate) ssh: String,
+    pub(crate) ssh_config: PathBuf,
+    pub(crate) alias: String,
     /// Remote directory; `None` for the home directory.
-    pub remote_path: Option<String>,
-    pub mountpoint: PathBuf,
-    pub foreground: bool,
-    pub direct: bool,
-    pub options: Vec<String>,
-    pub ssh_verbose: bool,
+    pub(crate) remote_path: Option<String>,
+    pub(crate) mountpoint: PathBuf,
+    pub(crate) foreground: bool,
+    pub(crate) direct: bool,
+    pub(crate) options: Vec<String>,
+    pub(crate) ssh_verbose: bool,
 }
 
 impl MountRequest {
@@ -70,7 +70,7 @@ impl MountRequest {
 
 /// Mounts, holds the mount while the subshell (or foreground wait) lasts, and cleans up.
 /// Returns the exit status: the subshell's, or 0 after Ctrl+C/SIGTERM in the foreground.
-pub async fn mount(request: MountRequest) -> Result<i32> {
+pub(crate) async fn mount(request: MountRequest) -> Result<i32> {
     let mut signals = Signals::new()?;
     // Sweeps what a SIGKILLed `sshpyk mount` left.
     let _ = registry::active();
@@ -135,7 +135,7 @@ pub async fn mount(request: MountRequest) -> Result<i32> {
 }
 
 /// `sshpyk mount --umount [--lazy] MOUNTPOINT`.
-pub async fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
+pub(crate) async fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
     let mountpoint = table::resolve(mountpoint)?;
     let shown = mountpoint.display();
     if table::find(&mountpoint).is_none() {

@@ -74,12 +74,13 @@ const SSH_OPTIONS: &[&str] = &[
 /// sshpyk's sshfs options, before the user's (documented in `--help` and README.rst).
 /// `auto_unmount`: the mount goes with sshfs, however sshfs ends. `idmap=user`: the remote
 /// user's files show as the local user's.
-pub const SSHFS_DEFAULTS: &[&str] = &["auto_unmount", "idmap=user"];
+pub(crate) const SSHFS_DEFAULTS: &[&str] = &["auto_unmount", "idmap=user"];
 /// With `--direct`, ssh options after the user's: notice a dead link within about 45 s.
-pub const DIRECT_SSH_DEFAULTS: &[&str] = &["ServerAliveInterval=15", "ServerAliveCountMax=3"];
+pub(crate) const DIRECT_SSH_DEFAULTS: &[&str] =
+    &["ServerAliveInterval=15", "ServerAliveCountMax=3"];
 
 /// Shown after `sshpyk mount --help`.
-pub const OPTIONS_HELP: &str = "\
+pub(crate) const OPTIONS_HELP: &str = "\
 sshpyk's defaults (your -o values win):
   sshfs: auto_unmount, idmap=user
   ssh, riding the alias's ControlMaster: ControlPath=<the master's>, ControlMaster=no, BatchMode=yes
@@ -89,7 +90,7 @@ Common options: -o reconnect, -o ro, -o cache=yes, -o allow_other, -o follow_sym
 
 /// How sshfs reaches the host.
 #[derive(Debug, Clone)]
-pub enum Route {
+pub(crate) enum Route {
     /// Through the alias's ControlMaster (its ControlPath as ssh takes it in `-o`).
     Master { control_path: String },
     /// sshfs's ssh opens a connection of its own.
@@ -98,19 +99,19 @@ pub enum Route {
 
 /// Everything the sshfs command line is made of.
 #[derive(Debug, Clone)]
-pub struct SshfsCommand<'a> {
-    pub ssh: &'a str,
-    pub ssh_config: &'a Path,
+pub(crate) struct SshfsCommand<'a> {
+    pub(crate) ssh: &'a str,
+    pub(crate) ssh_config: &'a Path,
     /// `alias:path` as sshfs takes it.
-    pub source: String,
-    pub mountpoint: &'a Path,
-    pub route: Route,
-    pub user_options: &'a [String],
+    pub(crate) source: String,
+    pub(crate) mountpoint: &'a Path,
+    pub(crate) route: Route,
+    pub(crate) user_options: &'a [String],
 }
 
 impl SshfsCommand<'_> {
     /// sshfs's arguments (without the program), sshfs in the foreground.
-    pub fn args(&self) -> Vec<String> {
+    pub(crate) fn args(&self) -> Vec<String> {
         let (user_ssh, user_sshfs) = split_user_options(self.user_options);
         let mut args = vec![
             self.source.clone(),
@@ -184,7 +185,7 @@ fn split_commas(value: &str) -> Vec<String> {
     parts
 }
 
-pub fn is_ssh_option(option: &str) -> bool {
+pub(crate) fn is_ssh_option(option: &str) -> bool {
     option.split_once('=').is_some_and(|(key, _)| {
         SSH_OPTIONS
             .iter()
@@ -193,7 +194,7 @@ pub fn is_ssh_option(option: &str) -> bool {
 }
 
 /// The user's sshfs options without `name` (for the `allow_other` retry).
-pub fn without(values: &[String], name: &str) -> Vec<String> {
+pub(crate) fn without(values: &[String], name: &str) -> Vec<String> {
     values
         .iter()
         .map(|value| {
@@ -207,7 +208,7 @@ pub fn without(values: &[String], name: &str) -> Vec<String> {
         .collect()
 }
 
-pub fn asks_for(values: &[String], name: &str) -> bool {
+pub(crate) fn asks_for(values: &[String], name: &str) -> bool {
     values
         .iter()
         .any(|v| split_commas(v).iter().any(|o| o == name))

@@ -10,21 +10,21 @@ use crate::error::{Error, Result};
 
 /// One `sshpyk mount` process and what it mounted.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ActiveMount {
-    pub pid: u32,
-    pub alias: String,
+pub(crate) struct ActiveMount {
+    pub(crate) pid: u32,
+    pub(crate) alias: String,
     /// The remote directory as given (`~` for the home directory).
-    pub remote_path: String,
-    pub mountpoint: PathBuf,
+    pub(crate) remote_path: String,
+    pub(crate) mountpoint: PathBuf,
     /// sshpyk created the mount point (and removes it afterwards).
-    pub created_mountpoint: bool,
+    pub(crate) created_mountpoint: bool,
     /// "subshell" or "foreground".
-    pub mode: String,
+    pub(crate) mode: String,
 }
 
 impl ActiveMount {
     /// One line for people: `alias:path on MOUNTPOINT (mode, pid N)`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "{}:{} on {}  ({}, pid {})",
             self.alias,
@@ -38,12 +38,12 @@ impl ActiveMount {
 
 /// The record of a running mount; removed when dropped.
 #[derive(Debug)]
-pub struct Record {
+pub(crate) struct Record {
     path: PathBuf,
 }
 
 impl Record {
-    pub fn write(mount: &ActiveMount) -> Result<Record> {
+    pub(crate) fn write(mount: &ActiveMount) -> Result<Record> {
         let path = record_path(&crate::runtime::dir()?, mount.pid);
         let text = serde_json::to_string(mount).expect("a mount record serializes");
         std::fs::write(&path, text)
@@ -65,7 +65,7 @@ fn record_path(dir: &Path, pid: u32) -> PathBuf {
 /// The mounts whose `sshpyk mount` still runs and whose mount is in place. What processes that
 /// died (SIGKILL) left is removed on the way: their records, and the mount points they created
 /// once nothing is mounted there and they are empty.
-pub fn active() -> Vec<ActiveMount> {
+pub(crate) fn active() -> Vec<ActiveMount> {
     records()
         .into_iter()
         .filter_map(|(path, mount)| {

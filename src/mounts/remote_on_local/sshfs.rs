@@ -15,7 +15,7 @@ use super::table;
 /// Lines of sshfs's stderr kept for error messages.
 const TAIL_LINES: usize = 20;
 
-pub struct Sshfs {
+pub(crate) struct Sshfs {
     child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
     mountpoint: PathBuf,
@@ -23,17 +23,21 @@ pub struct Sshfs {
 
 /// sshfs ended before its mount appeared.
 #[derive(Debug)]
-pub struct Exited {
-    pub status: ExitStatus,
+pub(crate) struct Exited {
+    pub(crate) status: ExitStatus,
     /// What sshfs (and its ssh) said, last lines.
-    pub stderr: Vec<String>,
+    pub(crate) stderr: Vec<String>,
 }
 
 impl Sshfs {
     /// Starts sshfs. `own_group`: out of our process group, so that the terminal's Ctrl+C is
     /// ours to handle (not when its ssh may prompt on the terminal: a background group cannot
     /// read it).
-    pub fn spawn(args: &[String], mountpoint: &Path, own_group: bool) -> std::io::Result<Sshfs> {
+    pub(crate) fn spawn(
+        args: &[String],
+        mountpoint: &Path,
+        own_group: bool,
+    ) -> std::io::Result<Sshfs> {
         let mut cmd = Command::new("sshfs");
         cmd.args(args)
             .stdin(Stdio::null())
@@ -79,7 +83,10 @@ impl Sshfs {
 
     /// Waits until the mount serves requests, sshfs exits, or `deadline` passes (`None`:
     /// sshfs's ssh may be waiting for a password typed on the terminal).
-    pub async fn mounted(&mut self, deadline: Option<Instant>) -> Result<(), Option<Exited>> {
+    pub(crate) async fn mounted(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<(), Option<Exited>> {
         let timeout = async {
             match deadline {
                 Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -97,7 +104,7 @@ impl Sshfs {
     }
 
     /// Resolves when sshfs exits by itself (a lost connection without `reconnect`).
-    pub async fn exited(&mut self) -> Exited {
+    pub(crate) async fn exited(&mut self) -> Exited {
         let status = self.child.wait().await;
         self.last_words(status).await
     }
@@ -115,7 +122,7 @@ impl Sshfs {
     }
 
     /// Waits for sshfs to end after its mount went away, ending it if it lingers.
-    pub async fn finish(mut self) {
+    pub(crate) async fn finish(mut self) {
         if tokio::time::timeout(Duration::from_secs(3), self.child.wait())
             .await
             .is_ok()

@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 /// Runs the shell until it exits and returns its status (128+signal when killed). SIGHUP (the
 /// terminal closed) and SIGTERM end it with SIGHUP, which interactive shells obey; SIGINT and
 /// SIGQUIT are the shell's business, not ours.
-pub async fn run(
+pub(crate) async fn run(
     shell: &Path,
     label: &str,
     mountpoint: &Path,
@@ -86,7 +86,7 @@ async fn end(
     }
 }
 
-pub fn exit_code(status: std::process::ExitStatus) -> i32 {
+pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     status
         .code()

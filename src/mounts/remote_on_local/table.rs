@@ -8,13 +8,13 @@ use crate::error::{Error, Result};
 
 /// One line of /proc/self/mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountEntry {
-    pub fstype: String,
-    pub source: String,
+pub(crate) struct MountEntry {
+    pub(crate) fstype: String,
+    pub(crate) source: String,
 }
 
 /// The mount at exactly `path` (absolute, symlinks resolved), if any.
-pub fn find(path: &Path) -> Option<MountEntry> {
+pub(crate) fn find(path: &Path) -> Option<MountEntry> {
     let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     parse_mountinfo(&table, path)
 }
@@ -60,13 +60,13 @@ fn unescape(field: &str) -> String {
 }
 
 /// A FUSE mount whose server is gone answers "Transport endpoint is not connected".
-pub fn is_dead(path: &Path) -> bool {
+pub(crate) fn is_dead(path: &Path) -> bool {
     matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
 }
 
 /// `path` made absolute with its parent's symlinks resolved; the last component is left alone,
 /// since a dead mount there cannot even be looked at.
-pub fn resolve(path: &Path) -> Result<PathBuf> {
+pub(crate) fn resolve(path: &Path) -> Result<PathBuf> {
     let absolute = std::path::absolute(path)
         .map_err(Error::io(format!("cannot resolve {}", path.display())))?;
     let (Some(parent), Some(name)) = (absolute.parent(), absolute.file_name()) else {
@@ -86,7 +86,7 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 
 /// Processes whose working directory, root, executable or open files are under `path`, as
 /// "pid (name)".
-pub fn holders(path: &Path) -> Vec<String> {
+pub(crate) fn holders(path: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -127,7 +127,7 @@ pub fn holders(path: &Path) -> Vec<String> {
 
 /// Why an unmount did not happen.
 #[derive(Debug)]
-pub enum UnmountError {
+pub(crate) enum UnmountError {
     /// Something still uses the mount.
     Busy,
     /// No unmount helper could be run.
@@ -138,7 +138,7 @@ pub enum UnmountError {
 
 /// Unmounts `path` with `fusermount3 -u`, else `fusermount -u`, else `umount` (macOS, or root
 /// without the FUSE helpers). `lazy` detaches a busy mount.
-pub async fn unmount(path: &Path, lazy: bool) -> std::result::Result<(), UnmountError> {
+pub(crate) async fn unmount(path: &Path, lazy: bool) -> std::result::Result<(), UnmountError> {
     let helpers: [(&str, &[&str]); 3] = [
         ("fusermount3", if lazy { &["-u", "-z"] } else { &["-u"] }),
         ("fusermount", if lazy { &["-u", "-z"] } else { &["-u"] }),

@@ -65,26 +65,26 @@ const AGENT: &str = include_str!("agent.py");
 const LOADER: &str = include_str!("../../../supervisor/loader.py");
 
 /// Up to these, a project is synced (by default); a bigger tree keeps lazy access (sshfs).
-pub const MAX_FILES: usize = 20_000;
-pub const MAX_BYTES: u64 = 200 << 20;
+pub(crate) const MAX_FILES: usize = 20_000;
+pub(crate) const MAX_BYTES: u64 = 200 << 20;
 /// The largest file taken from the remote in one piece.
 const MAX_FILE: u64 = 4 << 30;
 
 /// What both sides last held, by path; kept by the mount across reconnections.
-pub type Base = Arc<Mutex<BTreeMap<String, Meta>>>;
+pub(crate) type Base = Arc<Mutex<BTreeMap<String, Meta>>>;
 
 /// What `list` and `ps` say about a synced mount.
 #[derive(Debug, Clone, Default)]
-pub struct SyncState {
+pub(crate) struct SyncState {
     /// Bytes being copied now, either way.
-    pub pending: u64,
+    pub(crate) pending: u64,
     /// Conflict copies made (the remote's version kept beside the local one).
-    pub conflicts: Vec<String>,
-    pub up: bool,
+    pub(crate) conflicts: Vec<String>,
+    pub(crate) up: bool,
 }
 
 impl SyncState {
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut text = format!("synced copy, {} to sync", bytes(self.pending));
         if let Some(last) = self.conflicts.last() {
             text.push_str(&format!(
@@ -106,7 +106,7 @@ fn bytes(n: u64) -> String {
 
 /// Whether `spec` is synced: `sync` or `lazy` in its options decide; else a tree within
 /// [`MAX_FILES`] and [`MAX_BYTES`] (excludes left out) is.
-pub fn wanted(spec: &MountSpec) -> Result<bool> {
+pub(crate) fn wanted(spec: &MountSpec) -> Result<bool> {
     if spec.options.iter().any(|o| o == "lazy") {
         return Ok(false);
     }
@@ -132,7 +132,7 @@ pub fn wanted(spec: &MountSpec) -> Result<bool> {
 }
 
 /// The mount spec options that belong to the sync, not to sshfs.
-pub fn is_sync_option(option: &str) -> bool {
+pub(crate) fn is_sync_option(option: &str) -> bool {
     matches!(option, "sync" | "lazy" | "no-default-excludes") || option.starts_with("exclude=")
 }
 
@@ -226,8 +226,8 @@ fn excludes(spec: &MountSpec) -> Result<Excludes> {
 }
 
 /// A running sync of one mount. Dropping it ends the agent's session (the copy stays).
-pub struct SyncMount {
-    pub spec: MountSpec,
+pub(crate) struct SyncMount {
+    pub(crate) spec: MountSpec,
     state: Arc<Mutex<SyncState>>,
     stop: Option<oneshot::Sender<oneshot::Sender<()>>>,
     task: JoinHandle<()>,
@@ -244,7 +244,7 @@ impl Drop for SyncMount {
 impl SyncMount {
     /// Makes (or brings up to date) the copy on the remote, before `deadline`; then keeps it
     /// in sync until stopped.
-    pub async fn start(
+    pub(crate) async fn start(
         master: &Master,
         spec: &MountSpec,
         python_command: &dyn Fn(&[&str]) -> String,
@@ -307,14 +307,14 @@ impl SyncMount {
         })
     }
 
-    pub fn state(&self) -> SyncState {
+    pub(crate) fn state(&self) -> SyncState {
         let mut state = lock(&self.state).clone();
         state.up &= !self.task.is_finished();
         state
     }
 
     /// Brings the kernel's last writes back, then ends the agent (bounded by `wait`).
-    pub async fn stop(mut self, wait: Duration) {
+    pub(crate) async fn stop(mut self, wait: Duration) {
         let Some(stop) = self.stop.take() else { return };
         let (done, finished) = oneshot::channel();
         if stop.send(done).is_err() {

@@ -17,7 +17,7 @@ use super::wire::{Kind, Meta};
 
 /// Never synced unless the user says otherwise (`no-default-excludes`): what Python, git,
 /// Jupyter and virtualenvs write, which is not the project's and would flow back and forth.
-pub const DEFAULT_EXCLUDES: &[&str] = &[
+pub(crate) const DEFAULT_EXCLUDES: &[&str] = &[
     "__pycache__/",
     "*.pyc",
     ".git/",
@@ -31,12 +31,12 @@ pub const DEFAULT_EXCLUDES: &[&str] = &[
 
 /// What a sync leaves out: the defaults, the project's root `.gitignore`, the user's patterns
 /// (gitignore syntax, `exclude=` in the mount spec), and virtualenvs (a `pyvenv.cfg` inside).
-pub struct Excludes {
+pub(crate) struct Excludes {
     matcher: Gitignore,
 }
 
 impl Excludes {
-    pub fn new(root: &Path, defaults: bool, user: &[String]) -> Result<Excludes, String> {
+    pub(crate) fn new(root: &Path, defaults: bool, user: &[String]) -> Result<Excludes, String> {
         let mut builder = GitignoreBuilder::new(root);
         if defaults {
             for pattern in DEFAULT_EXCLUDES {
@@ -62,7 +62,7 @@ impl Excludes {
     }
 
     /// Whether `path` (relative, `/`-separated) or a directory above it is left out.
-    pub fn excludes(&self, path: &str, is_dir: bool) -> bool {
+    pub(crate) fn excludes(&self, path: &str, is_dir: bool) -> bool {
         self.matcher
             .matched_path_or_any_parents(path, is_dir)
             .is_ignore()
@@ -70,7 +70,7 @@ impl Excludes {
 }
 
 /// Every entry under `root` that is not excluded, links not followed.
-pub fn scan(root: &Path, excludes: &Excludes) -> BTreeMap<String, Meta> {
+pub(crate) fn scan(root: &Path, excludes: &Excludes) -> BTreeMap<String, Meta> {
     let mut found = BTreeMap::new();
     let mut todo = vec![String::new()];
     while let Some(dir) = todo.pop() {
@@ -122,7 +122,7 @@ fn meta_of(md: &std::fs::Metadata, target: impl FnOnce() -> Option<PathBuf>) -> 
 }
 
 /// A file's bytes and what they are, read through the export (never through a link).
-pub fn read_file(export: &Export, path: &str) -> std::io::Result<(Meta, Vec<u8>)> {
+pub(crate) fn read_file(export: &Export, path: &str) -> std::io::Result<(Meta, Vec<u8>)> {
     let mut file = export.open_file(path, OFlag::O_RDONLY | OFlag::O_NOFOLLOW, 0)?;
     let mut data = Vec::new();
     file.read_to_end(&mut data)?;
@@ -134,7 +134,12 @@ pub fn read_file(export: &Export, path: &str) -> std::io::Result<(Meta, Vec<u8>)
 
 /// Writes a file the remote changed: to a temporary name, then renamed over, with the remote's
 /// mtime, so that both sides then see the same thing.
-pub fn write_file(export: &Export, path: &str, meta: &Meta, data: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_file(
+    export: &Export,
+    path: &str,
+    meta: &Meta,
+    data: &[u8],
+) -> std::io::Result<()> {
     let tmp = match path.rsplit_once('/') {
         Some((dir, name)) => format!("{dir}/.sshpyk-tmp-{name}"),
         None => format!(".sshpyk-tmp-{path}"),
@@ -163,7 +168,7 @@ pub fn write_file(export: &Export, path: &str, meta: &Meta, data: &[u8]) -> std:
 }
 
 /// What is at `path` now, through the export.
-pub fn stat(export: &Export, path: &str) -> Option<Meta> {
+pub(crate) fn stat(export: &Export, path: &str) -> Option<Meta> {
     let st = export.stat(path, false).ok()?;
     let kind = match st.st_mode & libc::S_IFMT {
         libc::S_IFREG => Kind::File,
@@ -185,7 +190,7 @@ pub fn stat(export: &Export, path: &str) -> Option<Meta> {
 }
 
 /// Removes what is at `path` (a directory only once empty of what we sync).
-pub fn remove(export: &Export, path: &str) -> std::io::Result<()> {
+pub(crate) fn remove(export: &Export, path: &str) -> std::io::Result<()> {
     match stat(export, path) {
         None => Ok(()),
         Some(m) if m.kind() == Kind::Dir => export.rmdir(path),

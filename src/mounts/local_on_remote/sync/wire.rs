@@ -12,7 +12,7 @@ const MAX_JSON: usize = 256 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Kind {
+pub(crate) enum Kind {
     File,
     Dir,
     Link,
@@ -20,20 +20,26 @@ pub enum Kind {
 
 /// One entry as either side sees it: kind, size, mtime (ns), mode, link target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Meta(pub Kind, pub u64, pub i64, pub u32, pub Option<String>);
+pub(crate) struct Meta(
+    pub(crate) Kind,
+    pub(crate) u64,
+    pub(crate) i64,
+    pub(crate) u32,
+    pub(crate) Option<String>,
+);
 
 impl Meta {
-    pub fn kind(&self) -> Kind {
+    pub(crate) fn kind(&self) -> Kind {
         self.0
     }
 
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         self.1
     }
 
     /// Whether both sides hold the same thing here: a file of the same size and mtime (each
     /// side sets the other's mtime on what it writes), a directory, a link to the same target.
-    pub fn same(a: Option<&Meta>, b: Option<&Meta>) -> bool {
+    pub(crate) fn same(a: Option<&Meta>, b: Option<&Meta>) -> bool {
         match (a, b) {
             (None, None) => true,
             (Some(a), Some(b)) => match (a.0, b.0) {
@@ -49,7 +55,7 @@ impl Meta {
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum ToAgent {
+pub(crate) enum ToAgent {
     /// Followed by `size` bytes. Every change names what it `expect`s to replace: the agent
     /// refuses it when something else is there ([`FromAgent::Refused`]).
     Put {
@@ -81,7 +87,7 @@ pub enum ToAgent {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum FromAgent {
+pub(crate) enum FromAgent {
     Index {
         entries: BTreeMap<String, Meta>,
     },
@@ -116,7 +122,7 @@ pub enum FromAgent {
     },
 }
 
-pub async fn send<W: AsyncWrite + Unpin>(
+pub(crate) async fn send<W: AsyncWrite + Unpin>(
     to: &mut W,
     msg: &ToAgent,
     data: &[u8],
@@ -135,7 +141,7 @@ const MARKER: &[u8] = b"sshpyk-sync-1\n";
 const BEFORE_MARKER: usize = 16 << 20;
 
 /// Skips what the remote login shell printed before the agent's marker line.
-pub async fn skip_to_marker<R: AsyncBufRead + Unpin>(from: &mut R) -> std::io::Result<()> {
+pub(crate) async fn skip_to_marker<R: AsyncBufRead + Unpin>(from: &mut R) -> std::io::Result<()> {
     let mut skipped = 0;
     loop {
         let mut line = Vec::new();
@@ -160,7 +166,7 @@ pub async fn skip_to_marker<R: AsyncBufRead + Unpin>(from: &mut R) -> std::io::R
 }
 
 /// The next message and the bytes after it; `Ok(None)` at the end.
-pub async fn receive<R: AsyncRead + Unpin>(
+pub(crate) async fn receive<R: AsyncRead + Unpin>(
     from: &mut R,
     max_file: u64,
 ) -> std::io::Result<Option<(FromAgent, Vec<u8>)>> {
