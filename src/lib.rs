@@ -13,8 +13,8 @@
 //!   `live` answers control requests.
 //! - [`jupyter`]: the kernelspec and connection file, Jupyter's paths, our wire client.
 //! - [`settings`]: a kernel's sshpyk settings, their ranges, defaults and local checks.
-//! - [`ssh`]: the ssh config, the ControlMaster and its mux protocol, running sh and python
-//!   on the remote (`shell`, `init`: the user's init snippet in a login shell).
+//! - [`ssh`]: the ssh config, the ControlMaster and its mux protocol, sh on the remote from any
+//!   login shell (`shell`), the remote python after the user's init snippet (`init`).
 //! - [`slurm`]: allocation on a login node, its scripts and the relay that holds the step.
 //! - [`supervisor`]: the remote supervisor and its session: frames, resumable streams,
 //!   the reattach; the Python it runs beside its Rust.

@@ -9,8 +9,9 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::settings::Settings;
+use crate::ssh::init::python_command;
 use crate::ssh::init::{InitFailure, InitWatch};
-use crate::ssh::shell::{python_command, run_command, run_sh};
+use crate::ssh::shell::{run_command, run_sh};
 use crate::ssh::Master;
 
 const PROBE: &str = include_str!("python.py");

@@ -8,11 +8,31 @@
 //! zsh), with stdin from /dev/null (the supervisor's stdin is not for it) and its stderr joined
 //! to stdout. Its output comes before the supervisor's marker line, so it never reaches the
 //! frames; lines between `sshpyk-init-begin` and its end are kept to explain a failure.
+//!
+//! Every start of the remote python goes through [`python_command`], snippet or not.
 
 use std::collections::VecDeque;
 
 use super::shell::sh_command;
 use crate::error::Error;
+
+/// Runs the remote python with the given arguments, from the remote login shell's command line:
+/// nothing secret goes there, only the interpreter path and code. (The supervisor cannot be piped
+/// to `sh -s` instead: dash reads its script in blocks, so it would swallow the supervisor and
+/// key meant for python, and handing them over costs one more round trip.)
+/// A python without a `/` is a command name, looked up on the PATH (after the init snippet).
+const RUN_PYTHON: &str = include_str!("run_python.sh");
+
+/// The remote command line that runs `python args...`, after the user's init snippet (in a
+/// login shell, see [`command`]) when there is one.
+pub(crate) fn python_command(python: &str, args: &[&str], init: Option<&str>) -> String {
+    let mut words = vec![python];
+    words.extend_from_slice(args);
+    match init {
+        None => sh_command(RUN_PYTHON, &words),
+        Some(snippet) => command(snippet, RUN_PYTHON, &words),
+    }
+}
 
 /// The wrapper around the snippet, in the user's shell.
 const WRAPPER: &str = include_str!("init.sh");

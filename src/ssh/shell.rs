@@ -1,30 +1,12 @@
 //! Running commands on the remote through the master: a POSIX sh script from any login shell
-//! ([`sh_command`]), the remote python after the user's init snippet ([`python_command`]), and
-//! collecting what a command printed ([`run_sh`]).
+//! ([`sh_command`]), and collecting what a command printed ([`run_sh`]). The remote python,
+//! after the user's init snippet, is [`super::init::python_command`].
 
 use tokio::net::unix::pipe;
 
-use super::{init, Master};
+use super::Master;
 use crate::bounded;
 use crate::error::{Error, Result};
-
-/// Runs the remote python with the given arguments, from the remote login shell's command line:
-/// nothing secret goes there, only the interpreter path and code. (The supervisor cannot be piped
-/// to `sh -s` instead: dash reads its script in blocks, so it would swallow the supervisor and
-/// key meant for python, and handing them over costs one more round trip.)
-/// A python without a `/` is a command name, looked up on the PATH (after the init snippet).
-const RUN_PYTHON: &str = include_str!("run_python.sh");
-
-/// The remote command line that runs `python args...`, after the user's init snippet (in a
-/// login shell, see [`init`]) when there is one.
-pub(crate) fn python_command(python: &str, args: &[&str], init: Option<&str>) -> String {
-    let mut words = vec![python];
-    words.extend_from_slice(args);
-    match init {
-        None => sh_command(RUN_PYTHON, &words),
-        Some(snippet) => init::command(snippet, RUN_PYTHON, &words),
-    }
-}
 
 /// The most kept of what one remote command prints on stdout (and on stderr): probes and
 /// checks print lines, not megabytes.

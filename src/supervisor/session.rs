@@ -23,9 +23,9 @@ use crate::error::{Error, Result};
 use crate::jupyter::connection::ConnectionInfo;
 use crate::settings::Settings;
 use crate::slurm::{self, Allocation};
+use crate::ssh::init::python_command;
 use crate::ssh::init::InitWatch;
 use crate::ssh::mux::MuxChannel;
-use crate::ssh::shell::python_command;
 use crate::ssh::Master;
 
 /// The supervisor's source: definitions only (its cloud mounts, the frames of its session, the

@@ -383,7 +383,7 @@ async fn sync_all(
     deadline: Instant,
 ) -> Result<Vec<sync::SyncMount>> {
     let python = |args: &[&str]| {
-        crate::ssh::shell::python_command(settings.remote_python, args, settings.remote_init)
+        crate::ssh::init::python_command(settings.remote_python, args, settings.remote_init)
     };
     let mut synced = Vec::new();
     for p in planned {
