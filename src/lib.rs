@@ -62,3 +62,55 @@ pub(crate) mod slurm;
 pub(crate) mod ssh;
 pub(crate) mod supervisor;
 pub(crate) mod utc;
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Every file under src/ by the name README's map gives it: a module's file stem (its
+    /// folder for a `mod.rs`), a script's whole name; `wrapper*.sh` stands for the mount
+    /// wrapper's scripts.
+    fn names(dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                out.push(format!("{name}/"));
+                names(&path, out);
+            } else if name.starts_with("wrapper") && name.ends_with(".sh") {
+                out.push("wrapper*.sh".into());
+            } else if let Some(stem) = name.strip_suffix(".rs") {
+                if stem != "mod" {
+                    out.push(stem.into());
+                }
+            } else {
+                out.push(name);
+            }
+        }
+    }
+
+    #[test]
+    fn the_readme_map_names_every_file_and_the_crate_map_every_module() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let readme = std::fs::read_to_string(root.join("README.rst")).unwrap();
+        let start = readme.find("``src/`` has one module per concept").unwrap();
+        let end = start + readme[start..].find("``build.rs``").unwrap();
+        let map = &readme[start..end];
+        let mut all = Vec::new();
+        names(&root.join("src"), &mut all);
+        let missing: Vec<_> = all.iter().filter(|n| !map.contains(n.as_str())).collect();
+        assert!(missing.is_empty(), "README's module map lacks {missing:?}");
+
+        let lib = include_str!("lib.rs");
+        let (doc, items) = lib.split_once("\n\npub").unwrap();
+        let declarations = items.split("#[cfg(test)]").next().unwrap();
+        for line in declarations.lines() {
+            let module = line.split("mod ").nth(1).and_then(|m| m.strip_suffix(';'));
+            let Some(module) = module else { continue };
+            assert!(
+                doc.contains(&format!("[`{module}`]")),
+                "the crate's layout map lacks {module}"
+            );
+        }
+    }
+}
