@@ -1,4 +1,6 @@
-//! Everything that talks to OpenSSH: the ssh config, the ControlMaster and its mux protocol.
+//! Everything that talks to OpenSSH: the ssh config, the ControlMaster and its mux protocol,
+//! commands on the remote through it (`shell`), and the remote python after the user's init
+//! snippet (`init`).
 
 pub(crate) mod config;
 pub(crate) mod init;
