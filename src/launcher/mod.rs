@@ -360,6 +360,11 @@ impl Running {
         let mut next_attempt = tokio::time::interval(RECONNECT_EVERY);
         let mut check = tokio::time::interval(Duration::from_millis(100));
         let mut started = 0u32;
+        // The attempts under way may wait seconds in their SYN backoff after the link is back:
+        // one more starts the moment the host answers again.
+        let prober = self.master.clone();
+        let mut reachable_again = std::pin::pin!(async move { prober.reachable_again().await });
+        let mut probing = true;
         loop {
             tokio::select! {
                 _ = check.tick(), if old_session => {
@@ -379,6 +384,12 @@ impl Running {
                     } else {
                         tracing::debug!("reconnecting (attempt {started})");
                     }
+                    attempts.spawn(connect(self.master.clone(), budget));
+                }
+                () = &mut reachable_again, if probing => {
+                    probing = false;
+                    started += 1;
+                    tracing::info!("'{alias}' is reachable again; reconnecting (attempt {started})");
                     attempts.spawn(connect(self.master.clone(), budget));
                 }
                 Some(done) = attempts.join_next() => {

@@ -21,6 +21,10 @@ const SERVER_ALIVE_INTERVAL: u64 = 3;
 /// How long a connection opened to replace one that stopped answering stays after its last
 /// client.
 const FRESH_PERSIST: &str = "60";
+/// A probe of the host while the link is down ([`Master::reachable_again`]): given up before the
+/// kernel's first SYN retransmission (1 s), so that every probe sends a fresh SYN.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(900);
+const PROBE_EVERY: Duration = Duration::from_millis(200);
 /// The most connections one host gets when its server refuses more sessions on each.
 const MAX_CONNECTIONS: u32 = 8;
 
@@ -91,6 +95,35 @@ impl Master {
 
     pub(crate) fn alias(&self) -> &str {
         &self.alias
+    }
+
+    /// Resolves once the host, unreachable at first, accepts a TCP connection again: the moment
+    /// a lost link is back. Connections tried while it was down wait out their SYN backoff
+    /// (1, 2, 4 s...) before they try again; a fresh one started now gets through at once.
+    /// Never resolves where ssh does not connect directly (ProxyJump, ProxyCommand: the hop is
+    /// not ours to probe) or while the host stays reachable (then a connection, not the link,
+    /// is stuck). Each probe only opens and closes a TCP connection to sshd.
+    pub(crate) async fn reachable_again(&self) {
+        let direct = self.effective.get("proxyjump").is_none()
+            && self.effective.get("proxycommand").is_none();
+        let address = self.effective.get("hostname").zip(
+            self.effective
+                .get("port")
+                .and_then(|p| p.parse::<u16>().ok()),
+        );
+        let (Some((host, port)), true) = (address, direct) else {
+            return std::future::pending().await;
+        };
+        let mut was_down = false;
+        loop {
+            let probe = tokio::net::TcpStream::connect((host, port));
+            match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+                Ok(Ok(_)) if was_down => return,
+                Ok(Ok(_)) => return std::future::pending().await,
+                _ => was_down = true,
+            }
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
     }
 
     /// The ssh client this master is opened with.
