@@ -111,18 +111,9 @@ impl Master {
                 .get("port")
                 .and_then(|p| p.parse::<u16>().ok()),
         );
-        let (Some((host, port)), true) = (address, direct) else {
-            return std::future::pending().await;
-        };
-        let mut was_down = false;
-        loop {
-            let probe = tokio::net::TcpStream::connect((host, port));
-            match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
-                Ok(Ok(_)) if was_down => return,
-                Ok(Ok(_)) => return std::future::pending().await,
-                _ => was_down = true,
-            }
-            tokio::time::sleep(PROBE_EVERY).await;
+        match (address, direct) {
+            (Some((host, port)), true) => reachable_again(host, port).await,
+            _ => std::future::pending().await,
         }
     }
 
@@ -541,6 +532,20 @@ where
     unreachable!("the last connection's answer is returned")
 }
 
+/// See [`Master::reachable_again`].
+async fn reachable_again(host: &str, port: u16) {
+    let mut was_down = false;
+    loop {
+        let probe = tokio::net::TcpStream::connect((host, port));
+        match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+            Ok(Ok(_)) if was_down => return,
+            Ok(Ok(_)) => return std::future::pending().await,
+            _ => was_down = true,
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,5 +606,26 @@ mod tests {
             assert_eq!(e.to_string(), format!("{prefix}{said}"));
             assert_eq!(e.exit_code(), 4);
         }
+    }
+
+    #[tokio::test]
+    async fn a_host_is_reachable_again_when_it_answers_after_it_did_not() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Up from the start: a stuck connection, not the link; never resolves.
+        let up = tokio::time::timeout(
+            Duration::from_millis(500),
+            reachable_again("127.0.0.1", port),
+        );
+        assert!(up.await.is_err());
+        drop(listener);
+        let back = tokio::spawn(async move { reachable_again("127.0.0.1", port).await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!back.is_finished(), "resolved while nothing listened");
+        let _listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), back)
+            .await
+            .expect("resolves once the port answers again")
+            .unwrap();
     }
 }
