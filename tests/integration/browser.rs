@@ -96,7 +96,7 @@ fn assert_browser_tools() {
 
 #[test]
 fn jupyterlab_in_chromium_runs_interrupts_restarts_and_shuts_down_through_a_link_cut() {
-    let Some(env) = Env::with_host_to_cut() else {
+    let Some(env) = Env::remote_host().build_to_cut() else {
         return;
     };
     assert_browser_tools();

@@ -15,6 +15,7 @@ use crate::cloud_support::{
 };
 use crate::common::{eventually, one_line_error, ready_client, Env, Launcher};
 use nix::sys::signal::Signal;
+use sshpyk_testhost::TestUser;
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -567,7 +568,7 @@ async fn an_azure_container_on_azurite_is_read_through_the_kernel_and_a_bad_sign
 
 #[tokio::test]
 async fn a_raw_rclone_config_mount_rides_out_a_link_cut_and_ps_says_reconnecting_meanwhile() {
-    let Some(env) = Env::with_host_to_cut() else {
+    let Some(env) = Env::remote_host().build_to_cut() else {
         return;
     };
     let (_server, _creds, config) = cloud_support::s3_bucket(&env, "cut");
@@ -618,7 +619,7 @@ async fn a_user_without_root_mounts_and_writes_back() {
         eprintln!("skipped: the second test user needs root");
         return;
     }
-    let env = Env::with_host_as(sshpyk_testhost::TestUser::Chatty);
+    let env = Env::remote_host().user(TestUser::Chatty).build();
     let (server, creds, config) = cloud_support::s3_bucket(&env, "user");
     put(&env, &config, "s3:user/data.txt", "for the user\n");
     let creds_file = write_private(&env, "creds.json", &creds);

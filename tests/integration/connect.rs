@@ -82,10 +82,10 @@ async fn a_password_typed_once_in_connect_lets_kernels_start_without_a_prompt() 
         eprintln!("skipped: the password test user needs root");
         return;
     }
-    let env = Env::with_host_configured(
-        TestUser::Password,
-        "PubkeyAuthentication no\nPasswordAuthentication yes\n",
-    );
+    let env = Env::remote_host()
+        .user(TestUser::Password)
+        .sshd_config("PubkeyAuthentication no\nPasswordAuthentication yes\n")
+        .build();
     let config = env.ssh_config();
     let config = config.to_str().unwrap();
     let hint = format!("sshpyk connect remote --ssh-config {config}");

@@ -133,22 +133,12 @@ fn launch_failures_are_clear_and_leave_nothing() {
 
 #[test]
 fn an_unwritable_remote_runtime_dir_is_reported() {
-    let env = Env::local();
+    let env = Env::remote_host()
+        .session_env("JUPYTER_RUNTIME_DIR", |env| {
+            env.new_dir("remote-data/runtime")
+        })
+        .build();
     let runtime = env.path("remote-data/runtime");
-    std::fs::create_dir_all(&runtime).unwrap();
-    let host = sshpyk_testhost::RemoteHost::builder()
-        .alias("remote")
-        .extra_sshd_config(&format!(
-            "SetEnv HOME={} JUPYTER_RUNTIME_DIR={}\n",
-            env.path("remote-home").display(),
-            runtime.display()
-        ))
-        .start()
-        .unwrap();
-    let env = Env {
-        host: Some(host),
-        ..env
-    };
     env.add_kernel("k", &[]);
     // A runtime dir that is a regular file can never be used, even by root.
     std::fs::remove_dir(&runtime).unwrap();

@@ -812,30 +812,14 @@ async fn a_nested_export_replaced_by_a_symlink_still_serves_its_own_directory() 
     assert!(wait_exit(&mut launcher, Duration::from_secs(15)).success());
 }
 
-/// Like `Env::with_host`, with a `TMPDIR` of the test's own on the remote (where the mount
-/// wrappers keep their state), so that other tests' mounts do not share it.
-fn env_with_remote_tmpdir() -> (Env, PathBuf) {
-    let mut env = Env::local();
-    let tmp = env.path("remote-tmp");
-    std::fs::create_dir_all(&tmp).unwrap();
-    let host = sshpyk_testhost::RemoteHost::builder()
-        .alias("remote")
-        .extra_sshd_config(&format!(
-            "SetEnv HOME={} JUPYTER_RUNTIME_DIR={} JUPYTER_DATA_DIR={} TMPDIR={}\n",
-            env.path("remote-home").display(),
-            env.path("remote-runtime").display(),
-            env.path("remote-data").display(),
-            tmp.display()
-        ))
-        .start()
-        .expect("starting the test sshd");
-    env.host = Some(host);
-    (env, tmp)
-}
-
 #[tokio::test]
 async fn the_remote_state_dir_is_private_and_goes_with_the_last_mount() {
-    let (env, tmp) = env_with_remote_tmpdir();
+    // A `TMPDIR` of the test's own on the remote (where the mount wrappers keep their state),
+    // so that other tests' mounts do not share it.
+    let env = Env::remote_host()
+        .session_env("TMPDIR", |env| env.new_dir("remote-tmp"))
+        .build();
+    let tmp = env.path("remote-tmp");
     let local = project(&env, "project");
     let remote = env.path("remote-mnt/p");
     let states = tmp.join(format!("sshpyk-mounts-{}", nix::unistd::getuid()));

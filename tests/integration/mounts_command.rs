@@ -297,7 +297,7 @@ fn replaced_or_deleted_kernels_leave_no_secrets_behind() {
 /// kernel keeps it, and the command says so and fails; once the kernel is back, it removes it.
 #[tokio::test]
 async fn mounts_remove_during_a_reconnection_fails_and_says_which_kernel_keeps_it() {
-    let Some(env) = Env::with_host_to_cut() else {
+    let Some(env) = Env::remote_host().build_to_cut() else {
         return;
     };
     let (server, creds, _config) = cloud_support::s3_bucket(&env, "cut");

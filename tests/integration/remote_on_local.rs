@@ -264,7 +264,7 @@ impl<'a> MountCmd<'a> {
 #[test]
 fn users_options_win_over_sshpyks_defaults_for_ssh_and_sshfs() {
     // Logged in as another user: sshpyk's default idmap=user shows its files as ours.
-    let env = Env::with_host_as(TestUser::Chatty);
+    let env = Env::remote_host().user(TestUser::Chatty).build();
     let remote_uid = env.host().login_ids().0.as_raw();
     let local_uid = nix::unistd::geteuid().as_raw();
     assert_ne!(remote_uid, local_uid);
@@ -687,7 +687,7 @@ fn each_error_is_one_line_with_its_exit_code_and_leaves_nothing() {
 
 #[test]
 fn allow_other_refused_by_fuse_is_retried_without_it_for_a_non_root_user() {
-    let env = Env::with_host_as(TestUser::Chatty);
+    let env = Env::remote_host().user(TestUser::Chatty).build();
     // A local user other than root that every machine has (the test users exist only inside
     // their hosts).
     let user = nix::unistd::User::from_name("nobody")
