@@ -91,6 +91,37 @@ impl Env {
         self.host().ssh_config().to_owned()
     }
 
+    /// The test host's ssh config with each of `options` (a keyword such as `IdentityFile`, its
+    /// value) in place of the line that sets it.
+    pub fn ssh_config_with(&self, options: &[(&str, &Path)]) -> String {
+        std::fs::read_to_string(self.ssh_config())
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let keyword = line.split_whitespace().next();
+                match options.iter().find(|(option, _)| Some(*option) == keyword) {
+                    Some((option, value)) => format!("    {option} {}\n", value.display()),
+                    None => format!("{line}\n"),
+                }
+            })
+            .collect()
+    }
+
+    /// A copy of the test host's ssh config, written to `name`, that offers a fresh key the host
+    /// does not know: its authentication would need a human.
+    pub fn ssh_config_with_an_unknown_key(&self, name: &str) -> PathBuf {
+        let key = self.path(&format!("{name}_key"));
+        let made = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let config = self.path(name);
+        std::fs::write(&config, self.ssh_config_with(&[("IdentityFile", &key)])).unwrap();
+        config
+    }
+
     /// The environment every sshpyk process of the test gets.
     pub fn apply(&self, cmd: &mut Command) {
         cmd.env("HOME", self.path("home"))
@@ -145,6 +176,14 @@ impl Env {
         let text = std::fs::read_to_string(self.kernel_dir(name).join("kernel.json"))
             .expect("kernel.json");
         serde_json::from_str(&text).unwrap()
+    }
+
+    /// Changes kernel `name`'s sshpyk settings in its kernel.json behind sshpyk's back (as a
+    /// hand edit would, or a host that changed since `add`).
+    pub fn change_settings(&self, name: &str, change: impl FnOnce(&mut serde_json::Value)) {
+        let mut spec = self.read_kernel_json(name);
+        change(&mut spec["metadata"]["sshpyk"]);
+        std::fs::write(self.kernel_dir(name).join("kernel.json"), spec.to_string()).unwrap();
     }
 
     /// A connection file as Jupyter writes it: five free local ports and a fresh key. The ports
@@ -240,6 +279,17 @@ impl Env {
         let mut launcher = self.launch(&kernel, &conn);
         launcher.wait_ready(Duration::from_secs(60));
         (launcher, info)
+    }
+
+    /// Starts `kernel` as Jupyter would, with a connection file of its own, and waits (30 s at
+    /// most) for the launcher to give up: its exit code and its log.
+    pub fn failed_launch(&self, kernel: &str) -> (Option<i32>, String) {
+        let (conn, _) = self.connection_file(&format!("fail-{}", uuid::Uuid::new_v4()));
+        let mut launcher = self.launch(kernel, &conn);
+        let status = launcher
+            .wait_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("the launcher did not give up:\n{}", launcher.log()));
+        (status.code(), launcher.log())
     }
 
     /// Processes on the remote whose command line contains `needle` (kernels, supervisors).

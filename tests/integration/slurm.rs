@@ -402,9 +402,9 @@ fn list_names_the_slurm_commands_missing_on_the_login_node() {
     add_slurm_kernel(&env, "--partition debug", &[]);
     env.add_kernel("plain", &[]);
     env.add_kernel("nopy", &["--slurm", "--partition debug"]);
-    let mut spec = env.read_kernel_json("nopy");
-    spec["metadata"]["sshpyk"]["remote_python"] = "/nonexistent/env/bin/python".into();
-    std::fs::write(env.kernel_dir("nopy").join("kernel.json"), spec.to_string()).unwrap();
+    env.change_settings("nopy", |s| {
+        s["remote_python"] = "/nonexistent/env/bin/python".into();
+    });
     let list = env.sshpyk().arg("list").assert().code(9);
     let out = list.get_output();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -468,12 +468,10 @@ fn a_partition_that_does_not_exist_is_one_clear_line_and_nothing_is_queued() {
     assert!(jobs(&env).is_empty());
 
     // A start that fails once its job runs (no such remote kernel) cancels the job at once.
-    let kernel_json = env.kernel_dir("k").join("kernel.json");
-    let mut spec = env.read_kernel_json("k");
-    spec["metadata"]["sshpyk"]["slurm"]["options"] =
-        format!("--partition {SLURM_PARTITION}").into();
-    spec["metadata"]["sshpyk"]["remote_kernel_name"] = "nosuchkernel".into();
-    std::fs::write(&kernel_json, spec.to_string()).unwrap();
+    env.change_settings("k", |s| {
+        s["slurm"]["options"] = format!("--partition {SLURM_PARTITION}").into();
+        s["remote_kernel_name"] = "nosuchkernel".into();
+    });
     let (code, log) = launch_failing(&env, &conn);
     assert_eq!(code, Some(5), "{log}");
     assert!(
