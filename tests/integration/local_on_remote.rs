@@ -405,15 +405,8 @@ async fn restart_sigkill_and_a_stale_mount_leave_nothing_behind() {
     let local = project(&env, "project");
     let parent = env.path("remote-mnt");
     let remote = parent.join("p");
-    let kernel = env.add_kernel(
-        "k",
-        &[
-            "--orphan-timeout",
-            "2",
-            "--mount-local-on-remote",
-            &spec(&local, &remote, ""),
-        ],
-    );
+    let orphan_timeout = ["--orphan-timeout", "2"];
+    let kernel = add_with_mounts(&env, "k", &orphan_timeout, &[(&local, &remote)]);
     let (conn, info) = env.connection_file("a");
     let r = remote.display();
 
