@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -94,78 +94,102 @@ fn assert_browser_tools() {
     );
 }
 
-#[test]
-fn jupyterlab_in_chromium_runs_interrupts_restarts_and_shuts_down_through_a_link_cut() {
-    let Some(env) = Env::with_host_to_cut() else {
-        return;
-    };
-    assert_browser_tools();
-    let kernel = env.add_kernel("ssh_remote", &[]);
-    let started = Instant::now();
+/// A run of JupyterLab and the browser script: where each keeps its things, all in the test's
+/// temp dir, and how they reach each other.
+struct Lab {
+    root: PathBuf,
+    config: PathBuf,
+    tmp: PathBuf,
+    log: PathBuf,
+    driver_err: PathBuf,
+    screenshot: PathBuf,
+    port: u16,
+    token: String,
+}
 
-    let [root, config, tmp] = ["lab-root", "lab-config", "tmp"].map(|d| {
-        let p = env.path(d);
-        std::fs::create_dir_all(&p).unwrap();
-        p
-    });
-    let lab_log = env.path("lab.log");
-    let driver_err = env.path("driver.stderr");
-    let screenshot = env.path("jupyterlab.png");
-    let port = sshpyk_testhost::free_port();
-    let token = uuid::Uuid::new_v4().simple().to_string();
-    let base = format!("http://127.0.0.1:{port}");
-    // Jupyter's and the browser's dirs all in the test's temp dir (HOME too, by env.apply).
-    let private_dirs = |cmd: &mut Command| {
+impl Lab {
+    fn new(env: &Env) -> Lab {
+        let [root, config, tmp] = ["lab-root", "lab-config", "tmp"].map(|d| env.new_dir(d));
+        Lab {
+            root,
+            config,
+            tmp,
+            log: env.path("lab.log"),
+            driver_err: env.path("driver.stderr"),
+            screenshot: env.path("jupyterlab.png"),
+            port: sshpyk_testhost::free_port(),
+            token: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+
+    /// Jupyter's and the browser's dirs all in the test's temp dir (HOME too, by env.apply).
+    fn private_dirs(&self, env: &Env, cmd: &mut Command) {
         env.apply(cmd);
-        cmd.env("JUPYTER_CONFIG_DIR", &config)
+        cmd.env("JUPYTER_CONFIG_DIR", &self.config)
             .env("IPYTHONDIR", env.path("home/.ipython"))
-            .env("TMPDIR", &tmp)
+            .env("TMPDIR", &self.tmp)
             .env_remove("JUPYTER_CONFIG_PATH")
             .env_remove("JUPYTER_TOKEN")
             .env_remove("JUPYTER_PORT");
-    };
+    }
 
-    // Declared before the groups, so dropped after their SIGTERM had its chance.
-    let _backstop = scopeguard(|| kill_left_in(env.dir.path()));
-    let log = std::fs::File::create(&lab_log).unwrap();
-    let mut lab_cmd = Command::new(venv_python());
-    lab_cmd
-        .args([
+    /// `jupyter lab` on our port and token, its output in the lab log.
+    fn start_lab(&self, env: &Env) -> Group {
+        let log = std::fs::File::create(&self.log).unwrap();
+        let mut cmd = Command::new(venv_python());
+        cmd.args([
             "-m",
             "jupyterlab",
             "--no-browser",
             "--ServerApp.ip=127.0.0.1",
         ])
-        .arg(format!("--ServerApp.port={port}"))
+        .arg(format!("--ServerApp.port={}", self.port))
         // The port free_port chose or nothing: another one would not be race-free.
         .arg("--ServerApp.port_retries=0")
-        .arg(format!("--IdentityProvider.token={token}"))
-        .arg(format!("--ServerApp.root_dir={}", root.display()))
+        .arg(format!("--IdentityProvider.token={}", self.token))
+        .arg(format!("--ServerApp.root_dir={}", self.root.display()))
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
-    if nix::unistd::geteuid().is_root() {
-        lab_cmd.arg("--allow-root");
+        if nix::unistd::geteuid().is_root() {
+            cmd.arg("--allow-root");
+        }
+        self.private_dirs(env, &mut cmd);
+        Group::spawn(&mut cmd)
     }
-    private_dirs(&mut lab_cmd);
-    let mut lab = Group::spawn(&mut lab_cmd);
 
-    let script = format!(
-        "{}/tests/clients/jupyterlab_browser.py",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let mut driver_cmd = Command::new(venv_python());
-    driver_cmd
-        .arg(script)
-        .args([&base, &token, &kernel])
-        .args([&root, &config, &screenshot])
-        .arg(CHROMIUM)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&driver_err).unwrap());
-    private_dirs(&mut driver_cmd);
-    let mut driver = Group::spawn(&mut driver_cmd);
+    /// The browser script on `kernel`, talking to us through its stdin and stdout.
+    fn start_driver(&self, env: &Env, kernel: &str) -> Group {
+        let script = format!(
+            "{}/tests/clients/jupyterlab_browser.py",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let base = format!("http://127.0.0.1:{}", self.port);
+        let mut cmd = Command::new(venv_python());
+        cmd.arg(script)
+            .args([&base, &self.token, kernel])
+            .args([&self.root, &self.config, &self.screenshot])
+            .arg(CHROMIUM)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&self.driver_err).unwrap());
+        self.private_dirs(env, &mut cmd);
+        Group::spawn(&mut cmd)
+    }
 
+    /// What to show on a failure: the script's `transcript`, its stderr, the lab log's end.
+    fn report(&self, transcript: &str) -> String {
+        format!(
+            "{transcript}\n--- driver stderr:\n{}\n--- jupyter lab log (last lines):\n{}",
+            tail(&self.driver_err),
+            tail(&self.log)
+        )
+    }
+}
+
+/// Follows the browser script to its end, cutting the link for [`CUT`] each time it says
+/// "cut": its transcript, and how many cuts it asked for.
+fn follow_with_cuts(env: &Env, driver: &mut Group) -> (String, usize) {
     let mut stdin = driver.0.stdin.take().unwrap();
     let stdout = BufReader::new(driver.0.stdout.take().unwrap());
     let mut transcript = String::new();
@@ -182,28 +206,39 @@ fn jupyterlab_in_chromium_runs_interrupts_restarts_and_shuts_down_through_a_link
             writeln!(stdin, "ok").unwrap();
         }
     }
+    (transcript, cuts)
+}
+
+#[test]
+fn jupyterlab_in_chromium_runs_interrupts_restarts_and_shuts_down_through_a_link_cut() {
+    let Some(env) = Env::remote_host().build_to_cut() else {
+        return;
+    };
+    assert_browser_tools();
+    let kernel = env.add_kernel("ssh_remote", &[]);
+    let started = Instant::now();
+    let lab = Lab::new(&env);
+    // Declared before the groups, so dropped after their SIGTERM had its chance.
+    let _backstop = scopeguard(|| kill_left_in(env.dir.path()));
+    let mut server = lab.start_lab(&env);
+    let mut driver = lab.start_driver(&env, &kernel);
+    let (transcript, cuts) = follow_with_cuts(&env, &mut driver);
     let status = driver.0.wait().unwrap();
     // For a look at what the browser showed (the temp dir goes at the end).
     if let Some(keep) = std::env::var_os("SSHPYK_BROWSER_SCREENSHOT") {
-        let _ = std::fs::copy(&screenshot, keep);
+        let _ = std::fs::copy(&lab.screenshot, keep);
     }
-    let report = || {
-        format!(
-            "{transcript}\n--- driver stderr:\n{}\n--- jupyter lab log (last lines):\n{}",
-            tail(&driver_err),
-            tail(&lab_log)
-        )
-    };
+    let report = || lab.report(&transcript);
     assert!(status.success(), "the browser script failed:\n{}", report());
     assert_eq!(cuts, 1, "{}", report());
     // The launcher (its stderr is the server's) felt the cut: the cell really printed through it.
-    let log = std::fs::read_to_string(&lab_log).unwrap();
+    let log = std::fs::read_to_string(&lab.log).unwrap();
     assert!(
         log.contains("connection lost, reconnecting") && log.contains("reconnected after"),
         "{}",
         report()
     );
-    assert!(screenshot.exists(), "no screenshot:\n{}", report());
+    assert!(lab.screenshot.exists(), "no screenshot:\n{}", report());
 
     assert!(
         env.remote_processes_end("ipykernel", Duration::from_secs(15)),
@@ -217,7 +252,7 @@ fn jupyterlab_in_chromium_runs_interrupts_restarts_and_shuts_down_through_a_link
         report()
     );
     assert!(
-        lab.stop(),
+        server.stop(),
         "jupyter lab did not stop on SIGTERM:\n{}",
         report()
     );

@@ -304,152 +304,95 @@ fn delete_removes_sshpyk_kernels_and_refuses_others_without_force() {
     ghost_is_not_found(&env, &["delete", "ghost"]);
 }
 
+/// `args` with the flags of `changes` (flag, value pairs) set: a flag there gets the new value
+/// in place (clap lets later flags win only for repeated options), one with an empty value is
+/// dropped, others are added.
+fn changed<'a>(args: &[&'a str], changes: &[&'a str]) -> Vec<&'a str> {
+    let mut args = args.to_vec();
+    for pair in changes.chunks(2) {
+        match args.iter().position(|a| *a == pair[0]) {
+            Some(i) if pair[1].is_empty() => drop(args.drain(i..i + 2)),
+            Some(i) => args[i + 1] = pair[1],
+            None => args.extend_from_slice(pair),
+        }
+    }
+    args
+}
+
 #[test]
 fn bad_input_gets_one_clear_line_and_writes_nothing() {
     let env = Env::with_host();
     let config = env.ssh_config();
     let venv = common::venv();
-    let venv = venv.to_str().unwrap();
-    let config = config.to_str().unwrap();
+    let (config, venv) = (config.to_str().unwrap(), venv.to_str().unwrap());
     let missing_config = env.path("nope/config");
     let unparsable_config = env.path("unparsable_config");
     std::fs::write(&unparsable_config, "Host remote\n  Port notanumber\n").unwrap();
-    let base = [
+    let missing = missing_config.to_str().unwrap();
+    let unparsable = unparsable_config.to_str().unwrap();
+    // A good `add`, and per case the flags that differ from it (see `changed`).
+    let good = [
         "add",
         "--ssh-host-alias",
         "remote",
         "--remote-kernel-name",
         "python3",
+        "--remote-python-prefix",
+        venv,
+        "--ssh-config",
+        config,
     ];
-    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+    let cases: [(&[&str], i32, &str); 11] = [
         (
-            vec![
-                "--remote-python-prefix",
-                venv,
-                "--ssh-config",
-                config,
-                "--ssh-host-alias",
-                "foo",
-            ],
+            &["--ssh-host-alias", "foo"],
             3,
             "ssh alias 'foo' is not defined in",
         ),
         (
-            vec![
-                "--remote-python-prefix",
-                "relative/env",
-                "--ssh-config",
-                config,
-            ],
+            &["--remote-python-prefix", "relative/env"],
             3,
             "is relative",
         ),
         (
-            vec![
-                "--remote-python-prefix",
-                venv,
-                "--ssh-config",
-                config,
-                "--kernel-name",
-                "bad name",
-            ],
+            &["--kernel-name", "bad name"],
             3,
             "kernel name 'bad name' is invalid",
         ),
+        (&["--ssh-config", missing], 3, "cannot be read"),
         (
-            vec![
-                "--remote-python-prefix",
-                venv,
-                "--ssh-config",
-                missing_config.to_str().unwrap(),
-            ],
-            3,
-            "cannot be read",
-        ),
-        (
-            vec![
-                "--remote-python-prefix",
-                "/nonexistent/env",
-                "--ssh-config",
-                config,
-            ],
+            &["--remote-python-prefix", "/nonexistent/env"],
             5,
             "does not exist on 'remote'",
         ),
         (
-            vec!["--remote-python", "/bin/sh", "--ssh-config", config],
+            &["--remote-python-prefix", "", "--remote-python", "/bin/sh"],
             5,
             "does not run",
         ),
         (
-            vec![
-                "--remote-python-prefix",
-                venv,
-                "--ssh-config",
-                config,
-                "--remote-kernel-name",
-                "nope",
-            ],
+            &["--remote-kernel-name", "nope"],
             5,
             "remote kernel 'nope' not found on 'remote' (available:",
         ),
         (
-            vec![
-                "--remote-python-prefix",
-                venv,
-                "--ssh-config",
-                config,
-                "--mount-local-on-remote",
-                "rel:/x",
-            ],
+            &["--mount-local-on-remote", "rel:/x"],
             3,
             "mount spec 'rel:/x' is invalid",
         ),
         (
-            vec![
-                "--remote-python-prefix",
-                venv,
-                "--ssh-config",
-                config,
-                "--mount-local-on-remote",
-                "/no/such/dir:/x",
-            ],
+            &["--mount-local-on-remote", "/no/such/dir:/x"],
             3,
             "local mount directory /no/such/dir does not exist",
         ),
+        (&["--ssh", "/no/ssh"], 3, "ssh client '/no/ssh' not found"),
         (
-            vec![
-                "--remote-python-prefix",
-                venv,
-                "--ssh-config",
-                config,
-                "--ssh",
-                "/no/ssh",
-            ],
-            3,
-            "ssh client '/no/ssh' not found",
-        ),
-        (
-            vec![
-                "--remote-python-prefix",
-                venv,
-                "--ssh-config",
-                unparsable_config.to_str().unwrap(),
-            ],
+            &["--ssh-config", unparsable],
             3,
             "cannot be parsed: expected port number; fix the file",
         ),
     ];
-    for (extra, code, message) in cases {
-        let mut args: Vec<&str> = base.to_vec();
-        // Later flags win in clap only for repeated options; put overrides in place instead.
-        for pair in extra.chunks(2) {
-            if let Some(i) = args.iter().position(|a| *a == pair[0]) {
-                args[i + 1] = pair[1];
-            } else {
-                args.extend_from_slice(pair);
-            }
-        }
+    for (changes, code, message) in cases {
+        let args = changed(&good, changes);
         let out = env.sshpyk().args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");

@@ -81,7 +81,7 @@ fn jupyter_server_websockets_survive_a_restart_of_an_sshpyk_kernel() {
 /// reply and all its output (JupyterLab shows its execution count, not `[*]`).
 #[test]
 fn jupyter_server_websockets_get_a_cells_reply_and_output_through_a_link_cut() {
-    let Some(env) = Env::with_host_to_cut() else {
+    let Some(env) = Env::remote_host().build_to_cut() else {
         return;
     };
     env.add_kernel("ssh_remote", &[]);

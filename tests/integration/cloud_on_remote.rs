@@ -15,6 +15,9 @@ use crate::cloud_support::{
 };
 use crate::common::{eventually, one_line_error, ready_client, Env, Launcher};
 use nix::sys::signal::Signal;
+use sshpyk::jupyter::KernelClient;
+use sshpyk::mounts::cloud_on_remote::{Backend, CloudMount};
+use sshpyk_testhost::TestUser;
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -130,6 +133,82 @@ fn assert_listed_live(env: &Env, launcher: &Launcher, ro: &Path, rw: &Path) {
     );
 }
 
+/// Kernel `kernel`'s spec names its mounts but holds no `secret`; the `n` secrets files are
+/// 0600 in a 0700 directory.
+fn assert_secrets_kept_apart(env: &Env, kernel: &str, secret: &str, n: usize) {
+    let spec = std::fs::read_to_string(env.kernel_dir(kernel).join("kernel.json")).unwrap();
+    assert!(spec.contains("\"cloud_mounts\""), "{spec}");
+    assert!(!spec.contains(secret), "{spec}");
+    assert_eq!(mode(&secrets_dir(env)), 0o700);
+    let files = secret_files(env);
+    assert_eq!(files.len(), n);
+    for file in &files {
+        assert_eq!(mode(file), 0o600);
+    }
+}
+
+/// Through the kernel, `ro` refuses a write, and a file written in `rw` reaches the bucket
+/// (s3:data/out, read with `config`).
+async fn assert_ro_refused_and_rw_written_back(
+    env: &Env,
+    c: &mut KernelClient,
+    config: &Path,
+    ro: &Path,
+    rw: &Path,
+) {
+    let refused = run(
+        c,
+        &format!("open('{}/new.txt', 'w').write('x')", ro.display()),
+    )
+    .await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("Read-only file system")),
+        "{refused:?}"
+    );
+    run(
+        c,
+        &format!(
+            "with open('{}/result.txt', 'w') as f: f.write('from the kernel')",
+            rw.display()
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || store_holds(
+            env,
+            config,
+            "s3:data/out/result.txt",
+            "from the kernel"
+        )),
+        "the write never reached the bucket"
+    );
+}
+
+/// After a run whose launcher logged verbosely: `secret` is in none of its log, in nothing
+/// sshpyk wrote here (the kernel's run logs too), in nothing `-vv mounts list` prints; `ps`
+/// shows no kernel.
+fn assert_secret_left_no_trace(env: &Env, launcher: &Launcher, secret: &str) {
+    let log = launcher.log();
+    assert!(
+        log.contains("DEBUG") && log.contains("debug1:"),
+        "logged verbosely:\n{log}"
+    );
+    assert!(!log.contains(secret));
+    assert!(!files_containing(&env.path("rt"), secret));
+    let listed = env
+        .sshpyk()
+        .args(["-vv", "mounts", "list"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains(secret));
+    assert!(!String::from_utf8_lossy(&listed.stderr).contains(secret));
+    let ps = env.sshpyk().args(["ps"]).assert().success();
+    assert!(String::from_utf8_lossy(&ps.get_output().stdout).contains("no running sshpyk kernels"));
+}
+
 #[tokio::test]
 async fn an_s3_bucket_is_read_through_the_kernel_read_only_unless_rw_and_secrets_stay_private() {
     let env = Env::with_host();
@@ -144,40 +223,14 @@ async fn an_s3_bucket_is_read_through_the_kernel_read_only_unless_rw_and_secrets
     let kernel = env.add_kernel("k", &["--log-level", "ssh"]);
     let top = env.path("remote-mnt");
     let (ro, rw) = (top.join("ro"), top.join("rw"));
-    add_s3(
-        &env,
-        &kernel,
-        server.port,
-        &creds_file,
-        "data/in",
-        &ro,
-        false,
-    )
-    .assert()
-    .success()
-    .stdout(predicates::str::contains("(read-only)"));
-    add_s3(
-        &env,
-        &kernel,
-        server.port,
-        &creds_file,
-        "data/out",
-        &rw,
-        true,
-    )
-    .assert()
-    .success();
-
-    // The kernelspec names the mounts but holds no secret; the secrets are 0600 in a 0700 dir.
-    let spec = std::fs::read_to_string(env.kernel_dir(&kernel).join("kernel.json")).unwrap();
-    assert!(spec.contains("\"cloud_mounts\""), "{spec}");
-    assert!(!spec.contains(&secret), "{spec}");
-    assert_eq!(mode(&secrets_dir(&env)), 0o700);
-    let files = secret_files(&env);
-    assert_eq!(files.len(), 2);
-    for file in &files {
-        assert_eq!(mode(file), 0o600);
-    }
+    let add = |source, mnt: &Path, rw| {
+        add_s3(&env, &kernel, server.port, &creds_file, source, mnt, rw)
+            .assert()
+            .success()
+    };
+    add("data/in", &ro, false).stdout(predicates::str::contains("(read-only)"));
+    add("data/out", &rw, true);
+    assert_secrets_kept_apart(&env, &kernel, &secret, 2);
 
     let (mut launcher, mut c) = start(&env, &kernel, "a").await;
     // Mounted before the kernel started.
@@ -185,38 +238,7 @@ async fn an_s3_bucket_is_read_through_the_kernel_read_only_unless_rw_and_secrets
         run(&mut c, &print_file(&ro.join("data.txt"))).await,
         Ok("from s3\n".into())
     );
-    // Read-only: the kernel's write is refused.
-    let refused = run(
-        &mut c,
-        &format!("open('{}/new.txt', 'w').write('x')", ro.display()),
-    )
-    .await;
-    assert!(
-        refused
-            .as_ref()
-            .is_err_and(|e| e.contains("Read-only file system")),
-        "{refused:?}"
-    );
-    // Read-write: written back to the bucket.
-    run(
-        &mut c,
-        &format!(
-            "with open('{}/result.txt', 'w') as f: f.write('from the kernel')",
-            rw.display()
-        ),
-    )
-    .await
-    .unwrap();
-    assert!(
-        eventually(Duration::from_secs(30), || store_holds(
-            &env,
-            &config,
-            "s3:data/out/result.txt",
-            "from the kernel"
-        )),
-        "the write never reached the bucket"
-    );
-
+    assert_ro_refused_and_rw_written_back(&env, &mut c, &config, &ro, &rw).await;
     // Credentials: in no command line (here or there), no log; the remote config is 0600 in
     // a 0700 directory of its own.
     let mounts = assert_remote_configs_private(&env, &launcher, &secret);
@@ -228,23 +250,7 @@ async fn an_s3_bucket_is_read_through_the_kernel_read_only_unless_rw_and_secrets
     shut_down(&mut c, &mut launcher, Duration::from_secs(20)).await;
     let configs: Vec<PathBuf> = mounts.iter().map(|(_, c)| c.clone()).collect();
     assert_clean(&env, &[&ro, &rw], &configs, &[&top]);
-    let log = launcher.log();
-    assert!(
-        log.contains("DEBUG") && log.contains("debug1:"),
-        "logged verbosely:\n{log}"
-    );
-    assert!(!log.contains(&secret));
-    // Nor in the kernel's run logs, nor anywhere sshpyk writes here, nor in what `-vv` prints.
-    assert!(!files_containing(&env.path("rt"), &secret));
-    let listed = env
-        .sshpyk()
-        .args(["-vv", "mounts", "list"])
-        .output()
-        .unwrap();
-    assert!(!String::from_utf8_lossy(&listed.stdout).contains(&secret));
-    assert!(!String::from_utf8_lossy(&listed.stderr).contains(&secret));
-    let ps = env.sshpyk().args(["ps"]).assert().success();
-    assert!(String::from_utf8_lossy(&ps.get_output().stdout).contains("no running sshpyk kernels"));
+    assert_secret_left_no_trace(&env, &launcher, &secret);
 }
 
 #[tokio::test]
@@ -296,71 +302,47 @@ async fn a_bad_cloud_mount_fails_the_start_in_one_line_and_leaves_nothing() {
     assert!(rclone_mounts(&env).is_empty());
 }
 
+/// `sshpyk mounts add` for kernel "k" of `served` (a directory of the test host) over SFTP at
+/// `mnt`, logged in with the host's key file: a local path, which sshpyk reads and ships.
+fn add_sftp(env: &Env, served: &Path, mnt: &Path) {
+    let key = env.host().identity_file();
+    let creds = write_private(
+        env,
+        "sftp.json",
+        &serde_json::json!({ "key_file": key }).to_string(),
+    );
+    let host = env.host();
+    env.sshpyk()
+        .args(["mounts", "add", "--kernel-name", "k", "--backend", "sftp"])
+        .arg("--set")
+        .arg(format!("host={}", host.address()))
+        .arg("--set")
+        .arg(format!("port={}", host.port()))
+        .arg("--set")
+        .arg(format!("user={}", host.login_user()))
+        .arg("--creds")
+        .arg(&creds)
+        .arg("--source")
+        .arg(served)
+        .arg(mnt)
+        .assert()
+        .success();
+}
+
 #[tokio::test]
 async fn webdav_with_a_password_and_sftp_with_a_key_file_mount_through_the_kernel() {
     let env = Env::with_host();
-    let dav = env.path("dav");
-    std::fs::create_dir_all(&dav).unwrap();
+    let (dav, webdav, dav_creds, dav_mnt) = dav_store(&env);
     std::fs::write(dav.join("hello.txt"), "over webdav\n").unwrap();
-    let _webdav = cloud_support::webdav_server(&env, &dav, "dav-user", "dav-pass-123");
     let served = env.path("sftp-served");
     std::fs::create_dir_all(&served).unwrap();
     std::fs::write(served.join("hello.txt"), "over sftp\n").unwrap();
     let kernel = env.add_kernel("k", &[]);
-    let (dav_mnt, sftp_mnt) = (env.path("remote-dav"), env.path("remote-sftp"));
-    let dav_creds = write_private(&env, "dav.json", r#"{"pass": "dav-pass-123"}"#);
-    env.sshpyk()
-        .args([
-            "mounts",
-            "add",
-            "--kernel-name",
-            &kernel,
-            "--backend",
-            "webdav",
-        ])
-        .arg("--set")
-        .arg(format!("url=http://127.0.0.1:{}/", _webdav.port))
-        .args([
-            "--set",
-            "vendor=other",
-            "--set",
-            "user=dav-user",
-            "--rw",
-            "--creds",
-        ])
-        .arg(&dav_creds)
-        .arg(&dav_mnt)
+    let sftp_mnt = env.path("remote-sftp");
+    assert_cmd::Command::from_std(add_dav(&env, webdav.port, &dav_creds, &dav_mnt, true))
         .assert()
         .success();
-    // The key file is a local path: sshpyk reads it here and ships its content.
-    let key = env.host().identity_file();
-    let sftp_creds = write_private(
-        &env,
-        "sftp.json",
-        &serde_json::json!({ "key_file": key }).to_string(),
-    );
-    env.sshpyk()
-        .args([
-            "mounts",
-            "add",
-            "--kernel-name",
-            &kernel,
-            "--backend",
-            "sftp",
-        ])
-        .arg("--set")
-        .arg(format!("host={}", env.host().address()))
-        .arg("--set")
-        .arg(format!("port={}", env.host().port()))
-        .arg("--set")
-        .arg(format!("user={}", env.host().login_user()))
-        .arg("--creds")
-        .arg(&sftp_creds)
-        .arg("--source")
-        .arg(&served)
-        .arg(&sftp_mnt)
-        .assert()
-        .success();
+    add_sftp(&env, &served, &sftp_mnt);
     let spec = std::fs::read_to_string(env.kernel_dir(&kernel).join("kernel.json")).unwrap();
     assert!(
         !spec.contains("dav-pass-123") && !spec.contains("PRIVATE KEY"),
@@ -406,11 +388,42 @@ async fn webdav_with_a_password_and_sftp_with_a_key_file_mount_through_the_kerne
     assert_clean(&env, &[&dav_mnt, &sftp_mnt], &[], &[&dav_mnt, &sftp_mnt]);
 }
 
+/// The config sshpyk renders for a `backend` mount with `creds` and `settings`, as rclone reads
+/// it back (`rclone config show`).
+fn rendered_as_rclone_reads_it(
+    env: &Env,
+    backend: Backend,
+    creds: serde_json::Value,
+    settings: &[(&str, &str)],
+) -> String {
+    let creds = serde_json::from_value(creds).unwrap();
+    let secrets = CloudMount::read_creds(backend, creds).unwrap();
+    let mount = CloudMount {
+        remote: "/mnt/x".into(),
+        backend,
+        source: "bucket".into(),
+        settings: settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        rw: false,
+        rclone_flags: vec![],
+        secrets: String::new(),
+    };
+    let rendered = mount.render(&secrets).unwrap();
+    let file = write_private(env, "render.conf", &rendered.config);
+    cloud_support::run_ok(
+        std::process::Command::new("rclone")
+            .args(["config", "show", "--config"])
+            .arg(&file)
+            .arg("sshpyk"),
+    )
+}
+
 /// gcs and dropbox have no server here: their rendered configs are checked with rclone itself,
 /// and a start against the real service fails in one clear line.
 #[tokio::test]
 async fn gcs_and_dropbox_render_as_rclone_reads_them_and_fail_in_one_line() {
-    use sshpyk::mounts::cloud_on_remote::{Backend, CloudMount};
     let env = Env::with_host();
     let sa = serde_json::json!({
         "type": "service_account", "project_id": "p", "private_key_id": "1",
@@ -420,69 +433,31 @@ async fn gcs_and_dropbox_render_as_rclone_reads_them_and_fail_in_one_line() {
     });
     let sa_file = write_private(&env, "sa.json", &serde_json::to_string_pretty(&sa).unwrap());
     let token = r#"{"access_token":"sl.x","token_type":"bearer","expiry":"0001-01-01T00:00:00Z"}"#;
-    let cases = [
-        (
-            Backend::Gcs,
-            serde_json::json!({ "service_account_file": sa_file }),
-            vec![("project_number", "12345")],
-        ),
-        (
-            Backend::Dropbox,
-            serde_json::json!({ "token": token }),
-            vec![],
-        ),
-    ];
-    for (backend, creds, settings) in cases {
-        let creds = serde_json::from_value(creds).unwrap();
-        let secrets = CloudMount::read_creds(backend, creds).unwrap();
-        let mount = CloudMount {
-            remote: "/mnt/x".into(),
-            backend,
-            source: "bucket".into(),
-            settings: settings
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            rw: false,
-            rclone_flags: vec![],
-            secrets: String::new(),
-        };
-        let rendered = mount.render(&secrets).unwrap();
-        let file = write_private(&env, "render.conf", &rendered.config);
-        let shown = cloud_support::run_ok(
-            std::process::Command::new("rclone")
-                .args(["config", "show", "--config"])
-                .arg(&file)
-                .arg("sshpyk"),
-        );
-        match backend {
-            Backend::Gcs => {
-                assert!(
-                    shown.contains("type = google cloud storage") || shown.contains("type = gcs"),
-                    "{shown}"
-                );
-                assert!(shown.contains("project_number = 12345"), "{shown}");
-                let line = shown
-                    .lines()
-                    .find_map(|l| l.strip_prefix("service_account_credentials = "))
-                    .unwrap_or_else(|| panic!("{shown}"));
-                let back: serde_json::Value = serde_json::from_str(line).unwrap();
-                assert_eq!(back, sa);
-            }
-            _ => {
-                assert!(shown.contains("type = dropbox"), "{shown}");
-                assert!(shown.contains(&format!("token = {token}")), "{shown}");
-            }
-        }
-    }
+    let shown = rendered_as_rclone_reads_it(
+        &env,
+        Backend::Gcs,
+        serde_json::json!({ "service_account_file": sa_file }),
+        &[("project_number", "12345")],
+    );
+    assert!(
+        shown.contains("type = google cloud storage") || shown.contains("type = gcs"),
+        "{shown}"
+    );
+    assert!(shown.contains("project_number = 12345"), "{shown}");
+    let line = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("service_account_credentials = "))
+        .unwrap_or_else(|| panic!("{shown}"));
+    let back: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(back, sa);
+    let dropbox = serde_json::json!({ "token": token });
+    let shown = rendered_as_rclone_reads_it(&env, Backend::Dropbox, dropbox.clone(), &[]);
+    assert!(shown.contains("type = dropbox"), "{shown}");
+    assert!(shown.contains(&format!("token = {token}")), "{shown}");
 
     // A start against the service (unreachable from the test host): one line, nothing left.
     let kernel = env.add_kernel("k", &[]);
-    let creds = write_private(
-        &env,
-        "dropbox.json",
-        &serde_json::json!({ "token": token }).to_string(),
-    );
+    let creds = write_private(&env, "dropbox.json", &dropbox.to_string());
     let mnt = env.path("remote-dropbox");
     env.sshpyk()
         .args([
@@ -567,7 +542,7 @@ async fn an_azure_container_on_azurite_is_read_through_the_kernel_and_a_bad_sign
 
 #[tokio::test]
 async fn a_raw_rclone_config_mount_rides_out_a_link_cut_and_ps_says_reconnecting_meanwhile() {
-    let Some(env) = Env::with_host_to_cut() else {
+    let Some(env) = Env::remote_host().build_to_cut() else {
         return;
     };
     let (_server, _creds, config) = cloud_support::s3_bucket(&env, "cut");
@@ -618,7 +593,7 @@ async fn a_user_without_root_mounts_and_writes_back() {
         eprintln!("skipped: the second test user needs root");
         return;
     }
-    let env = Env::with_host_as(sshpyk_testhost::TestUser::Chatty);
+    let env = Env::remote_host().user(TestUser::Chatty).build();
     let (server, creds, config) = cloud_support::s3_bucket(&env, "user");
     put(&env, &config, "s3:user/data.txt", "for the user\n");
     let creds_file = write_private(&env, "creds.json", &creds);

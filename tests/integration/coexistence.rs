@@ -41,11 +41,9 @@ fn write_python_sshpyk_kernel(env: &Env, name: &str) {
     .unwrap();
 }
 
-#[tokio::test]
-async fn a_python_sshpyk_kernelspec_is_listed_then_adopted_and_runs() {
-    let env = Env::with_host();
-    write_python_sshpyk_kernel(&env, "ssh_remote_python3");
-
+/// `list` shows kernel "ssh_remote_python3" as the Python sshpyk's, with the command that
+/// adopts it; so does `list --json`.
+fn assert_listed_as_python_sshpyks(env: &Env) {
     let out = env.sshpyk().args(["list", "--no-check"]).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{text}");
@@ -69,6 +67,34 @@ async fn a_python_sshpyk_kernelspec_is_listed_then_adopted_and_runs() {
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(report["kernels"][0]["python_sshpyk"], true);
     assert_eq!(report["kernels"][0]["sshpyk"], false);
+}
+
+/// The adopted kernel.json runs this sshpyk with the Python sshpyk's settings, and no
+/// provisioner.
+fn assert_adopted_spec(env: &Env) {
+    let spec = env.read_kernel_json("ssh_remote_python3");
+    assert_eq!(spec["argv"][0], env!("CARGO_BIN_EXE_sshpyk"));
+    assert_eq!(spec["display_name"], "Remote Python (py-sshpyk)");
+    assert_eq!(spec["interrupt_mode"], "signal");
+    assert!(
+        spec["metadata"].get("kernel_provisioner").is_none(),
+        "{spec}"
+    );
+    let settings = &spec["metadata"]["sshpyk"];
+    assert_eq!(settings["ssh_host_alias"], "remote");
+    assert_eq!(settings["remote_kernel_name"], "python3");
+    assert_eq!(settings["launch_timeout"], 45.0);
+    assert_eq!(
+        settings["remote_python"],
+        env.remote_venv.join("bin/python").to_str().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_python_sshpyk_kernelspec_is_listed_then_adopted_and_runs() {
+    let env = Env::with_host();
+    write_python_sshpyk_kernel(&env, "ssh_remote_python3");
+    assert_listed_as_python_sshpyks(&env);
 
     env.sshpyk()
         .args(["delete", "ssh_remote_python3"])
@@ -92,23 +118,7 @@ async fn a_python_sshpyk_kernelspec_is_listed_then_adopted_and_runs() {
             "adopted kernel 'ssh_remote_python3' (\"Remote Python (py-sshpyk)\") from the Python sshpyk",
         ))
         .stdout(predicate::str::contains("now runs this sshpyk"));
-    let spec = env.read_kernel_json("ssh_remote_python3");
-    assert_eq!(spec["argv"][0], env!("CARGO_BIN_EXE_sshpyk"));
-    assert_eq!(spec["display_name"], "Remote Python (py-sshpyk)");
-    assert_eq!(spec["interrupt_mode"], "signal");
-    assert!(
-        spec["metadata"].get("kernel_provisioner").is_none(),
-        "{spec}"
-    );
-    let settings = &spec["metadata"]["sshpyk"];
-    assert_eq!(settings["ssh_host_alias"], "remote");
-    assert_eq!(settings["remote_kernel_name"], "python3");
-    assert_eq!(settings["launch_timeout"], 45.0);
-    assert_eq!(
-        settings["remote_python"],
-        env.remote_venv.join("bin/python").to_str().unwrap()
-    );
-
+    assert_adopted_spec(&env);
     env.sshpyk()
         .args(["list", "-r"])
         .assert()

@@ -51,108 +51,25 @@ impl Env {
         }
     }
 
-    /// With a real sshd "remote host" (its own network namespace when running as root).
+    /// With a real sshd "remote host" as [`Env::remote_host`] makes it by default: the common
+    /// case, in one call.
     pub fn with_host() -> Self {
-        Self::with_host_as(TestUser::Current)
+        Self::remote_host().build()
     }
 
-    /// With a real sshd "remote host" that the client logs in to as `user`.
-    pub fn with_host_as(user: TestUser) -> Self {
-        Self::with_host_configured(user, "")
-    }
-
-    /// [`Env::with_host`] for a test that cuts the link (`link_down`): only a host in a network
-    /// namespace of its own has one to cut, which needs root. `None`, said on stderr, without.
-    pub fn with_host_to_cut() -> Option<Self> {
-        let env = Self::with_host();
-        if env.host().netns().is_none() {
-            eprintln!("skipped: cutting a link needs a network namespace (run as root)");
-            return None;
+    /// A builder for an Env with a real sshd "remote host" (its own network namespace when
+    /// running as root): what the host should be like, then [`EnvBuilder::build`] (or
+    /// [`EnvBuilder::build_to_cut`]). The test's dir exists from here on, for what a session variable
+    /// names.
+    pub fn remote_host() -> EnvBuilder {
+        EnvBuilder {
+            env: Self::local(),
+            host: RemoteHost::builder(),
+            user: TestUser::Current,
+            sshd_config: String::new(),
+            session_env: Vec::new(),
+            behind_bastion: false,
         }
-        Some(env)
-    }
-
-    /// With a real sshd "remote host" whose sshd_config starts with `sshd_options` (they win
-    /// over the defaults).
-    pub fn with_host_configured(user: TestUser, sshd_options: &str) -> Self {
-        Self::with_host_built(user, sshd_options, |_, builder| (builder, String::new()))
-    }
-
-    /// With a real sshd "remote host" `rtt` away: sshpyk-testhost's delay proxy holds every
-    /// chunk for `rtt / 2` each way (a netns host's link can still be cut behind it).
-    pub fn with_host_rtt(rtt: Duration) -> Self {
-        Self::with_host_built(TestUser::Current, "", |_, b| (b.rtt(rtt), String::new()))
-    }
-
-    /// With a real sshd "remote host" reachable only through another one, the bastion, as
-    /// `ProxyJump` in the ssh config says (network namespaces: needs root).
-    pub fn with_host_behind_bastion() -> Self {
-        let bastion = RemoteHost::builder()
-            .alias("bastion")
-            .start()
-            .expect("starting the bastion's sshd");
-        let mut env = Self::with_host_built(TestUser::Current, "", |_, b| {
-            (b.behind(&bastion), String::new())
-        });
-        env.bastion = Some(bastion);
-        env
-    }
-
-    /// With a real sshd "remote host" that runs a single-node Slurm cluster too (network
-    /// namespaces and slurm-wlm: needs root); its sessions have `SLURM_CONF`.
-    pub fn with_slurm_host() -> Self {
-        Self::with_host_built(TestUser::Current, "", |env, builder| {
-            let dir = env.path("slurm");
-            let conf = format!(" SLURM_CONF={}", dir.join("slurm.conf").display());
-            (builder.slurm(&dir), conf)
-        })
-    }
-
-    /// With a real sshd "remote host" whose sessions get the `SetEnv` assignments that `vars`
-    /// returns (" K=V"; sshd lets them override its defaults, PATH too). `vars` may first make
-    /// what they name in the test's dir.
-    pub fn with_host_session_env(vars: impl FnOnce(&Env) -> String) -> Self {
-        Self::with_host_built(TestUser::Current, "", |env, builder| (builder, vars(env)))
-    }
-
-    /// `build` adds to the host's builder and returns more `SetEnv` assignments (" K=V").
-    fn with_host_built(
-        user: TestUser,
-        sshd_options: &str,
-        build: impl FnOnce(&Env, RemoteHostBuilder) -> (RemoteHostBuilder, String),
-    ) -> Self {
-        let mut env = Self::local();
-        // The remote side is this machine's filesystem: keep its Jupyter dirs in our temp dir,
-        // and for the current user its home too, so that no developer's shell start-up files
-        // run. A dedicated user keeps the home the host made it (its start-up files are the
-        // point) and gets the Jupyter dirs as its own.
-        let mut remote_env = format!(
-            "JUPYTER_RUNTIME_DIR={} JUPYTER_DATA_DIR={}",
-            env.path("remote-runtime").display(),
-            env.path("remote-data").display()
-        );
-        if user == TestUser::Current {
-            remote_env.push_str(&format!(" HOME={}", env.path("remote-home").display()));
-        }
-        let (builder, more_vars) = build(&env, RemoteHost::builder());
-        remote_env.push_str(&more_vars);
-        let host = builder
-            .alias("remote")
-            .login_user(user)
-            .extra_sshd_config(&format!("{sshd_options}SetEnv {remote_env}\n"))
-            .start()
-            .expect("starting the test sshd");
-        env.remote_venv =
-            sshpyk_testhost::python_venv_for(user).expect("a venv the test user can run");
-        if user != TestUser::Current {
-            let (uid, gid) = host.login_ids();
-            std::fs::set_permissions(env.dir.path(), PermissionsExt::from_mode(0o711)).unwrap();
-            for sub in ["remote-runtime", "remote-data"] {
-                nix::unistd::chown(&env.path(sub), Some(uid), Some(gid)).unwrap();
-            }
-        }
-        env.host = Some(host);
-        env
     }
 
     pub fn host(&self) -> &RemoteHost {
@@ -163,8 +80,46 @@ impl Env {
         self.dir.path().join(sub)
     }
 
+    /// [`Env::path`], made a directory (with its parents).
+    pub fn new_dir(&self, sub: &str) -> PathBuf {
+        let dir = self.path(sub);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     pub fn ssh_config(&self) -> PathBuf {
         self.host().ssh_config().to_owned()
+    }
+
+    /// The test host's ssh config with each of `options` (a keyword such as `IdentityFile`, its
+    /// value) in place of the line that sets it.
+    pub fn ssh_config_with(&self, options: &[(&str, &Path)]) -> String {
+        std::fs::read_to_string(self.ssh_config())
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let keyword = line.split_whitespace().next();
+                match options.iter().find(|(option, _)| Some(*option) == keyword) {
+                    Some((option, value)) => format!("    {option} {}\n", value.display()),
+                    None => format!("{line}\n"),
+                }
+            })
+            .collect()
+    }
+
+    /// A copy of the test host's ssh config, written to `name`, that offers a fresh key the host
+    /// does not know: its authentication would need a human.
+    pub fn ssh_config_with_an_unknown_key(&self, name: &str) -> PathBuf {
+        let key = self.path(&format!("{name}_key"));
+        let made = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let config = self.path(name);
+        std::fs::write(&config, self.ssh_config_with(&[("IdentityFile", &key)])).unwrap();
+        config
     }
 
     /// The environment every sshpyk process of the test gets.
@@ -221,6 +176,14 @@ impl Env {
         let text = std::fs::read_to_string(self.kernel_dir(name).join("kernel.json"))
             .expect("kernel.json");
         serde_json::from_str(&text).unwrap()
+    }
+
+    /// Changes kernel `name`'s sshpyk settings in its kernel.json behind sshpyk's back (as a
+    /// hand edit would, or a host that changed since `add`).
+    pub fn change_settings(&self, name: &str, change: impl FnOnce(&mut serde_json::Value)) {
+        let mut spec = self.read_kernel_json(name);
+        change(&mut spec["metadata"]["sshpyk"]);
+        std::fs::write(self.kernel_dir(name).join("kernel.json"), spec.to_string()).unwrap();
     }
 
     /// A connection file as Jupyter writes it: five free local ports and a fresh key. The ports
@@ -318,6 +281,17 @@ impl Env {
         (launcher, info)
     }
 
+    /// Starts `kernel` as Jupyter would, with a connection file of its own, and waits (30 s at
+    /// most) for the launcher to give up: its exit code and its log.
+    pub fn failed_launch(&self, kernel: &str) -> (Option<i32>, String) {
+        let (conn, _) = self.connection_file(&format!("fail-{}", uuid::Uuid::new_v4()));
+        let mut launcher = self.launch(kernel, &conn);
+        let status = launcher
+            .wait_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("the launcher did not give up:\n{}", launcher.log()));
+        (status.code(), launcher.log())
+    }
+
     /// Processes on the remote whose command line contains `needle` (kernels, supervisors).
     pub fn remote_processes(&self, needle: &str) -> Vec<u32> {
         self.host()
@@ -370,7 +344,133 @@ impl Env {
     }
 }
 
-/// Our own client, connected and past kernel_info.
+/// What an Env's remote host is like, from [`Env::remote_host`]; each option is independent of
+/// the others.
+pub struct EnvBuilder {
+    env: Env,
+    host: RemoteHostBuilder,
+    user: TestUser,
+    sshd_config: String,
+    /// The sessions' `SetEnv` assignments beyond the Jupyter dirs (a name given again wins).
+    session_env: Vec<(String, PathBuf)>,
+    behind_bastion: bool,
+}
+
+impl EnvBuilder {
+    /// The client logs in as `user` (default: the current one).
+    pub fn user(mut self, user: TestUser) -> Self {
+        self.user = user;
+        self
+    }
+
+    /// sshd_config text that goes first, so that it wins over the defaults (calls accumulate).
+    pub fn sshd_config(mut self, text: &str) -> Self {
+        self.sshd_config.push_str(text);
+        self
+    }
+
+    /// The host is `rtt` away: sshpyk-testhost's delay proxy holds every chunk for `rtt / 2`
+    /// each way (a netns host's link can still be cut behind it).
+    pub fn rtt(mut self, rtt: Duration) -> Self {
+        self.host = self.host.rtt(rtt);
+        self
+    }
+
+    /// The host is reachable only through another one, the bastion, as `ProxyJump` in the ssh
+    /// config says (network namespaces: needs root).
+    pub fn behind_bastion(mut self) -> Self {
+        self.behind_bastion = true;
+        self
+    }
+
+    /// The host runs a single-node Slurm cluster too, its files in the test's `slurm` dir
+    /// (network namespaces and slurm-wlm: needs root); its sessions have `SLURM_CONF`.
+    pub fn slurm(mut self) -> Self {
+        let dir = self.env.path("slurm");
+        self.host = self.host.slurm(&dir);
+        self.session_env("SLURM_CONF", |_| dir.join("slurm.conf"))
+    }
+
+    /// The host's sessions get `name` set to what `value` returns (`SetEnv`: it overrides
+    /// sshd's defaults, PATH too, and the Jupyter dirs the Env sets). `value` may first make
+    /// what it names in the test's dir.
+    pub fn session_env(mut self, name: &str, value: impl FnOnce(&Env) -> PathBuf) -> Self {
+        let value = value(&self.env);
+        self.session_env.push((name.to_string(), value));
+        self
+    }
+
+    /// For a test that cuts the link (`link_down`): only a host in a network namespace of its
+    /// own has one to cut, which needs root. `None`, said on stderr, without.
+    pub fn build_to_cut(self) -> Option<Env> {
+        let env = self.build();
+        if env.host().netns().is_none() {
+            eprintln!("skipped: cutting a link needs a network namespace (run as root)");
+            return None;
+        }
+        Some(env)
+    }
+
+    /// Starts the host (and its bastion).
+    pub fn build(self) -> Env {
+        let EnvBuilder {
+            mut env,
+            mut host,
+            user,
+            sshd_config,
+            session_env,
+            behind_bastion,
+        } = self;
+        if behind_bastion {
+            let bastion = RemoteHost::builder()
+                .alias("bastion")
+                .start()
+                .expect("starting the bastion's sshd");
+            host = host.behind(&bastion);
+            env.bastion = Some(bastion);
+        }
+        // The remote side is this machine's filesystem: keep its Jupyter dirs in our temp dir,
+        // and for the current user its home too, so that no developer's shell start-up files
+        // run. A dedicated user keeps the home the host made it (its start-up files are the
+        // point) and gets the Jupyter dirs as its own.
+        let var = |name: &str, sub| (name.to_string(), env.path(sub));
+        let mut vars = vec![
+            var("JUPYTER_RUNTIME_DIR", "remote-runtime"),
+            var("JUPYTER_DATA_DIR", "remote-data"),
+        ];
+        if user == TestUser::Current {
+            vars.push(var("HOME", "remote-home"));
+        }
+        for (name, value) in session_env {
+            match vars.iter_mut().find(|(known, _)| *known == name) {
+                Some(var) => var.1 = value,
+                None => vars.push((name, value)),
+            }
+        }
+        let set_env: String = vars
+            .iter()
+            .map(|(name, value)| format!(" {name}={}", value.display()))
+            .collect();
+        let host = host
+            .alias("remote")
+            .login_user(user)
+            .extra_sshd_config(&format!("{sshd_config}SetEnv{set_env}\n"))
+            .start()
+            .expect("starting the test sshd");
+        env.remote_venv =
+            sshpyk_testhost::python_venv_for(user).expect("a venv the test user can run");
+        if user != TestUser::Current {
+            let (uid, gid) = host.login_ids();
+            std::fs::set_permissions(env.dir.path(), PermissionsExt::from_mode(0o711)).unwrap();
+            for sub in ["remote-runtime", "remote-data"] {
+                nix::unistd::chown(&env.path(sub), Some(uid), Some(gid)).unwrap();
+            }
+        }
+        env.host = Some(host);
+        env
+    }
+}
+
 /// Starts `kernel` as Jupyter would, runs `print(6 * 7)` in it, and ends it with SIGTERM.
 pub async fn runs_and_stops(env: &Env, kernel: &str) {
     let (conn, info) = env.connection_file("a");
@@ -387,6 +487,7 @@ pub async fn runs_and_stops(env: &Env, kernel: &str) {
     assert!(launcher.wait_timeout(Duration::from_secs(10)).is_some());
 }
 
+/// Our own client, connected and past kernel_info.
 pub async fn ready_client(info: &ConnectionInfo) -> KernelClient {
     let step = Duration::from_secs(20);
     let mut client = KernelClient::connect(info, step).await.expect("connect");

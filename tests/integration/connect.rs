@@ -76,68 +76,70 @@ impl Drop for KillGroupOnDrop {
     }
 }
 
+/// The exit code of `sshpyk connect ARGS --check`: 0 with a connection open, 4 without.
+fn check(env: &Env, args: &[&str]) -> Option<i32> {
+    let out = env
+        .sshpyk()
+        .arg("connect")
+        .args(args)
+        .arg("--check")
+        .output()
+        .unwrap();
+    out.status.code()
+}
+
+/// Without a connection, kernel "k" is added with a warning, its launch fails in one line, and
+/// `list` says the same; each names `hint`, the command to run.
+fn assert_each_names_connect(env: &Env, hint: &str) {
+    let added = env
+        .add_command("python3", &["--kernel-name", "k"])
+        .output()
+        .unwrap();
+    assert!(added.status.success());
+    assert!(String::from_utf8_lossy(&added.stderr).contains(hint));
+    let (code, log) = env.failed_launch("k");
+    assert_eq!(code, Some(4), "{log}");
+    let last = log.lines().last().unwrap();
+    assert!(
+        last.starts_with("sshpyk: error: authentication to 'remote'") && last.contains(hint),
+        "{log}"
+    );
+    let list = env.sshpyk().args(["list", "-r"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        listed.contains("(x) connection: authentication") && listed.contains(hint),
+        "{listed}"
+    );
+}
+
 #[tokio::test]
 async fn a_password_typed_once_in_connect_lets_kernels_start_without_a_prompt() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: the password test user needs root");
         return;
     }
-    let env = Env::with_host_configured(
-        TestUser::Password,
-        "PubkeyAuthentication no\nPasswordAuthentication yes\n",
-    );
+    let env = Env::remote_host()
+        .user(TestUser::Password)
+        .sshd_config("PubkeyAuthentication no\nPasswordAuthentication yes\n")
+        .build();
     let config = env.ssh_config();
     let config = config.to_str().unwrap();
-    let hint = format!("sshpyk connect remote --ssh-config {config}");
-
-    // Without a connection: `add` warns, the launch fails in one line, `list` says the same,
-    // and each names the command to run.
-    let added = env
-        .add_command("python3", &["--kernel-name", "k"])
-        .output()
-        .unwrap();
-    assert!(added.status.success());
-    assert!(String::from_utf8_lossy(&added.stderr).contains(&hint));
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch("k", &conn);
-    let status = launcher
-        .wait_timeout(Duration::from_secs(30))
-        .expect("gave up");
-    let log = launcher.log();
-    assert_eq!(status.code(), Some(4), "{log}");
-    let last = log.lines().last().unwrap();
-    assert!(
-        last.starts_with("sshpyk: error: authentication to 'remote'") && last.contains(&hint),
-        "{log}"
-    );
-    let list = env.sshpyk().args(["list", "-r"]).output().unwrap();
-    let listed = String::from_utf8_lossy(&list.stdout);
-    assert!(
-        listed.contains("(x) connection: authentication") && listed.contains(&hint),
-        "{listed}"
-    );
-    let check = env
-        .sshpyk()
-        .args(["connect", "remote", "--ssh-config", config, "--check"])
-        .output()
-        .unwrap();
-    assert_eq!(check.status.code(), Some(4));
+    let host = ["remote", "--ssh-config", config];
+    assert_each_names_connect(&env, &format!("sshpyk connect {}", host.join(" ")));
+    assert_eq!(check(&env, &host), Some(4));
 
     // A wrong password: ssh says so on the terminal, and connect fails.
-    let (code, shown) =
-        connect_on_a_terminal(&env, &["remote", "--ssh-config", config], &["wrong"; 3]);
+    let (code, shown) = connect_on_a_terminal(&env, &host, &["wrong"; 3]);
     assert_ne!(code, Some(0), "{shown}");
     // The right one, through the kernelspec's settings this time.
     let (code, shown) =
         connect_on_a_terminal(&env, &["--kernel-name", "k"], &[password_user_password()]);
     assert_eq!(code, Some(0), "{shown}");
     assert!(shown.contains("'remote': connected;"), "{shown}");
-    env.sshpyk()
-        .args(["connect", "remote", "--ssh-config", config, "--check"])
-        .assert()
-        .success();
+    assert_eq!(check(&env, &host), Some(0));
 
     // The kernel starts without any prompt (no terminal at all) over that connection.
+    let (conn, info) = env.connection_file("a");
     let mut launcher = env.launch("k", &conn);
     launcher.wait_ready(Duration::from_secs(60));
     let mut c = ready_client(&info).await;
@@ -153,15 +155,12 @@ async fn a_password_typed_once_in_connect_lets_kernels_start_without_a_prompt() 
     // --exit closes it; then nothing is open.
     let closed = env
         .sshpyk()
-        .args(["connect", "remote", "--ssh-config", config, "--exit"])
+        .arg("connect")
+        .args(host)
+        .arg("--exit")
         .output()
         .unwrap();
     assert!(closed.status.success());
     assert!(String::from_utf8_lossy(&closed.stdout).contains("connection closed"));
-    let check = env
-        .sshpyk()
-        .args(["connect", "--kernel-name", "k", "--check"])
-        .output()
-        .unwrap();
-    assert_eq!(check.status.code(), Some(4));
+    assert_eq!(check(&env, &["--kernel-name", "k"]), Some(4));
 }

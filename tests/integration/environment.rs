@@ -123,37 +123,31 @@ async fn a_kernel_runs_after_its_init_snippet_in_its_cwd_with_its_variables() {
     assert!(launcher.wait_timeout(Duration::from_secs(10)).is_some());
 }
 
+/// `add` with `extra` is refused with exit code 5, says `message`, and writes nothing.
+fn assert_add_refused(env: &Env, extra: &[&str], message: &str) {
+    let out = add_args(env, extra).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains(message), "{stderr}");
+    assert!(!env.kernel_dir("k").exists());
+}
+
 #[test]
 fn a_failing_init_snippet_or_a_missing_cwd_is_one_clear_line() {
     let env = Env::with_host();
     let venv = common::venv();
     let venv = venv.to_string_lossy();
     let failing = "echo loading cuda\necho 'module: cuda/99 not found' >&2\nfalse";
-    let out = add_args(
+    let failed = "the remote init snippet failed (exit status 1; last output: loading cuda | module: cuda/99 not found)";
+    assert_add_refused(
         &env,
         &["--remote-python-prefix", &venv, "--remote-init", failing],
-    )
-    .output()
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(5), "{stderr}");
-    assert!(
-        stderr.contains("the remote init snippet failed (exit status 1; last output: loading cuda | module: cuda/99 not found) on 'remote'"),
-        "{stderr}"
+        &format!("{failed} on 'remote'"),
     );
-    assert!(!env.kernel_dir("k").exists());
-
-    let out = add_args(
+    assert_add_refused(
         &env,
         &["--remote-python-prefix", &venv, "--remote-cwd", "~/nowhere"],
-    )
-    .output()
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(5), "{stderr}");
-    assert!(
-        stderr.contains("nowhere does not exist on 'remote'"),
-        "{stderr}"
+        "nowhere does not exist on 'remote'",
     );
 
     // Written while it worked, failing now: the launch says so in one line and leaves nothing;
@@ -164,25 +158,16 @@ fn a_failing_init_snippet_or_a_missing_cwd_is_one_clear_line() {
     )
     .assert()
     .success();
-    let kernel_json = env.kernel_dir("k").join("kernel.json");
-    let mut spec = env.read_kernel_json("k");
-    spec["metadata"]["sshpyk"]["remote_init"] = failing.into();
-    std::fs::write(&kernel_json, spec.to_string()).unwrap();
-    let (conn, _info) = env.connection_file("a");
-    let mut launcher = env.launch("k", &conn);
-    let status = launcher
-        .wait_timeout(Duration::from_secs(30))
-        .expect("gave up");
-    let log = launcher.log();
-    assert_eq!(status.code(), Some(5), "{log}");
+    env.change_settings("k", |s| s["remote_init"] = failing.into());
+    let (code, log) = env.failed_launch("k");
+    assert_eq!(code, Some(5), "{log}");
     let last = log.lines().last().unwrap();
     assert!(
-        last.starts_with("sshpyk: error: the remote init snippet failed (exit status 1; last output: loading cuda | module: cuda/99 not found)"),
+        last.starts_with(&format!("sshpyk: error: {failed}")),
         "{log}"
     );
     assert!(env.remote_processes("sshpyk-supervisor").is_empty());
     assert!(env.remote_run_dirs().is_empty());
-
     let list = env.sshpyk().args(["list", "-r"]).output().unwrap();
     let listed = String::from_utf8_lossy(&list.stdout);
     assert!(
@@ -190,35 +175,24 @@ fn a_failing_init_snippet_or_a_missing_cwd_is_one_clear_line() {
         "{listed}"
     );
 
-    // `edit` removes the snippet with "", adds and clears variables.
-    env.sshpyk()
-        .args([
-            "edit",
-            "--kernel-name",
-            "k",
-            "--remote-init",
-            "",
-            "--remote-env",
-            "A=1",
-        ])
-        .assert()
-        .success();
-    let stored = env.read_kernel_json("k")["metadata"]["sshpyk"].clone();
+    edit_removes_the_snippet_and_sets_variables(&env);
+}
+
+/// `edit` of kernel "k": removes the snippet with "", adds and clears variables.
+fn edit_removes_the_snippet_and_sets_variables(env: &Env) {
+    let edit = |args: &[&str]| {
+        env.sshpyk()
+            .args(["edit", "--kernel-name", "k"])
+            .args(args)
+            .assert()
+            .success();
+        env.read_kernel_json("k")["metadata"]["sshpyk"].clone()
+    };
+    let stored = edit(&["--remote-init", "", "--remote-env", "A=1"]);
     assert_eq!(
         (stored.get("remote_init"), &stored["remote_env"]["A"]),
         (None, &"1".into())
     );
-    env.sshpyk()
-        .args([
-            "edit",
-            "--kernel-name",
-            "k",
-            "--clear-remote-env",
-            "--remote-env",
-            "B=2",
-        ])
-        .assert()
-        .success();
-    let stored = env.read_kernel_json("k")["metadata"]["sshpyk"].clone();
+    let stored = edit(&["--clear-remote-env", "--remote-env", "B=2"]);
     assert_eq!(stored["remote_env"], serde_json::json!({"B": "2"}));
 }

@@ -14,7 +14,7 @@ async fn a_kernel_behind_a_bastion_starts_runs_and_ends_through_proxyjump() {
         eprintln!("skipped: hosts in network namespaces need root");
         return;
     }
-    let env = Env::with_host_behind_bastion();
+    let env = Env::remote_host().behind_bastion().build();
     // This machine cannot reach the host itself.
     let direct = Command::new("ssh")
         .arg("-F")

@@ -7,9 +7,7 @@ use crate::common::{self, eventually, port_is_free, Env};
 
 /// Launches kernel `k` after `change` edited its settings; returns (exit code, last log line).
 fn launch_with(env: &Env, change: impl FnOnce(&mut serde_json::Value)) -> (Option<i32>, String) {
-    let mut spec = env.read_kernel_json("k");
-    change(&mut spec["metadata"]["sshpyk"]);
-    std::fs::write(env.kernel_dir("k").join("kernel.json"), spec.to_string()).unwrap();
+    env.change_settings("k", change);
     let (conn, info) = env.connection_file(&uuid::Uuid::new_v4().to_string());
     let mut launcher = env.launch("k", &conn);
     let status = launcher
@@ -40,8 +38,7 @@ fn launch_failures_are_clear_and_leave_nothing() {
     let env = Env::with_host();
     env.add_kernel("k", &["--launch-timeout", "10"]);
     let original = env.read_kernel_json("k")["metadata"]["sshpyk"].clone();
-    let reset = |s: &mut serde_json::Value| *s = original.clone();
-
+    // Nothing listens on its port.
     let refused = env.path("refused_config");
     std::fs::write(
         &refused,
@@ -51,104 +48,66 @@ fn launch_failures_are_clear_and_leave_nothing() {
         ),
     )
     .unwrap();
-    let (code, line) = launch_with(&env, |s| {
-        reset(s);
-        s["ssh_config"] = refused.to_string_lossy().into();
-    });
-    assert_eq!(code, Some(4));
-    assert!(line.contains("refused the connection"), "{line}");
-
     // Same host, a key it does not accept: authentication fails without a prompt (once the
     // master that `add` opened, which would be reused, is closed).
     env.close_master();
-    let wrong_key = env.path("wrong_key");
-    let status = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-N", "", "-t", "ed25519", "-f"])
-        .arg(&wrong_key)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let text = std::fs::read_to_string(env.ssh_config()).unwrap();
-    let identity = env.host().identity_file();
-    let bad_auth = env.path("bad_auth_config");
-    std::fs::write(
-        &bad_auth,
-        text.replace(
-            &identity.to_string_lossy().to_string(),
-            &wrong_key.to_string_lossy(),
+    let bad_auth = env.ssh_config_with_an_unknown_key("bad_auth_config");
+    let (refused, bad_auth) = (refused.to_str().unwrap(), bad_auth.to_str().unwrap());
+    let connect_hint = format!("run `sshpyk connect remote --ssh-config {bad_auth}` once");
+    // One setting changed from the good kernel's: the exit code, what the error line says.
+    let cases: [(&str, &str, i32, &[&str]); 6] = [
+        ("ssh_config", refused, 4, &["refused the connection"]),
+        (
+            "ssh_config",
+            bad_auth,
+            4,
+            &["authentication to 'remote'", &connect_hint],
         ),
-    )
-    .unwrap();
-    let (code, line) = launch_with(&env, |s| {
-        reset(s);
-        s["ssh_config"] = bad_auth.to_string_lossy().into();
-    });
-    assert_eq!(code, Some(4));
-    assert!(
-        line.contains("authentication to 'remote'")
-            && line.contains(&format!(
-                "run `sshpyk connect remote --ssh-config {}` once",
-                bad_auth.display()
-            )),
-        "{line}"
-    );
-
-    let (code, line) = launch_with(&env, |s| {
-        reset(s);
-        s["remote_python"] = "/nonexistent/bin/python".into();
-    });
-    assert_eq!(code, Some(5));
-    assert!(
-        line.contains("remote python '/nonexistent/bin/python' does not exist"),
-        "{line}"
-    );
-
-    let (code, line) = launch_with(&env, |s| {
-        reset(s);
-        s["remote_python"] = "/usr/bin/python3".into();
-    });
-    assert_eq!(code, Some(5));
-    assert!(line.contains("cannot import jupyter_client"), "{line}");
-
-    let (code, line) = launch_with(&env, |s| {
-        reset(s);
-        s["remote_kernel_name"] = "nope".into();
-    });
-    assert_eq!(code, Some(5));
-    assert!(
-        line.contains("remote kernel 'nope' not found; available: ") && line.contains("python3"),
-        "{line}"
-    );
-
-    let (code, line) = launch_with(&env, |s| {
-        reset(s);
-        s["ssh"] = "/nonexistent/ssh".into();
-    });
-    assert_eq!(code, Some(3));
-    assert!(
-        line.contains("ssh client '/nonexistent/ssh' not found"),
-        "{line}"
-    );
+        (
+            "remote_python",
+            "/nonexistent/bin/python",
+            5,
+            &["remote python '/nonexistent/bin/python' does not exist"],
+        ),
+        (
+            "remote_python",
+            "/usr/bin/python3",
+            5,
+            &["cannot import jupyter_client"],
+        ),
+        (
+            "remote_kernel_name",
+            "nope",
+            5,
+            &["remote kernel 'nope' not found; available: ", "python3"],
+        ),
+        (
+            "ssh",
+            "/nonexistent/ssh",
+            3,
+            &["ssh client '/nonexistent/ssh' not found"],
+        ),
+    ];
+    for (setting, value, code, needles) in cases {
+        let (got, line) = launch_with(&env, |s| {
+            *s = original.clone();
+            s[setting] = value.into();
+        });
+        assert_eq!(got, Some(code), "{setting} = {value}: {line}");
+        for needle in needles {
+            assert!(line.contains(needle), "{setting} = {value}: {line}");
+        }
+    }
 }
 
 #[test]
 fn an_unwritable_remote_runtime_dir_is_reported() {
-    let env = Env::local();
+    let env = Env::remote_host()
+        .session_env("JUPYTER_RUNTIME_DIR", |env| {
+            env.new_dir("remote-data/runtime")
+        })
+        .build();
     let runtime = env.path("remote-data/runtime");
-    std::fs::create_dir_all(&runtime).unwrap();
-    let host = sshpyk_testhost::RemoteHost::builder()
-        .alias("remote")
-        .extra_sshd_config(&format!(
-            "SetEnv HOME={} JUPYTER_RUNTIME_DIR={}\n",
-            env.path("remote-home").display(),
-            runtime.display()
-        ))
-        .start()
-        .unwrap();
-    let env = Env {
-        host: Some(host),
-        ..env
-    };
     env.add_kernel("k", &[]);
     // A runtime dir that is a regular file can never be used, even by root.
     std::fs::remove_dir(&runtime).unwrap();

@@ -99,32 +99,22 @@ fn wait_exit(launcher: &mut Launcher, timeout: Duration) -> std::process::ExitSt
         .unwrap_or_else(|| panic!("launcher still running:\n{}", launcher.log()))
 }
 
-#[tokio::test]
-async fn the_kernel_reads_and_writes_local_files_through_the_mount() {
-    let env = Env::with_host();
-    let local = project(&env, "project");
-    let parent = env.path("remote-mnt");
-    let remote = parent.join("project");
-    let kernel = env.add_kernel(
-        "k",
-        &["--mount-local-on-remote", &spec(&local, &remote, "")],
-    );
-    let (conn, info) = env.connection_file("a");
-    let mut launcher = env.launch(&kernel, &conn);
-    launcher.wait_ready(START);
-    let log = launcher.log();
-    assert!(
-        log.contains("mounting 1 local dir(s) on the remote"),
-        "{log}"
-    );
-    assert!(is_mounted(&env, &remote));
-    let mut c = ready_client(&info).await;
-    let r = remote.display();
+/// Adds kernel `name` with `extra` flags and a lazy mount of each (local, remote) pair.
+fn add_with_mounts(env: &Env, name: &str, extra: &[&str], mounts: &[(&Path, &Path)]) -> String {
+    let specs: Vec<String> = mounts.iter().map(|(l, r)| spec(l, r, "")).collect();
+    let mut args = extra.to_vec();
+    for spec in &specs {
+        args.extend(["--mount-local-on-remote", spec]);
+    }
+    env.add_kernel(name, &args)
+}
 
-    // Mounted before the kernel started: visible from the first cell.
-    assert_eq!(read_data(&mut c, &r).await, "local project\n");
+/// The kernel writes, makes directories, renames, removes and writes a big file in the mounted
+/// `remote`: each lands in `local` (the big file byte for byte).
+async fn assert_kernel_edits_land_locally(c: &mut KernelClient, remote: &Path, local: &Path) {
+    let r = remote.display();
     run(
-        &mut c,
+        c,
         &format!(
             "import os\n\
              open('{r}/written.txt', 'w').write('from the kernel')\n\
@@ -150,7 +140,7 @@ async fn the_kernel_reads_and_writes_local_files_through_the_mount() {
     let big = std::fs::read(local.join("sub/big")).unwrap();
     assert_eq!(big.len(), 3_000_000);
     let digest = run(
-        &mut c,
+        c,
         &format!(
             "import hashlib; print(hashlib.sha256(open('{r}/sub/big', 'rb').read()).hexdigest())"
         ),
@@ -159,6 +149,30 @@ async fn the_kernel_reads_and_writes_local_files_through_the_mount() {
     .unwrap();
     use sha2::Digest;
     assert_eq!(digest.trim(), hex::encode(sha2::Sha256::digest(&big)));
+}
+
+#[tokio::test]
+async fn the_kernel_reads_and_writes_local_files_through_the_mount() {
+    let env = Env::with_host();
+    let local = project(&env, "project");
+    let parent = env.path("remote-mnt");
+    let remote = parent.join("project");
+    let kernel = add_with_mounts(&env, "k", &[], &[(&local, &remote)]);
+    let (conn, info) = env.connection_file("a");
+    let mut launcher = env.launch(&kernel, &conn);
+    launcher.wait_ready(START);
+    let log = launcher.log();
+    assert!(
+        log.contains("mounting 1 local dir(s) on the remote"),
+        "{log}"
+    );
+    assert!(is_mounted(&env, &remote));
+    let mut c = ready_client(&info).await;
+    let r = remote.display();
+
+    // Mounted before the kernel started: visible from the first cell.
+    assert_eq!(read_data(&mut c, &r).await, "local project\n");
+    assert_kernel_edits_land_locally(&mut c, &remote, &local).await;
     // A file changed locally is seen changed on the remote.
     std::fs::write(local.join("edited.txt"), "v2").unwrap();
     assert_eq!(
@@ -191,11 +205,10 @@ async fn the_kernel_reads_and_writes_local_files_through_the_mount() {
     );
 }
 
-#[tokio::test]
-async fn nothing_outside_the_export_is_visible_or_readable() {
-    let env = Env::with_host();
-    let local = project(&env, "export");
-    // Secrets next to the export, and links from inside it pointing at them.
+/// A project to export, with secrets beside it and links from inside it: out to them
+/// (absolute, relative, to a directory) and to a file inside (`good-link`).
+fn export_with_links_out(env: &Env) -> PathBuf {
+    let local = project(env, "export");
     std::fs::write(env.path("secret.txt"), "local secret").unwrap();
     std::fs::create_dir_all(env.path("secret-dir")).unwrap();
     std::fs::write(env.path("secret-dir/key"), "local key").unwrap();
@@ -204,6 +217,49 @@ async fn nothing_outside_the_export_is_visible_or_readable() {
     link("../secret.txt".into(), "rel-link").unwrap();
     link(env.path("secret-dir"), "dir-link").unwrap();
     link("data.txt".into(), "good-link").unwrap();
+    local
+}
+
+/// The kernel cannot read `path`; the error it gets.
+async fn cannot_read(c: &mut KernelClient, path: &str) -> String {
+    let result = run(c, &format!("print(open('{path}').read())")).await;
+    result.expect_err(path)
+}
+
+/// Links the kernel makes in the mounted `remote` are stored in `local` as given, and are no way
+/// out either, to `secret` or up the tree. (With follow_symlinks, sshfs looks the new link up
+/// through it, which the server refuses: the kernel may see an error although the link was
+/// made.)
+async fn kernel_made_links_lead_nowhere(
+    c: &mut KernelClient,
+    remote: &Path,
+    local: &Path,
+    secret: &Path,
+) {
+    let (r, s) = (remote.display(), secret.display());
+    for (target, link) in [
+        (s.to_string(), "made-link"),
+        ("../../secret.txt".into(), "sub/made-rel"),
+    ] {
+        let _ = run(
+            c,
+            &format!("import os; os.symlink('{target}', '{r}/{link}')"),
+        )
+        .await;
+        assert_eq!(
+            std::fs::read_link(local.join(link)).unwrap(),
+            PathBuf::from(&target)
+        );
+    }
+    for path in ["made-link", "sub/made-rel"] {
+        cannot_read(c, &format!("{r}/{path}")).await;
+    }
+}
+
+#[tokio::test]
+async fn nothing_outside_the_export_is_visible_or_readable() {
+    let env = Env::with_host();
+    let local = export_with_links_out(&env);
     let parent = env.path("remote-mnt");
     let remote = parent.join("export");
     let kernel = env.add_kernel(
@@ -246,12 +302,10 @@ async fn nothing_outside_the_export_is_visible_or_readable() {
         "local export\n"
     );
     for path in ["abs-link", "rel-link", "dir-link/key"] {
-        let result = run(&mut c, &format!("print(open('{r}/{path}').read())")).await;
+        let error = cannot_read(&mut c, &format!("{r}/{path}")).await;
         assert!(
-            result
-                .as_ref()
-                .is_err_and(|e| !e.contains("local secret") && !e.contains("local key")),
-            "{path}: {result:?}"
+            !error.contains("local secret") && !error.contains("local key"),
+            "{path}: {error}"
         );
     }
     let result = run(
@@ -261,36 +315,10 @@ async fn nothing_outside_the_export_is_visible_or_readable() {
     .await;
     assert!(result.is_err(), "dir-link: {result:?}");
     // An absolute local path asked through the mount is looked up inside the export.
-    let result = run(&mut c, &format!("print(open('{r}{s}').read())")).await;
-    assert!(
-        result
-            .as_ref()
-            .is_err_and(|e| e.contains("FileNotFoundError")),
-        "{result:?}"
-    );
-    let result = run(&mut c, &format!("print(open('{r}/../secret.txt').read())")).await;
-    assert!(result.is_err(), "{result:?}");
-    // Links the kernel makes are stored as given, and are no way out either. (With
-    // follow_symlinks, sshfs looks the new link up through it, which the server refuses: the
-    // kernel may see an error although the link was made.)
-    for (target, link) in [
-        (s.to_string(), "made-link"),
-        ("../../secret.txt".into(), "sub/made-rel"),
-    ] {
-        let _ = run(
-            &mut c,
-            &format!("import os; os.symlink('{target}', '{r}/{link}')"),
-        )
-        .await;
-        assert_eq!(
-            std::fs::read_link(local.join(link)).unwrap(),
-            PathBuf::from(&target)
-        );
-    }
-    for path in ["made-link", "sub/made-rel"] {
-        let result = run(&mut c, &format!("print(open('{r}/{path}').read())")).await;
-        assert!(result.is_err(), "{path}: {result:?}");
-    }
+    let error = cannot_read(&mut c, &format!("{r}{s}")).await;
+    assert!(error.contains("FileNotFoundError"), "{error}");
+    cannot_read(&mut c, &format!("{r}/../secret.txt")).await;
+    kernel_made_links_lead_nowhere(&mut c, &remote, &local, &secret).await;
     // Nothing the remote did changed anything outside.
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "local secret");
     c.shutdown(false, STEP).await.unwrap();
@@ -377,15 +405,8 @@ async fn restart_sigkill_and_a_stale_mount_leave_nothing_behind() {
     let local = project(&env, "project");
     let parent = env.path("remote-mnt");
     let remote = parent.join("p");
-    let kernel = env.add_kernel(
-        "k",
-        &[
-            "--orphan-timeout",
-            "2",
-            "--mount-local-on-remote",
-            &spec(&local, &remote, ""),
-        ],
-    );
+    let orphan_timeout = ["--orphan-timeout", "2"];
+    let kernel = add_with_mounts(&env, "k", &orphan_timeout, &[(&local, &remote)]);
     let (conn, info) = env.connection_file("a");
     let r = remote.display();
 
@@ -522,15 +543,8 @@ async fn each_mount_failure_is_one_clear_error_and_leaves_nothing() {
 
     // No sshfs on the remote.
     let remote = env.path("remote-mnt/p");
-    let kernel = env.add_kernel(
-        "no-sshfs",
-        &[
-            "--remote-sshfs",
-            "/nonexistent/sshfs",
-            "--mount-local-on-remote",
-            &spec(&local, &remote, ""),
-        ],
-    );
+    let no_sshfs = ["--remote-sshfs", "/nonexistent/sshfs"];
+    let kernel = add_with_mounts(&env, "no-sshfs", &no_sshfs, &[(&local, &remote)]);
     assert_fails(
         &env,
         &kernel,
@@ -543,10 +557,7 @@ async fn each_mount_failure_is_one_clear_error_and_leaves_nothing() {
     let busy = env.path("remote-busy");
     std::fs::create_dir_all(&busy).unwrap();
     std::fs::write(busy.join("precious"), "keep me").unwrap();
-    let kernel = env.add_kernel(
-        "not-empty",
-        &["--mount-local-on-remote", &spec(&local, &busy, "")],
-    );
+    let kernel = add_with_mounts(&env, "not-empty", &[], &[(&local, &busy)]);
     assert_fails(&env, &kernel, 5, "is not empty and not a mount");
     assert_eq!(
         std::fs::read_to_string(busy.join("precious")).unwrap(),
@@ -556,52 +567,22 @@ async fn each_mount_failure_is_one_clear_error_and_leaves_nothing() {
 
     // The local directory removed after `add`: refused before anything starts remotely.
     let gone = project(&env, "gone");
-    let kernel = env.add_kernel(
-        "gone",
-        &[
-            "--mount-local-on-remote",
-            &spec(&gone, &env.path("remote-gone"), ""),
-        ],
-    );
+    let kernel = add_with_mounts(&env, "gone", &[], &[(&gone, &env.path("remote-gone"))]);
     std::fs::remove_dir_all(&gone).unwrap();
-    assert_fails(
-        &env,
-        &kernel,
-        3,
-        &format!("local mount directory {} does not exist", gone.display()),
-    );
+    let missing = format!("local mount directory {} does not exist", gone.display());
+    assert_fails(&env, &kernel, 3, &missing);
     assert!(!env.path("remote-gone").exists());
 
     // The first of two mounts made, the second impossible: the first is torn down.
     let first = env.path("remote-first/p");
-    let kernel = env.add_kernel(
-        "half",
-        &[
-            "--mount-local-on-remote",
-            &spec(&other, &first, ""),
-            "--mount-local-on-remote",
-            &spec(&local, &busy, ""),
-        ],
-    );
+    let kernel = add_with_mounts(&env, "half", &[], &[(&other, &first), (&local, &busy)]);
     assert_fails(&env, &kernel, 5, "is not empty and not a mount");
     assert_clean(&env, &[&first, &busy], &[&env.path("remote-first")]);
 
     // Mounts made, then the kernel cannot start: the mounts go too.
     let mounted = env.path("remote-then/p");
-    let kernel = env.add_kernel(
-        "no-kernel",
-        &["--mount-local-on-remote", &spec(&local, &mounted, "")],
-    );
-    let file = env.kernel_dir(&kernel).join("kernel.json");
-    let text = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(
-        &file,
-        text.replace(
-            "\"remote_kernel_name\": \"python3\"",
-            "\"remote_kernel_name\": \"nope\"",
-        ),
-    )
-    .unwrap();
+    let kernel = add_with_mounts(&env, "no-kernel", &[], &[(&local, &mounted)]);
+    env.change_settings(&kernel, |s| s["remote_kernel_name"] = "nope".into());
     let log = assert_fails(&env, &kernel, 5, "nope");
     assert!(log.contains("mounted"), "{log}");
     assert_clean(&env, &[&mounted], &[&env.path("remote-then")]);
@@ -812,30 +793,14 @@ async fn a_nested_export_replaced_by_a_symlink_still_serves_its_own_directory() 
     assert!(wait_exit(&mut launcher, Duration::from_secs(15)).success());
 }
 
-/// Like `Env::with_host`, with a `TMPDIR` of the test's own on the remote (where the mount
-/// wrappers keep their state), so that other tests' mounts do not share it.
-fn env_with_remote_tmpdir() -> (Env, PathBuf) {
-    let mut env = Env::local();
-    let tmp = env.path("remote-tmp");
-    std::fs::create_dir_all(&tmp).unwrap();
-    let host = sshpyk_testhost::RemoteHost::builder()
-        .alias("remote")
-        .extra_sshd_config(&format!(
-            "SetEnv HOME={} JUPYTER_RUNTIME_DIR={} JUPYTER_DATA_DIR={} TMPDIR={}\n",
-            env.path("remote-home").display(),
-            env.path("remote-runtime").display(),
-            env.path("remote-data").display(),
-            tmp.display()
-        ))
-        .start()
-        .expect("starting the test sshd");
-    env.host = Some(host);
-    (env, tmp)
-}
-
 #[tokio::test]
 async fn the_remote_state_dir_is_private_and_goes_with_the_last_mount() {
-    let (env, tmp) = env_with_remote_tmpdir();
+    // A `TMPDIR` of the test's own on the remote (where the mount wrappers keep their state),
+    // so that other tests' mounts do not share it.
+    let env = Env::remote_host()
+        .session_env("TMPDIR", |env| env.new_dir("remote-tmp"))
+        .build();
+    let tmp = env.path("remote-tmp");
     let local = project(&env, "project");
     let remote = env.path("remote-mnt/p");
     let states = tmp.join(format!("sshpyk-mounts-{}", nix::unistd::getuid()));

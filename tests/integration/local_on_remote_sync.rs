@@ -42,7 +42,7 @@ async fn a_project_is_copied_before_the_kernel_starts_and_edits_flow_both_ways()
 /// measured at 114 s for an import works at disk speed (figures: bench/run-project).
 #[tokio::test]
 async fn a_project_50_ms_away_is_copied_and_edits_flow_both_ways() {
-    edits_flow_both_ways(Env::with_host_rtt(Duration::from_millis(50))).await;
+    edits_flow_both_ways(Env::remote_host().rtt(Duration::from_millis(50)).build()).await;
 }
 
 async fn edits_flow_both_ways(env: Env) {
@@ -212,7 +212,7 @@ async fn nothing_leads_out_of_the_tree_excludes_stay_here_and_read_only_copies_t
 /// Both sides change while the link is cut: after it, they converge.
 #[tokio::test]
 async fn after_a_link_cut_both_sides_converge() {
-    let Some(env) = Env::with_host_to_cut() else {
+    let Some(env) = Env::remote_host().build_to_cut() else {
         return;
     };
     let local = project(&env);

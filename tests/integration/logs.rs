@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::common::{eventually, Env};
+use crate::common::{eventually, Env, Launcher};
 use predicates::prelude::*;
 
 fn mode(path: &std::path::Path) -> u32 {
@@ -23,7 +23,7 @@ fn a_run_logs_prefixed_lines_and_a_private_file_that_logs_shows_and_follows() {
         "debug"
     );
 
-    let (conn, _info) = env.connection_file("a");
+    let (conn, info) = env.connection_file("a");
     let mut launcher = env.launch("k", &conn);
     launcher.wait_ready(Duration::from_secs(60));
     let stderr = launcher.log();
@@ -35,22 +35,7 @@ fn a_run_logs_prefixed_lines_and_a_private_file_that_logs_shows_and_follows() {
         stderr.contains("DEBUG"),
         "the stored level is used: {stderr}"
     );
-
-    // The run's file: 0600 in 0700 directories, under sshpyk's runtime dir.
-    let dir = env.path("rt/logs/k");
-    assert_eq!(mode(&dir), 0o700);
-    let files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    assert_eq!(mode(&files[0]), 0o600);
-    let key = sshpyk::jupyter::connection::ConnectionInfo::read(&conn)
-        .unwrap()
-        .key;
-    let text = std::fs::read_to_string(&files[0]).unwrap();
-    assert!(!text.contains(&key), "the key is never logged");
+    assert_one_private_log_file(&env, &info.key);
 
     let shown = env.sshpyk().args(["logs", "k"]).output().unwrap();
     assert!(shown.status.success());
@@ -67,6 +52,42 @@ fn a_run_logs_prefixed_lines_and_a_private_file_that_logs_shows_and_follows() {
         .stdout(predicate::str::contains("(running)"));
 
     // -f prints what comes next and ends once the launcher has.
+    let followed = follow_while_the_launcher_ends(&env, &mut launcher);
+    assert!(followed.contains("ready: kernel pid"), "{followed}");
+    assert!(
+        followed.contains("SIGTERM"),
+        "lines logged while following: {followed}"
+    );
+
+    // Back to the default level: no debug lines in the next run.
+    env.sshpyk()
+        .args(["edit", "--kernel-name", "k", "--log-level", "info"])
+        .assert()
+        .success();
+    assert!(env.read_kernel_json("k")["metadata"]["sshpyk"]
+        .get("log_level")
+        .is_none());
+}
+
+/// Kernel "k" has one run's file: 0600 in 0700 directories, under sshpyk's runtime dir, and
+/// without the connection's `key`.
+fn assert_one_private_log_file(env: &Env, key: &str) {
+    let dir = env.path("rt/logs/k");
+    assert_eq!(mode(&dir), 0o700);
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(mode(&files[0]), 0o600);
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(!text.contains(key), "the key is never logged");
+}
+
+/// What `sshpyk logs k -f` prints while `launcher` is ended with SIGTERM; it must end by itself
+/// after the launcher.
+fn follow_while_the_launcher_ends(env: &Env, launcher: &mut Launcher) -> String {
     let mut std_follow = std::process::Command::new(env!("CARGO_BIN_EXE_sshpyk"));
     env.apply(&mut std_follow);
     let mut follow = std_follow
@@ -88,20 +109,7 @@ fn a_run_logs_prefixed_lines_and_a_private_file_that_logs_shows_and_follows() {
         .unwrap()
         .read_to_string(&mut followed)
         .unwrap();
-    assert!(followed.contains("ready: kernel pid"), "{followed}");
-    assert!(
-        followed.contains("SIGTERM"),
-        "lines logged while following: {followed}"
-    );
-
-    // Back to the default level: no debug lines in the next run.
-    env.sshpyk()
-        .args(["edit", "--kernel-name", "k", "--log-level", "info"])
-        .assert()
-        .success();
-    assert!(env.read_kernel_json("k")["metadata"]["sshpyk"]
-        .get("log_level")
-        .is_none());
+    followed
 }
 
 #[test]

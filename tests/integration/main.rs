@@ -21,12 +21,14 @@
 //! kernel-side steps of the cloud tests in `cloud_support`. Python a test runs stays beside the
 //! binary: `tests/clients/` (Jupyter's clients), `tests/remote/` (the supervisor's own tests),
 //! `cloud_support/*.py`. A test starts from a [`common::Env`]: a private temp dir standing in
-//! for HOME, the Jupyter dirs and the runtime dir, and, as its constructor says, a real sshd
-//! "remote host" (`with_host`, `with_host_as(user)`, `with_host_to_cut` for link cuts,
-//! `with_host_rtt`, `with_host_behind_bastion`, `with_slurm_host`, ...), or none (`local`):
+//! for HOME, the Jupyter dirs and the runtime dir, and a real sshd "remote host"
+//! (`Env::with_host()`), or none (`Env::local()`). A host that differs is built, each option
+//! independent: `Env::remote_host()`, then `.user(TestUser::Chatty)`, `.rtt(..)`,
+//! `.sshd_config("..")`, `.behind_bastion()`, `.slurm()`, `.session_env(name, ..)`, and
+//! `.build()`, or `.build_to_cut()` for a test that cuts the link (`None` where it cannot):
 //!
 //! ```ignore
-//! let env = Env::with_host();
+//! let env = Env::with_host(); // or Env::remote_host().user(TestUser::Chatty).build()
 //! let (mut launcher, info) = env.start_kernel(&["--orphan-timeout", "4"]); // kernel "k"
 //! let mut client = ready_client(&info).await;
 //! env.sshpyk().args(["ps", "--json"]).assert().success(); // the binary, in the Env's dirs

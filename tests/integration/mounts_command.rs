@@ -12,6 +12,7 @@ use crate::cloud_support::{
 };
 use crate::common::{eventually, one_line_error, ready_client, Env};
 use nix::sys::signal::Signal;
+use sshpyk::jupyter::KernelClient;
 
 /// `sshpyk mounts add` of Dropbox at /mnt/box for kernel "k", its token from stdin.
 fn add_dropbox(env: &Env, token: &str) -> assert_cmd::assert::Assert {
@@ -29,36 +30,9 @@ fn add_dropbox(env: &Env, token: &str) -> assert_cmd::assert::Assert {
         .assert()
 }
 
-#[tokio::test]
-async fn mounts_change_on_a_running_kernel_and_go_with_a_sigkilled_launcher() {
-    let env = Env::with_host();
-    let (server, creds, config) = cloud_support::s3_bucket(&env, "live");
-    put(&env, &config, "s3:live/data.txt", "live data\n");
-    let creds_file = write_private(&env, "creds.json", &creds);
-    let mut wrong: serde_json::Value = serde_json::from_str(&creds).unwrap();
-    wrong["secret_access_key"] = "not-the-key".into();
-    let wrong_file = write_private(&env, "wrong.json", &wrong.to_string());
-    let (mut launcher, info) = env.start_kernel(&[]);
-    let mut c = ready_client(&info).await;
-    let mnt = env.path("remote-live/bucket");
-
-    // Added while the kernel runs: it sees the bucket at once, no restart.
-    let added = add_s3(&env, "k", server.port, &creds_file, "live", &mnt, false)
-        .assert()
-        .success();
-    let out = String::from_utf8_lossy(&added.get_output().stdout).into_owned();
-    assert!(
-        out.contains(&format!("for kernel {}", launcher.remote_pid())),
-        "{out}"
-    );
-    assert!(out.contains("mounted now on 1 running kernel(s)"), "{out}");
-    assert_eq!(
-        run(&mut c, &print_file(&mnt.join("data.txt"))).await,
-        Ok("live data\n".into())
-    );
-
-    // A mount whose rclone dies is reported failing, with rclone's last words.
-    let (rclone_pid, _) = rclone_mounts(&env)[0].clone();
+/// Kills the rclone of the kernel's one mount: `ps` soon reports the mount failing.
+fn kill_rclone_until_failing(env: &Env) {
+    let (rclone_pid, _) = rclone_mounts(env)[0].clone();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(rclone_pid as i32),
         Signal::SIGKILL,
@@ -71,16 +45,15 @@ async fn mounts_change_on_a_running_kernel_and_go_with_a_sigkilled_launcher() {
         ps[0]["mounts"][0]["state"] == "failing"
     });
     assert!(failing, "{ps}");
-    mounts_remove(&env, &mnt).success();
-    assert!(!is_mounted(&env, &mnt));
-    add_s3(&env, "k", server.port, &creds_file, "live", &mnt, false)
-        .assert()
-        .success();
+}
 
-    // Refused credentials: one line, exit 5, the kernelspec and the secrets as they were.
+/// Adds to kernel "k" (with one mount of bucket "live" running) that S3 at `port` refuses:
+/// `wrong` credentials, a missing bucket with the right ones (`creds`). Each fails with exit
+/// code 5; the kernelspec, the secrets and the mounts stay as they were.
+fn assert_refused_adds_change_nothing(env: &Env, port: u16, creds: &Path, wrong: &Path) {
     let before = std::fs::read_to_string(env.kernel_dir("k").join("kernel.json")).unwrap();
     let other = env.path("remote-live/other");
-    let failed = add_s3(&env, "k", server.port, &wrong_file, "live", &other, false)
+    let failed = add_s3(env, "k", port, wrong, "live", &other, false)
         .assert()
         .code(5);
     let err = one_line_error(&failed);
@@ -90,46 +63,82 @@ async fn mounts_change_on_a_running_kernel_and_go_with_a_sigkilled_launcher() {
         std::fs::read_to_string(env.kernel_dir("k").join("kernel.json")).unwrap(),
         before
     );
-    assert_eq!(secret_files(&env).len(), 1);
+    assert_eq!(secret_files(env).len(), 1);
     assert!(!other.exists());
-    // A missing bucket, the same way.
-    let failed = add_s3(
-        &env,
-        "k",
-        server.port,
-        &creds_file,
-        "nobucket",
-        &other,
-        false,
-    )
-    .assert()
-    .code(5);
+    let failed = add_s3(env, "k", port, creds, "nobucket", &other, false)
+        .assert()
+        .code(5);
     let err = String::from_utf8_lossy(&failed.get_output().stderr).into_owned();
     assert!(err.contains("s3:nobucket does not exist"), "{err}");
-    assert_eq!(rclone_mounts(&env).len(), 1);
+    assert_eq!(rclone_mounts(env).len(), 1);
+}
 
-    // Removed while the kernel runs: gone there at once, and from the kernelspec.
-    mounts_remove(&env, &mnt).success();
+/// `mounts remove` of `mnt`, kernel "k"'s one mount, while the kernel (client `c`) runs: gone
+/// there at once, with its rclone and secrets, and from the kernelspec.
+async fn assert_removed_at_once(env: &Env, c: &mut KernelClient, mnt: &Path) {
+    mounts_remove(env, mnt).success();
     assert_eq!(
         run(
-            &mut c,
+            c,
             &format!("import os; print(os.path.exists('{}'))", mnt.display())
         )
         .await,
         Ok("False\n".into())
     );
-    assert!(rclone_mounts(&env).is_empty());
-    assert!(secret_files(&env).is_empty());
+    assert!(rclone_mounts(env).is_empty());
+    assert!(secret_files(env).is_empty());
     assert!(
         !std::fs::read_to_string(env.kernel_dir("k").join("kernel.json"))
             .unwrap()
             .contains("cloud_mounts")
     );
+}
+
+#[tokio::test]
+async fn mounts_change_on_a_running_kernel_and_go_with_a_sigkilled_launcher() {
+    let env = Env::with_host();
+    let (server, creds, config) = cloud_support::s3_bucket(&env, "live");
+    put(&env, &config, "s3:live/data.txt", "live data\n");
+    let creds_file = write_private(&env, "creds.json", &creds);
+    let mut wrong: serde_json::Value = serde_json::from_str(&creds).unwrap();
+    wrong["secret_access_key"] = "not-the-key".into();
+    let wrong_file = write_private(&env, "wrong.json", &wrong.to_string());
+    let (mut launcher, info) = env.start_kernel(&[]);
+    let mut c = ready_client(&info).await;
+    let mnt = env.path("remote-live/bucket");
+    let add = |rw| {
+        add_s3(&env, "k", server.port, &creds_file, "live", &mnt, rw)
+            .assert()
+            .success()
+    };
+
+    // Added while the kernel runs: it sees the bucket at once, no restart.
+    let added = add(false);
+    let out = String::from_utf8_lossy(&added.get_output().stdout).into_owned();
+    assert!(
+        out.contains(&format!("for kernel {}", launcher.remote_pid())),
+        "{out}"
+    );
+    assert!(out.contains("mounted now on 1 running kernel(s)"), "{out}");
+    assert_eq!(
+        run(&mut c, &print_file(&mnt.join("data.txt"))).await,
+        Ok("live data\n".into())
+    );
+
+    // A mount whose rclone dies is reported failing; removed and added again.
+    kill_rclone_until_failing(&env);
+    mounts_remove(&env, &mnt).success();
+    assert!(!is_mounted(&env, &mnt));
+    add(false);
+
+    // Refused credentials, a missing bucket: one line, exit 5, nothing changed.
+    assert_refused_adds_change_nothing(&env, server.port, &creds_file, &wrong_file);
+
+    // Removed while the kernel runs: gone there at once, and from the kernelspec.
+    assert_removed_at_once(&env, &mut c, &mnt).await;
 
     // Added again, then the launcher is SIGKILLed: the remote cleans up by itself.
-    add_s3(&env, "k", server.port, &creds_file, "live", &mnt, true)
-        .assert()
-        .success();
+    add(true);
     let mounts = rclone_mounts(&env);
     assert_eq!(mounts.len(), 1);
     c.close();
@@ -297,7 +306,7 @@ fn replaced_or_deleted_kernels_leave_no_secrets_behind() {
 /// kernel keeps it, and the command says so and fails; once the kernel is back, it removes it.
 #[tokio::test]
 async fn mounts_remove_during_a_reconnection_fails_and_says_which_kernel_keeps_it() {
-    let Some(env) = Env::with_host_to_cut() else {
+    let Some(env) = Env::remote_host().build_to_cut() else {
         return;
     };
     let (server, creds, _config) = cloud_support::s3_bucket(&env, "cut");

@@ -264,7 +264,7 @@ impl<'a> MountCmd<'a> {
 #[test]
 fn users_options_win_over_sshpyks_defaults_for_ssh_and_sshfs() {
     // Logged in as another user: sshpyk's default idmap=user shows its files as ours.
-    let env = Env::with_host_as(TestUser::Chatty);
+    let env = Env::remote_host().user(TestUser::Chatty).build();
     let remote_uid = env.host().login_ids().0.as_raw();
     let local_uid = nix::unistd::geteuid().as_raw();
     assert_ne!(remote_uid, local_uid);
@@ -563,33 +563,51 @@ fn path_with(env: &Env, name: &str, programs: &[&str]) -> PathBuf {
     dir
 }
 
+/// `cmd` in a mount namespace of its own, where /dev/fuse is /dev/null.
+fn with_dev_fuse_as_dev_null(env: &Env, cmd: Command) -> Command {
+    let mut unshared = Command::new("unshare");
+    unshared
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind /dev/null /dev/fuse && exec "$0" "$@""#)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    env.apply(&mut unshared);
+    unshared
+}
+
+/// `cmd` (an `sshpyk mount` on `mountpoint`) fails with `code` and one line that says each of
+/// `needles`, and leaves no mount point and no sshfs.
+fn assert_refused(mut cmd: Command, code: i32, needles: &[&str], mountpoint: &Path) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    let line = one_line(&stderr);
+    for needle in needles {
+        assert!(line.contains(needle), "{needle:?} not in {line}");
+    }
+    assert!(
+        !mountpoint.exists(),
+        "the mount point is not left behind: {line}"
+    );
+    assert!(sshfs_for(mountpoint).is_empty());
+}
+
 #[test]
 fn each_error_is_one_line_with_its_exit_code_and_leaves_nothing() {
     let env = Env::with_host();
     let remote = remote_dir(&env);
     let fresh = env.path("fresh");
     let base = ["--ssh-host-alias", "remote", "--foreground"];
-    let check = |cmd: MountCmd, code: i32, needles: &[&str]| {
-        let (got, stderr) = cmd.output();
-        assert_eq!(got, code, "{stderr}");
-        let line = one_line(&stderr);
-        for needle in needles {
-            assert!(line.contains(needle), "{needle:?} not in {line}");
-        }
-        assert!(
-            !fresh.exists(),
-            "the mount point is not left behind: {line}"
-        );
-        assert!(sshfs_for(&fresh).is_empty());
-    };
+    let mount = |args: &[&str]| mount_cmd(&env, args).arg(&fresh).command();
+    let check = |cmd, code, needles: &[&str]| assert_refused(cmd, code, needles, &fresh);
 
     check(
-        mount_cmd(&env, &["--foreground"]).arg(&fresh),
+        mount(&["--foreground"]),
         3,
         &["--ssh-host-alias ALIAS or --kernel-name NAME"],
     );
     check(
-        mount_cmd(&env, &["--ssh-host-alias", "nowhere"]).arg(&fresh),
+        mount(&["--ssh-host-alias", "nowhere"]),
         3,
         &["'nowhere' is not defined in", "Host nowhere"],
     );
@@ -600,100 +618,55 @@ fn each_error_is_one_line_with_its_exit_code_and_leaves_nothing() {
     assert_eq!(code, 3, "{stderr}");
     assert!(one_line(&stderr).contains("is not empty"), "{stderr}");
     check(
-        mount_cmd(&env, &["--ssh-host-alias", "remote", "-r", "/no/such/dir"]).arg(&fresh),
+        mount(&["--ssh-host-alias", "remote", "-r", "/no/such/dir"]),
         5,
         &[
             "remote directory remote:/no/such/dir does not exist",
             "-r/--remote-path",
         ],
     );
+    let file = remote.join("hello.txt");
     check(
-        mount_cmd(&env, &["--ssh-host-alias", "remote", "-r"])
-            .arg(remote.join("hello.txt"))
-            .arg(&fresh),
+        mount(&["--ssh-host-alias", "remote", "-r", file.to_str().unwrap()]),
         5,
         &["is not a directory"],
     );
 
-    // Authentication that needs a human: a key the server does not know.
-    let key = env.path("stranger_key");
-    let made = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    let config = std::fs::read_to_string(env.ssh_config()).unwrap();
-    let stranger = env.path("stranger_config");
-    let config: String = config
-        .lines()
-        .map(|l| {
-            if l.trim_start().starts_with("IdentityFile") {
-                format!("    IdentityFile {}\n", key.display())
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    std::fs::write(&stranger, config).unwrap();
-    let mut cmd = mount_cmd(&env, &["--ssh-host-alias", "remote"]).arg(&fresh);
-    cmd.config = Some(stranger);
-    let mut command = cmd.command();
-    // No master to ride: the earlier cases opened one with the right key.
-    command
-        .env_remove("SSH_AUTH_SOCK")
+    // Authentication that needs a human: a key the server does not know, and no master to ride
+    // (the earlier cases opened one with the right key).
+    let mut stranger = mount_cmd(&env, &["--ssh-host-alias", "remote"]).arg(&fresh);
+    stranger.config = Some(env.ssh_config_with_an_unknown_key("stranger_config"));
+    let mut cmd = stranger.command();
+    cmd.env_remove("SSH_AUTH_SOCK")
         .env("SSHPYK_RUNTIME_DIR", env.path("rt-stranger"));
-    let out = command.stdin(Stdio::null()).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(4), "{stderr}");
-    let line = one_line(&stderr);
-    assert!(
-        line.contains("authentication to 'remote'") && line.contains("sshpyk connect"),
-        "{line}"
-    );
-    assert!(!fresh.exists());
+    check(cmd, 4, &["authentication to 'remote'", "sshpyk connect"]);
 
     // Missing tools and an unusable /dev/fuse, before anything is touched: exit code 7.
-    let unusable = |mut cmd: Command, needle: &str| {
-        let out = cmd.output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(7), "{stderr}");
-        assert!(one_line(&stderr).contains(needle), "{stderr}");
-    };
     let with_only = |name: &str, programs: &[&str]| {
-        let mut cmd = mount_cmd(&env, &base).arg(&fresh).command();
+        let mut cmd = mount(&base);
         cmd.env("PATH", path_with(&env, name, programs));
         cmd
     };
-    unusable(
+    check(
         with_only("bin-no-sshfs", &["ssh", "fusermount3"]),
-        "apt install sshfs",
+        7,
+        &["apt install sshfs"],
     );
-    unusable(
+    check(
         with_only("bin-no-fuse", &["ssh", "sshfs"]),
-        "apt install fuse3",
+        7,
+        &["apt install fuse3"],
     );
-
-    // /dev/fuse replaced by /dev/null in a mount namespace of its own.
-    let inner = mount_cmd(&env, &base).arg(&fresh).command();
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount --bind /dev/null /dev/fuse && exec "$0" "$@""#)
-        .arg(inner.get_program())
-        .args(inner.get_args());
-    env.apply(&mut cmd);
-    unusable(cmd, "/dev/fuse is missing or not the FUSE device");
+    check(
+        with_dev_fuse_as_dev_null(&env, mount(&base)),
+        7,
+        &["/dev/fuse is missing or not the FUSE device"],
+    );
 }
 
-#[test]
-fn allow_other_refused_by_fuse_is_retried_without_it_for_a_non_root_user() {
-    let env = Env::with_host_as(TestUser::Chatty);
-    // A local user other than root that every machine has (the test users exist only inside
-    // their hosts).
-    let user = nix::unistd::User::from_name("nobody")
-        .unwrap()
-        .expect("the user nobody");
-    // The local user's own private dir: key, known hosts, ssh config, runtime dir, binary.
+/// A copy for local user `user` of what it needs to log in to the test host and run sshpyk,
+/// in a private temp dir of its own: key (`id`), `known_hosts`, ssh `config`, `sshpyk`.
+fn own_copy_for(env: &Env, user: &nix::unistd::User) -> tempfile::TempDir {
     let own = tempfile::Builder::new()
         .prefix("sshpyk-nonroot-")
         .tempdir()
@@ -713,23 +686,20 @@ fn allow_other_refused_by_fuse_is_retried_without_it_for_a_non_root_user() {
         std::fs::copy(&from, dir.join(to)).unwrap();
         give(&dir.join(to), mode);
     }
-    let config: String = std::fs::read_to_string(env.ssh_config())
-        .unwrap()
-        .lines()
-        .map(|l| match l.split_whitespace().next() {
-            Some("IdentityFile") => format!("    IdentityFile {}/id\n", dir.display()),
-            Some("UserKnownHostsFile") => {
-                format!("    UserKnownHostsFile {}/known_hosts\n", dir.display())
-            }
-            _ => format!("{l}\n"),
-        })
-        .collect();
+    let config = env.ssh_config_with(&[
+        ("IdentityFile", &dir.join("id")),
+        ("UserKnownHostsFile", &dir.join("known_hosts")),
+    ]);
     std::fs::write(dir.join("config"), config).unwrap();
     give(&dir.join("config"), 0o644);
-    let mountpoint = dir.join("mnt");
-    let log = env.path("nonroot.log");
-    let mut child = Command::new("runuser")
-        .args(["-u", &user.name, "--", "env", "-i", "PATH=/usr/bin:/bin"])
+    own
+}
+
+/// `sshpyk mount --foreground -o allow_other` of the remote home at `mountpoint`, run as
+/// `user` from its [`own_copy_for`] `dir` (through runuser), its stderr in `log`.
+fn mount_allow_other_as(user: &str, dir: &Path, mountpoint: &Path, log: &Path) -> Child {
+    Command::new("runuser")
+        .args(["-u", user, "--", "env", "-i", "PATH=/usr/bin:/bin"])
         .arg(format!("HOME={}", dir.display()))
         .arg(format!("SSHPYK_RUNTIME_DIR={}/rt", dir.display()))
         .arg(dir.join("sshpyk"))
@@ -743,11 +713,25 @@ fn allow_other_refused_by_fuse_is_retried_without_it_for_a_non_root_user() {
         ])
         .arg("--ssh-config")
         .arg(dir.join("config"))
-        .arg(&mountpoint)
+        .arg(mountpoint)
         .stdin(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(log).unwrap())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn allow_other_refused_by_fuse_is_retried_without_it_for_a_non_root_user() {
+    let env = Env::remote_host().user(TestUser::Chatty).build();
+    // A local user other than root that every machine has (the test users exist only inside
+    // their hosts).
+    let user = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("the user nobody");
+    let own = own_copy_for(&env, &user);
+    let mountpoint = own.path().join("mnt");
+    let log = env.path("nonroot.log");
+    let mut child = mount_allow_other_as(&user.name, own.path(), &mountpoint, &log);
     let said = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         eventually(Duration::from_secs(30), || said().contains("is mounted on")

@@ -10,7 +10,7 @@ const STEP: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn a_twenty_second_link_cut_keeps_the_kernel_and_its_state() {
-    let Some(env) = Env::with_host_to_cut() else {
+    let Some(env) = Env::remote_host().build_to_cut() else {
         return;
     };
     let (mut launcher, info) = env.start_kernel(&[]);
@@ -48,7 +48,7 @@ async fn a_twenty_second_link_cut_keeps_the_kernel_and_its_state() {
 
 #[tokio::test]
 async fn a_cut_longer_than_the_orphan_timeout_reaps_the_kernel_and_ends_the_launcher() {
-    let Some(env) = Env::with_host_to_cut() else {
+    let Some(env) = Env::remote_host().build_to_cut() else {
         return;
     };
     let (mut launcher, info) = env.start_kernel(&["--orphan-timeout", "4"]);
@@ -102,7 +102,7 @@ async fn a_master_closed_mid_session_is_reopened() {
 
 #[tokio::test]
 async fn mounts_come_back_after_a_link_cut() {
-    let Some(env) = Env::with_host_to_cut() else {
+    let Some(env) = Env::remote_host().build_to_cut() else {
         return;
     };
     let project = env.path("project");
@@ -181,7 +181,7 @@ async fn first_answer(info: &sshpyk::jupyter::connection::ConnectionInfo, code: 
 /// link is back. The launcher races a fresh connection against it instead.
 #[tokio::test]
 async fn after_a_cut_the_kernel_answers_within_three_seconds_whatever_the_keepalive_settings() {
-    let Some(env) = Env::with_host_to_cut() else {
+    let Some(env) = Env::remote_host().build_to_cut() else {
         return;
     };
     let config = env.ssh_config();
@@ -231,7 +231,7 @@ async fn after_a_cut_the_kernel_answers_within_three_seconds_whatever_the_keepal
 /// returning launcher is answered and the kernel kept.
 #[tokio::test]
 async fn a_kernel_printing_through_an_outage_is_reattached() {
-    let Some(env) = Env::with_host_to_cut() else {
+    let Some(env) = Env::remote_host().build_to_cut() else {
         return;
     };
     let (mut launcher, info) = env.start_kernel(&["--orphan-timeout", "30"]);
@@ -278,7 +278,7 @@ async fn cut_soon(env: &Env, secs: u64) {
 /// and its reply reach the same client connection (no `[*]` forever in JupyterLab).
 #[tokio::test]
 async fn a_cell_printing_through_a_cut_ends_with_all_its_output_in_order() {
-    let Some(env) = Env::with_host_to_cut() else {
+    let Some(env) = Env::remote_host().build_to_cut() else {
         return;
     };
     let (launcher, info) = env.start_kernel(&[]);
@@ -301,7 +301,7 @@ async fn a_cell_printing_through_a_cut_ends_with_all_its_output_in_order() {
 /// moment the link returns is answered within 1 s of the reattach.
 #[tokio::test]
 async fn requests_sent_during_a_cut_and_at_its_end_are_answered() {
-    let Some(env) = Env::with_host_to_cut() else {
+    let Some(env) = Env::remote_host().build_to_cut() else {
         return;
     };
     let (launcher, info) = env.start_kernel(&[]);
@@ -355,7 +355,7 @@ async fn requests_sent_during_a_cut_and_at_its_end_are_answered() {
 /// says so, and keeps the kernel; the launcher's memory stays bounded.
 #[tokio::test]
 async fn output_past_the_outage_bound_closes_one_stream_and_keeps_the_kernel() {
-    let Some(env) = Env::with_host_to_cut() else {
+    let Some(env) = Env::remote_host().build_to_cut() else {
         return;
     };
     let (launcher, info) = env.start_kernel(&[]);
@@ -392,7 +392,7 @@ threading.Thread(target=flood, daemon=True).start()";
 /// same, and the cell that was running completes in its client with all its output.
 #[tokio::test]
 async fn a_frozen_laptop_wakes_to_the_same_kernel_and_the_cells_whole_output() {
-    let Some(env) = Env::with_host_to_cut() else {
+    let Some(env) = Env::remote_host().build_to_cut() else {
         return;
     };
     let (launcher, info) = env.start_kernel(&[]);
@@ -430,7 +430,7 @@ fn signal_all(pids: &[u32], signal: Signal) {
 /// says what happens next; the kernel ends after the orphan timeout, as README says.
 #[tokio::test]
 async fn a_shutdown_during_a_cut_exits_at_once_and_the_kernel_ends_after_the_orphan_timeout() {
-    let Some(env) = Env::with_host_to_cut() else {
+    let Some(env) = Env::remote_host().build_to_cut() else {
         return;
     };
     let (mut launcher, _info) = env.start_kernel(&["--orphan-timeout", "8"]);

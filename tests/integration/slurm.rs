@@ -17,7 +17,7 @@ fn slurm_env() -> Option<Env> {
         eprintln!("skipped: Slurm tests need root and slurm-wlm + munge (scripts/setup)");
         return None;
     }
-    Some(Env::with_slurm_host())
+    Some(Env::remote_host().slurm().build())
 }
 
 /// `squeue` on the login node: "id name state" per job.
@@ -372,6 +372,21 @@ async fn a_relay_killed_leaves_no_socket_dir_and_its_kernel_and_job_end() {
     );
 }
 
+/// A directory in the test's dir with everything in /usr/bin but squeue, scancel and python3.
+fn usr_bin_but_squeue_scancel_and_python(env: &Env) -> PathBuf {
+    let bin = env.path("login-bin");
+    std::fs::create_dir(&bin).unwrap();
+    for entry in std::fs::read_dir("/usr/bin").unwrap() {
+        let name = entry.unwrap().file_name();
+        let keep = !["squeue", "scancel"].contains(&name.to_str().unwrap())
+            && !name.to_string_lossy().starts_with("python3");
+        if keep {
+            std::os::unix::fs::symlink(Path::new("/usr/bin").join(&name), bin.join(&name)).unwrap();
+        }
+    }
+    bin
+}
+
 /// `list` on a login node whose sessions' PATH lacks some of Slurm's commands: a directory with
 /// everything in /usr/bin but squeue, scancel and python3 (no daemons needed). A kernel whose
 /// python the login node lacks has no python for its relay there either.
@@ -381,26 +396,15 @@ fn list_names_the_slurm_commands_missing_on_the_login_node() {
         eprintln!("skipped: needs slurm-wlm's commands (scripts/setup)");
         return;
     }
-    let env = Env::with_host_session_env(|env| {
-        let bin = env.path("login-bin");
-        std::fs::create_dir(&bin).unwrap();
-        for entry in std::fs::read_dir("/usr/bin").unwrap() {
-            let name = entry.unwrap().file_name();
-            let keep = !["squeue", "scancel"].contains(&name.to_str().unwrap())
-                && !name.to_string_lossy().starts_with("python3");
-            if keep {
-                std::os::unix::fs::symlink(Path::new("/usr/bin").join(&name), bin.join(&name))
-                    .unwrap();
-            }
-        }
-        format!(" PATH={}", bin.display())
-    });
+    let env = Env::remote_host()
+        .session_env("PATH", usr_bin_but_squeue_scancel_and_python)
+        .build();
     add_slurm_kernel(&env, "--partition debug", &[]);
     env.add_kernel("plain", &[]);
     env.add_kernel("nopy", &["--slurm", "--partition debug"]);
-    let mut spec = env.read_kernel_json("nopy");
-    spec["metadata"]["sshpyk"]["remote_python"] = "/nonexistent/env/bin/python".into();
-    std::fs::write(env.kernel_dir("nopy").join("kernel.json"), spec.to_string()).unwrap();
+    env.change_settings("nopy", |s| {
+        s["remote_python"] = "/nonexistent/env/bin/python".into();
+    });
     let list = env.sshpyk().arg("list").assert().code(9);
     let out = list.get_output();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -464,12 +468,10 @@ fn a_partition_that_does_not_exist_is_one_clear_line_and_nothing_is_queued() {
     assert!(jobs(&env).is_empty());
 
     // A start that fails once its job runs (no such remote kernel) cancels the job at once.
-    let kernel_json = env.kernel_dir("k").join("kernel.json");
-    let mut spec = env.read_kernel_json("k");
-    spec["metadata"]["sshpyk"]["slurm"]["options"] =
-        format!("--partition {SLURM_PARTITION}").into();
-    spec["metadata"]["sshpyk"]["remote_kernel_name"] = "nosuchkernel".into();
-    std::fs::write(&kernel_json, spec.to_string()).unwrap();
+    env.change_settings("k", |s| {
+        s["slurm"]["options"] = format!("--partition {SLURM_PARTITION}").into();
+        s["remote_kernel_name"] = "nosuchkernel".into();
+    });
     let (code, log) = launch_failing(&env, &conn);
     assert_eq!(code, Some(5), "{log}");
     assert!(

@@ -81,7 +81,7 @@ async fn kernel_as(user: TestUser) -> Option<(Env, Launcher, ConnectionInfo, u32
         eprintln!("skipped: the {user:?} test user needs root");
         return None;
     }
-    let env = Env::with_host_as(user);
+    let env = Env::remote_host().user(user).build();
     let (launcher, info) = env.start_kernel(&[]);
     let pid = launcher.remote_pid();
     let mut c = ready_client(&info).await;
@@ -135,10 +135,9 @@ async fn a_fish_login_shell_runs_a_kernel() {
 /// HPC login nodes often forbid forwarding: the streams ride the session, so nothing changes.
 #[tokio::test]
 async fn a_server_that_forbids_forwarding_still_carries_every_stream() {
-    let env = Env::with_host_configured(
-        TestUser::Current,
-        "AllowTcpForwarding no\nAllowStreamLocalForwarding no\n",
-    );
+    let env = Env::remote_host()
+        .sshd_config("AllowTcpForwarding no\nAllowStreamLocalForwarding no\n")
+        .build();
     let (mut launcher, info) = env.start_kernel(&[]);
     let mut c = ready_client(&info).await;
     assert_eq!(c.execute("print(1 + 1)", STEP).await.unwrap().stdout, "2\n");
