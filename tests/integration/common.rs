@@ -599,6 +599,19 @@ impl Launcher {
         );
     }
 
+    /// Waits (30 s at most) until the launcher is back after a cut: reconnected, or its old
+    /// connection answered again.
+    pub fn wait_back(&self) {
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                let log = self.log();
+                log.contains("reconnected after") || log.contains("answers again after")
+            }),
+            "not back within 30 s:\n{}",
+            self.log()
+        );
+    }
+
     /// Waits (30 s at most) for the launcher to give up on a kernel that is gone: exit code 8,
     /// and its log says so.
     pub fn assert_gives_up_on_a_gone_kernel(&mut self) {

@@ -337,14 +337,7 @@ async fn mounts_remove_during_a_reconnection_fails_and_says_which_kernel_keeps_i
     assert!(is_mounted(&env, &mnt));
 
     env.host().link_up().unwrap();
-    assert!(
-        eventually(Duration::from_secs(30), || {
-            let log = launcher.log();
-            log.contains("reconnected after") || log.contains("answers again after")
-        }),
-        "{}",
-        launcher.log()
-    );
+    launcher.wait_back();
     mounts_remove(&env, &mnt).success();
     assert!(eventually(CLEANUP, || !is_mounted(&env, &mnt)));
 }
