@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cloud_support::{
-    self, add_dav, add_s3, assert_clean, dav_store, json_of, launch_ready, mounts_remove,
-    print_file, put, rclone, rclone_mounts, remote_command_lines, run, secret_files, secrets_dir,
-    shut_down, start, store_holds, write_private, CLEANUP, START, STEP,
+    self, add_dav, add_s3, assert_clean, dav_store, launch_ready, mounts_remove, print_file, put,
+    rclone, rclone_mounts, remote_command_lines, run, secret_files, secrets_dir, shut_down, start,
+    store_holds, write_private, CLEANUP, START, STEP,
 };
-use crate::common::{eventually, one_line_error, ready_client, Env, Launcher};
+use crate::common::{eventually, json_of, one_line_error, ready_client, Env, Launcher};
 use nix::sys::signal::Signal;
 use sshpyk::jupyter::KernelClient;
 use sshpyk::mounts::cloud_on_remote::{Backend, CloudMount};

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::common::{self, Env};
+use crate::common::{self, json_of, Env};
 use predicates::prelude::*;
 
 /// A kernel.json exactly as the Python sshpyk 1.25's `sshpyk add` writes it, for the test host.
@@ -59,12 +59,7 @@ fn assert_listed_as_python_sshpyks(env: &Env) {
         text.contains("`sshpyk edit --kernel-name ssh_remote_python3 --adopt`"),
         "{text}"
     );
-    let json = env
-        .sshpyk()
-        .args(["list", "--json", "-n"])
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let report = json_of(env.sshpyk().args(["list", "--json", "-n"]));
     assert_eq!(report["kernels"][0]["python_sshpyk"], true);
     assert_eq!(report["kernels"][0]["sshpyk"], false);
 }

@@ -696,3 +696,9 @@ pub fn on_terminal(cmd: &mut Command, terminal: &OwnedFd) {
 pub fn port_is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
+
+/// What `cmd` (one of the binary's `--json` commands) printed, once it succeeded.
+pub fn json_of(cmd: &mut assert_cmd::Command) -> serde_json::Value {
+    let out = cmd.assert().success().get_output().stdout.clone();
+    serde_json::from_slice(&out).unwrap()
+}

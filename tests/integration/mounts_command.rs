@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cloud_support::{
-    self, add_dav, add_s3, assert_clean, dav_store, is_mounted, json_of, launch_ready,
-    mounts_remove, print_file, put, rclone_mounts, run, secret_files, write_private, CLEANUP,
+    self, add_dav, add_s3, assert_clean, dav_store, is_mounted, launch_ready, mounts_remove,
+    print_file, put, rclone_mounts, run, secret_files, write_private, CLEANUP,
 };
-use crate::common::{eventually, one_line_error, ready_client, Env};
+use crate::common::{eventually, json_of, one_line_error, ready_client, Env};
 use nix::sys::signal::Signal;
 use sshpyk::jupyter::KernelClient;
 

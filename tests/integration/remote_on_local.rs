@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{eventually, on_terminal, pty, Env};
+use crate::common::{eventually, json_of, on_terminal, pty, Env};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sshpyk_testhost::TestUser;
@@ -202,24 +202,14 @@ fn foreground_mount_reads_writes_shows_in_list_and_ends_on_ctrl_c() {
         "written here\n"
     );
 
-    let listed = env
-        .sshpyk()
-        .args(["list", "--json", "-n"])
-        .output()
-        .unwrap();
-    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let listed = json_of(env.sshpyk().args(["list", "--json", "-n"]));
     let mounts = listed["mounts"].as_array().unwrap();
     assert_eq!(mounts.len(), 1, "{listed}");
     assert_eq!(mounts[0]["alias"], "remote");
     assert_eq!(mounts[0]["remote_path"], remote_arg);
     assert_eq!(mounts[0]["mountpoint"], mountpoint.to_str().unwrap());
     assert_eq!(mounts[0]["mode"], "foreground");
-    let listed = env
-        .sshpyk()
-        .args(["mounts", "list", "--json"])
-        .output()
-        .unwrap();
-    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let listed = json_of(env.sshpyk().args(["mounts", "list", "--json"]));
     assert_eq!(
         listed["remote_on_local"],
         serde_json::json!(mounts),
@@ -472,12 +462,7 @@ fn a_sigkilled_sshpyk_leaves_no_sshfs_and_no_mount() {
     );
     // `list` forgets the mount of the dead process and removes the mount point it created.
     assert!(mountpoint.exists());
-    let listed = env
-        .sshpyk()
-        .args(["list", "--json", "-n"])
-        .output()
-        .unwrap();
-    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let listed = json_of(env.sshpyk().args(["list", "--json", "-n"]));
     assert_eq!(listed["mounts"], serde_json::json!([]));
     assert!(!mountpoint.exists());
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{self, one_line_error, Env};
+use crate::common::{self, json_of, one_line_error, Env};
 use nix::sys::signal::Signal;
 use sshpyk::jupyter::KernelClient;
 
@@ -234,8 +234,7 @@ async fn the_control_socket_survives_running_out_of_file_descriptors() {
     // The other user gone, the launcher has its descriptors back.
     prlimit(&before, std::ptr::null_mut());
 
-    let ps = env.sshpyk().args(["ps", "--json"]).assert().success();
-    let ps: serde_json::Value = serde_json::from_slice(&ps.get_output().stdout).unwrap();
+    let ps = json_of(env.sshpyk().args(["ps", "--json"]));
     assert_eq!(ps[0]["launcher_pid"], pid, "{}", launcher.log());
     assert!(socket.exists());
     let mut c = common::ready_client(&info).await;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::{eventually, interrupt_busy_kernel, ready_client, Env, Launcher};
+use crate::common::{eventually, interrupt_busy_kernel, json_of, ready_client, Env, Launcher};
 use nix::sys::signal::Signal;
 use sshpyk::jupyter::connection::ConnectionInfo;
 use sshpyk_testhost::{SLURM_NODE, SLURM_PARTITION};
@@ -41,8 +41,7 @@ fn jobs(env: &Env) -> Vec<String> {
 
 /// `sshpyk ps`, human and JSON, shows the one running kernel in `job` on the node.
 fn assert_ps_shows(env: &Env, job: &str) {
-    let out = env.sshpyk().args(["ps", "--json"]).assert().success();
-    let rows: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let rows = json_of(env.sshpyk().args(["ps", "--json"]));
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(

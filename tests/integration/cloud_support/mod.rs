@@ -405,11 +405,6 @@ pub fn secret_files(env: &Env) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-pub fn json_of(cmd: &mut assert_cmd::Command) -> serde_json::Value {
-    let out = cmd.assert().success().get_output().stdout.clone();
-    serde_json::from_slice(&out).unwrap()
-}
-
 /// Nothing of a cloud mount is left on the remote: no rclone, no mount, no config directory,
 /// no mount point we created.
 pub fn assert_clean(env: &Env, mount_points: &[&Path], configs: &[PathBuf], created: &[&Path]) {
